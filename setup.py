@@ -1,0 +1,56 @@
+"""
+Packaging for twisted_sse.
+
+The twistd dropin lives in ``twisted/plugins`` with no ``__init__.py`` there
+(it is a namespace shared with Twisted itself), so ``find_packages()`` cannot
+see it: ``twisted.plugins`` is listed explicitly.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="twisted-sse",
+    version="0.1.0",
+    description="Server-Sent Events for Twisted: streams, a hub, a client and twistd sse",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.11",
+    packages=find_packages(include=["twisted_sse", "twisted_sse.*"]) + ["twisted.plugins"],
+    package_data={"twisted_sse": ["py.typed", "static/*"]},
+    include_package_data=True,
+    install_requires=[
+        "Twisted>=24.3.0",
+        "klein>=23.12.0",
+        "treq>=23.11.0",
+        "attrs>=23.1.0",
+        "zope.interface>=6.0",
+    ],
+    extras_require={
+        "tls": ["Twisted[tls]>=24.3.0"],
+        "http2": ["Twisted[http2]>=24.3.0"],
+        "test": [
+            "Twisted[tls,http2]>=24.3.0",
+            "hypothesis>=6.90",
+            "pytest>=8.0",
+            "pytest-twisted>=1.14",
+            "mypy>=1.10",
+            "mypy-zope>=1.0.5",
+            "ruff>=0.5",
+        ],
+    },
+    entry_points={"console_scripts": ["twisted-sse = twisted_sse.__main__:main"]},
+    classifiers=[
+        "Development Status :: 3 - Alpha",
+        "Framework :: Twisted",
+        "Intended Audience :: Developers",
+        "License :: OSI Approved :: MIT License",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
+        "Topic :: Internet :: WWW/HTTP",
+        "Typing :: Typed",
+    ],
+)

@@ -1,0 +1,33 @@
+"""
+twisted_sse: Server-Sent Events for Twisted.
+
+The public API; everything else lives in private modules.
+"""
+
+from ._event import Event, MessageEvent, encode_comment, encode_retry
+from ._parser import EventParser
+from ._stream import (
+    DEFAULT_HEARTBEAT,
+    EventStream,
+    EventStreamResource,
+    Heartbeat,
+    StreamHandler,
+    counter,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_HEARTBEAT",
+    "Event",
+    "EventParser",
+    "EventStream",
+    "EventStreamResource",
+    "Heartbeat",
+    "MessageEvent",
+    "StreamHandler",
+    "__version__",
+    "counter",
+    "encode_comment",
+    "encode_retry",
+]

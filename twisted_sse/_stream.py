@@ -1,0 +1,510 @@
+"""
+One HTTP response as a Server-Sent Events stream.
+
+:class:`EventStreamResource` is an ordinary :class:`~twisted.web.resource.IResource`
+(so it works when returned from a Klein route, mounted with ``putChild`` in a
+plain :class:`~twisted.web.server.Site`, or served by ``twistd``); each GET it
+renders becomes an :class:`EventStream` that the resource's handler feeds.
+
+Three Twisted facts shape this module:
+
+- ``request.notifyFinish()`` must be called before the request can finish,
+  or its Deferred never fires (twisted#4899).
+- ``request.finish()`` after a disconnect raises, so a lost request is never
+  finished.
+- Writes made while the transport is paused are buffered without limit, so
+  each stream keeps its own bounded queue as an ``IPushProducer``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+from zope.interface import implementer
+
+from ._event import Event, encode_comment
+
+__all__ = [
+    "DEFAULT_HEARTBEAT",
+    "EventStream",
+    "EventStreamResource",
+    "Heartbeat",
+    "StreamHandler",
+    "counter",
+]
+
+_log = Logger()
+
+#: Seconds of silence after which a stream gets a heartbeat comment: well
+#: under nginx's default ``proxy_read_timeout`` of 60 s.
+DEFAULT_HEARTBEAT = 15.0
+
+#: Bounds of the queue a stream keeps while its client is not reading.
+DEFAULT_MAX_QUEUE_EVENTS = 1000
+DEFAULT_MAX_QUEUE_BYTES = 1024 * 1024
+
+_HEARTBEAT_FRAME = encode_comment()
+_OPEN_FRAME = encode_comment()
+
+_ALLOWED_METHODS = b"GET, HEAD, OPTIONS"
+
+
+def _default_clock() -> IReactorTime:
+    from twisted.internet import reactor
+
+    return reactor  # type: ignore[return-value]
+
+
+class Heartbeat:
+    """
+    One shared timer that keeps every idle stream of a server alive.
+
+    It ticks every ``interval / 2`` seconds, only while at least one stream is
+    registered, and writes a comment frame to each stream that wrote nothing
+    since the previous tick: a stream gets a heartbeat after at least
+    ``interval / 2`` and at most ``interval`` seconds of silence, and a busy
+    stream gets none.  One timer for all streams costs one
+    :class:`~twisted.internet.interfaces.IDelayedCall` however many clients
+    are connected.
+
+    :param clock: The time source.
+    :param interval: Seconds of silence tolerated; ``0`` disables heartbeats.
+    """
+
+    def __init__(self, clock: IReactorTime, interval: float = DEFAULT_HEARTBEAT):
+        if interval < 0:
+            raise ValueError(f"heartbeat must be >= 0 seconds, not {interval!r}")
+        self.clock = clock
+        self.interval = interval
+        self._streams: set[EventStream] = set()
+        self._loop: LoopingCall | None = None
+
+    def add(self, stream: EventStream) -> None:
+        """Watch ``stream`` until :meth:`discard` is called for it."""
+        if not self.interval:
+            return
+        self._streams.add(stream)
+        if self._loop is None:
+            self._loop = LoopingCall(self._tick)
+            self._loop.clock = self.clock
+            self._loop.start(self.interval / 2, now=False)
+
+    def discard(self, stream: EventStream) -> None:
+        """Stop watching ``stream``; the timer stops with the last stream."""
+        self._streams.discard(stream)
+        if not self._streams and self._loop is not None:
+            self._loop.stop()
+            self._loop = None
+
+    @property
+    def running(self) -> bool:
+        """Whether the timer is scheduled."""
+        return self._loop is not None
+
+    def _tick(self) -> None:
+        for stream in list(self._streams):
+            stream._heartbeat()
+
+
+#: A function called with each new stream, once its headers and first frame
+#: are on their way.  It may return a Deferred; if that fails, or the
+#: function raises, the error is logged and the stream is ended.
+StreamHandler = Callable[["EventStream"], Any]
+
+
+@implementer(IPushProducer)
+class EventStream:
+    """
+    One open ``text/event-stream`` response.
+
+    Send events with :meth:`send`; end the stream with :meth:`close`.  The
+    stream is the push producer of its request: while the client is not
+    reading, frames wait in a queue bounded by ``max_queue_events`` and
+    ``max_queue_bytes``; a client that lets it overflow is disconnected (it
+    can resume with ``Last-Event-ID``), so a stalled reader never makes the
+    server's memory grow without bound.
+
+    Callbacks registered with :meth:`on_close` run exactly once, whether the
+    server ended the stream or the client went away.
+
+    Create streams through :class:`EventStreamResource`; the constructor is
+    public for code that writes its own resource.
+    """
+
+    def __init__(
+        self,
+        request: Any,
+        clock: IReactorTime,
+        heartbeat: Heartbeat | None = None,
+        max_queue_events: int = DEFAULT_MAX_QUEUE_EVENTS,
+        max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
+    ) -> None:
+        self.request = request
+        self.clock = clock
+        self.closed = False
+        self.paused = False
+        self.close_reason: str | None = None
+        self._heartbeat_timer = heartbeat
+        self._max_events = max_queue_events
+        self._max_bytes = max_queue_bytes
+        self._queue: deque[bytes] = deque()
+        self._queued_bytes = 0
+        self._wrote = True
+        self._close_callbacks: list[Callable[[], object]] = []
+        self._delayed: set[IDelayedCall] = set()
+
+    @property
+    def is_http2(self) -> bool:
+        """Whether the response travels over HTTP/2."""
+        return bool(self.request.clientproto == b"HTTP/2")
+
+    @property
+    def queued(self) -> int:
+        """How many frames wait for the client to read."""
+        return len(self._queue)
+
+    def send(self, event: Event) -> bool:
+        """
+        Encode ``event`` and send it.
+
+        :returns: ``False`` if the stream was already closed, else ``True``.
+        """
+        return self.write(event.encode())
+
+    def write(self, frame: bytes) -> bool:
+        """
+        Send already-encoded frame bytes (one or more complete frames, as
+        produced by :meth:`Event.encode <twisted_sse.Event.encode>`).  Encode
+        once and write the same bytes to every stream when broadcasting.
+
+        :returns: ``False`` if the stream was already closed, else ``True``.
+        """
+        if self.closed:
+            return False
+        self._wrote = True
+        if self.paused or self._queue:
+            self._queue.append(frame)
+            self._queued_bytes += len(frame)
+            if (
+                len(self._queue) > self._max_events
+                or self._queued_bytes > self._max_bytes
+            ):
+                self._overflow()
+            return not self.closed
+        self.request.write(frame)
+        return True
+
+    def call_later(
+        self, delay: float, function: Callable[..., object], *args: object
+    ) -> IDelayedCall:
+        """
+        Schedule ``function`` on the stream's clock; it is cancelled if the
+        stream closes first, so a timer never outlives its stream.
+        """
+
+        def run() -> None:
+            self._delayed.discard(call)
+            function(*args)
+
+        call = self.clock.callLater(delay, run)
+        self._delayed.add(call)
+        return call
+
+    def on_close(self, callback: Callable[[], object]) -> None:
+        """
+        Call ``callback`` once when the stream ends, for any reason (at once
+        if it has ended already).  Use it to release what feeds the stream:
+        timers, subscriptions.
+        """
+        if self.closed:
+            callback()
+        else:
+            self._close_callbacks.append(callback)
+
+    def close(self, retry: int | None = None) -> None:
+        """
+        End the stream cleanly: queued frames are flushed, then the
+        response's terminating chunk is sent, so proxies do not report a
+        broken upstream.  Safe to call more than once.
+
+        :param retry: If given, a last ``retry:`` frame telling the client in
+            how many milliseconds to reconnect.
+        """
+        if self.closed:
+            return
+        if retry is not None:
+            self.write(Event(retry=retry).encode())
+        self._flush()
+        self._release("closed")
+        self.request.unregisterProducer()
+        self.request.finish()
+
+    def abort(self) -> None:
+        """
+        Drop the connection at once, without flushing: for a client that
+        stopped reading.  The client sees a network error and reconnects.
+        """
+        if self.closed:
+            return
+        self._release("aborted")
+        self.request.unregisterProducer()
+        channel = self.request.channel
+        # Over HTTP/2 the channel is one stream of a shared connection: reset
+        # that stream only.  Over HTTP/1.x, abort the TCP connection.
+        target = channel if self.is_http2 else getattr(channel, "transport", None)
+        if target is not None and hasattr(target, "abortConnection"):
+            target.abortConnection()
+        else:
+            self.request.loseConnection()
+
+    # IPushProducer
+
+    def pauseProducing(self) -> None:
+        """The client's socket is full: queue frames from now on."""
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        """The client is reading again: write out the queue."""
+        self.paused = False
+        self._flush()
+
+    def stopProducing(self) -> None:
+        """The connection is gone; the request's finish Deferred says so too."""
+        self.paused = True
+
+    # Internals
+
+    def _flush(self) -> None:
+        if self._queue and not self.closed:
+            frames = b"".join(self._queue)
+            self._queue.clear()
+            self._queued_bytes = 0
+            self.request.write(frames)
+
+    def _overflow(self) -> None:
+        _log.info(
+            "Disconnecting a client that stopped reading: {queued} frames "
+            "({queued_bytes} bytes) queued",
+            queued=len(self._queue),
+            queued_bytes=self._queued_bytes,
+        )
+        self.abort()
+
+    def _heartbeat(self) -> None:
+        if self._wrote:
+            self._wrote = False
+        elif not self.paused and not self._queue:
+            self.write(_HEARTBEAT_FRAME)
+            self._wrote = False
+
+    def _lost(self, reason: Failure | None) -> None:
+        if not self.closed:
+            self._release("lost")
+
+    def _release(self, reason: str) -> None:
+        self.closed = True
+        self.close_reason = reason
+        self._queue.clear()
+        self._queued_bytes = 0
+        if self._heartbeat_timer is not None:
+            self._heartbeat_timer.discard(self)
+        for call in list(self._delayed):
+            if call.active():
+                call.cancel()
+        self._delayed.clear()
+        callbacks, self._close_callbacks = self._close_callbacks, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                _log.failure("Error in a stream's close callback")
+
+
+class EventStreamResource(Resource):
+    """
+    Serve a ``text/event-stream``: each GET becomes an :class:`EventStream`
+    given to ``handler``.
+
+    The response has ``Content-Type: text/event-stream; charset=utf-8``,
+    ``Cache-Control: no-cache``, ``X-Accel-Buffering: no`` (so nginx does not
+    buffer it), an optional ``Access-Control-Allow-Origin``, never a
+    ``Content-Length``, and no ``Connection`` header over HTTP/2, where it is
+    forbidden.  The headers and a first frame (``retry:`` when ``retry`` is
+    set, else an empty comment) are written at once, so clients and proxies
+    see the stream open.
+
+    HEAD answers the headers and finishes; OPTIONS answers a CORS preflight
+    that allows the ``Last-Event-ID`` header; any other method but GET gets
+    405 with ``Allow``.
+
+    :param handler: Called with each new stream.
+    :param clock: The time source; the global reactor if ``None``.
+    :param retry: Milliseconds sent as the first frame's ``retry:``.
+    :param heartbeat: Seconds of silence before a heartbeat comment; ``0``
+        disables.  Ignored when ``heartbeat_timer`` is given.
+    :param heartbeat_timer: A :class:`Heartbeat` shared with other resources.
+    :param allow_origin: The ``Access-Control-Allow-Origin`` value, or
+        ``None`` to send no CORS headers.
+    :param max_queue_events: Frames a non-reading client may have queued
+        before it is disconnected.
+    :param max_queue_bytes: Bytes a non-reading client may have queued before
+        it is disconnected.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        handler: StreamHandler,
+        *,
+        clock: IReactorTime | None = None,
+        retry: int | None = None,
+        heartbeat: float = DEFAULT_HEARTBEAT,
+        heartbeat_timer: Heartbeat | None = None,
+        allow_origin: str | None = None,
+        max_queue_events: int = DEFAULT_MAX_QUEUE_EVENTS,
+        max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
+    ) -> None:
+        super().__init__()
+        if retry is not None:
+            Event(retry=retry)  # validates: a ValueError names the field
+        if allow_origin is not None and ("\r" in allow_origin or "\n" in allow_origin):
+            raise ValueError(f"allow_origin must be one line: {allow_origin!r}")
+        self.handler = handler
+        self.clock = clock if clock is not None else _default_clock()
+        self.retry = retry
+        self.heartbeat = (
+            heartbeat_timer
+            if heartbeat_timer is not None
+            else Heartbeat(self.clock, heartbeat)
+        )
+        self.allow_origin = allow_origin
+        self.max_queue_events = max_queue_events
+        self.max_queue_bytes = max_queue_bytes
+        self.streams: set[EventStream] = set()
+        self._first_frame = (
+            Event(retry=retry).encode() if retry is not None else _OPEN_FRAME
+        )
+
+    def close_all(self, retry: int | None = None) -> None:
+        """
+        End every open stream cleanly (see :meth:`EventStream.close`).
+
+        :param retry: A ``retry:`` hint in milliseconds for each client.
+        """
+        for stream in list(self.streams):
+            stream.close(retry)
+
+    # Rendering
+
+    def _cors(self, request: Any) -> None:
+        if self.allow_origin is not None:
+            request.setHeader(b"Access-Control-Allow-Origin", self.allow_origin)
+            if self.allow_origin != "*":
+                request.setHeader(b"Vary", b"Origin")
+
+    def _stream_headers(self, request: Any) -> None:
+        request.setResponseCode(200)
+        request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-cache")
+        request.setHeader(b"X-Accel-Buffering", b"no")
+        if request.clientproto != b"HTTP/2":
+            # HTTP/1.1 keeps the connection open by itself; the seed sends
+            # the header, HTTP/2 forbids it.
+            request.setHeader(b"Connection", b"keep-alive")
+        self._cors(request)
+
+    def render_GET(self, request: Any) -> bytes | int:
+        """Open a stream and hand it to the handler."""
+        self._stream_headers(request)
+        finished = request.notifyFinish()
+        stream = EventStream(
+            request,
+            self.clock,
+            heartbeat=self.heartbeat,
+            max_queue_events=self.max_queue_events,
+            max_queue_bytes=self.max_queue_bytes,
+        )
+        self.streams.add(stream)
+        stream.on_close(lambda: self.streams.discard(stream))
+        finished.addBoth(stream._lost)
+        request.registerProducer(stream, True)
+        request.write(self._first_frame)
+        self.heartbeat.add(stream)
+        self._run_handler(stream)
+        return NOT_DONE_YET
+
+    def _run_handler(self, stream: EventStream) -> None:
+        def failed(failure: Failure) -> None:
+            _log.failure("Stream handler failed; ending the stream", failure)
+            stream.close()
+
+        result: Deferred[object] = maybeDeferred(self.handler, stream)
+        result.addErrback(failed)
+
+    def render_HEAD(self, request: Any) -> bytes:
+        """Answer the headers a GET would get, and finish."""
+        self._stream_headers(request)
+        return b""
+
+    def render_OPTIONS(self, request: Any) -> bytes:
+        """Answer a CORS preflight."""
+        request.setResponseCode(204)
+        request.setHeader(b"Allow", _ALLOWED_METHODS)
+        self._cors(request)
+        if self.allow_origin is not None:
+            request.setHeader(b"Access-Control-Allow-Methods", _ALLOWED_METHODS)
+            request.setHeader(
+                b"Access-Control-Allow-Headers",
+                b"Last-Event-ID, Cache-Control, Authorization",
+            )
+            request.setHeader(b"Access-Control-Max-Age", b"86400")
+        return b""
+
+    def render(self, request: Any) -> bytes | int:
+        """Dispatch by method; unknown methods get 405 with ``Allow``."""
+        method = request.method
+        if method == b"GET":
+            return self.render_GET(request)
+        if method == b"HEAD":
+            return self.render_HEAD(request)
+        if method == b"OPTIONS":
+            return self.render_OPTIONS(request)
+        request.setResponseCode(405)
+        request.setHeader(b"Allow", _ALLOWED_METHODS)
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        return b"405 Method Not Allowed: an event stream answers GET, HEAD, OPTIONS\n"
+
+
+def counter(
+    interval: float = 1.0, start: int = 1
+) -> Callable[[EventStream], None]:
+    """
+    A stream handler that sends ``data: 1``, ``data: 2``, ... every
+    ``interval`` seconds, counting from ``start`` for each connection: the
+    seed example's stream, driven by a
+    :class:`~twisted.internet.task.LoopingCall` on the stream's clock.
+
+    :param interval: Seconds between events; must be positive.
+    """
+    if not interval > 0:
+        raise ValueError(f"interval must be a positive number of seconds, not {interval!r}")
+
+    def handle(stream: EventStream) -> None:
+        numbers = itertools.count(start)
+        loop = LoopingCall(lambda: stream.send(Event(data=str(next(numbers)))))
+        loop.clock = stream.clock
+        loop.start(interval, now=False)
+        stream.on_close(loop.stop)
+
+    return handle
