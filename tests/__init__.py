@@ -1,0 +1,1 @@
+"""The twisted_sse test suite."""
