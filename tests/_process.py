@@ -1,0 +1,194 @@
+"""
+Real processes and raw sockets for end-to-end tests: a ``twistd sse`` child
+on a port the kernel picks, and a minimal HTTP/1.1 reader that shows the exact
+bytes a server sends.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from types import TracebackType
+
+_PORT_LINE = re.compile(rb"Site starting on (\d+)")
+
+#: Runs twistd with this interpreter, so the test uses the installed plugin.
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+class Twistd:
+    """
+    ``twistd -n sse ...`` as a child process, started from an empty
+    directory (so the plugin is found through the installed package, never
+    through the current directory).
+    """
+
+    def __init__(self, *args: str, port: str = "tcp:0:interface=127.0.0.1") -> None:
+        self.args = ["-n", "--pidfile=", "sse", "--port", port, *args]
+        self.cwd = tempfile.mkdtemp(prefix="twisted-sse-test-")
+        self.output = b""
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20.0) -> Twistd:
+        """Start the child and wait for it to listen."""
+        self.process = subprocess.Popen(
+            [*TWISTD, *self.args],
+            cwd=self.cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = _PORT_LINE.search(self.output)
+            if match:
+                self.port = int(match.group(1))
+                return self
+            if self.process.poll() is not None:
+                self._read(0)
+                break
+            self._read(0.1)
+        self.stop()
+        raise AssertionError(
+            f"twistd did not start listening: {self.output.decode(errors='replace')}"
+        )
+
+    def _read(self, wait: float) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        stdout = self.process.stdout
+        while select.select([stdout], [], [], wait)[0]:
+            chunk = os.read(stdout.fileno(), 65536)
+            if not chunk:
+                return
+            self.output += chunk
+            wait = 0
+
+    def terminate(self, timeout: float = 10.0) -> float:
+        """Send SIGTERM; return how many seconds the child took to exit."""
+        assert self.process is not None
+        began = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout)
+        took = time.monotonic() - began
+        self._read(0)
+        return took
+
+    def stop(self) -> None:
+        """Make sure the child is gone."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        if self.process is not None and self.process.stdout is not None:
+            self.process.stdout.close()
+
+    def __enter__(self) -> Twistd:
+        return self.start()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def run_twistd(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[bytes]:
+    """Run ``twistd -n sse ARGS`` to completion (for start-up failures)."""
+    return subprocess.run(
+        [*TWISTD, "-n", "--pidfile=", "sse", *args],
+        cwd=tempfile.mkdtemp(prefix="twisted-sse-test-"),
+        capture_output=True,
+        timeout=timeout,
+    )
+
+
+class RawResponse:
+    """
+    An HTTP/1.1 response read off a socket as raw bytes, with chunked
+    framing decoded, for checking a server's exact output.
+    """
+
+    def __init__(
+        self, port: int, path: str, method: str = "GET", headers: str = ""
+    ) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.sendall(
+            f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{headers}\r\n".encode()
+        )
+        self.buffer = b""
+        self.closed = False
+        head = self._until(b"\r\n\r\n")
+        status, *lines = head.decode("latin-1").split("\r\n")
+        self.status = status
+        self.code = int(status.split()[1])
+        self.headers: dict[str, list[str]] = {}
+        for line in lines:
+            name, _, value = line.partition(":")
+            self.headers.setdefault(name.strip().lower(), []).append(value.strip())
+        self.chunked = self.headers.get("transfer-encoding") == ["chunked"]
+
+    def header(self, name: str) -> str | None:
+        """The single value of header ``name``, or ``None``."""
+        values = self.headers.get(name.lower())
+        return values[0] if values else None
+
+    def _fill(self, timeout: float) -> bool:
+        self.sock.settimeout(timeout)
+        try:
+            chunk = self.sock.recv(65536)
+        except TimeoutError:
+            return False
+        if not chunk:
+            self.closed = True
+            return False
+        self.buffer += chunk
+        return True
+
+    def _until(self, marker: bytes, timeout: float = 10.0) -> bytes:
+        deadline = time.monotonic() + timeout
+        while marker not in self.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or (not self._fill(left) and self.closed):
+                raise AssertionError(f"no {marker!r} in {self.buffer!r}")
+        head, _, self.buffer = self.buffer.partition(marker)
+        return head
+
+    def read_chunk(self, timeout: float = 10.0) -> bytes:
+        """The next chunk's payload (``b""`` for the terminating chunk)."""
+        assert self.chunked
+        size = int(self._until(b"\r\n", timeout), 16)
+        while len(self.buffer) < size + 2:
+            if not self._fill(timeout) and self.closed:
+                raise AssertionError("connection closed inside a chunk")
+        payload, self.buffer = self.buffer[:size], self.buffer[size + 2 :]
+        return payload
+
+    def read_body(self, size: int, timeout: float = 10.0) -> bytes:
+        """Read ``size`` bytes of stream body (across chunks)."""
+        body = b""
+        while len(body) < size:
+            chunk = self.read_chunk(timeout)
+            if not chunk:
+                break
+            body += chunk
+        return body
+
+    def at_eof(self, timeout: float = 5.0) -> bool:
+        """Whether the server closes the connection within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while not self.closed and time.monotonic() < deadline:
+            self._fill(deadline - time.monotonic())
+        return self.closed
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.sock.close()
