@@ -121,9 +121,8 @@ class RawResponse:
         self, port: int, path: str, method: str = "GET", headers: str = ""
     ) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.sock.sendall(
-            f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{headers}\r\n".encode()
-        )
+        request = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        self.sock.sendall(f"{request}{headers}\r\n".encode())
         self.buffer = b""
         self.closed = False
         head = self._until(b"\r\n\r\n")

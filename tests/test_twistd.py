@@ -47,8 +47,10 @@ class TwistdSSETests(SynchronousTestCase):
             stamps.append(time.monotonic())
         # Each connection counts from 1.
         second = self.get("/events")
-        self.assertEqual(second.read_body(len(b"retry: 1000\n\ndata: 1\n\n")),
-                         b"retry: 1000\n\ndata: 1\n\n")
+        self.assertEqual(
+            second.read_body(len(b"retry: 1000\n\ndata: 1\n\n")),
+            b"retry: 1000\n\ndata: 1\n\n",
+        )
         self.assertGreater(stamps[2] - stamps[0], 0.2)
 
     def test_head(self) -> None:
@@ -59,7 +61,9 @@ class TwistdSSETests(SynchronousTestCase):
             response.header("Content-Type"), "text/event-stream; charset=utf-8"
         )
         # The response is complete: the connection can carry another request.
-        response.sock.sendall(b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        response.sock.sendall(
+            b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
         self.assertTrue(response.at_eof())
         self.assertIn(b"HTTP/1.1 200", response.buffer)
 
@@ -95,8 +99,14 @@ class TwistdOptionsTests(SynchronousTestCase):
 
     def test_options(self) -> None:
         """--retry, --allow-origin and --interval shape the stream."""
-        with Twistd("--retry", "2500", "--allow-origin", "https://a.example",
-                    "--interval", "0.05") as server:
+        with Twistd(
+            "--retry",
+            "2500",
+            "--allow-origin",
+            "https://a.example",
+            "--interval",
+            "0.05",
+        ) as server:
             response = RawResponse(server.port, "/events")
             self.addCleanup(response.close)
             self.assertEqual(

@@ -90,10 +90,8 @@ class EventStreamService(Service):
 
     def privilegedStartService(self) -> None:
         """Listen before privileges are dropped, as twistd expects."""
-        super().privilegedStartService()
-        self.listen().addErrback(
-            lambda failure: _log.failure("Cannot listen", failure)
-        )
+        super().privilegedStartService()  # type: ignore[no-untyped-call]
+        self.listen().addErrback(lambda failure: _log.failure("Cannot listen", failure))
 
     def stopService(self) -> Deferred[None]:
         """
@@ -101,15 +99,16 @@ class EventStreamService(Service):
         terminating chunk, and fire once their connections have closed (or
         after ``grace`` seconds).
         """
-        super().stopService()
-        stopping: Deferred[None] = (
-            Deferred.fromCoroutine(self._stop()) if self.port is not None else succeed(None)
-        )
-        return stopping
+        super().stopService()  # type: ignore[no-untyped-call]
+        if self.port is None:
+            return succeed(None)
+        return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
         assert self.port is not None
-        await self.port.stopListening()
+        stopped = self.port.stopListening()
+        if stopped is not None:
+            await stopped
         connections = []
         for resource in self.resources:
             for stream in list(resource.streams):

@@ -18,8 +18,8 @@ Three Twisted facts shape this module:
 
 from __future__ import annotations
 
-from collections import deque
 import itertools
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -62,7 +62,7 @@ _ALLOWED_METHODS = b"GET, HEAD, OPTIONS"
 def _default_clock() -> IReactorTime:
     from twisted.internet import reactor
 
-    return reactor  # type: ignore[return-value]
+    return reactor
 
 
 class Heartbeat:
@@ -375,7 +375,7 @@ class EventStreamResource(Resource):
         max_queue_events: int = DEFAULT_MAX_QUEUE_EVENTS,
         max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
     ) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         if retry is not None:
             Event(retry=retry)  # validates: a ValueError names the field
         if allow_origin is not None and ("\r" in allow_origin or "\n" in allow_origin):
@@ -486,9 +486,7 @@ class EventStreamResource(Resource):
         return b"405 Method Not Allowed: an event stream answers GET, HEAD, OPTIONS\n"
 
 
-def counter(
-    interval: float = 1.0, start: int = 1
-) -> Callable[[EventStream], None]:
+def counter(interval: float = 1.0, start: int = 1) -> Callable[[EventStream], None]:
     """
     A stream handler that sends ``data: 1``, ``data: 2``, ... every
     ``interval`` seconds, counting from ``start`` for each connection: the
@@ -498,7 +496,9 @@ def counter(
     :param interval: Seconds between events; must be positive.
     """
     if not interval > 0:
-        raise ValueError(f"interval must be a positive number of seconds, not {interval!r}")
+        raise ValueError(
+            f"interval must be a positive number of seconds, not {interval!r}"
+        )
 
     def handle(stream: EventStream) -> None:
         numbers = itertools.count(start)

@@ -12,6 +12,7 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.python import usage
+from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from ._app import SSEApp
@@ -155,7 +156,7 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     app = SSEApp(
-        reactor,  # type: ignore[arg-type]
+        reactor,
         interval=options["interval"],
         retry=options["retry"],
         heartbeat=options["heartbeat"],
@@ -166,14 +167,15 @@ def makeService(options: Options) -> IService:
         endpoint = serverFromString(reactor, options["endpoint"])
     except (ValueError, KeyError, TypeError, ImportError) as error:
         _fail(2, f"--port {options['port']!r} is not a valid endpoint: {error}")
-    server = EventStreamService(endpoint, site, app.stream_resources, reactor)  # type: ignore[arg-type]
-    listening = server.listen()
-    failures: list[BaseException] = []
-    listening.addErrback(lambda failure: failures.append(failure.value))
+    server = EventStreamService(endpoint, site, app.stream_resources, reactor)
+    failures: list[Failure] = []
+    server.listen().addErrback(failures.append)
     if failures:
-        error = failures[0]
-        reason = error.socketError if isinstance(error, CannotListenError) else error
+        problem = failures[0].value
+        reason = (
+            problem.socketError if isinstance(problem, CannotListenError) else problem
+        )
         _fail(1, f"cannot listen on {options['endpoint']}: {reason}")
     service = MultiService()
-    server.setServiceParent(service)
+    server.setServiceParent(service)  # type: ignore[no-untyped-call]
     return service
