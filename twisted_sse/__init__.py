@@ -6,6 +6,7 @@ The public API; everything else lives in private modules.
 
 from ._event import Event, MessageEvent, encode_comment, encode_retry
 from ._parser import EventParser
+from ._service import EventStreamService
 from ._stream import (
     DEFAULT_HEARTBEAT,
     EventStream,
@@ -23,6 +24,7 @@ __all__ = [
     "EventParser",
     "EventStream",
     "EventStreamResource",
+    "EventStreamService",
     "Heartbeat",
     "MessageEvent",
     "StreamHandler",

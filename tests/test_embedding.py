@@ -1,0 +1,196 @@
+"""
+Real-socket tests (pytest-twisted) of the three documented ways to embed a
+stream in an existing Twisted program: a Klein route returning the resource,
+``putChild`` into an existing Site, and an ``IService`` in a
+``MultiService``.  Also: clients that vanish abruptly leave nothing behind.
+
+These run under pytest only (trial does not collect plain functions); the
+socket-free equivalents in test_stream.py run under both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import pytest_twisted
+from klein import Klein
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from twisted_sse import EventStreamResource, EventStreamService, counter
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+class RawClient(Protocol):
+    """Sends one GET and keeps every byte of the response."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.data = b""
+        self.lost: Deferred[None] = Deferred()
+        self._waiting: list[tuple[Callable[[bytes], bool], Deferred[bytes]]] = []
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(
+            f"GET {self.path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode()
+        )
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        for entry in list(self._waiting):
+            if entry[0](self.data):
+                self._waiting.remove(entry)
+                entry[1].callback(self.data)
+
+    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+        self.lost.callback(None)
+
+    def wait_for(self, predicate: Callable[[bytes], bool]) -> Deferred[bytes]:
+        """Fire with all bytes so far once ``predicate`` holds for them."""
+        done: Deferred[bytes] = Deferred()
+        if predicate(self.data):
+            done.callback(self.data)
+        else:
+            self._waiting.append((predicate, done))
+        return done.addTimeout(10, _reactor())
+
+
+async def connect(port: int, path: str) -> RawClient:
+    client = RawClient(path)
+    endpoint = TCP4ClientEndpoint(_reactor(), "127.0.0.1", port)
+    await endpoint.connect(Factory.forProtocol(lambda: client))
+    return client
+
+
+async def listen(site: Site) -> IListeningPort:
+    port: IListeningPort = await TCP4ServerEndpoint(
+        _reactor(), 0, interface="127.0.0.1"
+    ).listen(site)
+    return port
+
+
+def stream_resource() -> EventStreamResource:
+    return EventStreamResource(
+        counter(0.05), clock=_reactor(), retry=500, heartbeat=15
+    )
+
+
+async def assert_released(resource: EventStreamResource) -> None:
+    # Give the reactor a turn to deliver the disconnects.
+    for _ in range(100):
+        if not resource.streams:
+            break
+        await deferLater(_reactor(), 0.02)
+    assert resource.streams == set()
+    assert not resource.heartbeat.running
+
+
+@pytest_twisted.ensureDeferred
+async def test_klein_route() -> None:
+    """A Klein route that returns the resource streams events."""
+    app = Klein()
+    events = stream_resource()
+
+    @app.route("/feed", branch=False)
+    def feed(request: object) -> EventStreamResource:
+        return events
+
+    port = await listen(Site(app.resource()))
+    try:
+        client = await connect(port.getHost().port, "/feed")
+        data = await client.wait_for(lambda data: b"data: 2\n\n" in data)
+        assert b"Content-Type: text/event-stream; charset=utf-8" in data
+        assert b"retry: 500\n\n" in data
+        assert client.transport is not None
+        client.transport.loseConnection()
+        await client.lost
+        await assert_released(events)
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_put_child() -> None:
+    """putChild into an existing Site's root streams events."""
+    root = Resource()
+    events = stream_resource()
+    root.putChild(b"events", events)
+    port = await listen(Site(root))
+    try:
+        client = await connect(port.getHost().port, "/events")
+        await client.wait_for(lambda data: b"data: 1\n\n" in data)
+        assert client.transport is not None
+        client.transport.loseConnection()
+        await client.lost
+        await assert_released(events)
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_service_in_multiservice() -> None:
+    """EventStreamService in a MultiService ends streams cleanly on stop."""
+    root = Resource()
+    events = stream_resource()
+    root.putChild(b"events", events)
+    endpoint = TCP4ServerEndpoint(_reactor(), 0, interface="127.0.0.1")
+    service = EventStreamService(endpoint, Site(root), [events], _reactor())
+    parent = MultiService()
+    service.setServiceParent(parent)
+    parent.privilegedStartService()
+    parent.startService()
+    port = await service.listen()
+    client = await connect(port.getHost().port, "/events")
+    await client.wait_for(lambda data: b"data: 1\n\n" in data)
+    await parent.stopService()
+    await client.lost
+    # The response ended with the terminating chunk, not a cut connection.
+    assert client.data.endswith(b"\r\n0\r\n\r\n")
+    assert events.streams == set()
+
+
+@pytest_twisted.ensureDeferred
+async def test_hundred_clients_vanish() -> None:
+    """100 clients that connect and vanish abruptly leave no stream or timer."""
+    events = stream_resource()
+    root = Resource()
+    root.putChild(b"events", events)
+    before = set(_reactor().getDelayedCalls())
+    port = await listen(Site(root))
+    try:
+        clients = [await connect(port.getHost().port, "/events") for _ in range(100)]
+        for client in clients:
+            await client.wait_for(lambda data: b"retry: 500\n\n" in data)
+        assert len(events.streams) == 100
+        for client in clients:
+            assert client.transport is not None
+            client.transport.abortConnection()  # type: ignore[attr-defined]
+        await assert_released(events)
+    finally:
+        await port.stopListening()
+    await deferLater(_reactor(), 0.05)
+    leftover = [
+        call
+        for call in _reactor().getDelayedCalls()
+        if call not in before and call.active()
+    ]
+    assert leftover == []
+
+
+if __name__ == "__main__":  # pragma: no cover
+    pytest.main([__file__])
