@@ -17,10 +17,10 @@ import pytest
 import pytest_twisted
 from klein import Klein
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -57,7 +57,7 @@ class RawClient(Protocol):
                 self._waiting.remove(entry)
                 entry[1].callback(self.data)
 
-    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost.callback(None)
 
     def wait_for(self, predicate: Callable[[bytes], bool]) -> Deferred[bytes]:
@@ -77,17 +77,24 @@ async def connect(port: int, path: str) -> RawClient:
     return client
 
 
-async def listen(site: Site) -> IListeningPort:
-    port: IListeningPort = await TCP4ServerEndpoint(
-        _reactor(), 0, interface="127.0.0.1"
-    ).listen(site)
-    return port
+class Listening:
+    """A listening port on 127.0.0.1."""
+
+    def __init__(self, port: IListeningPort) -> None:
+        self.listening = port
+        self.port: int = port.getHost().port  # type: ignore[attr-defined]
+
+    async def stop(self) -> None:
+        await maybeDeferred(self.listening.stopListening)
+
+
+async def listen(site: Site) -> Listening:
+    port = await TCP4ServerEndpoint(_reactor(), 0, interface="127.0.0.1").listen(site)
+    return Listening(port)
 
 
 def stream_resource() -> EventStreamResource:
-    return EventStreamResource(
-        counter(0.05), clock=_reactor(), retry=500, heartbeat=15
-    )
+    return EventStreamResource(counter(0.05), clock=_reactor(), retry=500, heartbeat=15)
 
 
 async def assert_released(resource: EventStreamResource) -> None:
@@ -112,7 +119,7 @@ async def test_klein_route() -> None:
 
     port = await listen(Site(app.resource()))
     try:
-        client = await connect(port.getHost().port, "/feed")
+        client = await connect(port.port, "/feed")
         data = await client.wait_for(lambda data: b"data: 2\n\n" in data)
         assert b"Content-Type: text/event-stream; charset=utf-8" in data
         assert b"retry: 500\n\n" in data
@@ -121,7 +128,7 @@ async def test_klein_route() -> None:
         await client.lost
         await assert_released(events)
     finally:
-        await port.stopListening()
+        await port.stop()
 
 
 @pytest_twisted.ensureDeferred
@@ -132,14 +139,14 @@ async def test_put_child() -> None:
     root.putChild(b"events", events)
     port = await listen(Site(root))
     try:
-        client = await connect(port.getHost().port, "/events")
+        client = await connect(port.port, "/events")
         await client.wait_for(lambda data: b"data: 1\n\n" in data)
         assert client.transport is not None
         client.transport.loseConnection()
         await client.lost
         await assert_released(events)
     finally:
-        await port.stopListening()
+        await port.stop()
 
 
 @pytest_twisted.ensureDeferred
@@ -154,8 +161,8 @@ async def test_service_in_multiservice() -> None:
     service.setServiceParent(parent)
     parent.privilegedStartService()
     parent.startService()
-    port = await service.listen()
-    client = await connect(port.getHost().port, "/events")
+    port = Listening(await service.listen())
+    client = await connect(port.port, "/events")
     await client.wait_for(lambda data: b"data: 1\n\n" in data)
     await parent.stopService()
     await client.lost
@@ -173,7 +180,7 @@ async def test_hundred_clients_vanish() -> None:
     before = set(_reactor().getDelayedCalls())
     port = await listen(Site(root))
     try:
-        clients = [await connect(port.getHost().port, "/events") for _ in range(100)]
+        clients = [await connect(port.port, "/events") for _ in range(100)]
         for client in clients:
             await client.wait_for(lambda data: b"retry: 500\n\n" in data)
         assert len(events.streams) == 100
@@ -182,7 +189,7 @@ async def test_hundred_clients_vanish() -> None:
             client.transport.abortConnection()  # type: ignore[attr-defined]
         await assert_released(events)
     finally:
-        await port.stopListening()
+        await port.stop()
     await deferLater(_reactor(), 0.05)
     leftover = [
         call
