@@ -18,12 +18,15 @@ Three Twisted facts shape this module:
 
 from __future__ import annotations
 
+import enum
 import itertools
-from collections import deque
+from collections import OrderedDict
 from collections.abc import Callable
+from functools import partial
+from random import Random
 from typing import Any
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -39,7 +42,10 @@ __all__ = [
     "EventStream",
     "EventStreamResource",
     "Heartbeat",
+    "SlowClientPolicy",
     "StreamHandler",
+    "StreamRegistry",
+    "StreamResource",
     "counter",
 ]
 
@@ -55,8 +61,6 @@ DEFAULT_MAX_QUEUE_BYTES = 1024 * 1024
 
 _HEARTBEAT_FRAME = encode_comment()
 _OPEN_FRAME = encode_comment()
-
-_ALLOWED_METHODS = b"GET, HEAD, OPTIONS"
 
 
 def _default_clock() -> IReactorTime:
@@ -122,6 +126,21 @@ class Heartbeat:
 StreamHandler = Callable[["EventStream"], Any]
 
 
+class SlowClientPolicy(enum.Enum):
+    """
+    What a stream does when its client stops reading and its queue is full.
+    """
+
+    #: Drop the connection; the client reconnects and resumes with
+    #: ``Last-Event-ID`` (the default: nothing is lost for a resuming client).
+    DISCONNECT = "disconnect"
+    #: Drop the oldest queued frames to make room.
+    DROP_OLDEST = "drop-oldest"
+    #: Conflate: keep only the newest queued frame per key (the publish
+    #: body's ``key``, else the event type), then drop the oldest.
+    LATEST = "latest"
+
+
 @implementer(IPushProducer)
 class EventStream:
     """
@@ -130,15 +149,20 @@ class EventStream:
     Send events with :meth:`send`; end the stream with :meth:`close`.  The
     stream is the push producer of its request: while the client is not
     reading, frames wait in a queue bounded by ``max_queue_events`` and
-    ``max_queue_bytes``; a client that lets it overflow is disconnected (it
-    can resume with ``Last-Event-ID``), so a stalled reader never makes the
-    server's memory grow without bound.
+    ``max_queue_bytes``, and when it is full the ``policy`` decides (see
+    :class:`SlowClientPolicy`), so a stalled reader never makes the server's
+    memory grow without bound nor delays anyone else.
 
     Callbacks registered with :meth:`on_close` run exactly once, whether the
     server ended the stream or the client went away.
 
     Create streams through :class:`EventStreamResource`; the constructor is
     public for code that writes its own resource.
+
+    :ivar dropped: Frames dropped by the slow-client policy.
+    :ivar close_reason: ``None`` while open; then ``"closed"`` (by the
+        server), ``"lost"`` (the client went away) or ``"aborted"`` (cut off
+        for not reading).
     """
 
     def __init__(
@@ -148,16 +172,24 @@ class EventStream:
         heartbeat: Heartbeat | None = None,
         max_queue_events: int = DEFAULT_MAX_QUEUE_EVENTS,
         max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
+        policy: SlowClientPolicy = SlowClientPolicy.DISCONNECT,
     ) -> None:
+        if max_queue_events < 1 or max_queue_bytes < 1:
+            raise ValueError("max_queue_events and max_queue_bytes must be >= 1")
         self.request = request
         self.clock = clock
         self.closed = False
         self.paused = False
         self.close_reason: str | None = None
+        self.dropped = 0
+        self.policy = policy
         self._heartbeat_timer = heartbeat
         self._max_events = max_queue_events
         self._max_bytes = max_queue_bytes
-        self._queue: deque[bytes] = deque()
+        # Frames waiting for the client, oldest first.  Under the LATEST
+        # policy they are keyed, so a newer frame replaces a queued one with
+        # the same key; keyless frames get a unique key.
+        self._queue: OrderedDict[object, bytes] = OrderedDict()
         self._queued_bytes = 0
         self._wrote = True
         self._close_callbacks: list[Callable[[], object]] = []
@@ -173,36 +205,49 @@ class EventStream:
         """How many frames wait for the client to read."""
         return len(self._queue)
 
+    @property
+    def queued_bytes(self) -> int:
+        """How many bytes wait for the client to read."""
+        return self._queued_bytes
+
     def send(self, event: Event) -> bool:
         """
         Encode ``event`` and send it.
 
         :returns: ``False`` if the stream was already closed, else ``True``.
         """
-        return self.write(event.encode())
+        return self.write(event.encode(), event.event or "message")
 
-    def write(self, frame: bytes) -> bool:
+    def write(self, frame: bytes, key: object = None) -> bool:
         """
         Send already-encoded frame bytes (one or more complete frames, as
         produced by :meth:`Event.encode <twisted_sse.Event.encode>`).  Encode
         once and write the same bytes to every stream when broadcasting.
 
-        :returns: ``False`` if the stream was already closed, else ``True``.
+        :param key: The conflation key for the ``latest`` policy; ``None``
+            never conflates.
+        :returns: ``False`` if the stream is closed (or was just cut off for
+            not reading), else ``True``.
         """
         if self.closed:
             return False
         self._wrote = True
-        if self.paused or self._queue:
-            self._queue.append(frame)
-            self._queued_bytes += len(frame)
-            if (
-                len(self._queue) > self._max_events
-                or self._queued_bytes > self._max_bytes
-            ):
-                self._overflow()
-            return not self.closed
-        self.request.write(frame)
-        return True
+        if not self.paused and not self._queue:
+            self.request.write(frame)
+            return True
+        queue = self._queue
+        if key is None or self.policy is not SlowClientPolicy.LATEST:
+            key = object()
+        else:
+            old = queue.pop(key, None)
+            if old is not None:
+                self._queued_bytes -= len(old)
+                self.dropped += 1
+        queue[key] = frame
+        self._queued_bytes += len(frame)
+        if len(queue) > self._max_events or self._queued_bytes > self._max_bytes:
+            self._overflow()
+        return not self.closed
 
     def call_later(
         self, delay: float, function: Callable[..., object], *args: object
@@ -242,10 +287,11 @@ class EventStream:
         """
         if self.closed:
             return
-        if retry is not None:
-            self.write(Event(retry=retry).encode())
-        self._flush()
+        tail = Event(retry=retry).encode() if retry is not None else b""
+        frames = b"".join(self._queue.values()) + tail
         self._release("closed")
+        if frames:
+            self.request.write(frames)
         self.request.unregisterProducer()
         self.request.finish()
 
@@ -274,9 +320,13 @@ class EventStream:
         self.paused = True
 
     def resumeProducing(self) -> None:
-        """The client is reading again: write out the queue."""
+        """The client is reading again: write out the queue, coalesced."""
         self.paused = False
-        self._flush()
+        if self._queue and not self.closed:
+            frames = b"".join(self._queue.values())
+            self._queue.clear()
+            self._queued_bytes = 0
+            self.request.write(frames)
 
     def stopProducing(self) -> None:
         """The connection is gone; the request's finish Deferred says so too."""
@@ -284,28 +334,31 @@ class EventStream:
 
     # Internals
 
-    def _flush(self) -> None:
-        if self._queue and not self.closed:
-            frames = b"".join(self._queue)
-            self._queue.clear()
-            self._queued_bytes = 0
-            self.request.write(frames)
-
     def _overflow(self) -> None:
-        _log.info(
-            "Disconnecting a client that stopped reading: {queued} frames "
-            "({queued_bytes} bytes) queued",
-            queued=len(self._queue),
-            queued_bytes=self._queued_bytes,
-        )
-        self.abort()
+        if self.policy is SlowClientPolicy.DISCONNECT:
+            _log.info(
+                "Disconnecting a client that stopped reading: {queued} frames "
+                "({queued_bytes} bytes) queued",
+                queued=len(self._queue),
+                queued_bytes=self._queued_bytes,
+            )
+            self.abort()
+            return
+        queue = self._queue
+        while len(queue) > 1 and (
+            len(queue) > self._max_events or self._queued_bytes > self._max_bytes
+        ):
+            self._queued_bytes -= len(queue.popitem(last=False)[1])
+            self.dropped += 1
+        if self._queued_bytes > self._max_bytes:
+            # One frame larger than the whole queue: it cannot wait.
+            self.abort()
 
     def _heartbeat(self) -> None:
         if self._wrote:
             self._wrote = False
         elif not self.paused and not self._queue:
-            self.write(_HEARTBEAT_FRAME)
-            self._wrote = False
+            self.request.write(_HEARTBEAT_FRAME)
 
     def _lost(self, reason: Failure | None) -> None:
         if not self.closed:
@@ -330,7 +383,288 @@ class EventStream:
                 _log.failure("Error in a stream's close callback")
 
 
-class EventStreamResource(Resource):
+class StreamRegistry:
+    """
+    Every open stream of a server, for admission control and a graceful
+    drain.
+
+    Admission: over ``max_connections`` streams in all, or
+    ``max_connections_per_ip`` from one client address, a new stream is sent
+    away with ``200``, a jittered ``retry:`` and an immediate end.  A
+    spec-following ``EventSource`` then comes back after that delay; a
+    ``503`` would make a browser give up for good.
+
+    Drain (:meth:`drain`): new streams are sent away the same way, and every
+    open stream is ended cleanly at a random moment of the drain window with
+    a jittered ``retry:``, so that clients do not all reconnect at once.
+
+    :param clock: The time source.
+    :param max_connections: Streams in all; ``0`` for no limit.
+    :param max_connections_per_ip: Streams per client address; ``0`` for no
+        limit.
+    :param busy_retry: Base ``retry:`` in milliseconds for a client sent
+        away; each gets a random value between it and twice it.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        max_connections: int = 0,
+        max_connections_per_ip: int = 0,
+        busy_retry: int = 5000,
+        random: Random | None = None,
+    ) -> None:
+        if max_connections < 0 or max_connections_per_ip < 0:
+            raise ValueError("connection limits must be >= 0 (0: no limit)")
+        Event(retry=busy_retry)
+        self.clock = clock
+        self.max_connections = max_connections
+        self.max_connections_per_ip = max_connections_per_ip
+        self.busy_retry = busy_retry
+        self.draining = False
+        self.refused = 0
+        self.streams: set[EventStream] = set()
+        self._per_ip: dict[str, int] = {}
+        self._random = random if random is not None else Random()
+
+    def jittered_retry(self, base: int | None = None) -> int:
+        """A reconnection time between ``base`` and twice it (ms)."""
+        base = self.busy_retry if base is None else base
+        return base + self._random.randint(0, base)
+
+    def admit(self, request: Any) -> str | None:
+        """
+        Whether a new stream for ``request`` may open.
+
+        :returns: ``None`` if so, else the reason it may not.
+        """
+        if self.draining:
+            return "the server is shutting down"
+        if self.max_connections and len(self.streams) >= self.max_connections:
+            return "too many connections"
+        if (
+            self.max_connections_per_ip
+            and self._per_ip.get(_client_ip(request), 0) >= self.max_connections_per_ip
+        ):
+            return "too many connections from this address"
+        return None
+
+    def add(self, stream: EventStream) -> None:
+        """Count ``stream`` until it closes."""
+        ip = _client_ip(stream.request)
+        self.streams.add(stream)
+        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+
+        def closed() -> None:
+            self.streams.discard(stream)
+            left = self._per_ip.get(ip, 1) - 1
+            if left:
+                self._per_ip[ip] = left
+            else:
+                self._per_ip.pop(ip, None)
+
+        stream.on_close(closed)
+
+    def drain(self, seconds: float, retry: int = 1000) -> Deferred[None]:
+        """
+        Stop admitting streams and end the open ones cleanly, each at a
+        random moment within ``seconds`` and with a ``retry:`` between
+        ``retry`` and ``retry`` plus the window.
+
+        :returns: A Deferred that fires when every stream has ended.
+        """
+        self.draining = True
+        window_ms = int(seconds * 1000)
+        waiting = []
+        for stream in list(self.streams):
+            done: Deferred[None] = Deferred()
+            stream.on_close(partial(done.callback, None))
+            hint = retry + self._random.randint(0, max(window_ms, 0))
+            if seconds > 0:
+                delay = self._random.uniform(0, seconds)
+                stream.call_later(delay, stream.close, hint)
+            else:
+                stream.close(hint)
+            waiting.append(done)
+        return DeferredList(waiting).addCallback(lambda _: None)
+
+
+def _client_ip(request: Any) -> str:
+    address = request.getClientAddress()
+    return str(getattr(address, "host", address))
+
+
+class StreamResource(Resource):
+    """
+    What every event-stream resource shares: the response headers, the
+    first frame, HEAD, the CORS preflight, 405 for other methods, admission
+    and the bookkeeping of open streams.  Subclasses decide what feeds a
+    stream (:class:`EventStreamResource`: a handler; the hub: a channel).
+
+    :param clock: The time source; the global reactor if ``None``.
+    :param retry: Milliseconds sent as the first frame's ``retry:``.
+    :param heartbeat: Seconds of silence before a heartbeat comment; ``0``
+        disables.  Ignored when ``heartbeat_timer`` is given.
+    :param heartbeat_timer: A :class:`Heartbeat` shared with other resources.
+    :param allow_origin: The ``Access-Control-Allow-Origin`` value, or
+        ``None`` to send no CORS headers.
+    :param max_queue_events: Frames a non-reading client may have queued.
+    :param max_queue_bytes: Bytes a non-reading client may have queued.
+    :param policy: What happens when that queue is full.
+    :param registry: A :class:`StreamRegistry` shared by the server's
+        resources, for connection limits and a graceful drain.
+    """
+
+    isLeaf = True
+    #: Methods answered; others get 405 with ``Allow``.
+    allowed_methods: tuple[bytes, ...] = (b"GET", b"HEAD", b"OPTIONS")
+
+    def __init__(
+        self,
+        *,
+        clock: IReactorTime | None = None,
+        retry: int | None = None,
+        heartbeat: float = DEFAULT_HEARTBEAT,
+        heartbeat_timer: Heartbeat | None = None,
+        allow_origin: str | None = None,
+        max_queue_events: int = DEFAULT_MAX_QUEUE_EVENTS,
+        max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
+        policy: SlowClientPolicy = SlowClientPolicy.DISCONNECT,
+        registry: StreamRegistry | None = None,
+    ) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        if retry is not None:
+            Event(retry=retry)  # validates: a ValueError names the field
+        if allow_origin is not None and ("\r" in allow_origin or "\n" in allow_origin):
+            raise ValueError(f"allow_origin must be one line: {allow_origin!r}")
+        if max_queue_events < 1 or max_queue_bytes < 1:
+            raise ValueError("max_queue_events and max_queue_bytes must be >= 1")
+        self.clock = clock if clock is not None else _default_clock()
+        self.retry = retry
+        self.heartbeat = (
+            heartbeat_timer
+            if heartbeat_timer is not None
+            else Heartbeat(self.clock, heartbeat)
+        )
+        self.allow_origin = allow_origin
+        self.max_queue_events = max_queue_events
+        self.max_queue_bytes = max_queue_bytes
+        self.policy = policy
+        self.registry = registry
+        self.streams: set[EventStream] = set()
+        self.first_frame = (
+            Event(retry=retry).encode() if retry is not None else _OPEN_FRAME
+        )
+        self._allow = b", ".join(self.allowed_methods)
+
+    def close_all(self, retry: int | None = None) -> None:
+        """
+        End every open stream cleanly (see :meth:`EventStream.close`).
+
+        :param retry: A ``retry:`` hint in milliseconds for each client.
+        """
+        for stream in list(self.streams):
+            stream.close(retry)
+
+    # Building blocks for subclasses
+
+    def set_cors_headers(self, request: Any) -> None:
+        """Set ``Access-Control-Allow-Origin`` (and ``Vary``) if configured."""
+        if self.allow_origin is not None:
+            request.setHeader(b"Access-Control-Allow-Origin", self.allow_origin)
+            if self.allow_origin != "*":
+                request.setHeader(b"Vary", b"Origin")
+
+    def set_stream_headers(self, request: Any) -> None:
+        """Set the status and headers of an event-stream response."""
+        request.setResponseCode(200)
+        request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-cache")
+        request.setHeader(b"X-Accel-Buffering", b"no")
+        if request.clientproto != b"HTTP/2":
+            # HTTP/1.1 keeps the connection open by itself; the seed sends
+            # the header, HTTP/2 forbids it.
+            request.setHeader(b"Connection", b"keep-alive")
+        self.set_cors_headers(request)
+
+    def refusal(self, request: Any) -> bytes | None:
+        """
+        If the registry does not admit ``request``, answer it so that an
+        ``EventSource`` comes back later (``200``, a jittered ``retry:``, a
+        comment saying why, and the end of the response) and return the
+        body; else ``None``.
+        """
+        if self.registry is None:
+            return None
+        reason = self.registry.admit(request)
+        if reason is None:
+            return None
+        self.registry.refused += 1
+        self.set_stream_headers(request)
+        hint = Event(retry=self.registry.jittered_retry(), comment=reason)
+        return hint.encode()
+
+    def open_stream(self, request: Any, *frames: bytes) -> EventStream:
+        """
+        Turn ``request`` into an open :class:`EventStream`: the headers and
+        ``frames`` (the first frame by default) go out at once, and the
+        stream is tracked until it ends.
+        """
+        self.set_stream_headers(request)
+        finished = request.notifyFinish()
+        stream = EventStream(
+            request,
+            self.clock,
+            heartbeat=self.heartbeat,
+            max_queue_events=self.max_queue_events,
+            max_queue_bytes=self.max_queue_bytes,
+            policy=self.policy,
+        )
+        self.streams.add(stream)
+        stream.on_close(lambda: self.streams.discard(stream))
+        if self.registry is not None:
+            self.registry.add(stream)
+        finished.addBoth(stream._lost)
+        request.registerProducer(stream, True)
+        request.write(b"".join(frames) if frames else self.first_frame)
+        self.heartbeat.add(stream)
+        return stream
+
+    # Rendering
+
+    def render_HEAD(self, request: Any) -> bytes:
+        """Answer the headers a GET would get, and finish."""
+        self.set_stream_headers(request)
+        return b""
+
+    def render_OPTIONS(self, request: Any) -> bytes:
+        """Answer a CORS preflight."""
+        request.setResponseCode(204)
+        request.setHeader(b"Allow", self._allow)
+        self.set_cors_headers(request)
+        if self.allow_origin is not None:
+            request.setHeader(b"Access-Control-Allow-Methods", self._allow)
+            request.setHeader(
+                b"Access-Control-Allow-Headers",
+                b"Last-Event-ID, Cache-Control, Authorization, Content-Type",
+            )
+            request.setHeader(b"Access-Control-Max-Age", b"86400")
+        return b""
+
+    def render(self, request: Any) -> bytes | int:
+        """Dispatch by method; unknown methods get 405 with ``Allow``."""
+        method = request.method
+        if method in self.allowed_methods:
+            handler = getattr(self, "render_" + method.decode("ascii"))
+            result: bytes | int = handler(request)
+            return result
+        request.setResponseCode(405)
+        request.setHeader(b"Allow", self._allow)
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        return b"405 Method Not Allowed: this resource answers %s\n" % self._allow
+
+
+class EventStreamResource(StreamResource):
     """
     Serve a ``text/event-stream``: each GET becomes an :class:`EventStream`
     given to ``handler``.
@@ -348,142 +682,27 @@ class EventStreamResource(Resource):
     405 with ``Allow``.
 
     :param handler: Called with each new stream.
-    :param clock: The time source; the global reactor if ``None``.
-    :param retry: Milliseconds sent as the first frame's ``retry:``.
-    :param heartbeat: Seconds of silence before a heartbeat comment; ``0``
-        disables.  Ignored when ``heartbeat_timer`` is given.
-    :param heartbeat_timer: A :class:`Heartbeat` shared with other resources.
-    :param allow_origin: The ``Access-Control-Allow-Origin`` value, or
-        ``None`` to send no CORS headers.
-    :param max_queue_events: Frames a non-reading client may have queued
-        before it is disconnected.
-    :param max_queue_bytes: Bytes a non-reading client may have queued before
-        it is disconnected.
+
+    The keyword arguments are those of :class:`StreamResource`.
     """
 
-    isLeaf = True
-
-    def __init__(
-        self,
-        handler: StreamHandler,
-        *,
-        clock: IReactorTime | None = None,
-        retry: int | None = None,
-        heartbeat: float = DEFAULT_HEARTBEAT,
-        heartbeat_timer: Heartbeat | None = None,
-        allow_origin: str | None = None,
-        max_queue_events: int = DEFAULT_MAX_QUEUE_EVENTS,
-        max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
-    ) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        if retry is not None:
-            Event(retry=retry)  # validates: a ValueError names the field
-        if allow_origin is not None and ("\r" in allow_origin or "\n" in allow_origin):
-            raise ValueError(f"allow_origin must be one line: {allow_origin!r}")
+    def __init__(self, handler: StreamHandler, **options: Any) -> None:
+        super().__init__(**options)
         self.handler = handler
-        self.clock = clock if clock is not None else _default_clock()
-        self.retry = retry
-        self.heartbeat = (
-            heartbeat_timer
-            if heartbeat_timer is not None
-            else Heartbeat(self.clock, heartbeat)
-        )
-        self.allow_origin = allow_origin
-        self.max_queue_events = max_queue_events
-        self.max_queue_bytes = max_queue_bytes
-        self.streams: set[EventStream] = set()
-        self._first_frame = (
-            Event(retry=retry).encode() if retry is not None else _OPEN_FRAME
-        )
-
-    def close_all(self, retry: int | None = None) -> None:
-        """
-        End every open stream cleanly (see :meth:`EventStream.close`).
-
-        :param retry: A ``retry:`` hint in milliseconds for each client.
-        """
-        for stream in list(self.streams):
-            stream.close(retry)
-
-    # Rendering
-
-    def _cors(self, request: Any) -> None:
-        if self.allow_origin is not None:
-            request.setHeader(b"Access-Control-Allow-Origin", self.allow_origin)
-            if self.allow_origin != "*":
-                request.setHeader(b"Vary", b"Origin")
-
-    def _stream_headers(self, request: Any) -> None:
-        request.setResponseCode(200)
-        request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
-        request.setHeader(b"Cache-Control", b"no-cache")
-        request.setHeader(b"X-Accel-Buffering", b"no")
-        if request.clientproto != b"HTTP/2":
-            # HTTP/1.1 keeps the connection open by itself; the seed sends
-            # the header, HTTP/2 forbids it.
-            request.setHeader(b"Connection", b"keep-alive")
-        self._cors(request)
 
     def render_GET(self, request: Any) -> bytes | int:
         """Open a stream and hand it to the handler."""
-        self._stream_headers(request)
-        finished = request.notifyFinish()
-        stream = EventStream(
-            request,
-            self.clock,
-            heartbeat=self.heartbeat,
-            max_queue_events=self.max_queue_events,
-            max_queue_bytes=self.max_queue_bytes,
-        )
-        self.streams.add(stream)
-        stream.on_close(lambda: self.streams.discard(stream))
-        finished.addBoth(stream._lost)
-        request.registerProducer(stream, True)
-        request.write(self._first_frame)
-        self.heartbeat.add(stream)
-        self._run_handler(stream)
-        return NOT_DONE_YET
+        refused = self.refusal(request)
+        if refused is not None:
+            return refused
+        stream = self.open_stream(request)
 
-    def _run_handler(self, stream: EventStream) -> None:
         def failed(failure: Failure) -> None:
             _log.failure("Stream handler failed; ending the stream", failure)
             stream.close()
 
-        result: Deferred[object] = maybeDeferred(self.handler, stream)
-        result.addErrback(failed)
-
-    def render_HEAD(self, request: Any) -> bytes:
-        """Answer the headers a GET would get, and finish."""
-        self._stream_headers(request)
-        return b""
-
-    def render_OPTIONS(self, request: Any) -> bytes:
-        """Answer a CORS preflight."""
-        request.setResponseCode(204)
-        request.setHeader(b"Allow", _ALLOWED_METHODS)
-        self._cors(request)
-        if self.allow_origin is not None:
-            request.setHeader(b"Access-Control-Allow-Methods", _ALLOWED_METHODS)
-            request.setHeader(
-                b"Access-Control-Allow-Headers",
-                b"Last-Event-ID, Cache-Control, Authorization",
-            )
-            request.setHeader(b"Access-Control-Max-Age", b"86400")
-        return b""
-
-    def render(self, request: Any) -> bytes | int:
-        """Dispatch by method; unknown methods get 405 with ``Allow``."""
-        method = request.method
-        if method == b"GET":
-            return self.render_GET(request)
-        if method == b"HEAD":
-            return self.render_HEAD(request)
-        if method == b"OPTIONS":
-            return self.render_OPTIONS(request)
-        request.setResponseCode(405)
-        request.setHeader(b"Allow", _ALLOWED_METHODS)
-        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-        return b"405 Method Not Allowed: an event stream answers GET, HEAD, OPTIONS\n"
+        maybeDeferred(self.handler, stream).addErrback(failed)
+        return NOT_DONE_YET
 
 
 def counter(interval: float = 1.0, start: int = 1) -> Callable[[EventStream], None]:

@@ -1,0 +1,331 @@
+"""
+Brokers: where published events get their ids, their history, and their way
+to every subscriber.
+
+:class:`IBroker` is the seam; :class:`MemoryBroker` is the in-process
+implementation, and the Redis broker sits behind the same interface.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from attrs import define, field, frozen
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.threads import blockingCallFromThread
+from twisted.logger import Logger
+from twisted.python.threadable import isInIOThread
+from zope.interface import Attribute, Interface, implementer
+
+from ._event import Event
+
+__all__ = [
+    "DEFAULT_HISTORY",
+    "DEFAULT_HISTORY_BYTES",
+    "BrokerUnavailable",
+    "IBroker",
+    "MemoryBroker",
+    "Published",
+    "Subscription",
+    "publish_from_thread",
+    "valid_channel",
+]
+
+_log = Logger()
+
+#: Events kept per channel for resuming clients.
+DEFAULT_HISTORY = 1000
+#: Bytes of encoded events kept per channel for resuming clients.
+DEFAULT_HISTORY_BYTES = 16 * 1024 * 1024
+
+_CHANNEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
+#: Event ids are ``<epoch>-<sequence>``: the epoch (milliseconds when the
+#: broker started, or a Redis stream id's time part) keeps a restarted
+#: server's ids from being confused with an earlier run's.
+_EVENT_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+
+
+def valid_channel(name: str) -> bool:
+    """
+    Whether ``name`` is a valid channel name: 1 to 128 characters of ASCII
+    letters, digits and ``_ . : @ -``, starting with a letter or digit.
+    """
+    return _CHANNEL.fullmatch(name) is not None
+
+
+def parse_event_id(value: str) -> tuple[int, int] | None:
+    """Split an ``<epoch>-<sequence>`` id, or ``None`` if malformed."""
+    match = _EVENT_ID.fullmatch(value)
+    if match is None:
+        return None
+    return int(match.group(1)), int(match.group(2))
+
+
+class BrokerUnavailable(Exception):
+    """The broker cannot take or deliver events right now (e.g. Redis down)."""
+
+
+@frozen
+class Published:
+    """
+    An event as the broker stored it: encoded once, with its id, and the
+    same bytes go to every subscriber.
+
+    :ivar channel: The channel it was published on.
+    :ivar id: Its broker-assigned id.
+    :ivar frame: Its wire bytes, ``id:`` included.
+    :ivar key: The conflation key: subscribers with the ``latest`` policy
+        keep only the newest queued event per key.
+    """
+
+    channel: str
+    id: str
+    frame: bytes
+    key: str
+
+
+#: Called with each event a subscription delivers, in order.
+Deliver = Callable[[Published], object]
+
+
+@define(eq=False)
+class Subscription:
+    """
+    What :meth:`IBroker.subscribe` gives back.
+
+    :ivar channel: The channel subscribed to.
+    :ivar replayed: How many history events were delivered before live.
+    :ivar history_lost: ``None`` when the resume was exact (or none was
+        asked); otherwise why events may be missing: ``"malformed"``,
+        ``"unknown"`` or ``"trimmed"``.
+    :ivar position: The id of the last event the subscriber has been given
+        (or ``""`` if none): after a loss, the client resumes from here.
+    """
+
+    channel: str
+    replayed: int = 0
+    history_lost: str | None = None
+    position: str = ""
+    _cancel: Callable[[], None] | None = field(default=None, repr=False)
+
+    def cancel(self) -> None:
+        """Stop delivering; safe to call more than once."""
+        cancel, self._cancel = self._cancel, None
+        if cancel is not None:
+            cancel()
+
+
+class IBroker(Interface):
+    """
+    Channels of events with ids, bounded history and fan-out.
+    """
+
+    available: bool = Attribute("Whether publishing works right now.")
+
+    def publish(channel: str, event: Event, key: str | None = None) -> Deferred[str]:
+        """
+        Give ``event`` an id, keep it in the channel's history and deliver it
+        to every subscriber of the channel.
+
+        :param key: The conflation key; the event type (or ``message``) if
+            ``None``.
+        :returns: A Deferred firing with the id, or failing with
+            :class:`BrokerUnavailable`.
+        """
+
+    def subscribe(
+        channel: str, deliver: Deliver, last_event_id: str | None = None
+    ) -> Deferred[Subscription]:
+        """
+        Deliver the channel's events to ``deliver``: first every event of the
+        history strictly after ``last_event_id`` (if given), then the live
+        ones, with no gap and no duplicate at the handoff.
+        """
+
+    def stop() -> Deferred[None]:
+        """Release connections and timers."""
+
+
+@define(eq=False)
+class _Channel:
+    name: str
+    history: deque[Published] = field(factory=deque)
+    history_bytes: int = 0
+    #: Sequence number of the last event published (0: none yet).
+    last_seq: int = 0
+    subscribers: dict[int, Deliver] = field(factory=dict)
+
+
+@implementer(IBroker)
+class MemoryBroker:
+    """
+    The in-process broker: ids ``<epoch>-<n>`` increasing within each
+    channel, history bounded by count and bytes, synchronous fan-out.
+
+    :param history: Events kept per channel.
+    :param history_bytes: Encoded bytes kept per channel.
+    :param epoch: The id prefix; the start time in milliseconds by default,
+        so ids of a restarted server never match an earlier run's.
+    """
+
+    available = True
+
+    def __init__(
+        self,
+        history: int = DEFAULT_HISTORY,
+        history_bytes: int = DEFAULT_HISTORY_BYTES,
+        epoch: int | None = None,
+    ) -> None:
+        if history < 0:
+            raise ValueError(f"history must be >= 0 events, not {history!r}")
+        if history_bytes < 0:
+            raise ValueError(f"history_bytes must be >= 0, not {history_bytes!r}")
+        self.history = history
+        self.history_bytes = history_bytes
+        self.epoch = int(time.time() * 1000) if epoch is None else epoch
+        self._channels: dict[str, _Channel] = {}
+        self._next_token = 0
+
+    def channel_names(self) -> list[str]:
+        """The channels that have history or subscribers."""
+        return list(self._channels)
+
+    def subscriber_count(self, channel: str) -> int:
+        """How many subscriptions ``channel`` has."""
+        found = self._channels.get(channel)
+        return len(found.subscribers) if found else 0
+
+    def _channel(self, name: str) -> _Channel:
+        found = self._channels.get(name)
+        if found is None:
+            found = self._channels[name] = _Channel(name)
+        return found
+
+    def _forget_if_idle(self, channel: _Channel) -> None:
+        # A channel that ever had an event is kept (a few hundred bytes), so
+        # that its sequence numbers never start over within one epoch.
+        if not channel.subscribers and not channel.last_seq:
+            self._channels.pop(channel.name, None)
+
+    def publish(
+        self, channel: str, event: Event, key: str | None = None
+    ) -> Deferred[str]:
+        """See :meth:`IBroker.publish`."""
+        if not valid_channel(channel):
+            return fail(ValueError(f"invalid channel name: {channel!r}"))
+        state = self._channel(channel)
+        state.last_seq += 1
+        event_id = f"{self.epoch}-{state.last_seq}"
+        published = Published(
+            channel,
+            event_id,
+            _with_id(event, event_id).encode(),
+            key if key is not None else (event.event or "message"),
+        )
+        if self.history:
+            state.history.append(published)
+            state.history_bytes += len(published.frame)
+            while state.history and (
+                len(state.history) > self.history
+                or state.history_bytes > self.history_bytes
+            ):
+                state.history_bytes -= len(state.history.popleft().frame)
+        for deliver in list(state.subscribers.values()):
+            try:
+                deliver(published)
+            except Exception:
+                _log.failure("A subscriber failed to take an event")
+        self._forget_if_idle(state)
+        return succeed(event_id)
+
+    def subscribe(
+        self, channel: str, deliver: Deliver, last_event_id: str | None = None
+    ) -> Deferred[Subscription]:
+        """See :meth:`IBroker.subscribe`."""
+        if not valid_channel(channel):
+            return fail(ValueError(f"invalid channel name: {channel!r}"))
+        state = self._channel(channel)
+        subscription = Subscription(channel)
+        if last_event_id:
+            replay, subscription.history_lost = self._replay(state, last_event_id)
+            for published in replay:
+                deliver(published)
+            subscription.replayed = len(replay)
+        if state.last_seq:
+            subscription.position = f"{self.epoch}-{state.last_seq}"
+        # Same reactor turn as the replay: nothing can be published between
+        # the two, so there is no gap and no duplicate at the handoff.
+        token = self._next_token
+        self._next_token += 1
+        state.subscribers[token] = deliver
+
+        def cancel() -> None:
+            state.subscribers.pop(token, None)
+            self._forget_if_idle(state)
+
+        subscription._cancel = cancel
+        return succeed(subscription)
+
+    def _replay(
+        self, state: _Channel, last_event_id: str
+    ) -> tuple[list[Published], str | None]:
+        parsed = parse_event_id(last_event_id)
+        if parsed is None:
+            return [], "malformed"
+        epoch, seq = parsed
+        if epoch != self.epoch or seq > state.last_seq:
+            return [], "unknown"
+        first_kept = state.last_seq - len(state.history) + 1
+        if seq < first_kept - 1:
+            return [], "trimmed"
+        # History holds consecutive sequence numbers first_kept..last_seq.
+        skip = seq - first_kept + 1
+        return list(state.history)[skip:], None
+
+    def stop(self) -> Deferred[None]:
+        """Nothing to release."""
+        return succeed(None)
+
+
+def _with_id(event: Event, event_id: str) -> Event:
+    return Event(
+        data=event.data,
+        event=event.event,
+        id=event_id,
+        retry=event.retry,
+        comment=event.comment,
+    )
+
+
+def publish_from_thread(
+    reactor: IReactorFromThreads,
+    broker: Any,
+    channel: str,
+    event: Event,
+    key: str | None = None,
+) -> str:
+    """
+    Publish from a thread that is not the reactor's, blocking until the
+    broker has assigned the id.
+
+    :raises BrokerUnavailable: and any error of the publish.
+    :returns: The event's id.
+    """
+    if isInIOThread():
+        raise RuntimeError(
+            "publish_from_thread blocks: call broker.publish on the reactor thread"
+        )
+
+    result: str = blockingCallFromThread(
+        reactor,
+        broker.publish,
+        channel,
+        event,
+        key,
+    )
+    return result
