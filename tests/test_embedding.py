@@ -26,7 +26,12 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from twisted_sse import EventStreamResource, EventStreamService, counter
+from twisted_sse import (
+    EventStreamResource,
+    EventStreamService,
+    StreamRegistry,
+    counter,
+)
 
 
 def _reactor() -> Any:
@@ -153,10 +158,13 @@ async def test_put_child() -> None:
 async def test_service_in_multiservice() -> None:
     """EventStreamService in a MultiService ends streams cleanly on stop."""
     root = Resource()
-    events = stream_resource()
+    registry = StreamRegistry(_reactor())
+    events = EventStreamResource(
+        counter(0.05), clock=_reactor(), retry=500, registry=registry
+    )
     root.putChild(b"events", events)
     endpoint = TCP4ServerEndpoint(_reactor(), 0, interface="127.0.0.1")
-    service = EventStreamService(endpoint, Site(root), [events], _reactor())
+    service = EventStreamService(endpoint, Site(root), registry, _reactor())
     parent = MultiService()
     service.setServiceParent(parent)
     parent.privilegedStartService()

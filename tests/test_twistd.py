@@ -16,7 +16,7 @@ class TwistdSSETests(SynchronousTestCase):
     """``twistd -n sse`` serves the seed's counter and page."""
 
     def setUp(self) -> None:
-        self.server = Twistd("--interval", "0.2").start()
+        self.server = Twistd("--interval", "0.2", "--drain", "0.5").start()
         self.addCleanup(self.server.stop)
 
     def get(self, path: str, method: str = "GET", headers: str = "") -> RawResponse:
@@ -82,14 +82,21 @@ class TwistdSSETests(SynchronousTestCase):
         self.assertIn(b'new EventSource("events")', response.buffer)
 
     def test_sigterm_ends_streams(self) -> None:
-        """SIGTERM ends open streams with the terminating chunk, fast."""
+        """SIGTERM ends open streams with the terminating chunk, in the drain."""
         responses = [self.get("/events") for _ in range(3)]
         for response in responses:
             self.assertEqual(response.read_chunk(), b"retry: 1000\n\n")
         took = self.server.terminate()
         self.assertLess(took, 2.0)
         for response in responses:
+            chunks = []
             while (chunk := response.read_chunk()) != b"":
+                chunks.append(chunk)
+            # The last frame is a jittered reconnection hint: 1000 ms plus up
+            # to the drain window.
+            hint = chunks.pop()
+            self.assertRegex(hint, rb"^retry: (1[0-4][0-9][0-9]|1500)\n\n$")
+            for chunk in chunks:
                 self.assertTrue(chunk.startswith(b"data: "), chunk)
             self.assertTrue(response.at_eof())
 

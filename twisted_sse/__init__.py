@@ -12,7 +12,10 @@ from ._stream import (
     EventStream,
     EventStreamResource,
     Heartbeat,
+    SlowClientPolicy,
     StreamHandler,
+    StreamRegistry,
+    StreamResource,
     counter,
 )
 
@@ -27,7 +30,10 @@ __all__ = [
     "EventStreamService",
     "Heartbeat",
     "MessageEvent",
+    "SlowClientPolicy",
     "StreamHandler",
+    "StreamRegistry",
+    "StreamResource",
     "__version__",
     "counter",
     "encode_comment",

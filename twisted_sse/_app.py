@@ -1,6 +1,6 @@
 """
 The Klein application that ``twistd sse`` serves: the seed example's page at
-``/`` and its counter stream at ``/events``.
+``/``, its counter stream at ``/events``, and the hub's channels.
 """
 
 from __future__ import annotations
@@ -12,7 +12,15 @@ from klein import Klein
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import IResource
 
-from ._stream import DEFAULT_HEARTBEAT, EventStreamResource, Heartbeat, counter
+from ._broker import IBroker, MemoryBroker
+from ._hub import Hub
+from ._stream import (
+    DEFAULT_HEARTBEAT,
+    EventStreamResource,
+    Heartbeat,
+    StreamRegistry,
+    counter,
+)
 
 __all__ = ["SSEApp"]
 
@@ -23,19 +31,24 @@ def _page() -> bytes:
 
 class SSEApp:
     """
-    The seed's service as a Klein app.
+    The service ``twistd sse`` runs, as a Klein app.
 
     ``GET /events`` streams ``retry: <retry>`` then ``data: 1``,
     ``data: 2``, ... every ``interval`` seconds, each connection counting
-    from 1; ``GET /`` serves a page whose ``EventSource`` shows the messages.
+    from 1; ``GET /`` serves a page whose ``EventSource`` shows the messages;
+    ``/channels/{name}`` is the broadcast hub (GET subscribes, POST
+    publishes).
 
     :param clock: The time source for the counter and the heartbeats.
+    :param broker: The hub's broker; a :class:`MemoryBroker` if ``None``.
     :param interval: Seconds between counter events.
     :param retry: The reconnection time sent first, in milliseconds.
     :param heartbeat: Seconds of silence before a heartbeat comment; ``0``
         disables.
     :param allow_origin: ``Access-Control-Allow-Origin`` for the streams, or
         ``None`` for none.
+    :param registry: Open streams, for connection limits and the drain.
+    :param hub_options: Keyword arguments for :class:`Hub`.
     """
 
     app = Klein()
@@ -43,26 +56,36 @@ class SSEApp:
     def __init__(
         self,
         clock: IReactorTime,
+        broker: IBroker | None = None,
         interval: float = 1.0,
         retry: int = 1000,
         heartbeat: float = DEFAULT_HEARTBEAT,
         allow_origin: str | None = "*",
+        registry: StreamRegistry | None = None,
+        **hub_options: Any,
     ) -> None:
         self.clock = clock
         self.heartbeat = Heartbeat(clock, heartbeat)
+        self.registry = registry if registry is not None else StreamRegistry(clock)
+        self.broker = broker if broker is not None else MemoryBroker()
         self.events = EventStreamResource(
             counter(interval),
             clock=clock,
             retry=retry,
             heartbeat_timer=self.heartbeat,
             allow_origin=allow_origin,
+            registry=self.registry,
+        )
+        self.hub = Hub(
+            self.broker,
+            clock=clock,
+            registry=self.registry,
+            heartbeat_timer=self.heartbeat,
+            retry=retry,
+            allow_origin=allow_origin,
+            **hub_options,
         )
         self._page = _page()
-
-    @property
-    def stream_resources(self) -> list[EventStreamResource]:
-        """Every resource whose streams must be ended on shutdown."""
-        return [self.events]
 
     def resource(self) -> IResource:
         """The app as a :class:`~twisted.web.resource.IResource`."""
@@ -79,3 +102,8 @@ class SSEApp:
     def stream(self, request: Any) -> IResource:
         """The counter stream (every method: the resource answers 405)."""
         return self.events
+
+    @app.route("/channels/<string:name>", branch=False)
+    def channel(self, request: Any, name: str) -> IResource:
+        """A hub channel: GET subscribes, POST publishes."""
+        return self.hub.channel_resource(name)

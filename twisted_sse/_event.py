@@ -20,9 +20,22 @@ __all__ = ["Event", "MessageEvent", "encode_comment", "encode_retry"]
 _LINE_BREAK = re.compile("\r\n|\r|\n")
 
 
+def _check_utf8(name: str, value: str) -> None:
+    # A lone surrogate cannot be encoded as UTF-8; refuse it here, naming the
+    # field, rather than fail later inside encode().
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"{name} must not contain a lone surrogate: {value!r}"
+        ) from None
+
+
 def _check_single_line(name: str, value: str | None) -> None:
     if value is not None and ("\r" in value or "\n" in value):
         raise ValueError(f"{name} must not contain a CR or LF: {value!r}")
+    if value is not None:
+        _check_utf8(name, value)
 
 
 def _check_id(instance: object, attribute: object, value: str | None) -> None:
@@ -50,6 +63,8 @@ def _check_retry(instance: object, attribute: object, value: int | None) -> None
 def _check_data(instance: object, attribute: object, value: str | None) -> None:
     if value is not None and not isinstance(value, str):
         raise ValueError(f"data must be a str, not {type(value).__name__}")
+    if value is not None:
+        _check_utf8("data", value)
 
 
 @frozen

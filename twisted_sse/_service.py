@@ -11,62 +11,63 @@ connections, and only then lets the reactor stop.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
-
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import (
     IListeningPort,
     IReactorTime,
     IStreamServerEndpoint,
 )
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.server import Site
 
-from ._stream import EventStream, EventStreamResource
+from ._stream import StreamRegistry
 
 __all__ = ["EventStreamService"]
 
 _log = Logger()
 
 
-def _connection_of(stream: EventStream) -> Any:
-    request = stream.request
-    if stream.is_http2:
-        return None  # one stream of a shared connection: nothing to close
-    return getattr(request.channel, "transport", None)
-
-
 class EventStreamService(Service):
     """
-    Listen on ``endpoint`` with ``site``, and on stop end the open streams of
-    ``resources`` cleanly before the port and the process go away.
+    Listen on ``endpoint`` with ``site``; on stop, drain the open streams of
+    ``registry`` (see :meth:`StreamRegistry.drain`) before the port and the
+    process go away.
 
     Add it to a :class:`~twisted.application.service.MultiService` to embed
-    event streams in an existing Twisted program.
+    event streams in an existing Twisted program; give every stream resource
+    of the site the same ``registry``.
 
     :param endpoint: Where to listen.
     :param site: The site to serve.
-    :param resources: The stream resources whose streams to end on stop.
-    :param clock: The time source for the shutdown grace period.
-    :param grace: Seconds to wait at most, after ending the streams, for their
-        connections to flush and close.
+    :param registry: The streams to end on stop.
+    :param clock: The time source for the drain.
+    :param drain: Seconds over which to spread the ends of the streams, so
+        their clients do not all reconnect at the same moment.
+    :param retry: Base ``retry:`` hint, in milliseconds, given to drained
+        clients (each gets a random value up to ``drain`` seconds later).
+    :param grace: Seconds to wait at most, after the streams have ended, for
+        their connections to flush and close.
     """
 
     def __init__(
         self,
         endpoint: IStreamServerEndpoint,
         site: Site,
-        resources: Iterable[EventStreamResource],
+        registry: StreamRegistry,
         clock: IReactorTime,
+        drain: float = 0.0,
+        retry: int = 1000,
         grace: float = 1.0,
     ) -> None:
+        if drain < 0:
+            raise ValueError(f"drain must be >= 0 seconds, not {drain!r}")
         self.endpoint = endpoint
         self.site = site
-        self.resources = list(resources)
+        self.registry = registry
         self.clock = clock
+        self.drain = drain
+        self.retry = retry
         self.grace = grace
         self.port: IListeningPort | None = None
         self._listening: Deferred[IListeningPort] | None = None
@@ -95,34 +96,13 @@ class EventStreamService(Service):
 
     def stopService(self) -> Deferred[None]:
         """
-        Stop accepting connections, end every open stream with its
-        terminating chunk, and fire once their connections have closed (or
-        after ``grace`` seconds).
+        Stop admitting streams, end every open stream cleanly over the drain
+        window, then stop listening; fires when all of that is done.
         """
         super().stopService()  # type: ignore[no-untyped-call]
-        if self.port is None:
-            return succeed(None)
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
-        assert self.port is not None
-        stopped = self.port.stopListening()
-        if stopped is not None:
-            await stopped
-        connections = []
-        for resource in self.resources:
-            for stream in list(resource.streams):
-                connection = _connection_of(stream)
-                stream.close()
-                if connection is not None:
-                    # Flushes what is buffered (the terminating chunk), then
-                    # closes: no half-written response for a proxy to report.
-                    connection.loseConnection()
-                    connections.append(connection)
-        waited = 0.0
-        step = 0.02
-        while waited < self.grace and any(
-            not getattr(c, "disconnected", True) for c in connections
-        ):
-            await deferLater(self.clock, step)
-            waited += step
+        await self.registry.drain(self.drain, self.retry, self.grace)
+        if self.port is not None:
+            await maybeDeferred(self.port.stopListening)

@@ -28,7 +28,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -465,28 +465,52 @@ class StreamRegistry:
 
         stream.on_close(closed)
 
-    def drain(self, seconds: float, retry: int = 1000) -> Deferred[None]:
+    def drain(
+        self, seconds: float, retry: int = 1000, grace: float = 1.0
+    ) -> Deferred[None]:
         """
         Stop admitting streams and end the open ones cleanly, each at a
         random moment within ``seconds`` and with a ``retry:`` between
-        ``retry`` and ``retry`` plus the window.
+        ``retry`` and ``retry`` plus the window; then close their
+        connections once the terminating chunk is flushed.
 
-        :returns: A Deferred that fires when every stream has ended.
+        :param grace: Seconds to wait at most, after the last stream ended,
+            for the connections to flush and close.
+        :returns: A Deferred that fires when that is done.
         """
         self.draining = True
+        return Deferred.fromCoroutine(self._drain(seconds, retry, grace))
+
+    async def _drain(self, seconds: float, retry: int, grace: float) -> None:
         window_ms = int(seconds * 1000)
         waiting = []
+        connections: list[Any] = []
+
+        def end(stream: EventStream, hint: int) -> None:
+            connection = None if stream.is_http2 else stream.request.channel.transport
+            stream.close(hint)
+            if connection is not None:
+                # Flushes what is buffered (the terminating chunk), then
+                # closes: no half-written response for a proxy to report.
+                connection.loseConnection()
+                connections.append(connection)
+
         for stream in list(self.streams):
             done: Deferred[None] = Deferred()
             stream.on_close(partial(done.callback, None))
             hint = retry + self._random.randint(0, max(window_ms, 0))
             if seconds > 0:
-                delay = self._random.uniform(0, seconds)
-                stream.call_later(delay, stream.close, hint)
+                stream.call_later(self._random.uniform(0, seconds), end, stream, hint)
             else:
-                stream.close(hint)
+                end(stream, hint)
             waiting.append(done)
-        return DeferredList(waiting).addCallback(lambda _: None)
+        await DeferredList(waiting)
+        waited, step = 0.0, 0.02
+        while waited < grace and any(
+            not getattr(connection, "disconnected", True) for connection in connections
+        ):
+            await deferLater(self.clock, step)
+            waited += step
 
 
 def _client_ip(request: Any) -> str:

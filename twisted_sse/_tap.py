@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from typing import Any, NoReturn
@@ -16,8 +17,16 @@ from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from ._app import SSEApp
+from ._broker import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES, MemoryBroker, valid_channel
+from ._hub import DEFAULT_MAX_EVENT_BYTES
 from ._service import EventStreamService
-from ._stream import DEFAULT_HEARTBEAT
+from ._stream import (
+    DEFAULT_HEARTBEAT,
+    DEFAULT_MAX_QUEUE_BYTES,
+    DEFAULT_MAX_QUEUE_EVENTS,
+    SlowClientPolicy,
+    StreamRegistry,
+)
 
 __all__ = ["Options", "makeService"]
 
@@ -66,6 +75,16 @@ def _non_negative_int(name: str) -> Any:
     return coerce
 
 
+def _positive_int(name: str) -> Any:
+    def coerce(value: str) -> int:
+        if not re.fullmatch(r"[0-9]+", value) or int(value) < 1:
+            raise ValueError(f"--{name} must be a positive integer, not {value!r}")
+        return int(value)
+
+    coerce.coerceDoc = ""  # type: ignore[attr-defined]
+    return coerce
+
+
 def endpoint_description(port: str) -> str:
     """
     Turn ``--port`` into an endpoint description: a bare port number means
@@ -83,8 +102,9 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Serve Server-Sent Events: GET /events streams a counter "
-        "(retry, then data: 1, 2, ... every --interval seconds) and GET / "
-        "shows it in a page."
+        "(retry, then data: 1, 2, ... every --interval seconds), GET / "
+        "shows it in a page, and /channels/{name} is a broadcast hub: GET "
+        "subscribes (resuming after Last-Event-ID), POST publishes."
     )
 
     optParameters = [
@@ -132,7 +152,100 @@ class Options(usage.Options):
             "long.",
             _non_negative_float("timeout"),
         ],
+        [
+            "publish-token",
+            None,
+            None,
+            "Bearer token that POST /channels/{name} must present; without "
+            "it, publishing over HTTP is off. Also read from the "
+            "TWISTED_SSE_PUBLISH_TOKEN environment variable, which keeps it "
+            "out of the process list.",
+        ],
+        [
+            "history",
+            None,
+            DEFAULT_HISTORY,
+            "Events kept per channel for clients resuming with Last-Event-ID.",
+            _non_negative_int("history"),
+        ],
+        [
+            "history-bytes",
+            None,
+            DEFAULT_HISTORY_BYTES,
+            "Bytes of events kept per channel.",
+            _non_negative_int("history-bytes"),
+        ],
+        [
+            "max-event-bytes",
+            None,
+            DEFAULT_MAX_EVENT_BYTES,
+            "Largest publish body in bytes (413 beyond).",
+            _positive_int("max-event-bytes"),
+        ],
+        [
+            "queue-events",
+            None,
+            DEFAULT_MAX_QUEUE_EVENTS,
+            "Events a client that does not read may have queued.",
+            _positive_int("queue-events"),
+        ],
+        [
+            "queue-bytes",
+            None,
+            DEFAULT_MAX_QUEUE_BYTES,
+            "Bytes a client that does not read may have queued.",
+            _positive_int("queue-bytes"),
+        ],
+        [
+            "max-connections",
+            None,
+            0,
+            "Open streams in all (0: no limit); clients over it are told to "
+            "come back later with a jittered retry.",
+            _non_negative_int("max-connections"),
+        ],
+        [
+            "max-connections-per-ip",
+            None,
+            0,
+            "Open streams per client address (0: no limit).",
+            _non_negative_int("max-connections-per-ip"),
+        ],
+        [
+            "drain",
+            None,
+            5.0,
+            "Seconds over which open streams are ended on shutdown, each with "
+            "a jittered retry, so that clients do not reconnect all at once.",
+            _non_negative_float("drain"),
+        ],
     ]
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self["slow-client"] = SlowClientPolicy.DISCONNECT
+        self["channel-policies"] = {}
+
+    def opt_slow_client(self, value: str) -> None:
+        """
+        What to do when a client stops reading and its queue is full:
+        disconnect (it resumes with Last-Event-ID), drop-oldest, or latest
+        (keep the newest queued event per key). CHANNEL=POLICY sets one
+        channel's; repeatable. [default: disconnect]
+        """
+        channel, equals, name = value.rpartition("=")
+        policies = {policy.value: policy for policy in SlowClientPolicy}
+        if name not in policies:
+            raise usage.UsageError(
+                f"--slow-client must be one of {', '.join(policies)}"
+                f" (or CHANNEL=POLICY), not {value!r}"
+            )
+        if equals:
+            if not valid_channel(channel):
+                raise usage.UsageError(f"--slow-client: invalid channel {channel!r}")
+            self["channel-policies"][channel] = policies[name]
+        else:
+            self["slow-client"] = policies[name]
 
     def postOptions(self) -> None:
         """Check what the coercers cannot: the endpoint and the origin."""
@@ -140,6 +253,8 @@ class Options(usage.Options):
         if "\r" in origin or "\n" in origin:
             raise usage.UsageError("--allow-origin must be one line")
         self["endpoint"] = endpoint_description(self["port"])
+        token = self["publish-token"] or os.environ.get("TWISTED_SSE_PUBLISH_TOKEN")
+        self["publish-token"] = token or None
 
 
 def _fail(code: int, message: str) -> NoReturn:
@@ -155,19 +270,41 @@ def makeService(options: Options) -> IService:
     """
     from twisted.internet import reactor
 
+    registry = StreamRegistry(
+        reactor,
+        max_connections=options["max-connections"],
+        max_connections_per_ip=options["max-connections-per-ip"],
+    )
     app = SSEApp(
         reactor,
+        broker=MemoryBroker(
+            history=options["history"], history_bytes=options["history-bytes"]
+        ),
         interval=options["interval"],
         retry=options["retry"],
         heartbeat=options["heartbeat"],
         allow_origin=options["allow-origin"] or None,
+        registry=registry,
+        publish_token=options["publish-token"],
+        max_event_bytes=options["max-event-bytes"],
+        policy=options["slow-client"],
+        channel_policies=options["channel-policies"],
+        max_queue_events=options["queue-events"],
+        max_queue_bytes=options["queue-bytes"],
     )
     site = Site(app.resource(), timeout=options["timeout"] or None)
     try:
         endpoint = serverFromString(reactor, options["endpoint"])
     except (ValueError, KeyError, TypeError, ImportError) as error:
         _fail(2, f"--port {options['port']!r} is not a valid endpoint: {error}")
-    server = EventStreamService(endpoint, site, app.stream_resources, reactor)
+    server = EventStreamService(
+        endpoint,
+        site,
+        registry,
+        reactor,
+        drain=options["drain"],
+        retry=options["retry"],
+    )
     failures: list[Failure] = []
     server.listen().addErrback(failures.append)
     if failures:

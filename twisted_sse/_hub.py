@@ -1,0 +1,475 @@
+"""
+The broadcast hub: subscribe to and publish on channels over HTTP, on top of
+any :class:`~twisted_sse.IBroker`.
+
+``GET /channels/{name}`` subscribes (resuming after ``Last-Event-ID``, with
+an explicit signal when history was lost); ``POST /channels/{name}``
+publishes.  Flow control, admission and the drain come from
+:mod:`twisted_sse._stream`; ids, history and fan-out from the broker.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from ._broker import BrokerUnavailable, IBroker, Published, Subscription, valid_channel
+from ._event import Event
+from ._stream import (
+    DEFAULT_HEARTBEAT,
+    EventStream,
+    Heartbeat,
+    SlowClientPolicy,
+    StreamRegistry,
+    StreamResource,
+    _default_clock,
+)
+
+__all__ = [
+    "DEFAULT_MAX_EVENT_BYTES",
+    "HISTORY_LOST_EVENT",
+    "HISTORY_LOST_HEADER",
+    "Authorizer",
+    "ChannelResource",
+    "Hub",
+    "bearer_token_authorizer",
+]
+
+_log = Logger()
+
+#: Largest publish body accepted over HTTP.
+DEFAULT_MAX_EVENT_BYTES = 64 * 1024
+#: The event type that tells a resuming client events may be missing.
+HISTORY_LOST_EVENT = "history-lost"
+#: The response header that says the same, with the reason as its value.
+HISTORY_LOST_HEADER = b"SSE-History-Lost"
+
+_MAX_KEY_LENGTH = 256
+_PUBLISH_FIELDS = frozenset({"data", "event", "retry", "key"})
+
+#: Decides whether ``request`` may subscribe to ``channel``: returns a bool
+#: or a Deferred that fires with one.
+Authorizer = Callable[[Any, str], "bool | Deferred[bool]"]
+
+
+def bearer_token_authorizer(tokens: Mapping[str, str] | str) -> Authorizer:
+    """
+    An :data:`Authorizer` that lets a subscriber in when it presents a
+    token, as ``Authorization: Bearer <token>`` (clients that can send
+    headers) or as the ``access_token`` query parameter (a browser's
+    ``EventSource`` cannot send headers).
+
+    :param tokens: One token for every channel, or a mapping from channel
+        name to its token (channels not in it are refused).
+    """
+
+    def authorize(request: Any, channel: str) -> bool:
+        expected = tokens if isinstance(tokens, str) else tokens.get(channel)
+        if expected is None:
+            return False
+        presented = _bearer(request)
+        if presented is None:
+            values = request.args.get(b"access_token") or [b""]
+            presented = values[0]
+        return hmac.compare_digest(presented, expected.encode("utf-8"))
+
+    return authorize
+
+
+def _bearer(request: Any) -> bytes | None:
+    header = request.getHeader(b"Authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.partition(b" ")
+    if scheme.lower() != b"bearer":
+        return None
+    return bytes(token.strip())
+
+
+class _Handoff:
+    """
+    Takes a subscription's events before its stream exists (while the
+    broker replays history, possibly asynchronously), then hands them to the
+    stream in order.
+    """
+
+    __slots__ = ("backlog", "stream")
+
+    def __init__(self) -> None:
+        self.stream: EventStream | None = None
+        self.backlog: list[Published] = []
+
+    def deliver(self, published: Published) -> None:
+        stream = self.stream
+        if stream is None:
+            self.backlog.append(published)
+        else:
+            stream.write(published.frame, published.key)
+
+    def attach(self, stream: EventStream) -> None:
+        self.stream = stream
+        backlog, self.backlog = self.backlog, []
+        for published in backlog:
+            stream.write(published.frame, published.key)
+
+
+class Hub:
+    """
+    Channels over HTTP on top of a broker.
+
+    :param broker: Where events get ids and history and fan out.
+    :param clock: The time source; the global reactor if ``None``.
+    :param registry: Open streams for admission and the drain; a new one
+        without limits if ``None``.
+    :param heartbeat_timer: A shared heartbeat; a new one with ``heartbeat``
+        seconds if ``None``.
+    :param heartbeat: Seconds of silence before a heartbeat comment.
+    :param retry: The reconnection time sent first, in milliseconds.
+    :param allow_origin: ``Access-Control-Allow-Origin``, or ``None``.
+    :param publish_token: The bearer token that ``POST`` must present; with
+        ``None``, publishing over HTTP is off (403).
+    :param max_event_bytes: Largest publish body (413 beyond).
+    :param policy: The slow-client policy of every channel...
+    :param channel_policies: ...except those named here.
+    :param max_queue_events: Frames a non-reading subscriber may have queued.
+    :param max_queue_bytes: Bytes a non-reading subscriber may have queued.
+    :param authorizer: Decides who may subscribe to what; everyone if
+        ``None``.
+    """
+
+    def __init__(
+        self,
+        broker: IBroker,
+        *,
+        clock: IReactorTime | None = None,
+        registry: StreamRegistry | None = None,
+        heartbeat_timer: Heartbeat | None = None,
+        heartbeat: float = DEFAULT_HEARTBEAT,
+        retry: int | None = 1000,
+        allow_origin: str | None = None,
+        publish_token: str | None = None,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        policy: SlowClientPolicy = SlowClientPolicy.DISCONNECT,
+        channel_policies: Mapping[str, SlowClientPolicy] | None = None,
+        max_queue_events: int = 1000,
+        max_queue_bytes: int = 1024 * 1024,
+        authorizer: Authorizer | None = None,
+    ) -> None:
+        if max_event_bytes < 1:
+            raise ValueError(f"max_event_bytes must be >= 1, not {max_event_bytes!r}")
+        if publish_token is not None and not publish_token:
+            raise ValueError("publish_token must not be empty (use None to disable)")
+        self.broker = broker
+        self.clock = clock if clock is not None else _default_clock()
+        self.registry = registry if registry is not None else StreamRegistry(self.clock)
+        self.heartbeat = (
+            heartbeat_timer
+            if heartbeat_timer is not None
+            else Heartbeat(self.clock, heartbeat)
+        )
+        self.retry = retry
+        self.allow_origin = allow_origin
+        self.publish_token = publish_token
+        self.max_event_bytes = max_event_bytes
+        self.policy = policy
+        self.channel_policies = dict(channel_policies or {})
+        self.max_queue_events = max_queue_events
+        self.max_queue_bytes = max_queue_bytes
+        self.authorizer = authorizer
+
+    def publish(
+        self, channel: str, event: Event, key: str | None = None
+    ) -> Deferred[str]:
+        """
+        Publish ``event`` on ``channel`` from Python (on the reactor thread;
+        see :func:`~twisted_sse.publish_from_thread` for other threads).
+
+        :returns: A Deferred firing with the event's id.
+        """
+        return self.broker.publish(channel, event, key)
+
+    def channel_resource(self, channel: str) -> ChannelResource:
+        """The resource serving ``channel`` (GET subscribes, POST publishes)."""
+        return ChannelResource(self, channel)
+
+    def resource(self) -> Resource:
+        """
+        A resource whose children are the channels, for a plain
+        ``twisted.web`` tree: ``root.putChild(b"channels", hub.resource())``.
+        """
+        return _ChannelsResource(self)
+
+
+class _ChannelsResource(Resource):
+    def __init__(self, hub: Hub) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.hub = hub
+
+    def getChild(self, path: bytes, request: Any) -> Resource:
+        return self.hub.channel_resource(path.decode("utf-8", "replace"))
+
+
+def _json_error(request: Any, code: int, message: str) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Cache-Control", b"no-store")
+    return json.dumps({"error": message}).encode("utf-8") + b"\n"
+
+
+class _BadRequest(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _media_type(request: Any) -> str:
+    value = request.getHeader(b"Content-Type")
+    if value is None:
+        return ""
+    return str(value.split(b";", 1)[0].strip().lower().decode("latin-1"))
+
+
+class ChannelResource(StreamResource):
+    """
+    One channel: ``GET`` subscribes, ``POST`` publishes.
+
+    A subscriber that sends ``Last-Event-ID`` (or the ``lastEventId`` query
+    parameter of EventSource polyfills) gets every event after it, then the
+    live stream.  If the broker cannot replay from that id (it is malformed,
+    unknown or already trimmed from history), the response carries the
+    ``SSE-History-Lost`` header with the reason, and the stream starts with
+    an event of type ``history-lost`` whose data is ``{"reason": ...}`` and
+    whose id is the channel's current position, so that the client resumes
+    from there next time.  The client's id is never echoed back.
+    """
+
+    allowed_methods = (b"GET", b"HEAD", b"OPTIONS", b"POST")
+
+    def __init__(self, hub: Hub, channel: str) -> None:
+        super().__init__(
+            clock=hub.clock,
+            retry=hub.retry,
+            heartbeat_timer=hub.heartbeat,
+            allow_origin=hub.allow_origin,
+            max_queue_events=hub.max_queue_events,
+            max_queue_bytes=hub.max_queue_bytes,
+            policy=hub.channel_policies.get(channel, hub.policy),
+            registry=hub.registry,
+        )
+        self.hub = hub
+        self.channel = channel
+
+    # Subscribing
+
+    def render_GET(self, request: Any) -> bytes | int:
+        """Subscribe: authorise, replay after Last-Event-ID, then go live."""
+        if not valid_channel(self.channel):
+            return _json_error(request, 400, f"invalid channel name: {self.channel!r}")
+        refused = self.refusal(request)
+        if refused is not None:
+            return refused
+        gone: list[bool] = []
+        request.notifyFinish().addBoth(lambda _: gone.append(True))
+        last_event_id = _last_event_id(request)
+
+        async def subscribe() -> None:
+            if self.hub.authorizer is not None:
+                allowed = await maybeDeferred(
+                    self.hub.authorizer, request, self.channel
+                )
+                if gone:
+                    return
+                if not allowed:
+                    request.write(_json_error(request, 403, "not allowed to subscribe"))
+                    request.finish()
+                    return
+            handoff = _Handoff()
+            try:
+                subscription = await self.hub.broker.subscribe(
+                    self.channel, handoff.deliver, last_event_id
+                )
+            except BrokerUnavailable as error:
+                if not gone:
+                    self._come_back_later(request, str(error))
+                return
+            if gone:
+                subscription.cancel()
+                return
+            self._go_live(request, subscription, handoff)
+
+        def failed(failure: Failure) -> None:
+            _log.failure(
+                "Subscribing to {channel} failed", failure, channel=self.channel
+            )
+            if not gone:
+                request.write(_json_error(request, 500, "internal error"))
+                request.finish()
+
+        Deferred.fromCoroutine(subscribe()).addErrback(failed)
+        return NOT_DONE_YET
+
+    def _come_back_later(self, request: Any, reason: str) -> None:
+        # 200 with a retry hint, not a 503 that browsers treat as final.
+        self.set_stream_headers(request)
+        hint = Event(retry=self.hub.registry.jittered_retry(), comment=reason)
+        request.write(hint.encode())
+        request.finish()
+
+    def _go_live(
+        self, request: Any, subscription: Subscription, handoff: _Handoff
+    ) -> None:
+        frames = [self.first_frame]
+        if subscription.history_lost is not None:
+            request.setHeader(HISTORY_LOST_HEADER, subscription.history_lost)
+            frames.append(
+                Event(
+                    event=HISTORY_LOST_EVENT,
+                    id=subscription.position,
+                    data=json.dumps({"reason": subscription.history_lost}),
+                ).encode()
+            )
+        stream = self.open_stream(request, *frames)
+        stream.on_close(subscription.cancel)
+        handoff.attach(stream)
+
+    # Publishing
+
+    def render_POST(self, request: Any) -> bytes | int:
+        """Publish the body as an event; answer ``{"id": ...}``."""
+        self.set_cors_headers(request)
+        try:
+            self._check_publisher(request)
+            if not valid_channel(self.channel):
+                raise _BadRequest(400, f"invalid channel name: {self.channel!r}")
+            event, key = self._read_event(request)
+        except _BadRequest as error:
+            return _json_error(request, error.code, error.message)
+
+        gone: list[bool] = []
+        request.notifyFinish().addBoth(lambda _: gone.append(True))
+
+        def answer(body: bytes) -> None:
+            # The event is published whether or not the publisher stayed to
+            # hear its id; only the answer is skipped for one that left.
+            if not gone:
+                request.write(body)
+                request.finish()
+
+        def published(event_id: str) -> None:
+            request.setHeader(b"Content-Type", b"application/json")
+            answer(json.dumps({"id": event_id}).encode("utf-8") + b"\n")
+
+        def failed(failure: Failure) -> None:
+            if failure.check(BrokerUnavailable):
+                answer(
+                    _json_error(request, 503, f"broker unavailable: {failure.value}")
+                )
+            elif failure.check(ValueError):
+                answer(_json_error(request, 400, str(failure.value)))
+            else:
+                _log.failure(
+                    "Publishing on {channel} failed", failure, channel=self.channel
+                )
+                answer(_json_error(request, 500, "internal error"))
+
+        maybeDeferred(self.hub.publish, self.channel, event, key).addCallbacks(
+            published, failed
+        )
+        return NOT_DONE_YET
+
+    def _check_publisher(self, request: Any) -> None:
+        token = self.hub.publish_token
+        if token is None:
+            raise _BadRequest(
+                403,
+                "publishing over HTTP is disabled: start the server with "
+                "--publish-token",
+            )
+        presented = _bearer(request)
+        if presented is None or not hmac.compare_digest(
+            presented, token.encode("utf-8")
+        ):
+            request.setHeader(b"WWW-Authenticate", b'Bearer realm="twisted_sse"')
+            raise _BadRequest(401, "a valid Authorization: Bearer token is required")
+
+    def _read_event(self, request: Any) -> tuple[Event, str | None]:
+        limit = self.hub.max_event_bytes
+        request.content.seek(0)
+        body = request.content.read(limit + 1)
+        if len(body) > limit:
+            raise _BadRequest(413, f"the body is larger than {limit} bytes")
+        media_type = _media_type(request)
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _BadRequest(400, "the body is not UTF-8") from None
+        if media_type == "application/json":
+            return _event_from_json(text)
+        if media_type in ("text/plain", ""):
+            return _make_event(data=text), None
+        raise _BadRequest(
+            415,
+            f"unsupported Content-Type {media_type!r}: "
+            "use application/json or text/plain",
+        )
+
+
+def _event_from_json(text: str) -> tuple[Event, str | None]:
+    try:
+        body = json.loads(text)
+    except ValueError as error:
+        raise _BadRequest(400, f"the body is not valid JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise _BadRequest(400, "the JSON body must be an object")
+    unknown = sorted(set(body) - _PUBLISH_FIELDS)
+    if unknown:
+        raise _BadRequest(
+            400,
+            f"unknown field {unknown[0]!r}: use data, event, retry and key",
+        )
+    if "data" not in body:
+        raise _BadRequest(400, "the field 'data' is required")
+    data = body["data"]
+    if not isinstance(data, str):
+        data = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    event_type = body.get("event")
+    if event_type is not None and not isinstance(event_type, str):
+        raise _BadRequest(400, "event must be a string")
+    retry = body.get("retry")
+    if retry is not None and (
+        not isinstance(retry, int) or isinstance(retry, bool) or retry < 0
+    ):
+        raise _BadRequest(400, f"retry must be a non-negative integer, not {retry!r}")
+    key = body.get("key")
+    if key is not None and (not isinstance(key, str) or len(key) > _MAX_KEY_LENGTH):
+        raise _BadRequest(
+            400, f"key must be a string of at most {_MAX_KEY_LENGTH} characters"
+        )
+    return _make_event(data=data, event=event_type, retry=retry), key
+
+
+def _make_event(**fields: Any) -> Event:
+    try:
+        return Event(**fields)
+    except ValueError as error:
+        raise _BadRequest(400, str(error)) from None
+
+
+def _last_event_id(request: Any) -> str | None:
+    header = request.getHeader(b"Last-Event-ID")
+    if header is not None:
+        return str(header.decode("utf-8", "replace"))
+    values = request.args.get(b"lastEventId")
+    if values:
+        return str(values[0].decode("utf-8", "replace"))
+    return None
