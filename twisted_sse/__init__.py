@@ -4,6 +4,16 @@ twisted_sse: Server-Sent Events for Twisted.
 The public API; everything else lives in private modules.
 """
 
+from ._client import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_BACKOFF,
+    DEFAULT_RECONNECTION_TIME,
+    MAX_REDIRECTS,
+    EventSource,
+    EventSourceError,
+    IdleTimeout,
+    ReadyState,
+)
 from ._event import Event, MessageEvent, encode_comment, encode_retry
 from ._parser import EventParser
 from ._service import EventStreamService
@@ -23,13 +33,21 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_HEARTBEAT",
+    "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_MAX_BACKOFF",
+    "DEFAULT_RECONNECTION_TIME",
+    "MAX_REDIRECTS",
     "Event",
     "EventParser",
+    "EventSource",
+    "EventSourceError",
     "EventStream",
     "EventStreamResource",
     "EventStreamService",
     "Heartbeat",
+    "IdleTimeout",
     "MessageEvent",
+    "ReadyState",
     "SlowClientPolicy",
     "StreamHandler",
     "StreamRegistry",

@@ -1,0 +1,291 @@
+"""
+Tests for L{twisted_sse.__main__}: the C{twisted-sse} command's options, and
+C{listen} run in memory on a fake agent and a L{Clock}.  The real process,
+socket and reactor are exercised by L{tests.test_client_interop}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from contextlib import redirect_stderr, redirect_stdout
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionLost
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.client import ResponseFailed
+
+from tests.test_client import URL, FakeAgent, FakeRequest
+from twisted_sse.__main__ import build_parser, listen, main
+
+
+class Output(io.StringIO):
+    """A text stream that counts flushes and can refuse writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushes = 0
+        self.broken = False
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+    def write(self, text: str) -> int:
+        if self.broken:
+            raise BrokenPipeError()
+        return super().write(text)
+
+    def lines(self) -> list[str]:
+        """The lines written so far."""
+        return self.getvalue().splitlines()
+
+
+def usage(*argv: str) -> tuple[int, str]:
+    """Run C{main(argv)} where it stops before the reactor; return code, stderr."""
+    err = io.StringIO()
+    with redirect_stderr(err), redirect_stdout(io.StringIO()):
+        code = main(list(argv))
+    return code, err.getvalue()
+
+
+class Listener:
+    """C{listen} on a fake agent and a clock."""
+
+    def __init__(self, *argv: str) -> None:
+        self.options = build_parser().parse_args(["listen", *argv])
+        self.clock = Clock()
+        self.agent = FakeAgent()
+        self.out = Output()
+        self.err = Output()
+        self.done: Deferred[int] = Deferred.fromCoroutine(
+            listen(self.clock, self.options, self.out, self.err, self.agent)
+        )
+        self.clock.advance(0)
+
+    @property
+    def request(self) -> FakeRequest:
+        """The latest request."""
+        return self.agent.requests[-1]
+
+    def events(self) -> list[dict[str, Any]]:
+        """The JSON objects printed."""
+        return [json.loads(line) for line in self.out.lines()]
+
+
+class OptionTests(SynchronousTestCase):
+    """Usage errors exit 2 before anything connects."""
+
+    def test_no_command(self) -> None:
+        """A command is required."""
+        self.assertEqual(usage()[0], 2)
+
+    def test_unknown_command(self) -> None:
+        """An unknown command is a usage error."""
+        self.assertEqual(usage("talk", URL)[0], 2)
+
+    def test_no_url(self) -> None:
+        """listen needs a URL."""
+        self.assertEqual(usage("listen")[0], 2)
+
+    def test_unknown_option(self) -> None:
+        """An unknown option is a usage error."""
+        self.assertEqual(usage("listen", URL, "--bogus")[0], 2)
+
+    def test_malformed_header(self) -> None:
+        """A --header without a colon or with a bad name is a usage error."""
+        for header in ["NoColon", "Bad Name: x", ": x", "X: a\rb"]:
+            code, err = usage("listen", URL, "--header", header)
+            self.assertEqual(code, 2, header)
+            self.assertIn("--header", err)
+
+    def test_bad_numbers(self) -> None:
+        """Counts and times must be numbers in range."""
+        for argv in [
+            ["--max-events", "0"],
+            ["--max-events", "x"],
+            ["--timeout", "0"],
+            ["--timeout", "-1"],
+            ["--timeout", "nan"],
+            ["--reconnection-time", "-1"],
+            ["--reconnection-time", "1.5"],
+            ["--idle-timeout", "-1"],
+            ["--idle-timeout", "inf"],
+        ]:
+            self.assertEqual(usage("listen", URL, *argv)[0], 2, argv)
+
+    def test_help(self) -> None:
+        """--help exits 0."""
+        self.assertEqual(usage("listen", "--help")[0], 0)
+
+    def test_header_parsing(self) -> None:
+        """Headers are split at the first colon, the value trimmed."""
+        options = build_parser().parse_args(
+            ["listen", URL, "--header", "Authorization:  Bearer a:b ", "--header", "X:"]
+        )
+        self.assertEqual(options.header, [("Authorization", "Bearer a:b"), ("X", "")])
+
+    def test_defaults(self) -> None:
+        """Defaults are the browser's."""
+        options = build_parser().parse_args(["listen", URL])
+        self.assertEqual(
+            (
+                options.last_event_id,
+                options.header,
+                options.max_events,
+                options.timeout,
+                options.reconnection_time,
+                options.idle_timeout,
+            ),
+            ("", [], None, None, 3000, 45.0),
+        )
+        self.assertIsInstance(options, argparse.Namespace)
+
+
+class ListenTests(SynchronousTestCase):
+    """What listen prints, and when it exits."""
+
+    def test_json_lines(self) -> None:
+        """Each event is one flushed JSON line with type, data, lastEventId, origin."""
+        listener = Listener(URL)
+        response = listener.request.respond()
+        response.send(b"id: 1\ndata: a\ndata: b\n\nevent: tick\ndata: \xc3\xa9\n\n")
+        self.assertEqual(
+            listener.events(),
+            [
+                {
+                    "type": "message",
+                    "data": "a\nb",
+                    "lastEventId": "1",
+                    "origin": "http://example.com",
+                },
+                {
+                    "type": "tick",
+                    "data": "é",
+                    "lastEventId": "1",
+                    "origin": "http://example.com",
+                },
+            ],
+        )
+        self.assertEqual(len(listener.out.lines()), 2)
+        self.assertGreaterEqual(listener.out.flushes, 2)
+        self.assertEqual(listener.err.getvalue(), "")
+        self.assertNoResult(listener.done)
+
+    def test_max_events(self) -> None:
+        """--max-events N exits 0 after N events and drops the connection."""
+        listener = Listener(URL, "--max-events", "2")
+        response = listener.request.respond()
+        response.send(b"data: 1\n\ndata: 2\n\ndata: 3\n\n")
+        self.assertEqual(self.successResultOf(listener.done), 0)
+        self.assertEqual([event["data"] for event in listener.events()], ["1", "2"])
+        self.assertTrue(response.stopped)
+        self.assertEqual(listener.clock.getDelayedCalls(), [])
+
+    def test_timeout(self) -> None:
+        """--timeout S exits 0 after S seconds, even while connecting."""
+        listener = Listener(URL, "--timeout", "5")
+        listener.clock.advance(4.9)
+        self.assertNoResult(listener.done)
+        listener.clock.advance(0.1)
+        self.assertEqual(self.successResultOf(listener.done), 0)
+        self.assertTrue(listener.request.cancelled)
+        self.assertEqual(listener.clock.getDelayedCalls(), [])
+
+    def test_204(self) -> None:
+        """A 204 exits 0."""
+        listener = Listener(URL)
+        listener.request.respond(204, None)
+        self.assertEqual(self.successResultOf(listener.done), 0)
+        self.assertEqual(listener.out.getvalue(), "")
+
+    def test_404(self) -> None:
+        """A 404 exits 1 with exactly one line on stderr and nothing on stdout."""
+        listener = Listener(URL)
+        listener.request.respond(404, "text/html")
+        self.assertEqual(self.successResultOf(listener.done), 1)
+        self.assertEqual(len(listener.err.lines()), 1)
+        self.assertIn("404", listener.err.getvalue())
+        self.assertEqual(listener.out.getvalue(), "")
+
+    def test_wrong_content_type(self) -> None:
+        """A wrong Content-Type exits 1 with one line on stderr."""
+        listener = Listener(URL)
+        listener.request.respond(200, "text/plain")
+        self.assertEqual(self.successResultOf(listener.done), 1)
+        self.assertEqual(len(listener.err.lines()), 1)
+        self.assertIn("text/plain", listener.err.getvalue())
+
+    def test_bad_url(self) -> None:
+        """A URL that is not http(s) exits 1 with one line on stderr."""
+        listener = Listener("ftp://example.com/")
+        self.assertEqual(self.successResultOf(listener.done), 1)
+        self.assertEqual(len(listener.err.lines()), 1)
+        self.assertEqual(listener.agent.requests, [])
+
+    def test_reconnects(self) -> None:
+        """A dropped stream is reopened with Last-Event-ID; the news goes to stderr."""
+        listener = Listener(URL)
+        response = listener.request.respond()
+        response.send(b"id: 7\ndata: a\n\n")
+        response.end()
+        self.assertEqual(len(listener.agent.requests), 1)
+        listener.clock.advance(3)
+        self.assertEqual(len(listener.agent.requests), 2)
+        self.assertEqual(listener.request.header("Last-Event-ID"), "7")
+        self.assertEqual(len(listener.out.lines()), 1)
+        self.assertEqual(
+            listener.err.lines(),
+            ["twisted-sse: the server ended the stream; reconnecting in 3 s"],
+        )
+
+    def test_network_error_described(self) -> None:
+        """A wrapped network error is reported by its causes, on one stderr line."""
+        listener = Listener(URL)
+        response = listener.request.respond()
+        response.end(
+            Failure(
+                ResponseFailed(
+                    [Failure(ConnectionLost("gone")), Failure(ValueError("bad"))]
+                )
+            )
+        )
+        [line] = listener.err.lines()
+        self.assertIn("gone", line)
+        self.assertIn("bad", line)
+        self.assertTrue(line.endswith("; reconnecting in 3 s"), line)
+        self.assertEqual(listener.out.getvalue(), "")
+
+    def test_options_applied(self) -> None:
+        """--last-event-id, --header, --reconnection-time and --idle-timeout apply."""
+        listener = Listener(
+            URL,
+            "--last-event-id",
+            "42",
+            "--header",
+            "Authorization: Bearer t",
+            "--reconnection-time",
+            "100",
+            "--idle-timeout",
+            "2",
+        )
+        request = listener.request
+        self.assertEqual(request.header("Last-Event-ID"), "42")
+        self.assertEqual(request.header("Authorization"), "Bearer t")
+        response = request.respond()
+        listener.clock.advance(2)
+        self.assertTrue(response.stopped)
+        listener.clock.advance(0.1)
+        self.assertEqual(len(listener.agent.requests), 2)
+
+    def test_broken_pipe(self) -> None:
+        """A closed stdout ends listen quietly with 0."""
+        listener = Listener(URL)
+        listener.out.broken = True
+        response = listener.request.respond()
+        response.send(b"data: x\n\n")
+        self.assertEqual(self.successResultOf(listener.done), 0)
+        self.assertTrue(response.stopped)
