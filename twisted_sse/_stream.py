@@ -359,6 +359,9 @@ class EventStream:
             self._wrote = False
         elif not self.paused and not self._queue:
             self.request.write(_HEARTBEAT_FRAME)
+            # A heartbeat is output too: the next one is due after another
+            # full interval of silence, not at the next tick.
+            self._wrote = True
 
     def _lost(self, reason: Failure | None) -> None:
         if not self.closed:
@@ -605,9 +608,11 @@ class StreamResource(Resource):
         request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"Cache-Control", b"no-cache")
         request.setHeader(b"X-Accel-Buffering", b"no")
-        if request.clientproto != b"HTTP/2":
-            # HTTP/1.1 keeps the connection open by itself; the seed sends
-            # the header, HTTP/2 forbids it.
+        if request.clientproto == b"HTTP/1.1" and not request.responseHeaders.hasHeader(
+            b"Connection"
+        ):
+            # What the seed sends.  Never over HTTP/2, which forbids it; never
+            # over HTTP/1.0 or when Twisted already answers "close".
             request.setHeader(b"Connection", b"keep-alive")
         self.set_cors_headers(request)
 

@@ -9,7 +9,8 @@ an in-memory transport.  The request goes through Twisted's own HTTP parsing,
 resource traversal, chunked encoding and disconnect handling; only the socket
 is fake.  Every byte the server writes reaches the client at once, so events
 arrive whether you move time with :meth:`SSETestClient.advance` or with
-``clock.advance`` directly.
+``clock.advance`` directly.  The client speaks HTTP/1.1 (or 1.0), one
+connection per request; HTTP/2 is not simulated.
 
 Inject one :class:`~twisted.internet.task.Clock` into both the resource
 (``EventStreamResource(..., clock=clock)``) and the client: the client uses it
@@ -67,21 +68,19 @@ from twisted.web.server import Site
 
 from ._event import MessageEvent
 from ._parser import EventParser
-from ._stream import EventStreamResource, Heartbeat
+from ._stream import Heartbeat, StreamRegistry, StreamResource
 
 __all__ = [
+    "Checkable",
     "SSETestClient",
     "SSETestResponse",
+    "SubscriptionCounter",
     "assert_no_leaks",
     "parse_events",
 ]
 
 _LINE_BREAK = re.compile(b"\r\n|\r|\n")
 _BOM = b"\xef\xbb\xbf"
-
-#: Steps in a row that :meth:`SSETestClient.advance` may take without time
-#: moving before it decides that timers reschedule themselves forever.
-_MAX_STILL_STEPS = 10_000
 
 # An HTTP method is a token (RFC 9110, section 5.6.2).
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -102,6 +101,23 @@ def parse_events(data: bytes, last_event_id: str = "") -> list[MessageEvent]:
     events = parser.feed(data)
     parser.end()
     return events
+
+
+#: What :func:`assert_no_leaks` can check for open streams and timers.
+Checkable = StreamResource | StreamRegistry | Heartbeat
+
+
+class SubscriptionCounter(Protocol):
+    """
+    A broker as :func:`assert_no_leaks` sees it (a
+    ``MemoryBroker`` is one): it can count the subscribers of its channels.
+    """
+
+    def channel_names(self) -> list[str]:
+        """The channels that have history or subscribers."""
+
+    def subscriber_count(self, channel: str) -> int:
+        """How many subscriptions ``channel`` has."""
 
 
 class _KleinApp(Protocol):
@@ -270,6 +286,9 @@ class _ServerTransport(StringTransport):
     The server's end of an in-memory connection: what the server writes goes
     straight to the :class:`SSETestResponse`, and closing it tells the
     response that the server hung up.
+
+    As on a real transport, ``disconnecting`` is set by ``loseConnection``
+    and ``disconnected`` once the protocol was told ``connectionLost``.
     """
 
     def __init__(self, response: SSETestResponse, peer: IPv4Address) -> None:
@@ -297,7 +316,6 @@ class _ServerTransport(StringTransport):
             self._response._server_closed(ConnectionDone("the server closed"), False)
 
     def abortConnection(self) -> None:
-        self.disconnected = True
         if self.connected and not self.disconnecting:
             self.disconnecting = True
             self._response._server_closed(ConnectionAborted("the server aborted"), True)
@@ -310,16 +328,12 @@ class SSETestResponse:
 
     Bytes are read as the server writes them: the attributes are always up to
     date, and Deferreds from :meth:`next_event` fire from inside the server's
-    write.  When the response has ended (cleanly or not), the client closes its
-    connection at its next call (see :meth:`SSETestClient.flush`).
+    write.  When the body has ended, the client closes its connection at its
+    next call (see :meth:`SSETestClient.flush`).
 
     :ivar method: The request method, such as ``"GET"``.
     :ivar path: The request path.
     :ivar request_headers: The headers that were sent.
-    :ivar raw: The body so far, with the transfer encoding removed: the
-        ``text/event-stream`` itself.
-    :ivar wire: Every byte the server wrote on the connection: status line,
-        headers, chunk framing.
     :ivar events: Every event the body has dispatched so far, in order.
     :ivar finished: Whether the body ended the way HTTP says a body ends: the
         terminating chunk of a chunked body, the full ``Content-Length``, the
@@ -342,8 +356,8 @@ class SSETestResponse:
         self.method = method
         self.path = path
         self.request_headers = request_headers
-        self.raw = b""
-        self.wire = b""
+        self._raw = bytearray()
+        self._wire = bytearray()
         self.events: list[MessageEvent] = []
         self.finished = False
         self.connected = True
@@ -366,6 +380,22 @@ class SSETestResponse:
             f"<SSETestResponse {self.method} {self.path} {self.code} {state}, "
             f"{len(self.events)} events>"
         )
+
+    @property
+    def raw(self) -> bytes:
+        """
+        The body so far with the transfer encoding removed: the
+        ``text/event-stream`` itself.
+        """
+        return bytes(self._raw)
+
+    @property
+    def wire(self) -> bytes:
+        """
+        Every byte the server wrote on the connection: status line, headers,
+        chunk framing.
+        """
+        return bytes(self._wire)
 
     @property
     def code(self) -> int | None:
@@ -417,7 +447,9 @@ class SSETestResponse:
         ``"ping"``, a bare ``":"`` gives ``""``): heartbeats, mostly.  Clients
         ignore comments, so :attr:`events` never shows them.
         """
-        body = self.raw[len(_BOM) :] if self.raw.startswith(_BOM) else self.raw
+        body = self.raw
+        if body.startswith(_BOM):
+            body = body[len(_BOM) :]
         # The last piece is an unterminated line (or b"" after a break).
         lines = _LINE_BREAK.split(body)[:-1]
         return [
@@ -515,7 +547,7 @@ class SSETestResponse:
         self._protocol.dataReceived(data)
 
     def _from_server(self, data: bytes) -> None:
-        self.wire += data
+        self._wire += data
         if self._paused:
             self._held.append(data)
         else:
@@ -535,7 +567,7 @@ class SSETestResponse:
             self._end(Failure(e))
             return
         if body:
-            self.raw += body
+            self._raw += body
             self.events.extend(self._parser.feed(body))
             self._wake()
         if self._reader.complete and not self.finished:
@@ -602,6 +634,7 @@ class SSETestResponse:
         self._server_notified = True
         assert self._transport is not None
         self._transport.connected = False
+        self._transport.disconnected = True
         self._protocol.connectionLost(Failure(reason))
 
 
@@ -749,17 +782,17 @@ class SSETestClient:
 
         Unlike ``clock.advance(3)``, which runs a one-second
         :class:`~twisted.internet.task.LoopingCall` once, this runs it three
-        times, as three seconds of real time would.
+        times, as three seconds of real time would.  Between steps it
+        delivers due connection closes (see :meth:`flush`).
 
-        :raises RuntimeError: if timers keep rescheduling themselves without
-            letting time pass.
+        :param seconds: How far to move.
+        :raises ValueError: if ``seconds`` is negative.
         """
         if seconds < 0:
             raise ValueError(f"cannot go back in time: {seconds!r}")
         with self._operation():
             clock = self.clock
             target = clock.seconds() + seconds
-            still = 0
             while True:
                 due = [
                     call.getTime()
@@ -768,15 +801,10 @@ class SSETestClient:
                 ]
                 if not due:
                     break
-                now = clock.seconds()
+                # Each step runs every call due by then (Clock.advance does)
+                # and moves time forward: the loop ends.
                 _advance_to(clock, min(due))
                 self._settle()
-                still = still + 1 if clock.seconds() == now else 0
-                if still > _MAX_STILL_STEPS:
-                    raise RuntimeError(
-                        f"timers keep coming due at t={now} without time "
-                        f"passing: {clock.getDelayedCalls()!r}"
-                    )
             _advance_to(clock, target)
 
     def flush(self) -> None:
@@ -805,25 +833,33 @@ class SSETestClient:
 
     def assert_clean(
         self,
-        *resources: EventStreamResource | Heartbeat,
+        *resources: Checkable,
+        brokers: Iterable[SubscriptionCounter] = (),
         testcase: TestCase | None = None,
     ) -> None:
         """
-        Fail if anything outlived the requests: see :func:`assert_no_leaks`.
-        The root resource is checked too when it is an
-        :class:`~twisted_sse.EventStreamResource`.
+        Fail if anything outlived the requests: see :func:`assert_no_leaks`,
+        given this client and its clock.  The root resource is checked too
+        when it is a :class:`~twisted_sse.StreamResource`.
 
-        :param resources: Event stream resources (or shared heartbeats) in
-            the tree whose streams must all have ended.
+        :param resources: Stream resources in the tree (or registries, or
+            shared heartbeats) whose streams must all have ended.
+        :param brokers: Brokers that must have no subscriber left.
         :param testcase: The running test, whose ``fail`` reports the leak.
         """
         self.flush()
         checked = list(resources)
-        if isinstance(self.resource, EventStreamResource) and not any(
+        if isinstance(self.resource, StreamResource) and not any(
             self.resource is r for r in checked
         ):
             checked.insert(0, self.resource)
-        assert_no_leaks(testcase, clock=self.clock, resources=checked, clients=[self])
+        assert_no_leaks(
+            testcase,
+            clock=self.clock,
+            resources=checked,
+            brokers=brokers,
+            clients=[self],
+        )
 
     # Internals
 
@@ -861,25 +897,32 @@ def assert_no_leaks(
     testcase: TestCase | None = None,
     *,
     clock: Clock | None = None,
-    resources: Iterable[EventStreamResource | Heartbeat] = (),
+    resources: Iterable[Checkable] = (),
+    brokers: Iterable[SubscriptionCounter] = (),
     clients: Iterable[SSETestClient] = (),
 ) -> None:
     """
-    Fail if a stream, a timer or a connection outlived the test.
+    Fail if a stream, a timer, a subscription or a connection outlived the
+    test.
 
-    It checks that every resource has no open stream and its heartbeat timer
-    is stopped, that ``clock`` has no pending delayed call (a timer a handler
-    forgot to stop, a subscription that keeps a
-    :class:`~twisted.internet.task.LoopingCall` going), and that every client
-    has no open connection or malformed response.  Nothing is cleaned up, so
-    the state is there to look at.
+    It checks that every resource (or registry) has no open stream and its
+    heartbeat timer is stopped, that ``clock`` has no pending delayed call (a
+    timer a handler forgot to stop, a subscription that keeps a
+    :class:`~twisted.internet.task.LoopingCall` going), that no broker has a
+    subscriber left, and that every client has no open connection or
+    malformed response.  Nothing is cleaned up, so the state is there to
+    look at.
 
     :param testcase: The running test: a leak is reported with its ``fail``,
         so it is its ``failureException``.  With ``None``,
         :class:`AssertionError` is raised.
     :param clock: The clock the streams run on.
-    :param resources: :class:`~twisted_sse.EventStreamResource` or
+    :param resources: :class:`~twisted_sse.StreamResource` (such as
+        :class:`~twisted_sse.EventStreamResource`),
+        :class:`~twisted_sse.StreamRegistry` or
         :class:`~twisted_sse.Heartbeat` objects to check.
+    :param brokers: Brokers whose channels must have no subscriber left (any
+        object with ``channel_names()`` and ``subscriber_count(channel)``).
     :param clients: Clients whose connections must all be closed; their
         pending connection closes are delivered first.
     :raises AssertionError: (or ``testcase.failureException``) listing every
@@ -890,16 +933,22 @@ def assert_no_leaks(
         client.flush()
     problems: list[str] = []
     for resource in resources:
-        if isinstance(resource, EventStreamResource):
-            if resource.streams:
-                problems.append(
-                    f"{len(resource.streams)} stream(s) still open in {resource!r}"
-                )
-            heartbeat = resource.heartbeat
-        else:
+        if isinstance(resource, (StreamResource, StreamRegistry)) and resource.streams:
+            problems.append(
+                f"{len(resource.streams)} stream(s) still open in {resource!r}"
+            )
+        heartbeat = resource.heartbeat if isinstance(resource, StreamResource) else None
+        if isinstance(resource, Heartbeat):
             heartbeat = resource
-        if heartbeat.running:
+        if heartbeat is not None and heartbeat.running:
             problems.append(f"heartbeat timer still running: {heartbeat!r}")
+    for broker in brokers:
+        for channel in broker.channel_names():
+            count = broker.subscriber_count(channel)
+            if count:
+                problems.append(
+                    f"{count} subscriber(s) left on channel {channel!r} of {broker!r}"
+                )
     if clock is not None:
         problems.extend(
             f"pending delayed call: {call!r}"
