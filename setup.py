@@ -6,17 +6,22 @@ The twistd dropin lives in ``twisted/plugins`` with no ``__init__.py`` there
 see it: ``twisted.plugins`` is listed explicitly.
 """
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
     name="twisted-sse",
     version="0.1.0",
-    description="Server-Sent Events for Twisted: streams, a hub, a client and twistd sse",
-    long_description=open("README.md", encoding="utf-8").read(),
+    description="Server-Sent Events for Twisted: streams, a hub, a client, twistd sse",
+    long_description=Path(__file__).with_name("README.md").read_text("utf-8"),
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.11",
-    packages=find_packages(include=["twisted_sse", "twisted_sse.*"]) + ["twisted.plugins"],
+    packages=[
+        *find_packages(include=["twisted_sse", "twisted_sse.*"]),
+        "twisted.plugins",
+    ],
     package_data={"twisted_sse": ["py.typed", "static/*"]},
     include_package_data=True,
     install_requires=[
