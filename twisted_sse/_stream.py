@@ -126,6 +126,95 @@ class Heartbeat:
 StreamHandler = Callable[["EventStream"], Any]
 
 
+class _ChunkCache:
+    """
+    The chunked-encoding framing of the frame most recently framed.  A
+    broadcast writes the same bytes object to every subscriber in a row, so
+    this frames each event once per publish, not once per subscriber.
+    """
+
+    __slots__ = ("chunk", "frame")
+
+    def __init__(self) -> None:
+        self.frame = b""
+        self.chunk = b""
+
+    def __call__(self, frame: bytes) -> bytes:
+        if frame is not self.frame:
+            self.frame = frame
+            self.chunk = b"%x\r\n%b\r\n" % (len(frame), frame)
+        return self.chunk
+
+
+_chunked = _ChunkCache()
+
+
+class _DirectWriter:
+    """
+    Write response bytes straight to a TCP socket when Twisted has nothing
+    buffered for it.
+
+    ``request.write`` appends to the transport's buffer and asks the reactor
+    to flush it on the next turn: one ``send`` plus two ``epoll_ctl`` calls
+    per delivery (register, then unregister write interest).  When the
+    buffer is empty, sending at once is the same bytes in the same order
+    without the round trip; whatever the kernel does not take is handed to
+    the transport, which then buffers, flushes and pauses producers as
+    usual.  Any other transport (TLS, HTTP/2 streams, UNIX sockets in other
+    reactors) keeps using ``request.write``.
+
+    This leans on attributes of :class:`twisted.internet.tcp.Connection`
+    (``socket``, ``dataBuffer``, ``offset``, ``_tempDataBuffer``), which
+    :meth:`for_request` checks before choosing this path.
+    """
+
+    __slots__ = ("chunked", "transport")
+
+    def __init__(self, transport: Any, chunked: bool) -> None:
+        self.transport = transport
+        self.chunked = chunked
+
+    @classmethod
+    def for_request(cls, request: Any) -> _DirectWriter | None:
+        """A writer for ``request``'s connection, or ``None`` to not bypass."""
+        from twisted.internet.tcp import Connection
+
+        if request.clientproto not in (b"HTTP/1.1", b"HTTP/1.0"):
+            return None
+        transport = getattr(request.channel, "transport", None)
+        if not isinstance(transport, Connection):
+            return None
+        if not all(
+            hasattr(transport, name)
+            for name in ("socket", "dataBuffer", "offset", "_tempDataBuffer")
+        ):
+            return None
+        return cls(transport, bool(request.chunked))
+
+    def write(self, frame: bytes) -> None:
+        """Send ``frame`` (chunk-framed if the response is chunked)."""
+        data = _chunked(frame) if self.chunked else frame
+        transport = self.transport
+        if (
+            transport._tempDataBuffer
+            or len(transport.dataBuffer) > transport.offset
+            or not transport.connected
+            or transport.disconnecting
+        ):
+            transport.write(data)
+            return
+        try:
+            sent = transport.socket.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            # Let Twisted meet the error on its own path and close cleanly.
+            transport.write(data)
+            return
+        if sent < len(data):
+            transport.write(data[sent:])
+
+
 class SlowClientPolicy(enum.Enum):
     """
     What a stream does when its client stops reading and its queue is full.
@@ -194,6 +283,20 @@ class EventStream:
         self._wrote = True
         self._close_callbacks: list[Callable[[], object]] = []
         self._delayed: set[IDelayedCall] = set()
+        #: How frames reach the client: through ``request.write`` until
+        #: :meth:`_write_directly` finds a plain TCP connection.
+        self._send: Callable[[bytes], object] = request.write
+
+    def _write_directly(self) -> None:
+        """
+        Once the response has started, send frames straight to the socket
+        when the connection is plain HTTP/1.x over TCP (see
+        :class:`_DirectWriter`); TLS, HTTP/2 and anything else keep going
+        through ``request.write``.
+        """
+        writer = _DirectWriter.for_request(self.request)
+        if writer is not None:
+            self._send = writer.write
 
     @property
     def is_http2(self) -> bool:
@@ -233,7 +336,7 @@ class EventStream:
             return False
         self._wrote = True
         if not self.paused and not self._queue:
-            self.request.write(frame)
+            self._send(frame)
             return True
         queue = self._queue
         if key is None or self.policy is not SlowClientPolicy.LATEST:
@@ -323,10 +426,11 @@ class EventStream:
         """The client is reading again: write out the queue, coalesced."""
         self.paused = False
         if self._queue and not self.closed:
+            # Everything that waited goes out as one write.
             frames = b"".join(self._queue.values())
             self._queue.clear()
             self._queued_bytes = 0
-            self.request.write(frames)
+            self._send(frames)
 
     def stopProducing(self) -> None:
         """The connection is gone; the request's finish Deferred says so too."""
@@ -358,7 +462,7 @@ class EventStream:
         if self._wrote:
             self._wrote = False
         elif not self.paused and not self._queue:
-            self.request.write(_HEARTBEAT_FRAME)
+            self._send(_HEARTBEAT_FRAME)
             # A heartbeat is output too: the next one is due after another
             # full interval of silence, not at the next tick.
             self._wrote = True
@@ -656,6 +760,7 @@ class StreamResource(Resource):
         finished.addBoth(stream._lost)
         request.registerProducer(stream, True)
         request.write(b"".join(frames) if frames else self.first_frame)
+        stream._write_directly()
         self.heartbeat.add(stream)
         return stream
 
