@@ -71,11 +71,13 @@ class Twistd:
             self.output += chunk
             wait = 0
 
-    def terminate(self, timeout: float = 10.0) -> float:
-        """Send SIGTERM; return how many seconds the child took to exit."""
+    def terminate(
+        self, signal_number: int = signal.SIGTERM, timeout: float = 10.0
+    ) -> float:
+        """Send a signal; return how many seconds the child took to exit."""
         assert self.process is not None
         began = time.monotonic()
-        self.process.send_signal(signal.SIGTERM)
+        self.process.send_signal(signal_number)
         self.process.wait(timeout)
         took = time.monotonic() - began
         self._read(0)

@@ -55,6 +55,9 @@ _log = Logger()
 #: under nginx's default ``proxy_read_timeout`` of 60 s.
 DEFAULT_HEARTBEAT = 15.0
 
+#: Streams ended per second at most while draining (see StreamRegistry.drain).
+DRAIN_RATE = 1000.0
+
 #: Bounds of the queue a stream keeps while its client is not reading.
 DEFAULT_MAX_QUEUE_EVENTS = 1000
 DEFAULT_MAX_QUEUE_BYTES = 1024 * 1024
@@ -576,10 +579,13 @@ class StreamRegistry:
         self, seconds: float, retry: int = 1000, grace: float = 1.0
     ) -> Deferred[None]:
         """
-        Stop admitting streams and end the open ones cleanly, each at a
-        random moment within ``seconds`` and with a ``retry:`` between
-        ``retry`` and ``retry`` plus the window; then close their
-        connections once the terminating chunk is flushed.
+        Stop admitting streams and end the open ones cleanly, each with a
+        ``retry:`` between ``retry`` and ``retry`` plus ``seconds``, so that
+        their clients come back spread over the window; then close their
+        connections once the terminating chunk is flushed.  The ends
+        themselves are spread at no more than :data:`DRAIN_RATE` per second
+        (within ``seconds``): a busy server takes the whole window, a quiet
+        one stops at once.
 
         :param grace: Seconds to wait at most, after the last stream ended,
             for the connections to flush and close.
@@ -602,12 +608,17 @@ class StreamRegistry:
                 connection.loseConnection()
                 connections.append(connection)
 
-        for stream in list(self.streams):
+        streams = list(self.streams)
+        # The retry hints spread the reconnections over the whole window;
+        # the ends themselves need spreading only when there are many, so a
+        # server with a handful of streams stops at once.
+        spread = min(seconds, len(streams) / DRAIN_RATE)
+        for stream in streams:
             done: Deferred[None] = Deferred()
             stream.on_close(partial(done.callback, None))
             hint = retry + self._random.randint(0, max(window_ms, 0))
-            if seconds > 0:
-                stream.call_later(self._random.uniform(0, seconds), end, stream, hint)
+            if spread > 0:
+                stream.call_later(self._random.uniform(0, spread), end, stream, hint)
             else:
                 end(stream, hint)
             waiting.append(done)
