@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import enum
 import itertools
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from functools import partial
 from random import Random
@@ -274,6 +274,10 @@ class EventStream:
         self.paused = False
         self.close_reason: str | None = None
         self.dropped = 0
+        #: Frames and bytes the stream accepted for its client.
+        self.frames = 0
+        self.bytes = 0
+        self.opened_at = clock.seconds()
         self.policy = policy
         self._heartbeat_timer = heartbeat
         self._max_events = max_queue_events
@@ -338,6 +342,8 @@ class EventStream:
         if self.closed:
             return False
         self._wrote = True
+        self.frames += 1
+        self.bytes += len(frame)
         if not self.paused and not self._queue:
             self._send(frame)
             return True
@@ -444,10 +450,12 @@ class EventStream:
     def _overflow(self) -> None:
         if self.policy is SlowClientPolicy.DISCONNECT:
             _log.info(
-                "Disconnecting a client that stopped reading: {queued} frames "
+                "Disconnecting {peer}, which stopped reading: {queued} frames "
                 "({queued_bytes} bytes) queued",
+                peer=_client_ip(self.request),
                 queued=len(self._queue),
                 queued_bytes=self._queued_bytes,
+                policy=self.policy.value,
             )
             self.abort()
             return
@@ -532,7 +540,17 @@ class StreamRegistry:
         self.max_connections_per_ip = max_connections_per_ip
         self.busy_retry = busy_retry
         self.draining = False
-        self.refused = 0
+        #: Streams sent away, by reason ("draining", "total", "per-ip").
+        self.refused: Counter[str] = Counter()
+        #: Streams opened since start, and closed by reason ("closed" by the
+        #: server, "lost" by the client, "aborted" for not reading).
+        self.opened = 0
+        self.closed: Counter[str] = Counter()
+        #: Frames and bytes of streams already closed, and frames their
+        #: slow-client policy dropped; see :meth:`totals` for all streams.
+        self._closed_frames = 0
+        self._closed_bytes = 0
+        self._closed_dropped = 0
         self.streams: set[EventStream] = set()
         self._per_ip: dict[str, int] = {}
         self._random = random if random is not None else Random()
@@ -549,24 +567,46 @@ class StreamRegistry:
         :returns: ``None`` if so, else the reason it may not.
         """
         if self.draining:
-            return "the server is shutting down"
+            return self._refuse("draining", "the server is shutting down")
         if self.max_connections and len(self.streams) >= self.max_connections:
-            return "too many connections"
+            return self._refuse("total", "too many connections")
         if (
             self.max_connections_per_ip
             and self._per_ip.get(_client_ip(request), 0) >= self.max_connections_per_ip
         ):
-            return "too many connections from this address"
+            return self._refuse("per-ip", "too many connections from this address")
         return None
+
+    def _refuse(self, kind: str, reason: str) -> str:
+        self.refused[kind] += 1
+        return reason
+
+    def totals(self) -> tuple[int, int, int]:
+        """Frames and bytes accepted, and frames dropped, by every stream."""
+        frames, size, dropped = (
+            self._closed_frames,
+            self._closed_bytes,
+            self._closed_dropped,
+        )
+        for stream in self.streams:
+            frames += stream.frames
+            size += stream.bytes
+            dropped += stream.dropped
+        return frames, size, dropped
 
     def add(self, stream: EventStream) -> None:
         """Count ``stream`` until it closes."""
         ip = _client_ip(stream.request)
         self.streams.add(stream)
+        self.opened += 1
         self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
 
         def closed() -> None:
             self.streams.discard(stream)
+            self.closed[stream.close_reason or "closed"] += 1
+            self._closed_frames += stream.frames
+            self._closed_bytes += stream.bytes
+            self._closed_dropped += stream.dropped
             left = self._per_ip.get(ip, 1) - 1
             if left:
                 self._per_ip[ip] = left
@@ -743,7 +783,6 @@ class StreamResource(Resource):
         reason = self.registry.admit(request)
         if reason is None:
             return None
-        self.registry.refused += 1
         self.set_stream_headers(request)
         hint = Event(retry=self.registry.jittered_retry(), comment=reason)
         return hint.encode()
@@ -765,7 +804,23 @@ class StreamResource(Resource):
             policy=self.policy,
         )
         self.streams.add(stream)
-        stream.on_close(lambda: self.streams.discard(stream))
+        fields = self.log_fields(request)
+        peer = _client_ip(request)
+        _log.info("Stream opened for {peer}", peer=peer, **fields)
+
+        def closed() -> None:
+            self.streams.discard(stream)
+            _log.info(
+                "Stream closed for {peer} ({reason}) after {duration:.1f} s",
+                peer=peer,
+                reason=stream.close_reason,
+                duration=self.clock.seconds() - stream.opened_at,
+                frames=stream.frames,
+                dropped=stream.dropped,
+                **fields,
+            )
+
+        stream.on_close(closed)
         if self.registry is not None:
             self.registry.add(stream)
         finished.addBoth(stream._lost)
@@ -774,6 +829,10 @@ class StreamResource(Resource):
         stream._write_directly()
         self.heartbeat.add(stream)
         return stream
+
+    def log_fields(self, request: Any) -> dict[str, object]:
+        """Structured fields that name a stream in the logs (its path)."""
+        return {"path": request.path.decode("utf-8", "replace")}
 
     # Rendering
 
