@@ -15,7 +15,9 @@ from ._client import (
     ReadyState,
 )
 from ._event import Event, MessageEvent, encode_comment, encode_retry
+from ._logs import access_log_formatter, json_log_observer
 from ._parser import EventParser
+from ._redis import RedisAddress, RedisBroker, parse_redis_url
 from ._service import EventStreamService
 from ._stream import (
     DEFAULT_HEARTBEAT,
@@ -48,12 +50,17 @@ __all__ = [
     "IdleTimeout",
     "MessageEvent",
     "ReadyState",
+    "RedisAddress",
+    "RedisBroker",
     "SlowClientPolicy",
     "StreamHandler",
     "StreamRegistry",
     "StreamResource",
     "__version__",
+    "access_log_formatter",
     "counter",
     "encode_comment",
     "encode_retry",
+    "json_log_observer",
+    "parse_redis_url",
 ]

@@ -17,8 +17,16 @@ from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from ._app import SSEApp
-from ._broker import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES, MemoryBroker, valid_channel
+from ._broker import (
+    DEFAULT_HISTORY,
+    DEFAULT_HISTORY_BYTES,
+    IBroker,
+    MemoryBroker,
+    valid_channel,
+)
 from ._hub import DEFAULT_MAX_EVENT_BYTES
+from ._logs import access_log_formatter
+from ._redis import RedisBroker, parse_redis_url
 from ._service import EventStreamService
 from ._stream import (
     DEFAULT_HEARTBEAT,
@@ -162,10 +170,21 @@ class Options(usage.Options):
             "out of the process list.",
         ],
         [
+            "broker",
+            None,
+            None,
+            "Where events get their ids and history: 'memory' (this process "
+            "only) or redis://[[user]:password@]host:port/db (rediss:// for "
+            "TLS) to share channels between processes. Also read from the "
+            "TWISTED_SSE_BROKER environment variable, which keeps a password "
+            "out of the process list. [default: memory]",
+        ],
+        [
             "history",
             None,
             DEFAULT_HISTORY,
-            "Events kept per channel for clients resuming with Last-Event-ID.",
+            "Events kept per channel for clients resuming with Last-Event-ID "
+            "(with Redis: the streams' MAXLEN ~).",
             _non_negative_int("history"),
         ],
         [
@@ -255,6 +274,17 @@ class Options(usage.Options):
         self["endpoint"] = endpoint_description(self["port"])
         token = self["publish-token"] or os.environ.get("TWISTED_SSE_PUBLISH_TOKEN")
         self["publish-token"] = token or None
+        broker = self["broker"] or os.environ.get("TWISTED_SSE_BROKER") or "memory"
+        self["redis"] = None
+        if broker.strip().lower() not in ("memory", "memory://"):
+            try:
+                self["redis"] = parse_redis_url(broker)
+            except ValueError as error:
+                # The message never repeats the URL: it may hold a password.
+                raise usage.UsageError(
+                    "--broker must be memory or redis://[[user]:password@]host"
+                    f"[:port][/db] (rediss:// for TLS): {error}"
+                ) from None
 
 
 def _fail(code: int, message: str) -> NoReturn:
@@ -275,11 +305,16 @@ def makeService(options: Options) -> IService:
         max_connections=options["max-connections"],
         max_connections_per_ip=options["max-connections-per-ip"],
     )
+    broker: IBroker
+    if options["redis"] is not None:
+        broker = RedisBroker(reactor, options["redis"], history=options["history"])
+    else:
+        broker = MemoryBroker(
+            history=options["history"], history_bytes=options["history-bytes"]
+        )
     app = SSEApp(
         reactor,
-        broker=MemoryBroker(
-            history=options["history"], history_bytes=options["history-bytes"]
-        ),
+        broker=broker,
         interval=options["interval"],
         retry=options["retry"],
         heartbeat=options["heartbeat"],
@@ -292,7 +327,11 @@ def makeService(options: Options) -> IService:
         max_queue_events=options["queue-events"],
         max_queue_bytes=options["queue-bytes"],
     )
-    site = Site(app.resource(), timeout=options["timeout"] or None)
+    site = Site(
+        app.resource(),
+        timeout=options["timeout"] or None,
+        logFormatter=access_log_formatter,
+    )
     try:
         endpoint = serverFromString(reactor, options["endpoint"])
     except (ValueError, KeyError, TypeError, ImportError) as error:
@@ -314,5 +353,9 @@ def makeService(options: Options) -> IService:
         )
         _fail(1, f"cannot listen on {options['endpoint']}: {reason}")
     service = MultiService()
+    if isinstance(broker, RedisBroker):
+        # Connects in the background: until Redis answers, publishing gets
+        # 503 and subscribers a retry hint.
+        broker.setServiceParent(service)  # type: ignore[no-untyped-call]
     server.setServiceParent(service)  # type: ignore[no-untyped-call]
     return service
