@@ -30,6 +30,8 @@ setup(
         "treq>=23.11.0",
         "attrs>=23.1.0",
         "zope.interface>=6.0",
+        "prometheus_client>=0.17",
+        "txredisapi>=1.4.10",
     ],
     extras_require={
         "tls": ["Twisted[tls]>=24.3.0"],

@@ -5,15 +5,18 @@ The Klein application that ``twistd sse`` serves: the seed example's page at
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from importlib.resources import files
 from typing import Any
 
 from klein import Klein
 from twisted.internet.interfaces import IReactorTime
+from twisted.web.pages import notFound
 from twisted.web.resource import IResource
 
 from ._broker import IBroker, MemoryBroker
 from ._hub import Hub
+from ._metrics import MetricsResource, SSECollector
 from ._stream import (
     DEFAULT_HEARTBEAT,
     EventStreamResource,
@@ -48,6 +51,9 @@ class SSEApp:
     :param allow_origin: ``Access-Control-Allow-Origin`` for the streams, or
         ``None`` for none.
     :param registry: Open streams, for connection limits and the drain.
+    :param metrics: Serve ``GET /metrics`` (Prometheus text format).
+    :param metrics_token: If set, ``/metrics`` needs this bearer token.
+    :param metrics_channels: Channels that get their own metric label.
     :param hub_options: Keyword arguments for :class:`Hub`.
     """
 
@@ -62,6 +68,9 @@ class SSEApp:
         heartbeat: float = DEFAULT_HEARTBEAT,
         allow_origin: str | None = "*",
         registry: StreamRegistry | None = None,
+        metrics: bool = True,
+        metrics_token: str | None = None,
+        metrics_channels: Iterable[str] = (),
         **hub_options: Any,
     ) -> None:
         self.clock = clock
@@ -86,6 +95,14 @@ class SSEApp:
             **hub_options,
         )
         self._page = _page()
+        self.metrics: MetricsResource | None = (
+            MetricsResource(
+                SSECollector(self.registry, self.hub, self.broker, metrics_channels),
+                token=metrics_token,
+            )
+            if metrics
+            else None
+        )
 
     def resource(self) -> IResource:
         """The app as a :class:`~twisted.web.resource.IResource`."""
@@ -102,6 +119,23 @@ class SSEApp:
     def stream(self, request: Any) -> IResource:
         """The counter stream (every method: the resource answers 405)."""
         return self.events
+
+    @app.route("/healthz", methods=["GET", "HEAD"])
+    def healthz(self, request: Any) -> bytes:
+        """200 while the broker works, 503 while it does not (Redis down)."""
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Cache-Control", b"no-store")
+        if self.broker.available:
+            return b'{"status":"ok","broker":"up"}\n'
+        request.setResponseCode(503)
+        return b'{"status":"unavailable","broker":"down"}\n'
+
+    @app.route("/metrics", branch=False)
+    def metrics_page(self, request: Any) -> IResource:
+        """Prometheus metrics, unless turned off (404)."""
+        if self.metrics is None:
+            return notFound("Not Found", "Metrics are turned off on this server.")
+        return self.metrics
 
     @app.route("/channels/<string:name>", branch=False)
     def channel(self, request: Any, name: str) -> IResource:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -19,7 +20,8 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.resource import Resource
+from twisted.web.pages import notFound
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
 from ._broker import BrokerUnavailable, IBroker, Published, Subscription, valid_channel
@@ -185,6 +187,13 @@ class Hub:
         self.max_queue_events = max_queue_events
         self.max_queue_bytes = max_queue_bytes
         self.authorizer = authorizer
+        #: Counters for metrics: events published, publishes that failed,
+        #: resumes by outcome ("exact" or the history-lost reason), and
+        #: events replayed to resuming subscribers.
+        self.published = 0
+        self.publish_failures = 0
+        self.resumes: Counter[str] = Counter()
+        self.replayed = 0
 
     def publish(
         self, channel: str, event: Event, key: str | None = None
@@ -195,7 +204,16 @@ class Hub:
 
         :returns: A Deferred firing with the event's id.
         """
-        return self.broker.publish(channel, event, key)
+
+        def counted(event_id: str) -> str:
+            self.published += 1
+            return event_id
+
+        def failed(failure: Failure) -> Failure:
+            self.publish_failures += 1
+            return failure
+
+        return self.broker.publish(channel, event, key).addCallbacks(counted, failed)
 
     def channel_resource(self, channel: str) -> ChannelResource:
         """The resource serving ``channel`` (GET subscribes, POST publishes)."""
@@ -214,7 +232,10 @@ class _ChannelsResource(Resource):
         super().__init__()  # type: ignore[no-untyped-call]
         self.hub = hub
 
-    def getChild(self, path: bytes, request: Any) -> Resource:
+    def getChild(self, path: bytes, request: Any) -> IResource:
+        if request.postpath:
+            # A channel resource is a leaf: /channels/news/x is not "news".
+            return notFound()
         return self.hub.channel_resource(path.decode("utf-8", "replace"))
 
 
@@ -269,6 +290,10 @@ class ChannelResource(StreamResource):
         self.hub = hub
         self.channel = channel
 
+    def log_fields(self, request: Any) -> dict[str, object]:
+        """Name a subscriber's stream by its channel in the logs."""
+        return {"channel": self.channel}
+
     # Subscribing
 
     def render_GET(self, request: Any) -> bytes | int:
@@ -305,7 +330,15 @@ class ChannelResource(StreamResource):
             if gone:
                 subscription.cancel()
                 return
-            self._go_live(request, subscription, handoff)
+            # Admission again: while the authoriser or the broker took their
+            # time, other streams may have opened, or the drain begun.
+            refused = self.refusal(request)
+            if refused is not None:
+                subscription.cancel()
+                request.write(refused)
+                request.finish()
+                return
+            self._go_live(request, subscription, handoff, resuming=bool(last_event_id))
 
         def failed(failure: Failure) -> None:
             _log.failure(
@@ -326,9 +359,21 @@ class ChannelResource(StreamResource):
         request.finish()
 
     def _go_live(
-        self, request: Any, subscription: Subscription, handoff: _Handoff
+        self,
+        request: Any,
+        subscription: Subscription,
+        handoff: _Handoff,
+        resuming: bool,
     ) -> None:
+        if resuming:
+            self.hub.resumes[subscription.history_lost or "exact"] += 1
+            self.hub.replayed += subscription.replayed
         frames = [self.first_frame]
+        if not resuming and subscription.position:
+            # A new subscriber learns the channel's position at once, so that
+            # if it reconnects before its first event it resumes from there
+            # instead of starting over and missing what came in between.
+            frames = [Event(retry=self.hub.retry, id=subscription.position).encode()]
         if subscription.history_lost is not None:
             request.setHeader(HISTORY_LOST_HEADER, subscription.history_lost)
             frames.append(
@@ -341,6 +386,12 @@ class ChannelResource(StreamResource):
         stream = self.open_stream(request, *frames)
         stream.on_close(subscription.cancel)
         handoff.attach(stream)
+
+    def render_HEAD(self, request: Any) -> bytes:
+        """Answer the headers a GET would get (400 for a bad name)."""
+        if not valid_channel(self.channel):
+            return _json_error(request, 400, f"invalid channel name: {self.channel!r}")
+        return super().render_HEAD(request)
 
     # Publishing
 

@@ -278,6 +278,8 @@ class EventStream:
         self.frames = 0
         self.bytes = 0
         self.opened_at = clock.seconds()
+        #: Structured fields naming the stream in logs and metrics.
+        self.log_fields: dict[str, object] = {}
         self.policy = policy
         self._heartbeat_timer = heartbeat
         self._max_events = max_queue_events
@@ -804,7 +806,7 @@ class StreamResource(Resource):
             policy=self.policy,
         )
         self.streams.add(stream)
-        fields = self.log_fields(request)
+        fields = stream.log_fields = self.log_fields(request)
         peer = _client_ip(request)
         _log.info("Stream opened for {peer}", peer=peer, **fields)
 

@@ -244,6 +244,21 @@ class Options(usage.Options):
         super().__init__()  # type: ignore[no-untyped-call]
         self["slow-client"] = SlowClientPolicy.DISCONNECT
         self["channel-policies"] = {}
+        self["metrics-channels"] = []
+
+    optFlags = [
+        ["no-metrics", None, "Do not serve GET /metrics."],
+    ]
+
+    def opt_metrics_token(self, value: str) -> None:
+        """Bearer token GET /metrics must present (or TWISTED_SSE_METRICS_TOKEN)."""
+        self["metrics-token"] = value
+
+    def opt_metrics_channel(self, value: str) -> None:
+        """A channel with its own label in /metrics (repeatable)."""
+        if not valid_channel(value):
+            raise usage.UsageError(f"--metrics-channel: invalid channel {value!r}")
+        self["metrics-channels"].append(value)
 
     def opt_slow_client(self, value: str) -> None:
         """
@@ -321,6 +336,11 @@ def makeService(options: Options) -> IService:
         allow_origin=options["allow-origin"] or None,
         registry=registry,
         publish_token=options["publish-token"],
+        metrics=not options["no-metrics"],
+        metrics_token=options.get("metrics-token")
+        or os.environ.get("TWISTED_SSE_METRICS_TOKEN")
+        or None,
+        metrics_channels=options["metrics-channels"],
         max_event_bytes=options["max-event-bytes"],
         policy=options["slow-client"],
         channel_policies=options["channel-policies"],

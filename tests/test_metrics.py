@@ -1,0 +1,121 @@
+"""
+Tests for ``GET /metrics``: the Prometheus text format, parsed back with
+prometheus_client's own parser, matches what the clients saw.
+"""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from twisted_sse._app import SSEApp
+from twisted_sse._broker import MemoryBroker
+from twisted_sse._event import Event
+from twisted_sse.testing import SSETestClient
+
+
+def scrape(
+    client: SSETestClient, headers: dict[str, str] | None = None
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    response = client.get("/metrics", headers)
+    assert response.code == 200, response.raw
+    samples = {}
+    for family in text_string_to_metric_families(response.raw.decode("utf-8")):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+class MetricsTests(SynchronousTestCase):
+    """The figures in /metrics follow the streams and the hub."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.broker = MemoryBroker(epoch=1)
+        self.app = SSEApp(
+            self.clock,
+            broker=self.broker,
+            heartbeat=0,
+            publish_token="T",
+            metrics_channels=["prices"],
+            max_queue_events=3,
+        )
+        self.client = SSETestClient(self.app.resource(), self.clock)
+
+    def test_content_type(self) -> None:
+        """The body is in the Prometheus text format."""
+        response = self.client.get("/metrics")
+        self.assertEqual(response.code, 200)
+        self.assertRegex(
+            response.header("Content-Type") or "", r"^text/plain; version="
+        )
+
+    def test_streams_and_events(self) -> None:
+        """Open streams per channel, opens, closes and events match the clients."""
+        prices = [self.client.get("/channels/prices") for _ in range(2)]
+        other = self.client.get("/channels/news")
+        counter = self.client.get("/events")
+        for number in range(3):
+            self.app.hub.publish("prices", Event(data=str(number)))
+        self.app.hub.publish("news", Event(data="x"))
+        samples = scrape(self.client)
+        self.assertEqual(samples[("sse_streams_open", (("channel", "prices"),))], 2)
+        self.assertEqual(samples[("sse_streams_open", (("channel", "other"),))], 1)
+        self.assertEqual(samples[("sse_streams_open", (("channel", "none"),))], 1)
+        self.assertEqual(samples[("sse_events_published_total", ())], 4)
+        self.assertEqual(samples[("sse_streams_opened_total", ())], 4)
+        delivered = sum(len(r.events) for r in prices) + len(other.events)
+        self.assertEqual(delivered, 7)
+        self.assertEqual(samples[("sse_events_delivered_total", ())], 7)
+        prices[0].disconnect()
+        counter.disconnect()
+        self.client.flush()
+        samples = scrape(self.client)
+        self.assertEqual(
+            samples[("sse_streams_closed_total", (("reason", "lost"),))], 2
+        )
+        self.assertEqual(samples[("sse_streams_open", (("channel", "prices"),))], 1)
+
+    def test_no_user_labels(self) -> None:
+        """Channel names not named by the operator never become labels."""
+        self.client.get("/channels/attacker-chosen-name")
+        samples = scrape(self.client)
+        labels = {value for key in samples for _, value in key[1]}
+        self.assertNotIn("attacker-chosen-name", labels)
+
+    def test_resumes_and_slow_clients(self) -> None:
+        """Resumes by outcome and clients cut for not reading are counted."""
+        for number in range(3):
+            self.app.hub.publish("prices", Event(data=str(number)))
+        self.client.get("/channels/prices", last_event_id="1-1")
+        self.client.get("/channels/prices", last_event_id="garbage")
+        slow = self.client.get("/channels/prices")
+        slow.pause_reading()
+        for number in range(10):
+            self.app.hub.publish("prices", Event(data=str(number)))
+        self.client.flush()
+        samples = scrape(self.client)
+        self.assertEqual(samples[("sse_resumes_total", (("outcome", "exact"),))], 1)
+        self.assertEqual(samples[("sse_resumes_total", (("outcome", "malformed"),))], 1)
+        self.assertEqual(samples[("sse_events_replayed_total", ())], 2)
+        self.assertEqual(
+            samples[("sse_streams_closed_total", (("reason", "aborted"),))], 1
+        )
+        self.assertEqual(samples[("sse_broker_up", ())], 1)
+
+    def test_token(self) -> None:
+        """With a metrics token, a scrape without it gets 401."""
+        app = SSEApp(self.clock, heartbeat=0, metrics_token="m")
+        client = SSETestClient(app.resource(), self.clock)
+        self.assertEqual(client.get("/metrics").code, 401)
+        self.assertEqual(
+            client.get("/metrics", {"Authorization": "Bearer wrong"}).code, 401
+        )
+        scrape(client, {"Authorization": "Bearer m"})
+
+    def test_disabled(self) -> None:
+        """With metrics off, /metrics is 404."""
+        app = SSEApp(self.clock, heartbeat=0, metrics=False)
+        client = SSETestClient(app.resource(), self.clock)
+        self.assertEqual(client.get("/metrics").code, 404)

@@ -1,0 +1,198 @@
+"""
+Prometheus metrics for a twisted_sse server.
+
+The hot path keeps plain integer counters (on each stream, the stream
+registry and the hub); this collector turns them into Prometheus metric
+families only when ``/metrics`` is scraped, through ``prometheus_client``, so
+that delivering an event costs no metric-library call.
+
+Labels never come from user input: per-channel series exist only for the
+channels an operator names (``--metrics-channel``); every other channel is
+counted under ``channel="other"``.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+from twisted.web.resource import Resource
+
+from ._stream import StreamRegistry
+
+__all__ = ["MetricsResource", "SSECollector"]
+
+_CLOSE_REASONS = ("closed", "lost", "aborted")
+_REFUSALS = ("total", "per-ip", "draining")
+_RESUMES = ("exact", "malformed", "unknown", "trimmed")
+
+
+class SSECollector(Collector):
+    """
+    Collects a server's stream, hub and broker figures at scrape time.
+
+    :param registry: The server's open streams and their history.
+    :param hub: The :class:`~twisted_sse.Hub` (publishing and resume
+        counters), or ``None``.
+    :param broker: The broker (``available``, and ``errors`` if it counts
+        them), or ``None``.
+    :param channels: Channels that get their own ``channel`` label.
+    """
+
+    def __init__(
+        self,
+        registry: StreamRegistry,
+        hub: Any = None,
+        broker: Any = None,
+        channels: Iterable[str] = (),
+    ) -> None:
+        self.registry = registry
+        self.hub = hub
+        self.broker = broker
+        self.channels = frozenset(channels)
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the current metric families."""
+        registry = self.registry
+        open_streams = GaugeMetricFamily(
+            "sse_streams_open",
+            "Open event streams, by channel (operator-named channels only).",
+            labels=["channel"],
+        )
+        per_channel: Counter[str] = Counter()
+        for stream in registry.streams:
+            channel = stream.log_fields.get("channel")
+            if channel is None:
+                per_channel["none"] += 1
+            elif channel in self.channels:
+                per_channel[str(channel)] += 1
+            else:
+                per_channel["other"] += 1
+        for channel in ("none", "other", *sorted(self.channels)):
+            open_streams.add_metric([channel], per_channel[channel])
+        yield open_streams
+
+        opened = CounterMetricFamily(
+            "sse_streams_opened", "Event streams opened since start."
+        )
+        opened.add_metric([], registry.opened)
+        yield opened
+        closed = CounterMetricFamily(
+            "sse_streams_closed",
+            "Event streams ended: closed by the server, lost by the client, or "
+            "aborted for not reading.",
+            labels=["reason"],
+        )
+        for reason in _CLOSE_REASONS:
+            closed.add_metric([reason], registry.closed[reason])
+        yield closed
+
+        frames, size, dropped = registry.totals()
+        delivered = CounterMetricFamily(
+            "sse_events_delivered",
+            "Events accepted for clients (live and replayed).",
+        )
+        delivered.add_metric([], frames)
+        yield delivered
+        written = CounterMetricFamily(
+            "sse_bytes_written", "Bytes of events accepted for clients."
+        )
+        written.add_metric([], size)
+        yield written
+        dropped_family = CounterMetricFamily(
+            "sse_events_dropped",
+            "Frames dropped by the drop-oldest and latest slow-client policies.",
+        )
+        dropped_family.add_metric([], dropped)
+        yield dropped_family
+
+        refused = CounterMetricFamily(
+            "sse_admission_refused",
+            "Streams sent away with a retry hint, by reason.",
+            labels=["reason"],
+        )
+        for reason in _REFUSALS:
+            refused.add_metric([reason], registry.refused[reason])
+        yield refused
+
+        hub = self.hub
+        if hub is not None:
+            published = CounterMetricFamily(
+                "sse_events_published", "Events published through the hub."
+            )
+            published.add_metric([], hub.published)
+            yield published
+            failures = CounterMetricFamily(
+                "sse_publish_failures", "Publishes the broker failed."
+            )
+            failures.add_metric([], hub.publish_failures)
+            yield failures
+            resumes = CounterMetricFamily(
+                "sse_resumes",
+                "Subscribers that resumed with Last-Event-ID, by outcome: exact, "
+                "or why history was lost.",
+                labels=["outcome"],
+            )
+            for outcome in _RESUMES:
+                resumes.add_metric([outcome], hub.resumes[outcome])
+            yield resumes
+            replayed = CounterMetricFamily(
+                "sse_events_replayed", "History events replayed to resuming clients."
+            )
+            replayed.add_metric([], hub.replayed)
+            yield replayed
+
+        broker = self.broker
+        if broker is not None:
+            up = GaugeMetricFamily(
+                "sse_broker_up", "Whether the broker is reachable (1) or not (0)."
+            )
+            up.add_metric([], 1 if broker.available else 0)
+            yield up
+            errors = getattr(broker, "errors", None)
+            if isinstance(errors, int):
+                family = CounterMetricFamily(
+                    "sse_broker_errors", "Errors talking to the broker."
+                )
+                family.add_metric([], errors)
+                yield family
+
+
+class MetricsResource(Resource):
+    """
+    ``GET /metrics`` in the Prometheus text format.
+
+    :param collector: What to expose.
+    :param token: If set, scrapes must send ``Authorization: Bearer <token>``.
+    """
+
+    isLeaf = True
+
+    def __init__(self, collector: SSECollector, token: str | None = None) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(collector)
+        self.token = token
+
+    def render_GET(self, request: Any) -> bytes:
+        """The metrics, or 401 without the right token."""
+        if self.token is not None:
+            header = request.getHeader(b"Authorization") or b""
+            scheme, _, presented = header.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(
+                presented.strip(), self.token.encode("utf-8")
+            ):
+                request.setResponseCode(401)
+                request.setHeader(b"WWW-Authenticate", b'Bearer realm="metrics"')
+                request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+                return b"401 Unauthorized: /metrics needs its bearer token\n"
+        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))
+        request.setHeader(b"Cache-Control", b"no-store")
+        body: bytes = generate_latest(self.registry)
+        return body
