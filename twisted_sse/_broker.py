@@ -12,7 +12,6 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 from attrs import define, field, frozen
 from twisted.internet.defer import Deferred, fail, succeed
@@ -103,8 +102,12 @@ class Subscription:
     :ivar history_lost: ``None`` when the resume was exact (or none was
         asked); otherwise why events may be missing: ``"malformed"``,
         ``"unknown"`` or ``"trimmed"``.
-    :ivar position: The id of the last event the subscriber has been given
-        (or ``""`` if none): after a loss, the client resumes from here.
+    :ivar position: The channel's position when the subscription went
+        live: the id of the last event published before it (``<epoch>-0``
+        for a channel without events), so every event delivered live comes
+        after it.  A client that resumes from it misses nothing, even if it
+        disconnects before its first event; after a loss, it is where the
+        client resumes.  ``""`` if the broker cannot tell.
     """
 
     channel: str
@@ -159,6 +162,11 @@ class _Channel:
     #: Sequence number of the last event published (0: none yet).
     last_seq: int = 0
     subscribers: dict[int, Deliver] = field(factory=dict)
+    #: Events published while an earlier one was being fanned out (a
+    #: subscriber publishing from its callback), with the subscribers they
+    #: go to; delivered in order once the earlier fan-out is done.
+    pending: deque[tuple[Published, list[int]]] = field(factory=deque)
+    delivering: bool = False
 
 
 @implementer(IBroker)
@@ -235,13 +243,31 @@ class MemoryBroker:
                 or state.history_bytes > self.history_bytes
             ):
                 state.history_bytes -= len(state.history.popleft().frame)
-        for deliver in list(state.subscribers.values()):
-            try:
-                deliver(published)
-            except Exception:
-                _log.failure("A subscriber failed to take an event")
-        self._forget_if_idle(state)
+        # The subscribers as of now: one that subscribes later got this
+        # event from the history, and must not get it twice.
+        state.pending.append((published, list(state.subscribers)))
+        if not state.delivering:
+            self._fan_out(state)
         return succeed(event_id)
+
+    def _fan_out(self, state: _Channel) -> None:
+        # A subscriber may publish from its callback: that event waits for
+        # this one to reach every subscriber, so all see the same order.
+        state.delivering = True
+        try:
+            while state.pending:
+                published, tokens = state.pending.popleft()
+                for token in tokens:
+                    deliver = state.subscribers.get(token)
+                    if deliver is None:
+                        continue  # cancelled meanwhile
+                    try:
+                        deliver(published)
+                    except Exception:
+                        _log.failure("A subscriber failed to take an event")
+        finally:
+            state.delivering = False
+        self._forget_if_idle(state)
 
     def subscribe(
         self, channel: str, deliver: Deliver, last_event_id: str | None = None
@@ -256,8 +282,7 @@ class MemoryBroker:
             for published in replay:
                 deliver(published)
             subscription.replayed = len(replay)
-        if state.last_seq:
-            subscription.position = f"{self.epoch}-{state.last_seq}"
+        subscription.position = f"{self.epoch}-{state.last_seq}"
         # Same reactor turn as the replay: nothing can be published between
         # the two, so there is no gap and no duplicate at the handoff.
         token = self._next_token
@@ -304,15 +329,21 @@ def _with_id(event: Event, event_id: str) -> Event:
 
 def publish_from_thread(
     reactor: IReactorFromThreads,
-    broker: Any,
+    broker: IBroker,
     channel: str,
     event: Event,
     key: str | None = None,
 ) -> str:
     """
-    Publish from a thread that is not the reactor's, blocking until the
-    broker has assigned the id.
+    Publish from a thread that is not the reactor's (a worker, a thread
+    pool, a blocking library's callback), blocking that thread until the
+    broker has assigned the id.  The publish itself runs on the reactor
+    thread, so it is ordered with every other publish.
 
+    :param reactor: The running reactor.
+    :param broker: The broker to publish on.
+    :raises RuntimeError: when called on the reactor thread, where it would
+        deadlock: call ``broker.publish`` there.
     :raises BrokerUnavailable: and any error of the publish.
     :returns: The event's id.
     """
@@ -321,11 +352,10 @@ def publish_from_thread(
             "publish_from_thread blocks: call broker.publish on the reactor thread"
         )
 
-    result: str = blockingCallFromThread(
-        reactor,
-        broker.publish,
-        channel,
-        event,
-        key,
-    )
+    def publish() -> Deferred[str]:
+        return broker.publish(channel, event, key)
+
+    # mypy cannot solve blockingCallFromThread's union of callables for a
+    # Deferred-returning function; the result is the Deferred's value.
+    result: str = blockingCallFromThread(reactor, publish)  # type: ignore[arg-type]
     return result

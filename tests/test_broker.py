@@ -1,0 +1,432 @@
+"""
+Tests for L{twisted_sse._broker}: the in-memory broker's ids, history,
+resume and fan-out.
+
+Publishing from another thread needs a running reactor; it is proven in
+test_hub_live.py.
+"""
+
+from __future__ import annotations
+
+import time
+
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from twisted_sse._broker import (
+    DEFAULT_HISTORY,
+    IBroker,
+    MemoryBroker,
+    Published,
+    Subscription,
+    parse_event_id,
+    valid_channel,
+)
+from twisted_sse._event import Event
+from twisted_sse.testing import parse_events
+
+
+class _Collector:
+    """A subscriber that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.got: list[Published] = []
+
+    def __call__(self, published: Published) -> None:
+        self.got.append(published)
+
+    @property
+    def ids(self) -> list[str]:
+        return [published.id for published in self.got]
+
+    @property
+    def data(self) -> list[str | None]:
+        return [
+            event.data
+            for published in self.got
+            for event in parse_events(published.frame)
+        ]
+
+
+class BrokerTestCase(SynchronousTestCase):
+    """Helpers shared by the broker tests."""
+
+    def publish(self, broker: MemoryBroker, channel: str, data: str) -> str:
+        return self.successResultOf(broker.publish(channel, Event(data=data)))
+
+    def subscribe(
+        self,
+        broker: MemoryBroker,
+        channel: str,
+        last_event_id: str | None = None,
+    ) -> tuple[_Collector, Subscription]:
+        collector = _Collector()
+        subscription = self.successResultOf(
+            broker.subscribe(channel, collector, last_event_id)
+        )
+        self.addCleanup(subscription.cancel)
+        return collector, subscription
+
+
+class InterfaceTests(SynchronousTestCase):
+    """MemoryBroker is an IBroker with sane defaults."""
+
+    def test_provides_ibroker(self) -> None:
+        """MemoryBroker provides IBroker."""
+        self.assertTrue(verifyObject(IBroker, MemoryBroker()))
+
+    def test_default_history(self) -> None:
+        """History defaults to 1000 events per channel."""
+        self.assertEqual(DEFAULT_HISTORY, 1000)
+        self.assertEqual(MemoryBroker().history, 1000)
+
+    def test_negative_bounds_refused(self) -> None:
+        """Negative history bounds raise ValueError."""
+        self.assertRaises(ValueError, MemoryBroker, history=-1)
+        self.assertRaises(ValueError, MemoryBroker, history_bytes=-1)
+
+    def test_stop(self) -> None:
+        """stop() fires at once: nothing to release."""
+        self.assertIsNone(self.successResultOf(MemoryBroker().stop()))
+
+    def test_channel_names(self) -> None:
+        """Channel names are 1-128 of [A-Za-z0-9_.:@-], starting alphanumeric."""
+        for good in ("a", "news", "room:42", "a.b-c_d@e", "x" * 128):
+            self.assertTrue(valid_channel(good), good)
+        for bad in ("", "-a", "_a", "a b", "a/b", "é", "x" * 129, "a\n"):
+            self.assertFalse(valid_channel(bad), bad)
+
+    def test_parse_event_id(self) -> None:
+        """Ids are <epoch>-<seq> digits; anything else is malformed."""
+        self.assertEqual(parse_event_id("17-4"), (17, 4))
+        for bad in ("", "17", "17-", "-4", "a-4", "17-4-1", " 17-4", "1" * 21 + "-1"):
+            self.assertIsNone(parse_event_id(bad), bad)
+
+
+class IdTests(BrokerTestCase):
+    """Ids increase within a channel and carry the broker's epoch."""
+
+    def test_publish_fires_with_id(self) -> None:
+        """publish() returns a Deferred that fires with <epoch>-<n>."""
+        broker = MemoryBroker(epoch=42)
+        self.assertEqual(self.publish(broker, "news", "a"), "42-1")
+        self.assertEqual(self.publish(broker, "news", "b"), "42-2")
+
+    def test_ids_per_channel(self) -> None:
+        """Each channel counts its own ids, increasing."""
+        broker = MemoryBroker(epoch=1)
+        ids = [self.publish(broker, c, "x") for c in ("a", "b", "a", "a", "b")]
+        self.assertEqual(ids, ["1-1", "1-1", "1-2", "1-3", "1-2"])
+
+    def test_default_epoch_is_start_time(self) -> None:
+        """The default epoch is the start time in milliseconds."""
+        before = int(time.time() * 1000)
+        broker = MemoryBroker()
+        after = int(time.time() * 1000)
+        self.assertGreaterEqual(broker.epoch, before)
+        self.assertLessEqual(broker.epoch, after)
+
+    def test_restart_not_confused(self) -> None:
+        """An id from an earlier run (another epoch) is unknown, not replayed."""
+        earlier = MemoryBroker(epoch=1000)
+        old_id = self.publish(earlier, "news", "old")
+        restarted = MemoryBroker(epoch=2000)
+        self.publish(restarted, "news", "new 1")
+        self.publish(restarted, "news", "new 2")
+        got, subscription = self.subscribe(restarted, "news", old_id)
+        self.assertEqual(subscription.history_lost, "unknown")
+        self.assertEqual(got.got, [])
+        self.assertEqual(subscription.position, "2000-2")
+
+    def test_ids_survive_idle(self) -> None:
+        """A channel whose subscribers all left keeps counting from where it was."""
+        broker = MemoryBroker(epoch=1, history=0)
+        self.publish(broker, "news", "a")
+        _, subscription = self.subscribe(broker, "news")
+        subscription.cancel()
+        self.assertEqual(self.publish(broker, "news", "b"), "1-2")
+
+    def test_publisher_id_replaced(self) -> None:
+        """An id set on the published event is replaced by the broker's."""
+        broker = MemoryBroker(epoch=3)
+        got, _ = self.subscribe(broker, "news")
+        event_id = self.successResultOf(
+            broker.publish("news", Event(data="x", id="forged"))
+        )
+        self.assertEqual(event_id, "3-1")
+        self.assertEqual(got.got[0].frame, b"id: 3-1\ndata: x\n\n")
+
+    def test_invalid_channel(self) -> None:
+        """publish() and subscribe() on an invalid channel fail with ValueError."""
+        broker = MemoryBroker()
+        self.failureResultOf(broker.publish("a b", Event(data="x")), ValueError)
+        self.failureResultOf(broker.subscribe("a b", _Collector()), ValueError)
+
+
+class FanOutTests(BrokerTestCase):
+    """Live events reach every subscriber, encoded once."""
+
+    def test_every_subscriber(self) -> None:
+        """Every subscriber of the channel, and only those, gets each event."""
+        broker = MemoryBroker(epoch=1)
+        first, _ = self.subscribe(broker, "news")
+        second, _ = self.subscribe(broker, "news")
+        other, _ = self.subscribe(broker, "sport")
+        self.publish(broker, "news", "a")
+        self.publish(broker, "news", "b")
+        self.assertEqual(first.data, ["a", "b"])
+        self.assertEqual(second.data, ["a", "b"])
+        self.assertEqual(other.got, [])
+
+    def test_same_bytes(self) -> None:
+        """Every subscriber gets the very same frame bytes object."""
+        broker = MemoryBroker()
+        collectors = [self.subscribe(broker, "news")[0] for _ in range(5)]
+        self.publish(broker, "news", "x" * 1000)
+        frames = [collector.got[0].frame for collector in collectors]
+        for frame in frames:
+            self.assertIs(frame, frames[0])
+
+    def test_encoded_once(self) -> None:
+        """An event is encoded once per publish, however many subscribers."""
+        calls = []
+        original = Event.encode
+
+        def counting(event: Event) -> bytes:
+            calls.append(event)
+            return original(event)
+
+        self.patch(Event, "encode", counting)
+        broker = MemoryBroker()
+        for _ in range(10):
+            self.subscribe(broker, "news")
+        self.publish(broker, "news", "x")
+        self.assertEqual(len(calls), 1)
+
+    def test_frame(self) -> None:
+        """The frame carries the id, type, retry and data."""
+        broker = MemoryBroker(epoch=9)
+        got, _ = self.subscribe(broker, "news")
+        broker.publish("news", Event(data="a\nb", event="update", retry=500))
+        self.assertEqual(
+            got.got[0].frame,
+            b"retry: 500\nid: 9-1\nevent: update\ndata: a\ndata: b\n\n",
+        )
+        self.assertEqual(got.got[0].channel, "news")
+        self.assertEqual(got.got[0].id, "9-1")
+
+    def test_key(self) -> None:
+        """The conflation key is the one given, else the type, else message."""
+        broker = MemoryBroker()
+        got, _ = self.subscribe(broker, "news")
+        broker.publish("news", Event(data="1"))
+        broker.publish("news", Event(data="2", event="price"))
+        broker.publish("news", Event(data="3", event="price"), key="EURUSD")
+        self.assertEqual([p.key for p in got.got], ["message", "price", "EURUSD"])
+
+    def test_cancel(self) -> None:
+        """A cancelled subscription gets nothing more; cancel is idempotent."""
+        broker = MemoryBroker()
+        got, subscription = self.subscribe(broker, "news")
+        self.publish(broker, "news", "a")
+        subscription.cancel()
+        subscription.cancel()
+        self.publish(broker, "news", "b")
+        self.assertEqual(got.data, ["a"])
+        self.assertEqual(broker.subscriber_count("news"), 0)
+
+    def test_idle_channel_forgotten(self) -> None:
+        """A channel without events is forgotten when its last subscriber goes."""
+        broker = MemoryBroker()
+        _, subscription = self.subscribe(broker, "quiet")
+        self.assertEqual(broker.channel_names(), ["quiet"])
+        self.assertEqual(broker.subscriber_count("quiet"), 1)
+        subscription.cancel()
+        self.assertEqual(broker.channel_names(), [])
+
+    def test_failing_subscriber(self) -> None:
+        """A subscriber that raises is logged; the others still get the event."""
+        broker = MemoryBroker()
+        first, _ = self.subscribe(broker, "news")
+
+        def broken(published: Published) -> None:
+            raise ZeroDivisionError()
+
+        self.successResultOf(broker.subscribe("news", broken))
+        last, _ = self.subscribe(broker, "news")
+        self.publish(broker, "news", "a")
+        self.assertEqual(first.data, ["a"])
+        self.assertEqual(last.data, ["a"])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_publish_from_subscriber(self) -> None:
+        """An event published from a subscriber's callback reaches all in order."""
+        broker = MemoryBroker(epoch=1)
+
+        def echo(published: Published) -> None:
+            if published.id == "1-1":
+                broker.publish("news", Event(data="reply"))
+
+        first, _ = self.subscribe(broker, "news")
+        self.successResultOf(broker.subscribe("news", echo))
+        last, _ = self.subscribe(broker, "news")
+        self.publish(broker, "news", "question")
+        self.assertEqual(first.ids, ["1-1", "1-2"])
+        self.assertEqual(last.ids, ["1-1", "1-2"])
+
+    def test_subscribe_from_subscriber(self) -> None:
+        """A subscription made during a fan-out gets each event exactly once."""
+        broker = MemoryBroker(epoch=1)
+        late: list[_Collector] = []
+
+        def join(published: Published) -> None:
+            if not late:
+                late.append(self.subscribe(broker, "news", "1-0")[0])
+                broker.publish("news", Event(data="second"))
+
+        self.successResultOf(broker.subscribe("news", join))
+        self.publish(broker, "news", "first")
+        self.publish(broker, "news", "third")
+        self.assertEqual(late[0].ids, ["1-1", "1-2", "1-3"])
+
+    def test_cancel_during_fan_out(self) -> None:
+        """A subscriber cancelled by an earlier one's callback gets nothing."""
+        broker = MemoryBroker()
+        victim: list[Subscription] = []
+
+        def cancel_next(published: Published) -> None:
+            victim[0].cancel()
+
+        self.successResultOf(broker.subscribe("news", cancel_next))
+        got, subscription = self.subscribe(broker, "news")
+        victim.append(subscription)
+        self.publish(broker, "news", "a")
+        self.assertEqual(got.got, [])
+
+
+class HistoryTests(BrokerTestCase):
+    """History is bounded by count and bytes, and resume replays from it."""
+
+    def test_bounded_by_count(self) -> None:
+        """Only the last `history` events are kept."""
+        broker = MemoryBroker(epoch=1, history=3)
+        for n in range(10):
+            self.publish(broker, "news", str(n))
+        got, subscription = self.subscribe(broker, "news", "1-0")
+        self.assertEqual(subscription.history_lost, "trimmed")
+        got, subscription = self.subscribe(broker, "news", "1-7")
+        self.assertIsNone(subscription.history_lost)
+        self.assertEqual(got.data, ["7", "8", "9"])
+
+    def test_bounded_by_bytes(self) -> None:
+        """Events are trimmed once their frames exceed history_bytes."""
+        frame_size = len(Event(id="1-1", data="x" * 100).encode())
+        broker = MemoryBroker(epoch=1, history_bytes=frame_size * 2)
+        for _ in range(5):
+            self.publish(broker, "news", "x" * 100)
+        _, lost = self.subscribe(broker, "news", "1-2")
+        self.assertEqual(lost.history_lost, "trimmed")
+        got, kept = self.subscribe(broker, "news", "1-3")
+        self.assertIsNone(kept.history_lost)
+        self.assertEqual(got.ids, ["1-4", "1-5"])
+
+    def test_memory_bounded(self) -> None:
+        """However much is published, history stays within its byte bound."""
+        broker = MemoryBroker(history=1000, history_bytes=10_000)
+        for _ in range(2000):
+            self.publish(broker, "news", "y" * 500)
+        channel = broker._channels["news"]
+        self.assertLessEqual(channel.history_bytes, 10_000)
+        self.assertEqual(
+            channel.history_bytes, sum(len(p.frame) for p in channel.history)
+        )
+
+    def test_no_history(self) -> None:
+        """history=0 keeps nothing, yet resuming from the latest id is exact."""
+        broker = MemoryBroker(epoch=1, history=0)
+        self.publish(broker, "news", "a")
+        self.publish(broker, "news", "b")
+        _, current = self.subscribe(broker, "news", "1-2")
+        self.assertIsNone(current.history_lost)
+        _, behind = self.subscribe(broker, "news", "1-1")
+        self.assertEqual(behind.history_lost, "trimmed")
+
+    def test_resume_strictly_after(self) -> None:
+        """Resuming replays every event strictly after the id, then live."""
+        broker = MemoryBroker(epoch=5)
+        for n in range(5):
+            self.publish(broker, "news", str(n))
+        got, subscription = self.subscribe(broker, "news", "5-2")
+        self.assertEqual(subscription.replayed, 3)
+        self.assertIsNone(subscription.history_lost)
+        self.publish(broker, "news", "5")
+        self.assertEqual(got.ids, ["5-3", "5-4", "5-5", "5-6"])
+
+    def test_resume_from_latest(self) -> None:
+        """Resuming from the latest id replays nothing and signals no loss."""
+        broker = MemoryBroker(epoch=5)
+        self.publish(broker, "news", "a")
+        got, subscription = self.subscribe(broker, "news", "5-1")
+        self.assertEqual((got.got, subscription.history_lost), ([], None))
+
+    def test_resume_from_zero(self) -> None:
+        """<epoch>-0 (an empty channel's position) replays the whole history."""
+        broker = MemoryBroker(epoch=5)
+        _, empty = self.subscribe(broker, "news")
+        self.assertEqual(empty.position, "5-0")
+        self.publish(broker, "news", "a")
+        self.publish(broker, "news", "b")
+        got, subscription = self.subscribe(broker, "news", empty.position)
+        self.assertEqual((got.data, subscription.history_lost), (["a", "b"], None))
+
+    def test_resume_oldest_kept(self) -> None:
+        """The id just before the oldest kept event still resumes exactly."""
+        broker = MemoryBroker(epoch=1, history=3)
+        for n in range(6):
+            self.publish(broker, "news", str(n))
+        got, subscription = self.subscribe(broker, "news", "1-3")
+        self.assertIsNone(subscription.history_lost)
+        self.assertEqual(got.ids, ["1-4", "1-5", "1-6"])
+
+    def test_malformed(self) -> None:
+        """A malformed id replays nothing and says 'malformed'."""
+        broker = MemoryBroker(epoch=1)
+        self.publish(broker, "news", "a")
+        for bad in ("garbage", "1-", "1-1-1", "1-x", "<script>"):
+            got, subscription = self.subscribe(broker, "news", bad)
+            self.assertEqual(subscription.history_lost, "malformed")
+            self.assertEqual(got.got, [])
+            self.assertEqual(subscription.position, "1-1")
+
+    def test_unknown_future(self) -> None:
+        """An id past the channel's last one is 'unknown'."""
+        broker = MemoryBroker(epoch=1)
+        self.publish(broker, "news", "a")
+        _, subscription = self.subscribe(broker, "news", "1-99")
+        self.assertEqual(subscription.history_lost, "unknown")
+
+    def test_live_after_loss(self) -> None:
+        """After a loss the subscription still goes live."""
+        broker = MemoryBroker(epoch=1)
+        got, _ = self.subscribe(broker, "news", "junk")
+        self.publish(broker, "news", "a")
+        self.assertEqual(got.data, ["a"])
+
+    def test_position(self) -> None:
+        """position is the last id published before the subscription."""
+        broker = MemoryBroker(epoch=8)
+        self.publish(broker, "news", "a")
+        self.publish(broker, "news", "b")
+        _, subscription = self.subscribe(broker, "news")
+        self.assertEqual(subscription.position, "8-2")
+        self.assertEqual(subscription.replayed, 0)
+        self.assertIsNone(subscription.history_lost)
+
+    def test_history_per_channel(self) -> None:
+        """Trimming one channel leaves the others' history alone."""
+        broker = MemoryBroker(epoch=1, history=2)
+        self.publish(broker, "quiet", "q")
+        for n in range(5):
+            self.publish(broker, "busy", str(n))
+        got, subscription = self.subscribe(broker, "quiet", "1-0")
+        self.assertEqual((got.data, subscription.history_lost), (["q"], None))
