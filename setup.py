@@ -44,6 +44,10 @@ setup(
             "mypy>=1.10",
             "mypy-zope>=1.0.5",
             "ruff>=0.5",
+            # Real SSE clients for tests/test_real_clients.py.
+            "httpx>=0.27",
+            "httpx-sse>=0.4",
+            "sseclient-py>=1.8",
         ],
     },
     entry_points={"console_scripts": ["twisted-sse = twisted_sse.__main__:main"]},

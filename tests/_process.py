@@ -1,7 +1,8 @@
 """
 Real processes and raw sockets for end-to-end tests: a ``twistd sse`` child
-on a port the kernel picks, and a minimal HTTP/1.1 reader that shows the exact
-bytes a server sends.
+on a port the kernel picks (TCP or TLS), a minimal HTTP/1.1 reader that shows
+the exact bytes a server sends, and client programs (curl, node) read as they
+print.
 """
 
 from __future__ import annotations
@@ -17,7 +18,12 @@ import tempfile
 import time
 from types import TracebackType
 
-_PORT_LINE = re.compile(rb"Site starting on (\d+)")
+from twisted.trial.unittest import SynchronousTestCase
+
+#: Seconds a client process may take; only a hung one gets near it.
+CLIENT_TIMEOUT = 30.0
+
+_PORT_LINE = re.compile(rb"Site (?:\(TLS\) )?starting on (\d+)")
 
 #: Runs twistd with this interpreter, so the test uses the installed plugin.
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
@@ -70,6 +76,11 @@ class Twistd:
                 return
             self.output += chunk
             wait = 0
+
+    def log(self, wait: float = 0.0) -> bytes:
+        """All the child has printed, after reading for up to ``wait`` s."""
+        self._read(wait)
+        return self.output
 
     def terminate(
         self, signal_number: int = signal.SIGTERM, timeout: float = 10.0
@@ -193,3 +204,54 @@ class RawResponse:
     def close(self) -> None:
         """Close the socket."""
         self.sock.close()
+
+
+class ClientProcess:
+    """
+    A client program (curl, node) whose stdout is read as it arrives; a
+    cleanup of ``case`` kills it.
+    """
+
+    def __init__(
+        self, argv: list[str], case: SynchronousTestCase, cwd: str | None = None
+    ) -> None:
+        self.process = subprocess.Popen(
+            argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        self.output = b""
+        case.addCleanup(self.stop)
+
+    def read_until(
+        self, done: re.Pattern[bytes], timeout: float = CLIENT_TIMEOUT
+    ) -> bytes:
+        """Read stdout until ``done`` matches it; return all of it."""
+        stdout = self.process.stdout
+        assert stdout is not None
+        deadline = time.monotonic() + timeout
+        while not done.search(self.output):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{done.pattern!r} not in {self.output!r}")
+            if select.select([stdout], [], [], left)[0]:
+                chunk = os.read(stdout.fileno(), 65536)
+                if not chunk:
+                    raise AssertionError(
+                        f"the client exited: {self.output!r} {self.stop()!r}"
+                    )
+                self.output += chunk
+        return self.output
+
+    def wait(self) -> bytes:
+        """Wait for the client to exit; return all it printed."""
+        rest, errors = self.process.communicate(timeout=CLIENT_TIMEOUT)
+        self.output += rest
+        if self.process.returncode != 0:
+            raise AssertionError(f"exit {self.process.returncode}: {errors!r}")
+        return self.output
+
+    def stop(self) -> bytes:
+        """Kill the client if it still runs; return its stderr."""
+        if self.process.poll() is None:
+            self.process.kill()
+        _, errors = self.process.communicate(timeout=CLIENT_TIMEOUT)
+        return errors

@@ -1,0 +1,147 @@
+"""
+Headless Chromium for end-to-end tests, through ``tests/js/browser.mjs``
+(playwright-core driving Debian's ``/usr/bin/chromium``): a page is loaded,
+JavaScript is evaluated in it and waited on, and screenshots are taken, all
+from a synchronous test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import tempfile
+import time
+from types import TracebackType
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from ._tools import CHROMIUM, JS, require_chromium
+
+#: Seconds any one command may take; only a hung browser gets near it.
+COMMAND_TIMEOUT = 60.0
+
+
+class BrowserError(AssertionError):
+    """A command failed in the browser (a JavaScript error or a timeout)."""
+
+
+class Browser:
+    """
+    One Chromium with one page, as a child process.
+
+    :param ignore_https_errors: Accept the tests' self-signed certificates.
+    """
+
+    def __init__(self, ignore_https_errors: bool = False) -> None:
+        node = require_chromium()
+        options = {"executablePath": CHROMIUM, "ignoreHTTPSErrors": ignore_https_errors}
+        # stderr goes to a file: a pipe nobody reads could fill and stall it.
+        # close() closes it.
+        self._errors = tempfile.TemporaryFile()  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [node, str(JS / "browser.mjs"), json.dumps(options)],
+            cwd=JS,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._errors,
+        )
+        self._buffer = b""
+        self._reply()  # "ready": Chromium is up
+
+    @classmethod
+    def for_test(
+        cls, case: SynchronousTestCase, ignore_https_errors: bool = False
+    ) -> Browser:
+        """A browser that ``case`` closes in a cleanup."""
+        browser = cls(ignore_https_errors)
+        case.addCleanup(browser.close)
+        return browser
+
+    def _reply(self, timeout: float = COMMAND_TIMEOUT) -> Any:
+        stdout = self.process.stdout
+        assert stdout is not None
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BrowserError(f"the browser did not answer in {timeout} s")
+            if select.select([stdout], [], [], left)[0]:
+                chunk = os.read(stdout.fileno(), 65536)
+                if not chunk:
+                    raise BrowserError(f"the browser exited: {self._stderr()}")
+                self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        reply = json.loads(line)
+        if not reply["ok"]:
+            raise BrowserError(reply["error"])
+        return reply["value"]
+
+    def _stderr(self) -> str:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._errors.seek(0)
+        return self._errors.read().decode(errors="replace")
+
+    def command(self, op: str, **arguments: Any) -> Any:
+        """Send one command to the driver and return its value."""
+        stdin = self.process.stdin
+        assert stdin is not None
+        stdin.write(json.dumps({"op": op, **arguments}).encode() + b"\n")
+        stdin.flush()
+        return self._reply()
+
+    def goto(self, url: str) -> int:
+        """Load ``url``; return the HTTP status."""
+        status: int = self.command("goto", url=url)
+        return status
+
+    def eval(self, js: str) -> Any:
+        """The value of the JavaScript expression ``js`` (promises awaited)."""
+        return self.command("eval", js=js)
+
+    def wait(self, js: str, timeout: float = 15.0) -> Any:
+        """
+        Wait until the expression ``js`` is truthy; return its value.
+
+        :raises BrowserError: if it is not within ``timeout`` seconds.
+        """
+        return self.command("wait", js=js, timeout=int(timeout * 1000))
+
+    def screenshot(self, path: str, full_page: bool = False) -> str:
+        """Save a PNG of the page at ``path``."""
+        saved: str = self.command("screenshot", path=path, fullPage=full_page)
+        return saved
+
+    def console(self) -> list[str]:
+        """The page's console lines so far (``type: text``)."""
+        lines: list[str] = self.command("console")
+        return lines
+
+    def close(self) -> None:
+        """Close Chromium and reap the driver; safe to call twice."""
+        if self.process.poll() is None:
+            try:
+                self.command("close")
+                self.process.wait(15)
+            except (BrowserError, OSError, subprocess.TimeoutExpired):
+                self.process.kill()
+                self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout):
+            if stream is not None and not stream.closed:
+                stream.close()
+        self._errors.close()
+
+    def __enter__(self) -> Browser:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
