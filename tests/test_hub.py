@@ -1,0 +1,1541 @@
+"""
+Tests for L{twisted_sse._hub}: channels over HTTP on a broker, through a real
+C{twisted.web} Site with L{twisted_sse.testing.SSETestClient} and a
+L{Clock}.
+
+Publishing from a real thread is in test_hub_live.py; the whole server as a
+process in test_hub_process.py.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from random import Random
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.application.service import MultiService
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.task import Clock
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from zope.interface import implementer
+
+from twisted_sse import Event, EventParser, EventStreamService, _stream
+from twisted_sse._app import SSEApp
+from twisted_sse._broker import (
+    BrokerUnavailable,
+    IBroker,
+    MemoryBroker,
+    Subscription,
+)
+from twisted_sse._hub import (
+    HISTORY_LOST_EVENT,
+    Hub,
+    bearer_token_authorizer,
+)
+from twisted_sse._stream import SlowClientPolicy, StreamRegistry
+from twisted_sse._tap import Options
+from twisted_sse.testing import SSETestClient, SSETestResponse
+
+EPOCH = 1700000000000
+TOKEN = "s3cret-token"
+
+
+def ids(response: SSETestResponse) -> list[str]:
+    """The ids of the response's events."""
+    return [event.last_event_id for event in response.events]
+
+
+def data(response: SSETestResponse) -> list[str]:
+    """The data of the response's events."""
+    return [event.data for event in response.events]
+
+
+def first_frame_id(response: SSETestResponse) -> str:
+    """The last event id that the response's first frame commits."""
+    parser = EventParser()
+    parser.feed(response.raw.split(b"\n\n", 1)[0] + b"\n\n")
+    return parser.last_event_id
+
+
+class _ClientAddress(Resource):
+    """
+    Takes the client's address from ``X-Test-Client`` (as a proxy-aware
+    site would from ``X-Forwarded-For``), since the test client always
+    connects from 127.0.0.1.
+    """
+
+    def __init__(self, child: Resource) -> None:
+        super().__init__()
+        self.child = child
+
+    def getChildWithDefault(self, path: bytes, request: Any) -> Resource:
+        host = request.getHeader(b"X-Test-Client")
+        if host is not None:
+            request.client = IPv4Address("TCP", host.decode("ascii"), 1234)
+        request.prepath.pop()
+        request.postpath.insert(0, path)
+        return self.child
+
+
+class HubFixture:
+    """A hub on a clock, served under ``/channels``, and a client for it."""
+
+    def __init__(
+        self,
+        testcase: SynchronousTestCase,
+        broker: IBroker | None = None,
+        registry: StreamRegistry | None = None,
+        history: int = 1000,
+        history_bytes: int = 16 * 1024 * 1024,
+        **hub_options: Any,
+    ) -> None:
+        self.clock = Clock()
+        self.memory = MemoryBroker(
+            history=history, history_bytes=history_bytes, epoch=EPOCH
+        )
+        self.broker = broker if broker is not None else self.memory
+        self.registry = (
+            registry
+            if registry is not None
+            else StreamRegistry(self.clock, random=Random(4))
+        )
+        hub_options.setdefault("publish_token", TOKEN)
+        self.hub = Hub(
+            self.broker, clock=self.clock, registry=self.registry, **hub_options
+        )
+        root = Resource()
+        root.putChild(b"channels", self.hub.resource())
+        self.client = SSETestClient(_ClientAddress(root), self.clock)
+        testcase.addCleanup(self.check, testcase)
+
+    def check(self, testcase: SynchronousTestCase) -> None:
+        self.client.disconnect_all()
+        self.client.assert_clean(
+            self.registry, self.hub.heartbeat, brokers=[self.memory], testcase=testcase
+        )
+
+    def subscribe(
+        self,
+        channel: str = "news",
+        last_event_id: str | None = None,
+        headers: dict[str, str] | None = None,
+        query: str = "",
+    ) -> SSETestResponse:
+        return self.client.get(
+            f"/channels/{channel}{query}", headers, last_event_id=last_event_id
+        )
+
+    def post(
+        self,
+        body: bytes,
+        channel: str = "news",
+        content_type: str | None = "application/json",
+        token: str | None = TOKEN,
+        authorization: str | None = None,
+    ) -> SSETestResponse:
+        headers = {}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        if authorization is not None:
+            headers["Authorization"] = authorization
+        elif token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        return self.client.request("POST", f"/channels/{channel}", headers, body)
+
+    def post_json(self, channel: str = "news", **fields: Any) -> SSETestResponse:
+        return self.post(json.dumps(fields).encode(), channel)
+
+    def publish(self, data: str, channel: str = "news", **fields: Any) -> str:
+        result: list[str] = []
+        self.hub.publish(channel, Event(data=data, **fields)).addCallback(result.append)
+        return result[0]
+
+
+def answer(response: SSETestResponse) -> dict[str, Any]:
+    """The JSON body of a non-stream response."""
+    body: dict[str, Any] = json.loads(response.raw)
+    return body
+
+
+# Subscribing
+
+
+class SubscribeTests(SynchronousTestCase):
+    """GET /channels/{name} opens a stream of the channel's events."""
+
+    def test_stream_headers(self) -> None:
+        """A subscription is a 200 event stream, never with a length."""
+        hub = HubFixture(self)
+        response = hub.subscribe()
+        self.assertEqual(response.code, 200)
+        self.assertEqual(
+            response.header("Content-Type"), "text/event-stream; charset=utf-8"
+        )
+        self.assertEqual(response.header("Cache-Control"), "no-cache")
+        self.assertEqual(response.header("X-Accel-Buffering"), "no")
+        self.assertIsNone(response.header("Content-Length"))
+        self.assertTrue(response.connected)
+
+    def test_first_frame_position(self) -> None:
+        """The first frame sends retry and the channel's position as id."""
+        hub = HubFixture(self)
+        empty = hub.subscribe()
+        self.assertEqual(empty.raw, f"retry: 1000\nid: {EPOCH}-0\n\n".encode())
+        hub.publish("a")
+        later = hub.subscribe()
+        self.assertEqual(later.raw, f"retry: 1000\nid: {EPOCH}-1\n\n".encode())
+        self.assertEqual(later.events, [])
+
+    def test_live(self) -> None:
+        """Events published after subscribing arrive in order with their ids."""
+        hub = HubFixture(self)
+        response = hub.subscribe()
+        hub.publish("one")
+        hub.post_json(data="two", event="update")
+        self.assertEqual(data(response), ["one", "two"])
+        self.assertEqual(ids(response), [f"{EPOCH}-1", f"{EPOCH}-2"])
+        self.assertEqual(
+            [event.type for event in response.events], ["message", "update"]
+        )
+
+    def test_new_subscriber_gets_no_history(self) -> None:
+        """Without Last-Event-ID a subscriber starts live, without history."""
+        hub = HubFixture(self)
+        hub.publish("old")
+        response = hub.subscribe()
+        hub.publish("new")
+        self.assertEqual(data(response), ["new"])
+
+    def test_channels_separate(self) -> None:
+        """A subscriber gets its channel's events only."""
+        hub = HubFixture(self)
+        news, sport = hub.subscribe("news"), hub.subscribe("sport")
+        hub.publish("n", "news")
+        hub.publish("s", "sport")
+        self.assertEqual((data(news), data(sport)), (["n"], ["s"]))
+
+    def test_reconnect_before_first_event(self) -> None:
+        """A client that leaves before its first event misses nothing."""
+        hub = HubFixture(self)
+        hub.publish("before")
+        first = hub.subscribe()
+        first.disconnect()
+        hub.publish("while away 1")
+        hub.publish("while away 2")
+        again = hub.subscribe(last_event_id=first.last_event_id)
+        hub.publish("live")
+        self.assertEqual(data(again), ["while away 1", "while away 2", "live"])
+
+    def test_invalid_channel(self) -> None:
+        """An invalid channel name gets 400 saying so."""
+        hub = HubFixture(self)
+        response = hub.subscribe("bad%20name")
+        self.assertEqual(response.code, 400)
+        self.assertEqual(
+            answer(response), {"error": "invalid channel name: 'bad name'"}
+        )
+        self.assertEqual(hub.subscribe("-dash").code, 400)
+        self.assertEqual(hub.subscribe("x" * 129).code, 400)
+
+    def test_deeper_path(self) -> None:
+        """A path below a channel is 404, not that channel."""
+        hub = HubFixture(self)
+        self.assertEqual(hub.subscribe("news/more").code, 404)
+        self.assertEqual(hub.memory.subscriber_count("news"), 0)
+
+    def test_head(self) -> None:
+        """HEAD answers the stream headers and finishes; 400 for a bad name."""
+        hub = HubFixture(self)
+        response = hub.client.request("HEAD", "/channels/news")
+        self.assertEqual(response.code, 200)
+        self.assertTrue(response.finished)
+        self.assertEqual(hub.client.request("HEAD", "/channels/bad%20name").code, 400)
+
+    def test_other_methods(self) -> None:
+        """Other methods get 405 with Allow."""
+        hub = HubFixture(self)
+        response = hub.client.request("PUT", "/channels/news")
+        self.assertEqual(response.code, 405)
+        self.assertEqual(response.header("Allow"), "GET, HEAD, OPTIONS, POST")
+
+    def test_preflight(self) -> None:
+        """With CORS on, the preflight allows Authorization and Last-Event-ID."""
+        hub = HubFixture(self, allow_origin="*")
+        response = hub.client.request("OPTIONS", "/channels/news")
+        self.assertEqual(response.code, 204)
+        allowed = response.header("Access-Control-Allow-Headers") or ""
+        self.assertIn("Authorization", allowed)
+        self.assertIn("Last-Event-ID", allowed)
+
+    def test_disconnect_unsubscribes(self) -> None:
+        """A client that goes away leaves no subscription behind."""
+        hub = HubFixture(self)
+        response = hub.subscribe()
+        self.assertEqual(hub.memory.subscriber_count("news"), 1)
+        response.disconnect()
+        self.assertEqual(hub.memory.subscriber_count("news"), 0)
+        self.assertEqual(hub.registry.streams, set())
+
+    def test_broker_unavailable(self) -> None:
+        """If the broker cannot subscribe, the client is told to come back."""
+        hub = HubFixture(self, broker=_BrokenBroker())
+        response = hub.subscribe()
+        self.assertEqual(response.code, 200)
+        self.assertTrue(response.finished)
+        self.assertEqual(response.events, [])
+        self.assertIn("redis is down", response.comments)
+        assert response.retry is not None
+        self.assertTrue(5000 <= response.retry <= 10000)
+
+
+# Resuming
+
+
+class ResumeTests(SynchronousTestCase):
+    """Last-Event-ID resumes exactly; anything else gets the loss signal."""
+
+    def setUp(self) -> None:
+        self.hub = HubFixture(self, history=5)
+        self.published = [self.hub.publish(str(n)) for n in range(1, 8)]
+
+    def assert_lost(self, response: SSETestResponse, reason: str) -> None:
+        """The response carries the loss header and starts with the event."""
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.header("SSE-History-Lost"), reason)
+        self.assertEqual(len(response.events), 1)
+        lost = response.events[0]
+        self.assertEqual(lost.type, HISTORY_LOST_EVENT)
+        self.assertEqual(json.loads(lost.data), {"reason": reason})
+        # The client resumes from the channel's position next time.
+        self.assertEqual(lost.last_event_id, f"{EPOCH}-7")
+
+    def test_header(self) -> None:
+        """Last-Event-ID replays every event strictly after it, then live."""
+        response = self.hub.subscribe(last_event_id=f"{EPOCH}-4")
+        self.hub.publish("8")
+        self.assertEqual(data(response), ["5", "6", "7", "8"])
+        self.assertEqual(ids(response), [f"{EPOCH}-{n}" for n in (5, 6, 7, 8)])
+        self.assertIsNone(response.header("SSE-History-Lost"))
+
+    def test_query_parameter(self) -> None:
+        """The polyfills' lastEventId query parameter resumes the same way."""
+        response = self.hub.subscribe(query=f"?lastEventId={EPOCH}-6")
+        self.assertEqual(data(response), ["7"])
+
+    def test_header_first(self) -> None:
+        """The header wins over the query parameter."""
+        response = self.hub.subscribe(
+            last_event_id=f"{EPOCH}-6", query=f"?lastEventId={EPOCH}-3"
+        )
+        self.assertEqual(data(response), ["7"])
+
+    def test_latest(self) -> None:
+        """Resuming from the latest id replays nothing and loses nothing."""
+        response = self.hub.subscribe(last_event_id=f"{EPOCH}-7")
+        self.assertEqual(response.events, [])
+        self.assertIsNone(response.header("SSE-History-Lost"))
+        self.assertEqual(response.raw, b"retry: 1000\n\n")
+
+    def test_oldest_kept(self) -> None:
+        """The id just before the oldest kept event still resumes exactly."""
+        response = self.hub.subscribe(last_event_id=f"{EPOCH}-2")
+        self.assertEqual(data(response), ["3", "4", "5", "6", "7"])
+
+    def test_trimmed(self) -> None:
+        """An id older than the history gets the 'trimmed' loss signal."""
+        response = self.hub.subscribe(last_event_id=f"{EPOCH}-1")
+        self.assert_lost(response, "trimmed")
+
+    def test_trimmed_by_bytes(self) -> None:
+        """History is bounded in bytes too: beyond it, 'trimmed'."""
+        hub = HubFixture(self, history_bytes=100)
+        for _ in range(5):
+            hub.publish("x" * 40)
+        response = hub.subscribe(last_event_id=f"{EPOCH}-2")
+        self.assertEqual(response.header("SSE-History-Lost"), "trimmed")
+
+    def test_malformed(self) -> None:
+        """A malformed id gets the 'malformed' loss signal."""
+        self.assert_lost(self.hub.subscribe(last_event_id="nonsense"), "malformed")
+
+    def test_unknown_future(self) -> None:
+        """An id the channel never reached gets the 'unknown' loss signal."""
+        self.assert_lost(self.hub.subscribe(last_event_id=f"{EPOCH}-99"), "unknown")
+
+    def test_unknown_earlier_run(self) -> None:
+        """An id of an earlier run (another epoch) gets 'unknown'."""
+        self.assert_lost(self.hub.subscribe(last_event_id=f"{EPOCH - 1}-3"), "unknown")
+
+    def test_live_after_loss(self) -> None:
+        """After the loss signal the stream goes live."""
+        response = self.hub.subscribe(last_event_id="nonsense")
+        self.hub.publish("8")
+        self.assertEqual(data(response)[1:], ["8"])
+
+    def test_resume_after_loss(self) -> None:
+        """A client that resumes from the loss event's id misses nothing more."""
+        lost = self.hub.subscribe(last_event_id="nonsense")
+        lost.disconnect()
+        self.hub.publish("8")
+        again = self.hub.subscribe(last_event_id=lost.last_event_id)
+        self.assertEqual(data(again), ["8"])
+        self.assertIsNone(again.header("SSE-History-Lost"))
+
+    def test_empty_id_is_fresh(self) -> None:
+        """An empty Last-Event-ID is a fresh subscription, not a loss."""
+        response = self.hub.subscribe(last_event_id="")
+        self.assertIsNone(response.header("SSE-History-Lost"))
+        self.assertEqual(first_frame_id(response), f"{EPOCH}-7")
+
+    def test_client_id_never_echoed(self) -> None:
+        """Whatever id a client sends, the server never writes it back."""
+        for sent in (
+            "evil<script>",
+            f"{EPOCH}-3 injected",
+            "id: forged",
+            f"{EPOCH}-99999",
+            f"{EPOCH - 5}-4",
+            "\u2028x",
+        ):
+            response = self.hub.subscribe(last_event_id=sent)
+            self.assertNotIn(sent.encode("utf-8"), response.wire)
+            response.disconnect()
+        query = self.hub.subscribe(query="?lastEventId=%3Cscript%3E")
+        self.assertNotIn(b"<script>", query.wire)
+
+
+@implementer(IBroker)
+class _SlowBroker:
+    """
+    A broker whose subscribe goes live at once but answers later (as a
+    networked broker would): events meanwhile reach the hub's handoff
+    before its stream exists.
+    """
+
+    available = True
+
+    def __init__(self, inner: MemoryBroker) -> None:
+        self.inner = inner
+        self.waiting: list[Callable[[], None]] = []
+
+    def publish(self, channel: str, event: Event, key: str | None = None) -> Any:
+        return self.inner.publish(channel, event, key)
+
+    def subscribe(self, channel: str, deliver: Any, last_event_id: Any = None) -> Any:
+        made: list[Subscription] = []
+        self.inner.subscribe(channel, deliver, last_event_id).addCallback(made.append)
+        later: Deferred[Subscription] = Deferred()
+        self.waiting.append(lambda: later.callback(made[0]))
+        return later
+
+    def stop(self) -> Deferred[None]:
+        return succeed(None)
+
+    def answer(self) -> None:
+        self.waiting.pop(0)()
+
+
+@implementer(IBroker)
+class _BrokenBroker:
+    """A broker that is down."""
+
+    available = False
+
+    def publish(self, channel: str, event: Event, key: str | None = None) -> Any:
+        return Deferred.fromCoroutine(self._fail())
+
+    def subscribe(self, channel: str, deliver: Any, last_event_id: Any = None) -> Any:
+        return Deferred.fromCoroutine(self._fail())
+
+    async def _fail(self) -> Any:
+        raise BrokerUnavailable("redis is down")
+
+    def stop(self) -> Deferred[None]:
+        return succeed(None)
+
+
+class HandoffTests(SynchronousTestCase):
+    """The replay-to-live handoff has no gap and no duplicate."""
+
+    def test_publishing_during_authorizer(self) -> None:
+        """Events published while the authoriser decides are replayed once."""
+        decisions: list[Deferred[bool]] = []
+
+        def later(request: Any, channel: str) -> Deferred[bool]:
+            decisions.append(Deferred())
+            return decisions[-1]
+
+        hub = HubFixture(self, authorizer=later)
+        for n in range(1, 4):
+            hub.publish(str(n))
+        response = hub.subscribe(last_event_id=f"{EPOCH}-1")
+        hub.publish("4")
+        hub.publish("5")
+        self.assertEqual(response.code, None)
+        decisions[0].callback(True)
+        hub.publish("6")
+        self.assertEqual(data(response), ["2", "3", "4", "5", "6"])
+        self.assertEqual(ids(response), [f"{EPOCH}-{n}" for n in range(2, 7)])
+
+    def test_publishing_during_subscribe(self) -> None:
+        """Events that go live before the broker answers arrive once, in order."""
+        memory = MemoryBroker(epoch=EPOCH)
+        slow = _SlowBroker(memory)
+        hub = HubFixture(self, broker=slow)
+        hub.memory = memory
+        for n in range(1, 4):
+            hub.publish(str(n))
+        response = hub.subscribe(last_event_id=f"{EPOCH}-1")
+        hub.publish("4")
+        hub.publish("5")
+        self.assertEqual(response.events, [])
+        slow.answer()
+        hub.publish("6")
+        self.assertEqual(data(response), ["2", "3", "4", "5", "6"])
+
+    def test_gone_during_subscribe(self) -> None:
+        """A client that leaves before the broker answers leaves nothing."""
+        memory = MemoryBroker(epoch=EPOCH)
+        slow = _SlowBroker(memory)
+        hub = HubFixture(self, broker=slow)
+        hub.memory = memory
+        response = hub.subscribe()
+        response.disconnect()
+        slow.answer()
+        self.assertEqual(memory.subscriber_count("news"), 0)
+        self.assertEqual(hub.registry.streams, set())
+
+    def test_publishing_interleaved_with_resumes(self) -> None:
+        """Clients resuming between publishes each see every event once."""
+        hub = HubFixture(self)
+        responses = [hub.subscribe()]
+        for n in range(1, 31):
+            hub.publish(str(n))
+            if n % 3 == 0:
+                last = responses[-1]
+                last.disconnect()
+                hub.publish(f"{n}b")
+                responses.append(hub.subscribe(last_event_id=last.last_event_id))
+        got = [event for response in responses for event in response.events]
+        seqs = [int(event.last_event_id.split("-")[1]) for event in got]
+        self.assertEqual(seqs, list(range(1, len(seqs) + 1)))
+        self.assertEqual(len(seqs), 40)
+
+
+_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["publish", "connect", "disconnect", "answer"]),
+        st.integers(min_value=0, max_value=2),
+    ),
+    max_size=50,
+)
+
+
+class ResumePropertyTests(SynchronousTestCase):
+    """Exactly once, in order, for any interleaving."""
+
+    @settings(
+        max_examples=150,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    @given(ops=_OPS, slow_broker=st.booleans(), slow_authorizer=st.booleans())
+    def test_exactly_once(
+        self,
+        ops: list[tuple[str, int]],
+        slow_broker: bool,
+        slow_authorizer: bool,
+    ) -> None:
+        """
+        Subscribers that connect, leave and resume with Last-Event-ID at any
+        moment, while events are published and subscriptions are pending,
+        each receive exactly the published sequence from their start.
+        """
+        clock = Clock()
+        memory = MemoryBroker(epoch=EPOCH)
+        slow = _SlowBroker(memory)
+        waiting: list[Callable[[], None]] = slow.waiting
+
+        def authorizer(request: Any, channel: str) -> Deferred[bool]:
+            decided: Deferred[bool] = Deferred()
+            waiting.append(lambda: decided.callback(True))
+            return decided
+
+        hub = Hub(
+            slow if slow_broker else memory,
+            clock=clock,
+            authorizer=authorizer if slow_authorizer else None,
+        )
+        client = SSETestClient(hub.resource(), clock)
+        published: list[str] = []
+        connections: list[list[SSETestResponse]] = [[], [], []]
+
+        def connect(who: int) -> None:
+            mine = connections[who]
+            if mine and mine[-1].connected:
+                return
+            last_id = mine[-1].last_event_id if mine else ""
+            mine.append(client.get("/news", last_event_id=last_id or None))
+
+        def run(op: str, who: int) -> None:
+            if op == "publish":
+                published.append(str(len(published) + 1))
+                hub.publish("news", Event(data=published[-1]))
+            elif op == "connect":
+                connect(who)
+            elif op == "disconnect":
+                if connections[who]:
+                    connections[who][-1].disconnect()
+            elif waiting:
+                waiting.pop(who % len(waiting))()
+
+        for op, who in ops:
+            run(op, who)
+        # Everyone comes back at the end, and every pending answer arrives.
+        for who in range(3):
+            connect(who)
+        while waiting:
+            waiting.pop(0)()
+        published.append(str(len(published) + 1))
+        hub.publish("news", Event(data=published[-1]))
+
+        for who, mine in enumerate(connections):
+            opened = [response for response in mine if response.raw]
+            self.assertTrue(opened, f"subscriber {who} never got a stream")
+            position = first_frame_id(opened[0])
+            self.assertRegex(position, f"^{EPOCH}-[0-9]+$", "no position in frame 1")
+            start = int(position.split("-")[1])
+            got = [event for response in mine for event in response.events]
+            self.assertEqual(
+                [event.data for event in got],
+                published[start:],
+                f"subscriber {who}",
+            )
+            self.assertEqual(
+                [event.last_event_id for event in got],
+                [f"{EPOCH}-{n}" for n in range(start + 1, len(published) + 1)],
+            )
+            for response in mine:
+                self.assertIsNone(response.header("SSE-History-Lost"))
+        client.disconnect_all()
+        client.assert_clean(hub.registry, brokers=[memory], testcase=self)
+
+
+# Publishing
+
+
+class PublishTests(SynchronousTestCase):
+    """POST /channels/{name} publishes and answers the id."""
+
+    def test_json(self) -> None:
+        """A JSON body publishes data, event and retry; the answer is the id."""
+        hub = HubFixture(self)
+        subscriber = hub.subscribe()
+        response = hub.post_json(data="hello", event="greeting", retry=2500)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.header("Content-Type"), "application/json")
+        self.assertEqual(answer(response), {"id": f"{EPOCH}-1"})
+        self.assertEqual(
+            subscriber.raw.split(b"\n\n", 1)[1],
+            f"retry: 2500\nid: {EPOCH}-1\nevent: greeting\ndata: hello\n\n".encode(),
+        )
+        self.assertEqual(subscriber.retry, 2500)
+
+    def test_json_values(self) -> None:
+        """Data that is not a string is sent as its compact JSON text."""
+        hub = HubFixture(self)
+        subscriber = hub.subscribe()
+        values: list[Any] = [{"a": [1, 2]}, [1, "x"], 42, 1.5, True, None, "é"]
+        for value in values:
+            self.assertEqual(hub.post_json(data=value).code, 200)
+        self.assertEqual(
+            data(subscriber),
+            ['{"a":[1,2]}', '[1,"x"]', "42", "1.5", "true", "null", "é"],
+        )
+
+    def test_multiline_data(self) -> None:
+        """Data with line breaks arrives whole, one data line per line."""
+        hub = HubFixture(self)
+        subscriber = hub.subscribe()
+        hub.post_json(data="one\ntwo\r\nthree")
+        self.assertIn(b"data: one\ndata: two\ndata: three\n\n", subscriber.raw)
+        self.assertEqual(data(subscriber), ["one\ntwo\nthree"])
+
+    def test_text_plain(self) -> None:
+        """A text/plain body is the data of a message event."""
+        hub = HubFixture(self)
+        subscriber = hub.subscribe()
+        response = hub.post(b"plain text\nline 2", content_type="text/plain")
+        self.assertEqual(answer(response), {"id": f"{EPOCH}-1"})
+        self.assertEqual(data(subscriber), ["plain text\nline 2"])
+        self.assertEqual(subscriber.events[0].type, "message")
+
+    def test_no_content_type(self) -> None:
+        """A body without a Content-Type is taken as text."""
+        hub = HubFixture(self)
+        subscriber = hub.subscribe()
+        self.assertEqual(hub.post(b"{not json", content_type=None).code, 200)
+        self.assertEqual(data(subscriber), ["{not json"])
+
+    def test_content_type_parameters(self) -> None:
+        """Content-Type parameters and case do not matter."""
+        hub = HubFixture(self)
+        response = hub.post(
+            b'{"data": "x"}', content_type="Application/JSON; charset=utf-8"
+        )
+        self.assertEqual(answer(response), {"id": f"{EPOCH}-1"})
+
+    def test_ids_increase(self) -> None:
+        """Each publish answers the next id of its channel."""
+        hub = HubFixture(self)
+        got = [answer(hub.post_json(data="x"))["id"] for _ in range(3)]
+        self.assertEqual(got, [f"{EPOCH}-1", f"{EPOCH}-2", f"{EPOCH}-3"])
+
+    def test_publish_kept_in_history(self) -> None:
+        """Published events are in the history for resuming clients."""
+        hub = HubFixture(self)
+        hub.post_json(data="a")
+        hub.post_json(data="b")
+        self.assertEqual(data(hub.subscribe(last_event_id=f"{EPOCH}-0")), ["a", "b"])
+
+    def test_klein_app(self) -> None:
+        """The app twistd serves publishes and subscribes on /channels/..."""
+        clock = Clock()
+        broker = MemoryBroker(epoch=EPOCH)
+        app = SSEApp(clock, broker=broker, publish_token=TOKEN)
+        client = SSETestClient(app.resource(), clock)
+        subscriber = client.get("/channels/news")
+        posted = client.request(
+            "POST",
+            "/channels/news",
+            {"Authorization": f"Bearer {TOKEN}", "Content-Type": "text/plain"},
+            b"via klein",
+        )
+        self.assertEqual(answer(posted), {"id": f"{EPOCH}-1"})
+        self.assertEqual(data(subscriber), ["via klein"])
+        counter = client.get("/events")
+        client.advance(2)
+        self.assertEqual(data(counter), ["1", "2"])
+        client.disconnect_all()
+        client.assert_clean(
+            app.registry, app.heartbeat, brokers=[broker], testcase=self
+        )
+
+
+class PublishRefusedTests(SynchronousTestCase):
+    """Every refused publish gets a 4xx and a JSON reason."""
+
+    def assert_refused(self, response: SSETestResponse, code: int, reason: str) -> None:
+        self.assertEqual(response.code, code)
+        self.assertEqual(response.header("Content-Type"), "application/json")
+        error = answer(response)["error"]
+        self.assertIn(reason, error)
+
+    def setUp(self) -> None:
+        self.hub = HubFixture(self, max_event_bytes=100)
+        self.subscriber = self.hub.subscribe()
+
+    def tearDown(self) -> None:
+        # Nothing refused was published.
+        self.assertEqual(self.subscriber.events, [])
+
+    def test_publishing_disabled(self) -> None:
+        """Without a configured token, publishing is off: 403 saying so."""
+        hub = HubFixture(self, publish_token=None)
+        response = hub.post(b'{"data": "x"}')
+        self.assert_refused(
+            response, 403, "publishing over HTTP is disabled: start the server with "
+        )
+        self.assertIn("--publish-token", answer(response)["error"])
+
+    def test_no_token(self) -> None:
+        """No Authorization header: 401 with WWW-Authenticate."""
+        response = self.hub.post(b'{"data": "x"}', token=None)
+        self.assert_refused(
+            response, 401, "a valid Authorization: Bearer token is required"
+        )
+        self.assertEqual(
+            response.header("WWW-Authenticate"), 'Bearer realm="twisted_sse"'
+        )
+
+    def test_wrong_token(self) -> None:
+        """A wrong token: 401."""
+        self.assert_refused(
+            self.hub.post(b'{"data": "x"}', token="guess"), 401, "Bearer token"
+        )
+
+    def test_wrong_scheme(self) -> None:
+        """The token in another scheme (Basic) is not accepted: 401."""
+        response = self.hub.post(b'{"data": "x"}', authorization=f"Basic {TOKEN}")
+        self.assert_refused(response, 401, "Bearer token")
+
+    def test_scheme_case(self) -> None:
+        """The Bearer scheme is case-insensitive."""
+        response = self.hub.post(b'{"data": "x"}', authorization=f"bearer {TOKEN}")
+        self.assertEqual(response.code, 200)
+        self.subscriber.events.clear()
+
+    def test_token_checked_first(self) -> None:
+        """Without the token, even a bad body only learns 401."""
+        self.assertEqual(self.hub.post(b"x" * 1000, token=None).code, 401)
+
+    def test_too_large(self) -> None:
+        """A body over max_event_bytes: 413 naming the limit."""
+        body = json.dumps({"data": "x" * 200}).encode()
+        self.assert_refused(
+            self.hub.post(body), 413, "the body is larger than 100 bytes"
+        )
+
+    def test_at_limit(self) -> None:
+        """A body of exactly max_event_bytes is accepted."""
+        self.assertEqual(self.hub.post(b"y" * 100, content_type="text/plain").code, 200)
+        self.subscriber.events.clear()
+
+    def test_bad_json(self) -> None:
+        """Invalid JSON: 400 saying so."""
+        self.assert_refused(
+            self.hub.post(b'{"data": '), 400, "the body is not valid JSON"
+        )
+
+    def test_not_object(self) -> None:
+        """JSON that is not an object: 400."""
+        self.assert_refused(
+            self.hub.post(b'["data"]'), 400, "the JSON body must be an object"
+        )
+
+    def test_missing_data(self) -> None:
+        """An object without data: 400."""
+        self.assert_refused(
+            self.hub.post(b'{"event": "x"}'), 400, "the field 'data' is required"
+        )
+
+    def test_unknown_field(self) -> None:
+        """An unknown field: 400 naming it."""
+        self.assert_refused(
+            self.hub.post(b'{"data": "x", "id": "1"}'), 400, "unknown field 'id'"
+        )
+
+    def test_newline_in_event(self) -> None:
+        """A line break in the event type (frame injection): 400."""
+        for event in ("a\nevent: forged", "a\rb"):
+            body = json.dumps({"data": "x", "event": event}).encode()
+            self.assert_refused(
+                self.hub.post(body), 400, "event must not contain a CR or LF"
+            )
+
+    def test_event_not_string(self) -> None:
+        """An event type that is not a string: 400."""
+        self.assert_refused(
+            self.hub.post(b'{"data": "x", "event": 5}'), 400, "event must be a string"
+        )
+
+    def test_bad_retry(self) -> None:
+        """A retry that is not a non-negative integer: 400."""
+        for retry in ("-1", '"5"', "1.5", "true", "[]"):
+            body = b'{"data": "x", "retry": %s}' % retry.encode()
+            self.assert_refused(
+                self.hub.post(body), 400, "retry must be a non-negative integer"
+            )
+
+    def test_bad_key(self) -> None:
+        """A key that is not a short string: 400."""
+        hub = HubFixture(self)
+        for key in ("5", json.dumps("k" * 257)):
+            body = b'{"data": "x", "key": %s}' % key.encode()
+            self.assert_refused(hub.post(body), 400, "key must be a string")
+
+    def test_not_utf8(self) -> None:
+        """A body that is not UTF-8: 400."""
+        self.assert_refused(
+            self.hub.post(b"\xff\xfe", content_type="text/plain"),
+            400,
+            "the body is not UTF-8",
+        )
+
+    def test_lone_surrogate(self) -> None:
+        """Data that cannot be UTF-8 (a lone surrogate in JSON): 400."""
+        self.assert_refused(
+            self.hub.post(b'{"data": "\\ud800"}'),
+            400,
+            "data must not contain a lone surrogate",
+        )
+
+    def test_unsupported_type(self) -> None:
+        """Another Content-Type: 415 naming the accepted ones."""
+        self.assert_refused(
+            self.hub.post(b"data=x", content_type="application/x-www-form-urlencoded"),
+            415,
+            "use application/json or text/plain",
+        )
+
+    def test_invalid_channel(self) -> None:
+        """Publishing on an invalid channel name: 400."""
+        self.assert_refused(
+            self.hub.post(b'{"data": "x"}', channel="bad%20name"),
+            400,
+            "invalid channel name",
+        )
+
+    def test_broker_unavailable(self) -> None:
+        """A broker that is down: 503 saying so."""
+        hub = HubFixture(self, broker=_BrokenBroker())
+        self.assert_refused(
+            hub.post(b'{"data": "x"}'), 503, "broker unavailable: redis is down"
+        )
+
+
+# Authorising subscribers
+
+
+class AuthorizerTests(SynchronousTestCase):
+    """A pluggable authoriser decides who may subscribe."""
+
+    def test_refused(self) -> None:
+        """An authoriser saying no gets 403 and no subscription."""
+        seen: list[tuple[Any, str]] = []
+
+        def nobody(request: Any, channel: str) -> bool:
+            seen.append((request, channel))
+            return False
+
+        hub = HubFixture(self, authorizer=nobody)
+        response = hub.subscribe("secret")
+        self.assertEqual(response.code, 403)
+        self.assertEqual(answer(response), {"error": "not allowed to subscribe"})
+        self.assertEqual(seen[0][1], "secret")
+        self.assertEqual(hub.memory.subscriber_count("secret"), 0)
+
+    def test_allowed(self) -> None:
+        """An authoriser saying yes lets the stream open."""
+        hub = HubFixture(self, authorizer=lambda request, channel: True)
+        response = hub.subscribe()
+        hub.publish("x")
+        self.assertEqual(data(response), ["x"])
+
+    def test_deferred(self) -> None:
+        """An authoriser may answer later, with a Deferred."""
+        decided: Deferred[bool] = Deferred()
+        hub = HubFixture(self, authorizer=lambda request, channel: decided)
+        response = hub.subscribe()
+        self.assertIsNone(response.code)
+        decided.callback(False)
+        self.assertEqual(response.code, 403)
+
+    def test_gone_while_deciding(self) -> None:
+        """A client that leaves while the authoriser decides is not subscribed."""
+        decided: Deferred[bool] = Deferred()
+        hub = HubFixture(self, authorizer=lambda request, channel: decided)
+        hub.subscribe().disconnect()
+        decided.callback(True)
+        self.assertEqual(hub.memory.subscriber_count("news"), 0)
+
+    def test_failing(self) -> None:
+        """An authoriser that fails gets 500 and is logged."""
+
+        def broken(request: Any, channel: str) -> bool:
+            raise ZeroDivisionError()
+
+        hub = HubFixture(self, authorizer=broken)
+        response = hub.subscribe()
+        self.assertEqual(response.code, 500)
+        self.assertEqual(answer(response), {"error": "internal error"})
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_bearer_header(self) -> None:
+        """bearer_token_authorizer accepts Authorization: Bearer <token>."""
+        hub = HubFixture(self, authorizer=bearer_token_authorizer("reader"))
+        self.assertEqual(hub.subscribe().code, 403)
+        ok = hub.subscribe(headers={"Authorization": "Bearer reader"})
+        self.assertTrue(ok.connected)
+        wrong = hub.subscribe(headers={"Authorization": "Bearer writer"})
+        self.assertEqual(wrong.code, 403)
+
+    def test_bearer_query(self) -> None:
+        """bearer_token_authorizer accepts ?access_token= for EventSource."""
+        hub = HubFixture(self, authorizer=bearer_token_authorizer("reader"))
+        self.assertTrue(hub.subscribe(query="?access_token=reader").connected)
+        self.assertEqual(hub.subscribe(query="?access_token=nope").code, 403)
+
+    def test_bearer_per_channel(self) -> None:
+        """With a mapping, each channel has its token; others are refused."""
+        hub = HubFixture(
+            self, authorizer=bearer_token_authorizer({"a": "token-a", "b": "token-b"})
+        )
+        a = {"Authorization": "Bearer token-a"}
+        self.assertTrue(hub.subscribe("a", headers=a).connected)
+        self.assertEqual(hub.subscribe("b", headers=a).code, 403)
+        self.assertEqual(hub.subscribe("c", headers=a).code, 403)
+
+
+# Flow control
+
+
+class FlowControlTests(SynchronousTestCase):
+    """A client that stops reading never costs unbounded memory nor delays."""
+
+    def test_disconnect_slow_only(self) -> None:
+        """Under disconnect, the slow client is cut; the others get everything."""
+        hub = HubFixture(self, max_queue_events=10)
+        slow, fast = hub.subscribe(), hub.subscribe()
+        slow.pause_reading()
+        for n in range(10):
+            hub.publish(str(n))
+        self.assertTrue(slow.connected)
+        hub.publish("10")
+        self.assertFalse(slow.connected)
+        self.assertFalse(slow.finished)  # cut, not ended: it reconnects
+        self.assertEqual(data(fast), [str(n) for n in range(11)])
+        self.assertEqual(hub.memory.subscriber_count("news"), 1)
+        self.assertEqual(len(hub.registry.streams), 1)
+
+    def test_disconnect_by_bytes(self) -> None:
+        """The queue's byte bound cuts a slow client too."""
+        hub = HubFixture(self, max_queue_bytes=1000)
+        slow = hub.subscribe()
+        slow.pause_reading()
+        hub.publish("x" * 600)
+        self.assertTrue(slow.connected)
+        hub.publish("x" * 600)
+        self.assertFalse(slow.connected)
+
+    def test_slow_resumes(self) -> None:
+        """A client that reads again before the queue fills gets all, in order."""
+        hub = HubFixture(self, max_queue_events=10)
+        client = hub.subscribe()
+        client.pause_reading()
+        for n in range(10):
+            hub.publish(str(n))
+        self.assertEqual(client.events, [])
+        client.resume_reading()
+        self.assertEqual(data(client), [str(n) for n in range(10)])
+
+    def test_disconnected_client_resumes(self) -> None:
+        """A client cut for not reading resumes with Last-Event-ID, losing nothing."""
+        hub = HubFixture(self, max_queue_events=3)
+        slow = hub.subscribe()
+        hub.publish("0")
+        slow.pause_reading()
+        for n in range(1, 6):
+            hub.publish(str(n))
+        self.assertFalse(slow.connected)
+        again = hub.subscribe(last_event_id=slow.last_event_id)
+        self.assertEqual(data(slow) + data(again), [str(n) for n in range(6)])
+
+    def test_drop_oldest(self) -> None:
+        """Under drop-oldest, the newest events wait; older ones are dropped."""
+        hub = HubFixture(self, policy=SlowClientPolicy.DROP_OLDEST, max_queue_events=3)
+        slow, fast = hub.subscribe(), hub.subscribe()
+        slow.pause_reading()
+        for n in range(10):
+            hub.publish(str(n))
+        self.assertTrue(slow.connected)
+        slow.resume_reading()
+        self.assertEqual(data(slow), ["7", "8", "9"])
+        self.assertEqual(ids(slow), [f"{EPOCH}-{n}" for n in (8, 9, 10)])
+        self.assertEqual(len(data(fast)), 10)
+        hub.publish("10")
+        self.assertEqual(data(slow)[-1], "10")
+
+    def test_latest_by_key(self) -> None:
+        """Under latest, the newest queued event per publish key is kept."""
+        hub = HubFixture(self, policy=SlowClientPolicy.LATEST, max_queue_events=10)
+        slow = hub.subscribe()
+        slow.pause_reading()
+        for n, key in enumerate(["EUR", "USD", "EUR", "JPY", "USD", "EUR"]):
+            response = hub.post_json(data=f"{key} {n}", event="price", key=key)
+            self.assertEqual(response.code, 200)
+        slow.resume_reading()
+        # Ids still increase: a newer value takes the place at the end.
+        self.assertEqual(data(slow), ["JPY 3", "USD 4", "EUR 5"])
+        self.assertEqual(ids(slow), [f"{EPOCH}-{n}" for n in (4, 5, 6)])
+
+    def test_latest_by_type(self) -> None:
+        """Without a key, latest conflates by event type."""
+        hub = HubFixture(self, policy=SlowClientPolicy.LATEST)
+        slow = hub.subscribe()
+        slow.pause_reading()
+        for n in range(5):
+            hub.publish(f"a{n}", event="a")
+            hub.publish(f"b{n}", event="b")
+        hub.publish("m")
+        slow.resume_reading()
+        self.assertEqual(data(slow), ["a4", "b4", "m"])
+
+    def test_latest_bounded(self) -> None:
+        """Under latest, many distinct keys still fit in the bound."""
+        hub = HubFixture(self, policy=SlowClientPolicy.LATEST, max_queue_events=5)
+        slow = hub.subscribe()
+        slow.pause_reading()
+        for n in range(20):
+            hub.publish(str(n), event=f"type{n}")
+        self.assertTrue(slow.connected)
+        slow.resume_reading()
+        self.assertEqual(data(slow), ["15", "16", "17", "18", "19"])
+
+    def test_channel_policy(self) -> None:
+        """A channel's own policy overrides the server-wide one."""
+        hub = HubFixture(
+            self,
+            max_queue_events=2,
+            channel_policies={"ticker": SlowClientPolicy.LATEST},
+        )
+        news, ticker = hub.subscribe("news"), hub.subscribe("ticker")
+        news.pause_reading()
+        ticker.pause_reading()
+        for n in range(5):
+            hub.publish(str(n), "news")
+            hub.publish(str(n), "ticker")
+        self.assertFalse(news.connected)
+        self.assertTrue(ticker.connected)
+        ticker.resume_reading()
+        self.assertEqual(data(ticker), ["4"])
+
+    def test_memory_bounded(self) -> None:
+        """However much is published, a slow client's queue stays in bounds."""
+        hub = HubFixture(
+            self,
+            policy=SlowClientPolicy.DROP_OLDEST,
+            max_queue_events=100,
+            max_queue_bytes=20_000,
+            history=10,
+        )
+        slow = hub.subscribe()
+        slow.pause_reading()
+        (stream,) = hub.registry.streams
+        worst = 0
+        for n in range(3000):
+            hub.publish(f"{n:04d}" + "z" * 1000)
+            worst = max(worst, stream.queued_bytes)
+            self.assertLessEqual(stream.queued, 100)
+        self.assertLessEqual(worst, 20_000)
+        self.assertGreater(stream.dropped, 2900)
+        # Nothing reached the transport while it was paused.
+        self.assertEqual(slow.raw, f"retry: 1000\nid: {EPOCH}-0\n\n".encode())
+
+    def test_same_bytes_to_every_subscriber(self) -> None:
+        """Each event is written as the very same bytes object to every stream."""
+        hub = HubFixture(self)
+        for _ in range(5):
+            hub.subscribe()
+        written: list[list[bytes]] = []
+        for stream in hub.registry.streams:
+            frames: list[bytes] = []
+            written.append(frames)
+            stream.write = _recording(stream.write, frames)  # type: ignore[method-assign,assignment]
+        hub.publish("shared")
+        hub.post_json(data="shared too")
+        for frames in written:
+            self.assertEqual(len(frames), 2)
+            for mine, first in zip(frames, written[0], strict=True):
+                self.assertIs(mine, first)
+
+    def test_encoded_once(self) -> None:
+        """An event is encoded once per publish, however many subscribers."""
+        hub = HubFixture(self)
+        for _ in range(10):
+            hub.subscribe()
+        calls: list[Event] = []
+        original = Event.encode
+
+        def counting(event: Event) -> bytes:
+            calls.append(event)
+            return original(event)
+
+        self.patch(Event, "encode", counting)
+        hub.post_json(data="x")
+        self.assertEqual([event.data for event in calls if event.data], ["x"])
+
+
+def _recording(
+    write: Callable[[bytes, object], bool], frames: list[bytes]
+) -> Callable[[bytes, object], bool]:
+    """Wrap a stream's write to keep the frames it is given."""
+
+    def record(frame: bytes, key: object = None) -> bool:
+        frames.append(frame)
+        return write(frame, key)
+
+    return record
+
+
+# Heartbeats
+
+
+class HeartbeatTests(SynchronousTestCase):
+    """One shared timer keeps every idle stream alive."""
+
+    def test_one_timer(self) -> None:
+        """Many streams on many channels share one delayed call."""
+        hub = HubFixture(self)
+        for n in range(30):
+            hub.subscribe(f"channel{n % 3}")
+        active = [call for call in hub.clock.getDelayedCalls() if call.active()]
+        self.assertEqual(len(active), 1)
+
+    def test_idle_streams_only(self) -> None:
+        """Idle streams get a comment; streams that just wrote get none."""
+        hub = HubFixture(self, heartbeat=15)
+        busy, idle = hub.subscribe("busy"), hub.subscribe("idle")
+        hub.client.advance(14)
+        hub.publish("x", "busy")
+        hub.client.advance(1)
+        self.assertEqual(idle.comments, [""])
+        self.assertEqual(busy.comments, [])
+        self.assertEqual(idle.events, [])
+
+    def test_interval(self) -> None:
+        """An idle stream gets one heartbeat per interval of silence."""
+        hub = HubFixture(self, heartbeat=15)
+        response = hub.subscribe()
+        hub.client.advance(60)
+        self.assertEqual(len(response.comments), 4)
+
+    def test_stops_with_last_stream(self) -> None:
+        """The timer stops when the last stream closes."""
+        hub = HubFixture(self)
+        responses = [hub.subscribe() for _ in range(3)]
+        for response in responses:
+            response.disconnect()
+        self.assertFalse(hub.hub.heartbeat.running)
+        self.assertEqual(hub.clock.getDelayedCalls(), [])
+
+
+# Admission
+
+
+class AdmissionTests(SynchronousTestCase):
+    """Over a connection limit, clients get 200, a jittered retry: and an end."""
+
+    def make(self, **limits: Any) -> HubFixture:
+        self.clock_registry = StreamRegistry(
+            Clock(), busy_retry=2000, random=Random(7), **limits
+        )
+        return HubFixture(self, registry=self.clock_registry)
+
+    def assert_sent_away(self, response: SSETestResponse) -> None:
+        """The response tells an EventSource to come back later."""
+        self.assertEqual(response.code, 200)
+        self.assertEqual(
+            response.header("Content-Type"), "text/event-stream; charset=utf-8"
+        )
+        self.assertTrue(response.finished)
+        self.assertEqual(response.events, [])
+        assert response.retry is not None
+        self.assertTrue(2000 <= response.retry <= 4000, response.retry)
+        # An event stream never has a length: the body ends with the
+        # terminating chunk, and the connection closes to free its slot.
+        self.assertIsNone(response.header("Content-Length"))
+        self.assertEqual(response.header("Transfer-Encoding"), "chunked")
+        self.assertEqual(response.header("Connection"), "close")
+        self.assertFalse(response.connected)
+
+    def test_total(self) -> None:
+        """Over max_connections, a client is sent away; under it, admitted."""
+        hub = self.make(max_connections=2)
+        first = hub.subscribe("a", headers={"X-Test-Client": "10.0.0.1"})
+        hub.subscribe("b", headers={"X-Test-Client": "10.0.0.2"})
+        third = hub.subscribe("c", headers={"X-Test-Client": "10.0.0.3"})
+        self.assert_sent_away(third)
+        self.assertIn("too many connections", third.comments)
+        self.assertEqual(hub.registry.refused["total"], 1)
+        first.disconnect()
+        self.assertTrue(hub.subscribe("c").connected)
+
+    def test_per_ip(self) -> None:
+        """Over max_connections_per_ip from one address, sent away; others not."""
+        hub = self.make(max_connections_per_ip=2)
+        one = {"X-Test-Client": "10.0.0.1"}
+        two = {"X-Test-Client": "10.0.0.2"}
+        kept = [hub.subscribe(headers=one), hub.subscribe(headers=one)]
+        refused = hub.subscribe(headers=one)
+        self.assert_sent_away(refused)
+        self.assertIn("too many connections from this address", refused.comments)
+        self.assertTrue(hub.subscribe(headers=two).connected)
+        kept[0].disconnect()
+        self.assertTrue(hub.subscribe(headers=one).connected)
+
+    def test_jitter(self) -> None:
+        """Refused clients get retry values spread over [busy, 2 * busy]."""
+        hub = self.make(max_connections=1)
+        hub.subscribe()
+        retries = set()
+        for _ in range(30):
+            response = hub.subscribe()
+            self.assert_sent_away(response)
+            retries.add(response.retry)
+        self.assertGreater(len(retries), 10)
+
+    def test_not_503(self) -> None:
+        """A refusal is never a 5xx: EventSource would give up for good."""
+        hub = self.make(max_connections=1)
+        hub.subscribe()
+        self.assertEqual(hub.subscribe().code, 200)
+
+    def test_rechecked_after_authorizer(self) -> None:
+        """Admission holds even when the authoriser answers later."""
+        decisions: list[Deferred[bool]] = []
+
+        def later(request: Any, channel: str) -> Deferred[bool]:
+            decisions.append(Deferred())
+            return decisions[-1]
+
+        registry = StreamRegistry(Clock(), max_connections=1, busy_retry=2000)
+        hub = HubFixture(self, registry=registry, authorizer=later)
+        first, second = hub.subscribe(), hub.subscribe()
+        for decided in decisions:
+            decided.callback(True)
+        self.assertTrue(first.connected)
+        self.assert_sent_away(second)
+        self.assertEqual(len(registry.streams), 1)
+        self.assertEqual(hub.memory.subscriber_count("news"), 1)
+
+    def test_publishing_not_limited(self) -> None:
+        """Connection limits apply to streams, not to publishing."""
+        hub = self.make(max_connections=1)
+        hub.subscribe()
+        self.assertEqual(hub.post_json(data="x").code, 200)
+
+
+# Draining
+
+
+@implementer(IListeningPort)
+class _Port:
+    """A listening port that records when it stops."""
+
+    def __init__(self) -> None:
+        self.stopped_at: float | None = None
+        self.clock: Clock | None = None
+
+    def startListening(self) -> None:
+        pass
+
+    def stopListening(self) -> Deferred[None]:
+        assert self.clock is not None
+        self.stopped_at = self.clock.seconds()
+        return succeed(None)
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 3000)
+
+
+@implementer(IStreamServerEndpoint)
+class _Endpoint:
+    """An endpoint that listens on a _Port."""
+
+    def __init__(self, port: _Port) -> None:
+        self.port = port
+
+    def listen(self, factory: Any) -> Deferred[IListeningPort]:
+        return succeed(self.port)
+
+
+class DrainTests(SynchronousTestCase):
+    """On stop, every stream ends cleanly, spread over the drain window."""
+
+    def setUp(self) -> None:
+        self.hub = HubFixture(self)
+        self.responses = [self.hub.subscribe(f"channel{n % 4}") for n in range(20)]
+        self.ended: list[float] = []
+        for stream in self.hub.registry.streams:
+            stream.on_close(lambda: self.ended.append(self.hub.clock.seconds()))
+
+    def step_until(self, done: Callable[[], bool], limit: float) -> None:
+        """Move time in small steps until ``done()``."""
+        while not done() and self.hub.clock.seconds() < limit:
+            self.hub.client.advance(0.05)
+
+    def test_retry_hints_spread(self) -> None:
+        """Each stream ends cleanly with a retry hint spread over the window."""
+        fired: list[None] = []
+        self.hub.registry.drain(5.0, retry=1000).addCallback(fired.append)
+        self.step_until(lambda: bool(fired), 10)
+        self.assertEqual(fired, [None])
+        for response in self.responses:
+            self.assertTrue(response.finished)  # the terminating chunk
+            self.assertFalse(response.connected)
+            assert response.retry is not None
+            self.assertTrue(1000 <= response.retry <= 6000, response.retry)
+        hints = sorted(r.retry or 0 for r in self.responses)
+        # The clients come back spread over the window, not all at once.
+        self.assertGreater(len(set(hints)), 15)
+        self.assertGreater(hints[-1] - hints[0], 2000)
+
+    def test_ends_spread(self) -> None:
+        """The ends are spread in time too, at the drain rate."""
+        fired: list[None] = []
+        self.hub.registry.drain(5.0).addCallback(fired.append)
+        self.step_until(lambda: bool(fired), 10)
+        self.assertEqual(len(self.ended), 20)
+        # 20 streams at DRAIN_RATE per second need 20 / DRAIN_RATE seconds.
+        self.assertLessEqual(max(self.ended), 20 / _stream.DRAIN_RATE)
+        self.assertGreater(len(set(self.ended)), 15)
+
+    def test_ends_within_window(self) -> None:
+        """However many streams, the last one ends within the window."""
+        self.patch(_stream, "DRAIN_RATE", 2.0)
+        fired: list[float] = []
+        self.hub.registry.drain(3.0).addCallback(
+            lambda _: fired.append(self.hub.clock.seconds())
+        )
+        self.step_until(lambda: bool(fired), 10)
+        self.assertEqual(len(self.ended), 20)
+        self.assertLessEqual(max(self.ended), 3.0)
+        self.assertGreater(max(self.ended) - min(self.ended), 1.5)
+        self.assertGreaterEqual(fired[0], max(self.ended))
+        self.assertLess(fired[0], 4.0)
+
+    def test_fires_after_last(self) -> None:
+        """The drain's Deferred fires only once every stream has ended."""
+        fired: list[float] = []
+        self.hub.registry.drain(2.0).addCallback(
+            lambda _: fired.append(self.hub.clock.seconds())
+        )
+        self.step_until(lambda: bool(fired), 10)
+        self.assertEqual(len(self.ended), 20)
+        self.assertGreaterEqual(fired[0], max(self.ended))
+
+    def test_new_streams_sent_away(self) -> None:
+        """While draining, new subscribers are sent away with a retry."""
+        self.hub.registry.drain(2.0)
+        late = self.hub.subscribe()
+        self.assertEqual(late.code, 200)
+        self.assertTrue(late.finished)
+        self.assertIn("the server is shutting down", late.comments)
+        self.step_until(lambda: not self.hub.registry.streams, 10)
+
+    def test_zero(self) -> None:
+        """With no window, every stream ends at once."""
+        fired: list[None] = []
+        self.hub.registry.drain(0).addCallback(fired.append)
+        self.hub.client.flush()
+        self.assertTrue(all(response.finished for response in self.responses))
+        self.hub.client.advance(1)
+        self.assertEqual(fired, [None])
+
+    def test_drain_during_authorizer(self) -> None:
+        """A stream still being authorised when the drain begins never opens."""
+        decided: Deferred[bool] = Deferred()
+        self.hub.hub.authorizer = lambda request, channel: decided
+        pending = self.hub.subscribe()
+        fired: list[None] = []
+        self.hub.registry.drain(1.0).addCallback(fired.append)
+        decided.callback(True)
+        self.assertTrue(pending.finished)
+        self.assertIn("the server is shutting down", pending.comments)
+        self.step_until(lambda: bool(fired), 10)
+        self.assertEqual(self.hub.registry.streams, set())
+
+    def test_service(self) -> None:
+        """stopService drains the streams, then closes the port, then fires."""
+        self.patch(_stream, "DRAIN_RATE", 5.0)
+        port = _Port()
+        port.clock = self.hub.clock
+        service = EventStreamService(
+            _Endpoint(port),
+            Site(Resource()),
+            self.hub.registry,
+            self.hub.clock,
+            drain=3.0,
+        )
+        parent = MultiService()
+        service.setServiceParent(parent)
+        parent.privilegedStartService()
+        parent.startService()
+        stopped: list[float] = []
+        parent.stopService().addCallback(
+            lambda _: stopped.append(self.hub.clock.seconds())
+        )
+        self.step_until(lambda: bool(stopped), 10)
+        self.assertEqual(len(self.ended), 20)
+        assert port.stopped_at is not None
+        self.assertGreaterEqual(port.stopped_at, max(self.ended))
+        self.assertLessEqual(max(self.ended), 3.0)
+        self.assertEqual(stopped, [port.stopped_at])
+
+
+# twistd options
+
+
+class TwistdOptionsTests(SynchronousTestCase):
+    """twistd sse has an option for each hub setting."""
+
+    def parse(self, *args: str) -> Options:
+        options = Options()
+        options.parseOptions(list(args))
+        return options
+
+    def test_defaults(self) -> None:
+        """Publishing is off, history is 1000, drain 5 s, no limits."""
+        self.patch(__import__("os").environ, "get", lambda *a: None)
+        options = self.parse()
+        self.assertIsNone(options["publish-token"])
+        self.assertEqual(options["history"], 1000)
+        self.assertEqual(options["drain"], 5.0)
+        self.assertEqual(options["max-connections"], 0)
+        self.assertEqual(options["max-connections-per-ip"], 0)
+        self.assertEqual(options["slow-client"], SlowClientPolicy.DISCONNECT)
+
+    def test_all(self) -> None:
+        """Every hub option is parsed into its value."""
+        options = self.parse(
+            "--publish-token",
+            "T",
+            "--history",
+            "5",
+            "--history-bytes",
+            "1000",
+            "--max-event-bytes",
+            "2048",
+            "--queue-events",
+            "7",
+            "--queue-bytes",
+            "9000",
+            "--slow-client",
+            "drop-oldest",
+            "--slow-client",
+            "ticker=latest",
+            "--max-connections",
+            "100",
+            "--max-connections-per-ip",
+            "4",
+            "--drain",
+            "1.5",
+        )
+        self.assertEqual(options["publish-token"], "T")
+        self.assertEqual(options["history"], 5)
+        self.assertEqual(options["history-bytes"], 1000)
+        self.assertEqual(options["max-event-bytes"], 2048)
+        self.assertEqual(options["queue-events"], 7)
+        self.assertEqual(options["queue-bytes"], 9000)
+        self.assertEqual(options["slow-client"], SlowClientPolicy.DROP_OLDEST)
+        self.assertEqual(
+            options["channel-policies"], {"ticker": SlowClientPolicy.LATEST}
+        )
+        self.assertEqual(options["max-connections"], 100)
+        self.assertEqual(options["max-connections-per-ip"], 4)
+        self.assertEqual(options["drain"], 1.5)
+
+    def test_bad_policy(self) -> None:
+        """An unknown policy or channel is a usage error."""
+        self.assertRaises(usage.UsageError, self.parse, "--slow-client", "ignore")
+        self.assertRaises(usage.UsageError, self.parse, "--slow-client", "a b=latest")
+
+    def test_bad_numbers(self) -> None:
+        """Negative or non-numeric limits are usage errors."""
+        for args in (
+            ("--history", "-1"),
+            ("--max-connections", "x"),
+            ("--max-event-bytes", "0"),
+            ("--drain", "-2"),
+        ):
+            self.assertRaises(usage.UsageError, self.parse, *args)

@@ -1,0 +1,364 @@
+"""
+End-to-end tests of the hub in ``twistd -n sse`` as a real process: HTTP
+publishing with urllib, raw socket subscribers, resume across reconnects,
+the loss signal, refusals, connection caps, a client that never reads, and
+SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from random import Random
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from twisted_sse import EventParser, MessageEvent
+
+from ._process import RawResponse, Twistd
+
+TOKEN = "T-0123456789"
+
+
+class Reader:
+    """A subscriber on a raw socket that parses events as chunks arrive."""
+
+    def __init__(
+        self, port: int, channel: str = "news", last_event_id: str | None = None
+    ) -> None:
+        headers = "Accept: text/event-stream\r\n"
+        if last_event_id is not None:
+            headers += f"Last-Event-ID: {last_event_id}\r\n"
+        self.response = RawResponse(port, f"/channels/{channel}", headers=headers)
+        self.parser = EventParser(last_event_id=last_event_id or "")
+        self.events: list[MessageEvent] = []
+        self.frames = bytearray()
+        self.ended = False
+
+    def read(self, timeout: float = 10.0) -> bool:
+        """Read one chunk; ``False`` once the response has ended."""
+        if self.ended:
+            return False
+        payload = self.response.read_chunk(timeout)
+        if not payload:
+            self.ended = True
+            return False
+        self.frames += payload
+        self.events.extend(self.parser.feed(payload))
+        return True
+
+    def until(self, event_id: str, timeout: float = 10.0) -> None:
+        """
+        Read until the client has seen ``event_id``: it arrived, or the
+        connection resumed from it or from a later id.
+        """
+        deadline = time.monotonic() + timeout
+        while _seq(self.parser.last_event_id) < _seq(event_id):
+            if time.monotonic() > deadline or not self.read(timeout):
+                raise AssertionError(f"{event_id} never came: {self.events[-3:]}")
+
+    def first_frame_id(self) -> str:
+        """The id the stream's first frame committed."""
+        while b"\n\n" not in self.frames:
+            self.read()
+        parser = EventParser()
+        parser.feed(bytes(self.frames.split(b"\n\n", 1)[0]) + b"\n\n")
+        return parser.last_event_id
+
+    @property
+    def last_event_id(self) -> str:
+        return self.parser.last_event_id
+
+    def close(self) -> None:
+        self.response.close()
+
+
+def _seq(event_id: str) -> int:
+    """The sequence number of an ``<epoch>-<seq>`` id; -1 for none."""
+    return int(event_id.split("-")[1]) if event_id else -1
+
+
+def post(
+    port: int,
+    body: bytes,
+    channel: str = "news",
+    content_type: str = "application/json",
+    token: str | None = TOKEN,
+) -> tuple[int, dict[str, str]]:
+    """POST ``body``; return the status and the JSON answer."""
+    headers = {"Content-Type": content_type}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/channels/{channel}",
+        data=body,
+        headers=headers,
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, json.loads(error.read())
+
+
+def publish(port: int, data: str, **fields: object) -> str:
+    """Publish ``data``; return its id."""
+    code, answer = post(port, json.dumps({"data": data, **fields}).encode())
+    assert code == 200, (code, answer)
+    return answer["id"]
+
+
+def rss_kb(pid: int) -> int:
+    """The resident set size of process ``pid`` in KiB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def _keep_reading_output(server: Twistd) -> None:
+    """
+    Read the child's log as it comes: twistd logs a line per request, and a
+    child whose stdout pipe (64 KiB) fills up blocks in write().
+    """
+    assert server.process is not None and server.process.stdout is not None
+    fd = server.process.stdout.fileno()
+
+    def pump() -> None:
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            server.output += chunk
+
+    threading.Thread(target=pump, daemon=True).start()
+
+
+class HubProcessTests(SynchronousTestCase):
+    """The hub of a real twistd sse, over real sockets."""
+
+    def start(self, *args: str) -> Twistd:
+        server = Twistd(*args).start()
+        self.addCleanup(server.stop)
+        _keep_reading_output(server)
+        return server
+
+    def reader(
+        self, server: Twistd, channel: str = "news", last_event_id: str | None = None
+    ) -> Reader:
+        reader = Reader(server.port, channel, last_event_id)
+        self.addCleanup(reader.close)
+        return reader
+
+    def test_publish_to_readers(self) -> None:
+        """Events POSTed over HTTP reach every reader in order, with their ids."""
+        server = self.start("--publish-token", TOKEN)
+        readers = [self.reader(server) for _ in range(4)]
+        for reader in readers:
+            self.assertEqual(reader.response.code, 200)
+            reader.first_frame_id()
+        ids = [publish(server.port, f"event {n}") for n in range(30)]
+        for reader in readers:
+            reader.until(ids[-1])
+            self.assertEqual(
+                [e.data for e in reader.events], [f"event {n}" for n in range(30)]
+            )
+            self.assertEqual([e.last_event_id for e in reader.events], ids)
+
+    def test_resume_exactly_once(self) -> None:
+        """Readers that drop and resume at random get every event exactly once."""
+        server = self.start("--publish-token", TOKEN)
+        random = Random(20261125)
+        published: list[str] = []
+        ids: list[str] = []
+        # Per reader: every connection so far, and its start position.
+        connections: list[list[Reader]] = [[] for _ in range(5)]
+        starts: list[int] = []
+        for mine in connections:
+            mine.append(self.reader(server))
+            starts.append(int(mine[0].first_frame_id().split("-")[1]))
+        for n in range(120):
+            published.append(f"e{n}")
+            ids.append(publish(server.port, published[-1]))
+            for mine in connections:
+                current = mine[-1]
+                if current.response.closed:
+                    continue
+                roll = random.random()
+                if roll >= 0.05:
+                    current.until(ids[-1])
+                if roll < 0.15:
+                    # Gone, a third of the time before even reading the
+                    # event just published: the resume must cover it.
+                    current.close()
+                    current.response.closed = True
+            for mine in connections:
+                if mine[-1].response.closed and random.random() < 0.5:
+                    last = mine[-1].last_event_id
+                    mine.append(self.reader(server, last_event_id=last))
+        for who, mine in enumerate(connections):
+            if mine[-1].response.closed:
+                mine.append(self.reader(server, last_event_id=mine[-1].last_event_id))
+            mine[-1].until(ids[-1])
+            got = [e.data for reader in mine for e in reader.events]
+            self.assertEqual(got, published[starts[who] :], f"reader {who}")
+            self.assertGreater(len(mine), 1)
+            for reader in mine:
+                self.assertIsNone(reader.response.header("SSE-History-Lost"))
+
+    def test_trimmed_resume(self) -> None:
+        """Resuming from an id older than --history gets the loss signal."""
+        server = self.start("--publish-token", TOKEN, "--history", "5")
+        ids = [publish(server.port, str(n)) for n in range(10)]
+        reader = self.reader(server, last_event_id=ids[1])
+        self.assertEqual(reader.response.header("SSE-History-Lost"), "trimmed")
+        reader.until(ids[-1])
+        (lost,) = reader.events
+        self.assertEqual(lost.type, "history-lost")
+        self.assertEqual(json.loads(lost.data), {"reason": "trimmed"})
+        later = publish(server.port, "live")
+        reader.until(later)
+        self.assertEqual(reader.events[-1].data, "live")
+        # Within the history, the resume is exact.
+        exact = self.reader(server, last_event_id=ids[5])
+        exact.until(later)
+        self.assertIsNone(exact.response.header("SSE-History-Lost"))
+        self.assertEqual([e.data for e in exact.events], ["6", "7", "8", "9", "live"])
+
+    def test_token(self) -> None:
+        """Publishing needs the bearer token; without one configured, it is off."""
+        server = self.start("--publish-token", TOKEN)
+        code, answer = post(server.port, b'{"data": "x"}', token=None)
+        self.assertEqual(code, 401)
+        self.assertIn("Bearer token is required", answer["error"])
+        code, _ = post(server.port, b'{"data": "x"}', token="wrong")
+        self.assertEqual(code, 401)
+        closed = self.start()
+        code, answer = post(closed.port, b'{"data": "x"}')
+        self.assertEqual(code, 403)
+        self.assertIn("publishing over HTTP is disabled", answer["error"])
+
+    def test_bad_bodies(self) -> None:
+        """Bad publish bodies get 4xx with a reason."""
+        server = self.start("--publish-token", TOKEN, "--max-event-bytes", "1000")
+        cases = [
+            (b'{"data": "' + b"x" * 2000 + b'"}', "application/json", 413, "larger"),
+            (b'{"data": ', "application/json", 400, "not valid JSON"),
+            (b'{"data": "x", "event": "a\\nb"}', "application/json", 400, "CR or LF"),
+            (b'{"data": "x", "retry": -5}', "application/json", 400, "retry must"),
+            (b'{"event": "x"}', "application/json", 400, "'data' is required"),
+            (b"<x/>", "application/xml", 415, "unsupported Content-Type"),
+        ]
+        for body, content_type, code, reason in cases:
+            got, answer = post(server.port, body, content_type=content_type)
+            self.assertEqual(got, code, body)
+            self.assertIn(reason, answer["error"])
+        self.assertEqual(
+            post(server.port, b"x", channel="bad%20name", content_type="text/plain")[0],
+            400,
+        )
+
+    def test_connection_cap(self) -> None:
+        """Over --max-connections, a client gets 200, a retry: and an end."""
+        server = self.start("--publish-token", TOKEN, "--max-connections", "2")
+        kept = [self.reader(server), self.reader(server)]
+        for reader in kept:
+            reader.first_frame_id()
+        refused = self.reader(server)
+        self.assertEqual(refused.response.code, 200)
+        while refused.read():
+            pass
+        self.assertTrue(refused.ended)  # the terminating chunk
+        self.assertIsNotNone(refused.parser.retry)
+        assert refused.parser.retry is not None
+        self.assertTrue(5000 <= refused.parser.retry <= 10000)
+        self.assertIn(b"too many connections", refused.frames)
+        self.assertEqual(refused.events, [])
+        self.assertTrue(refused.response.at_eof())
+        kept[0].close()
+        time.sleep(0.2)
+        again = self.reader(server)
+        again.first_frame_id()
+        self.assertFalse(again.ended)
+
+    def test_stalled_reader(self) -> None:
+        """
+        A client that never reads is cut off while ~20 MB is published; another
+        keeps receiving and the server's memory stays bounded.
+        """
+        server = self.start("--publish-token", TOKEN)
+        assert server.process is not None
+        reader = self.reader(server)
+        reader.first_frame_id()
+        # Warm up (imports, buffers, one full history's worth of bookkeeping).
+        for n in range(20):
+            reader.until(publish(server.port, f"warm {n}"))
+        before = rss_kb(server.process.pid)
+
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+        stalled.connect(("127.0.0.1", server.port))
+        self.addCleanup(stalled.close)
+        stalled.sendall(b"GET /channels/news HTTP/1.1\r\nHost: x\r\n\r\n")
+
+        payload = "z" * 32 * 1024
+        last = ""
+        for _ in range(640):  # 640 x 32 KiB = 20 MiB
+            last = publish(server.port, payload)
+            reader.until(last)
+        after = rss_kb(server.process.pid)
+        self.assertEqual(len(reader.events), 20 + 640)
+
+        # The stalled client was cut off: it finds the end (or a reset)
+        # after much less than what was published.
+        stalled.settimeout(10)
+        received = 0
+        try:
+            while chunk := stalled.recv(65536):
+                received += len(chunk)
+        except ConnectionResetError:
+            pass
+        self.assertLess(received, 10 * 1024 * 1024)
+        self.assertLess(after - before, 50 * 1024, f"RSS {before} -> {after} KiB")
+        # And the server still serves.
+        reader.until(publish(server.port, "still here"))
+
+    def test_sigterm_drains(self) -> None:
+        """SIGTERM ends every stream with the terminating chunk within --drain."""
+        server = self.start("--publish-token", TOKEN, "--drain", "1")
+        readers = [self.reader(server, f"c{n % 3}") for n in range(6)]
+        for reader in readers:
+            reader.first_frame_id()
+        counter = RawResponse(server.port, "/events")
+        self.addCleanup(counter.close)
+        self.assertEqual(counter.read_chunk(), b"retry: 1000\n\n")
+        assert server.process is not None
+        began = time.monotonic()
+        server.process.send_signal(15)
+        for reader in readers:
+            while reader.read(5):
+                pass
+            self.assertTrue(reader.ended)  # terminating chunk, not a cut
+            took = time.monotonic() - began
+            self.assertLess(took, 1.5)
+            # The last frame is a jittered hint: 1000 ms plus up to --drain.
+            hint = bytes(reader.frames.rsplit(b"\n\n", 2)[-2])
+            self.assertRegex(hint, rb"^retry: [0-9]+$")
+            self.assertTrue(1000 <= int(hint[7:]) <= 2000, hint)
+            self.assertTrue(reader.response.at_eof())
+        while counter.read_chunk(5):
+            pass
+        self.assertTrue(counter.at_eof())
+        # twistd exits once the drain is done (by the signal's own status).
+        self.assertIn(server.process.wait(10), (0, -15))
