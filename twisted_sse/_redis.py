@@ -590,6 +590,7 @@ class RedisLink:
         lost: Deferred[Any] = protocol.whenDisconnected()
         # Known before it is ready, so that stop() and drop() can close it.
         self._protocol = protocol
+        _no_delay(protocol.transport)
         try:
             if self._stopping:
                 raise CancelledError()
@@ -622,6 +623,20 @@ class RedisLink:
                 f"needs Redis {'.'.join(map(str, _MIN_REDIS))} or later"
             )
         await send("CLIENT", "SETNAME", self.name)
+
+
+def _no_delay(transport: Any) -> None:
+    # Commands are small writes, often several in flight: with Nagle's
+    # algorithm each one waits for the ACK of the previous, which Redis's
+    # kernel may delay by 40 ms.  Measured (bench/run.py, hub-redis, 1000
+    # clients, saturation): 38k -> 112k-189k deliveries/s, p99 610 -> 41-58 ms.
+    while transport is not None:
+        set_no_delay = getattr(transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
+            return
+        # TLS: the TCP transport is under the TLS protocol.
+        transport = getattr(transport, "transport", None)
 
 
 async def _nothing() -> None:
