@@ -182,16 +182,32 @@ class RedisServer:
     may kill, freeze and start again on the same port.
     """
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, tls: tuple[str, str] | None = None
+    ) -> None:
+        """
+        :param tls: A key and a certificate (PEM files): also listen with TLS
+            on :attr:`tls_port`.
+        """
         self.port = port if port is not None else free_port()
+        self.tls = tls
+        self.tls_port = free_port() if tls is not None else 0
         self.directory = tempfile.mkdtemp(prefix="twisted-sse-redis-")
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         """Start (again) and wait until it answers PING."""
+        tls: list[str] = []
+        if self.tls is not None:
+            key, certificate = self.tls
+            tls = [
+                *("--tls-port", str(self.tls_port), "--tls-auth-clients", "no"),
+                *("--tls-key-file", key, "--tls-cert-file", certificate),
+            ]
         self.process = subprocess.Popen(
             [
                 REDIS_SERVER,
+                *tls,
                 "--port",
                 str(self.port),
                 "--bind",

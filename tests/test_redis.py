@@ -18,11 +18,14 @@ import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
 from attrs import frozen
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
@@ -36,7 +39,12 @@ from zope.interface import implementer
 from twisted_sse import Event, RedisAddress, RedisBroker, parse_redis_url
 from twisted_sse._app import SSEApp
 from twisted_sse._broker import BrokerUnavailable, Published
-from twisted_sse._redis import _Snapshot, event_fields, published_from_fields
+from twisted_sse._redis import (
+    _RespParser,
+    _Snapshot,
+    event_fields,
+    published_from_fields,
+)
 from twisted_sse._tap import Options
 from twisted_sse.testing import parse_events
 
@@ -350,6 +358,81 @@ def test_lost_after() -> None:
     assert deleted.lost_after((5, 0))
     assert not deleted.lost_after((6, 0))
     assert not _Snapshot(False).lost_after((0, 0))
+
+
+def _resp(value: Any) -> bytes:
+    if value is None:
+        return b"$-1\r\n"
+    if isinstance(value, bytes):
+        return b"$%d\r\n%s\r\n" % (len(value), value)
+    if isinstance(value, int):
+        return b":%d\r\n" % value
+    if isinstance(value, _Status):
+        return b"+%s\r\n" % value.text.encode()
+    if isinstance(value, _Error):
+        return b"-%s\r\n" % value.text.encode()
+    return b"*%d\r\n" % len(value) + b"".join(_resp(item) for item in value)
+
+
+@frozen
+class _Status:
+    text: str
+
+
+@frozen
+class _Error:
+    text: str
+
+
+_line = st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=20)
+_replies = st.recursive(
+    st.none()
+    | st.binary(max_size=40)
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.builds(_Status, _line)
+    | st.builds(_Error, _line),
+    lambda children: st.lists(children, max_size=5),
+    max_leaves=30,
+)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, _Status):
+        return value.text
+    if isinstance(value, _Error):
+        return ("error", value.text)
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
+@given(st.lists(_replies, min_size=1, max_size=5), st.data())
+@settings(max_examples=300, deadline=None)
+def test_resp_parser_chunks(replies: list[Any], data: st.DataObject) -> None:
+    """However the bytes are cut, the parser gives the same replies."""
+    wire = b"".join(_resp(reply) for reply in replies)
+    cuts = sorted(
+        data.draw(st.lists(st.integers(0, len(wire)), max_size=10), label="cuts")
+    )
+    parser = _RespParser(lambda text: ValueError(text))
+    parsed: list[Any] = []
+    for start, end in zip([0, *cuts], [*cuts, len(wire)], strict=True):
+        parsed += parser.feed(wire[start:end])
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, ValueError):
+            return ("error", str(value))
+        if isinstance(value, list):
+            return [plain(item) for item in value]
+        return value
+
+    assert [plain(reply) for reply in parsed] == [_plain(r) for r in replies]
+
+
+def test_resp_parser_refuses_garbage() -> None:
+    """Bytes that are not RESP2 raise ValueError (the connection is dropped)."""
+    with pytest.raises(ValueError):
+        _RespParser(ValueError).feed(b"HTTP/1.1 400 Bad Request\r\n")
 
 
 # Publishing and fan-out
@@ -992,6 +1075,37 @@ async def test_password_and_database(server: tools.RedisServer) -> None:
     finally:
         await good.stop()
         await bad.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls(tmp_path: Path) -> None:
+    """rediss:// speaks TLS and checks the server's certificate."""
+    _need(tools.server_unavailable_reason())
+    from ._certs import self_signed
+
+    key, certificate = self_signed(tmp_path)
+    with tools.RedisServer(tls=(str(key), str(certificate))) as server:
+        reactor = _reactor()
+        url = f"rediss://localhost:{server.tls_port}/0"
+        trusted = RedisBroker(
+            reactor, parse_redis_url(f"{url}?ssl_ca_certs={certificate}")
+        )
+        untrusted = RedisBroker(reactor, parse_redis_url(url))
+        trusted.startService()
+        untrusted.startService()
+        try:
+            await ready(trusted)
+            got = Collector()
+            await trusted.subscribe("news", got)
+            event_id = await trusted.publish("news", Event(data="secret"))
+            await got.wait(1)
+            assert got.ids == [event_id]
+            # A certificate nobody vouches for: never connected.
+            await sleep(0.3)
+            assert not untrusted.available
+        finally:
+            await trusted.stop()
+            await untrusted.stop()
 
 
 @pytest_twisted.ensureDeferred
