@@ -537,6 +537,33 @@ async def test_invalid_arguments(brokers: Make) -> None:
         await broker.subscribe("bad name", Collector())
 
 
+@pytest_twisted.ensureDeferred
+async def test_key_not_a_stream(
+    redis: SharedRedis, brokers: Make, logs: LogCapture
+) -> None:
+    """A channel whose key another program made a string fails only itself."""
+    broker = brokers()
+    await ready(broker)
+    redis.command("SET", redis.key("taken"), "not a stream")
+    with pytest.raises(BrokerUnavailable):
+        await broker.publish("taken", Event(data="x"))
+    with pytest.raises(BrokerUnavailable):
+        await broker.subscribe("taken", Collector())
+    # Replaced while followed: the other channels go on.
+    victim, bystander = Collector(), Collector()
+    await broker.subscribe("victim", victim)
+    await broker.subscribe("bystander", bystander)
+    await broker.publish("victim", Event(data="before"))
+    await victim.wait(1)
+    redis.command("DEL", redis.key("victim"))
+    redis.command("SET", redis.key("victim"), "oops")
+    await sleep(0.1)
+    await broker.publish("bystander", Event(data="still here"))
+    await bystander.wait(1)
+    assert broker.available
+    assert any("holds a string" in text for text in logs.texts())
+
+
 # Resuming
 
 

@@ -538,12 +538,11 @@ class RedisLink:
                     )
                 await self._sleep(delay)
                 continue
-            if attempt:
-                _log.info(
-                    "Connected to Redis at {address} ({name})",
-                    address=str(self.address),
-                    name=self.name,
-                )
+            _log.info(
+                "Connected to Redis at {address} ({name})",
+                address=str(self.address),
+                name=self.name,
+            )
             attempt = 0
             self._ready = True
             self._notify(self._on_ready)
@@ -957,6 +956,8 @@ class RedisBroker(Service):
             on_lost=self._reader_lost,
             timeout=timeout,
         )
+        self._clock: IReactorTime = reactor
+        self._pause: Deferred[None] | None = None
         self._channels: dict[str, _Channel] = {}
         self._by_key: dict[bytes, _Channel] = {}
         self._tokens = itertools.count()
@@ -994,6 +995,8 @@ class RedisBroker(Service):
             await self._commands.stop()
             await self._reader.stop()
             self._wake_idle()
+            if self._pause is not None:
+                self._pause.cancel()
             reading, self._reading = self._reading, None
             if reading is not None:
                 await reading
@@ -1235,17 +1238,48 @@ class RedisBroker(Service):
                 try:
                     await self._read_once()
                 except RedisCommandError as error:
-                    # E.g. a channel's key is no longer a stream: every
-                    # XREAD fails until someone fixes it.  Keep the
-                    # connection, complain now and then.
                     _log.error("The Redis reader failed: {error}", error=str(error))
-                    await self._reader._sleep(_BACKOFF_MAX)
+                    if "WRONGTYPE" in str(error) and await self._drop_non_streams():
+                        continue
+                    # Keep the connection, try again now and then.
+                    self._pause = deferLater(self._clock, _BACKOFF_MAX, lambda: None)
+                    try:
+                        await self._pause
+                    except CancelledError:
+                        return
+                    finally:
+                        self._pause = None
         except BrokerUnavailable:
             # The connection is gone; the link reconnects and starts again.
             pass
         except Exception:
             _log.failure("The Redis reader failed; reconnecting")
             self._reader.drop()
+
+    async def _drop_non_streams(self) -> bool:
+        """
+        Stop reading the channels whose key is no longer a stream (another
+        program replaced it): one such key fails every XREAD, and so every
+        channel of this process.  Their subscribers stay, without events.
+
+        :returns: Whether any was dropped.
+        """
+        followed = [s for s in self._channels.values() if s.position is not None]
+        types = [self._reader.execute("TYPE", state.key) for state in followed]
+        dropped = False
+        for state, checking in zip(followed, types, strict=True):
+            kind = _text(await checking)
+            if kind not in ("stream", "none"):
+                _log.error(
+                    "Channel {channel} is no longer read: its key {key} holds a "
+                    "{kind}, not a stream",
+                    channel=state.name,
+                    key=state.key,
+                    kind=kind,
+                )
+                state.position = None
+                dropped = True
+        return dropped
 
     async def _read_once(self) -> None:
         followed = [s for s in self._channels.values() if s.position is not None]
