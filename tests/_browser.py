@@ -103,13 +103,20 @@ class Browser:
         """The value of the JavaScript expression ``js`` (promises awaited)."""
         return self.command("eval", js=js)
 
-    def wait(self, js: str, timeout: float = 15.0) -> Any:
+    def wait(self, js: str, timeout: float = 15.0, show: str | None = None) -> Any:
         """
         Wait until the expression ``js`` is truthy; return its value.
 
+        :param show: An expression whose value the error reports, to tell
+            what the page saw instead.
         :raises BrowserError: if it is not within ``timeout`` seconds.
         """
-        return self.command("wait", js=js, timeout=int(timeout * 1000))
+        try:
+            return self.command("wait", js=js, timeout=int(timeout * 1000))
+        except BrowserError as error:
+            if show is None:
+                raise
+            raise BrowserError(f"{error}\n{show} = {self.eval(show)!r}") from None
 
     def screenshot(self, path: str, full_page: bool = False) -> str:
         """Save a PNG of the page at ``path``."""

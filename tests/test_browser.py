@@ -208,21 +208,23 @@ class ResumeTests(SynchronousTestCase):
         # The demo page subscribes to the same channel: its log is checked too.
         browser.goto(f"http://127.0.0.1:{proxy.port}/#resume")
         browser.eval(record("channels/resume"))
-        browser.wait("window.seen.opens === 1")
+        browser.wait("window.seen.opens === 1", show="window.seen")
         browser.wait(f"{text_of('channel-state')} === 'open'")
 
         ids = [publish(base, "resume", TOKEN, data=str(n)) for n in (1, 2, 3)]
-        browser.wait("window.seen.messages.length === 3")
+        browser.wait("window.seen.messages.length === 3", show="window.seen")
 
         # The streams end; reconnections wait in the proxy while 4-6 are
         # published, so they can only arrive by replay.
         proxy.cut(hold=True)
-        browser.wait("window.recorded.readyState === EventSource.CONNECTING")
+        browser.wait(
+            "window.recorded.readyState === EventSource.CONNECTING", show="window.seen"
+        )
         ids += [publish(base, "resume", TOKEN, data=str(n)) for n in (4, 5, 6)]
         proxy.release()
-        browser.wait("window.seen.opens === 2")
+        browser.wait("window.seen.opens === 2", show="window.seen")
         ids.append(publish(base, "resume", TOKEN, data="7"))
-        browser.wait("window.seen.messages.length >= 7")
+        browser.wait("window.seen.messages.length >= 7", show="window.seen")
 
         seen = browser.eval("window.seen")
         self.assertEqual(

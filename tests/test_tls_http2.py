@@ -169,6 +169,35 @@ class TLSTests(SynchronousTestCase):
         )
 
 
+class DrainTests(SynchronousTestCase):
+    """SIGTERM ends TLS streams cleanly, over HTTP/1.1 and HTTP/2."""
+
+    def assert_drained(self, version: str) -> None:
+        require("HTTP2" in curl_features(), "curl has no HTTP/2 support")
+        server = tls_server(self, "--drain", "0.5")
+        url = f"https://127.0.0.1:{server.port}"
+        clients = [
+            ClientProcess(curl(version, url + path), self)
+            for path in ("/events", "/channels/a", "/channels/b")
+        ]
+        for client in clients:
+            client.read_until(re.compile(rb"^retry: 1000\n"))
+        server.terminate()
+        for client in clients:
+            # curl fails (exit 18) on a stream cut before its end: a chunked
+            # body without its last chunk, an HTTP/2 stream without
+            # END_STREAM.  Each ends with a jittered reconnection hint.
+            self.assertRegex(client.wait(), rb"\nretry: 1[0-9]{3}\n\n\Z")
+
+    def test_https(self) -> None:
+        """Over HTTPS/1.1, each stream gets its retry hint and its end."""
+        self.assert_drained("--http1.1")
+
+    def test_http2(self) -> None:
+        """Over HTTP/2, each stream gets its retry hint and END_STREAM."""
+        self.assert_drained("--http2")
+
+
 class IdleTimeoutTests(SynchronousTestCase):
     """
     Twisted's HTTP/2 idle timer is not suspended while a stream is open

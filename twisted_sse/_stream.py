@@ -640,15 +640,25 @@ class StreamRegistry:
         window_ms = int(seconds * 1000)
         waiting = []
         connections: list[Any] = []
+        h2_channels: list[Any] = []
 
         def end(stream: EventStream, hint: int) -> None:
-            connection = None if stream.is_http2 else stream.request.channel.transport
+            # Note the connection first: closing the last stream resumes the
+            # wait below at once, before this function goes on.
+            if stream.is_http2:
+                # The stream's last frames wait in its connection's send loop,
+                # which runs on a later reactor turn: see them out below.
+                h2_channels.append(stream.request.channel)
+                stream.close(hint)
+                return
+            connection = stream.request.channel.transport
+            if connection is not None:
+                connections.append(connection)
             stream.close(hint)
             if connection is not None:
                 # Flushes what is buffered (the terminating chunk), then
                 # closes: no half-written response for a proxy to report.
                 connection.loseConnection()
-                connections.append(connection)
 
         streams = list(self.streams)
         # The retry hints spread the reconnections over the whole window;
@@ -666,11 +676,47 @@ class StreamRegistry:
             waiting.append(done)
         await DeferredList(waiting)
         waited, step = 0.0, 0.02
-        while waited < grace and any(
-            not getattr(connection, "disconnected", True) for connection in connections
-        ):
+        # HTTP/2: wait until each ended stream has left its connection (its
+        # END_STREAM is written), then close the connections as above.
+        # Without this the reactor stops with the frames unsent, and clients
+        # see a stream cut without its end (curl: "not closed cleanly").
+        while waited < grace and any(map(_h2_stream_pending, h2_channels)):
             await deferLater(self.clock, step)
             waited += step
+        for transport in {id(t): t for t in map(_h2_transport, h2_channels)}.values():
+            if transport is not None:
+                transport.loseConnection()
+                connections.append(transport)
+        while waited < grace and not all(map(_disconnected, connections)):
+            await deferLater(self.clock, step)
+            waited += step
+
+
+def _disconnected(transport: Any) -> bool:
+    """
+    Whether a connection is closed.  A TLS transport (a protocol wrapper)
+    has no ``disconnected``: the TCP transport under it does, and closes
+    only after the wrapper has flushed its records.
+    """
+    while transport is not None and not hasattr(transport, "disconnected"):
+        transport = getattr(transport, "transport", None)
+    return transport is None or bool(transport.disconnected)
+
+
+# Twisted gives an HTTP/2 stream (an H2Stream, the request's channel) no
+# public way to its connection: these read its private ``_conn``, and answer
+# "nothing to wait for" should that change.
+
+
+def _h2_stream_pending(channel: Any) -> bool:
+    """Whether an HTTP/2 stream's frames are still queued in its connection."""
+    connection = getattr(channel, "_conn", None)
+    return channel.streamID in getattr(connection, "streams", ())
+
+
+def _h2_transport(channel: Any) -> Any:
+    """The transport under an HTTP/2 stream's connection, or ``None``."""
+    return getattr(getattr(channel, "_conn", None), "transport", None)
 
 
 def _client_ip(request: Any) -> str:
