@@ -435,6 +435,17 @@ def test_resp_parser_refuses_garbage() -> None:
         _RespParser(ValueError).feed(b"HTTP/1.1 400 Bad Request\r\n")
 
 
+def test_provides_ibroker() -> None:
+    """RedisBroker provides IBroker (constructing it connects nothing)."""
+    from zope.interface.verify import verifyObject
+
+    from twisted_sse._broker import IBroker
+
+    broker = RedisBroker(_reactor(), RedisAddress("127.0.0.1", 1))
+    assert verifyObject(IBroker, broker)
+    assert not broker.available
+
+
 # Publishing and fan-out
 
 
@@ -1028,6 +1039,54 @@ async def test_redis_restart_over_http(server: tools.RedisServer) -> None:
             stream.transport.loseConnection()
         await port.stopListening()
         await broker.stop()
+
+
+async def _stream(port: int, last_event_id: str) -> _Raw:
+    """Open ``/channels/news`` with a Last-Event-ID; wait for the headers."""
+    stream = _Raw(
+        b"GET /channels/news HTTP/1.1\r\nHost: x\r\n"
+        + f"Last-Event-ID: {last_event_id}\r\n\r\n".encode()
+    )
+    endpoint = TCP4ClientEndpoint(_reactor(), "127.0.0.1", port)
+    await connectProtocol(endpoint, stream)
+    await until(lambda: b"\r\n\r\n" in stream.data, "the headers")
+    return stream
+
+
+@pytest_twisted.ensureDeferred
+async def test_http_resume_over_redis(brokers: Make) -> None:
+    """Over HTTP: a trimmed Last-Event-ID gets the loss signal, a kept one the rest."""
+    reactor = _reactor()
+    broker = brokers(history=10)
+    await ready(broker)
+    ids = [await broker.publish("news", Event(data=str(n))) for n in range(300)]
+    port = reactor.listenTCP(
+        0, Site(SSEApp(reactor, broker=broker).resource()), interface="127.0.0.1"
+    )
+    web = port.getHost().port
+    streams: list[_Raw] = []
+
+    def events(stream: _Raw) -> list[Any]:
+        return parse_events(_unchunk(stream.data.partition(b"\r\n\r\n")[2]))
+
+    try:
+        trimmed = await _stream(web, ids[0])
+        streams.append(trimmed)
+        assert b"sse-history-lost: trimmed" in trimmed.data.lower()
+        await until(lambda: events(trimmed), "the loss event")
+        (loss,) = events(trimmed)
+        assert (loss.type, loss.last_event_id) == ("history-lost", ids[-1])
+
+        kept = await _stream(web, ids[-3])
+        streams.append(kept)
+        assert b"sse-history-lost" not in kept.data.lower()
+        await until(lambda: len(events(kept)) == 2, "the replay")
+        assert [e.data for e in events(kept)] == ["298", "299"]
+    finally:
+        for stream in streams:
+            if stream.transport is not None:
+                stream.transport.loseConnection()
+        await port.stopListening()
 
 
 @pytest_twisted.ensureDeferred
