@@ -10,6 +10,7 @@ process in test_hub_process.py.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from random import Random
 from typing import Any
@@ -500,6 +501,91 @@ class HandoffTests(SynchronousTestCase):
         slow.answer()
         hub.publish("6")
         self.assertEqual(data(response), ["2", "3", "4", "5", "6"])
+
+    def catching_up(
+        self, **options: Any
+    ) -> tuple[HubFixture, _SlowBroker, SSETestResponse, list[int]]:
+        """
+        A client resuming from the start of 50 events that reads one event
+        at a time: it stops reading as each event arrives, until resumed.
+        """
+        memory = MemoryBroker(epoch=EPOCH)
+        slow = _SlowBroker(memory)
+        hub = HubFixture(self, broker=slow, **options)
+        hub.memory = memory
+        for n in range(1, 51):
+            hub.publish(str(n))
+        response = hub.subscribe(last_event_id=f"{EPOCH}-0")
+        pauses: list[int] = []
+
+        def pause(event: object) -> None:
+            pauses.append(len(response.events))
+            response.pause_reading()
+            wait()
+
+        def wait() -> None:
+            # Once the connection is cut, no next event: that is expected.
+            response.next_event().addCallbacks(pause, lambda failure: None)
+
+        wait()
+        slow.answer()
+        return hub, slow, response, pauses
+
+    def test_catch_up_paced(self) -> None:
+        """A backlog larger than the queue is fed as fast as the client reads."""
+        hub, _, response, pauses = self.catching_up(max_queue_events=5)
+        self.assertEqual(data(response), ["1"])
+        for _ in range(49):
+            response.resume_reading()
+        self.assertTrue(response.connected)
+        self.assertEqual(data(response), [str(n) for n in range(1, 51)])
+        self.assertEqual(pauses, list(range(1, 51)))
+        (stream,) = hub.registry.streams
+        self.assertEqual(stream.dropped, 0)
+        hub.publish("51")
+        response.resume_reading()
+        self.assertEqual(data(response)[-1], "51")
+
+    def test_catch_up_drop_oldest(self) -> None:
+        """Under drop-oldest too, a client catching up loses nothing."""
+        _, _, response, _ = self.catching_up(
+            max_queue_events=5, policy=SlowClientPolicy.DROP_OLDEST
+        )
+        for _ in range(49):
+            response.resume_reading()
+        self.assertEqual(data(response), [str(n) for n in range(1, 51)])
+
+    def test_live_during_catch_up(self) -> None:
+        """Live events published during the catch-up follow it, in order."""
+        hub, _, response, _ = self.catching_up(max_queue_events=5)
+        for n in range(51, 55):
+            hub.publish(str(n))
+        for _ in range(60):
+            response.resume_reading()
+        self.assertEqual(data(response), [str(n) for n in range(1, 55)])
+
+    def test_not_keeping_up(self) -> None:
+        """A client that stops reading while catching up meets its policy."""
+        hub, _, response, _ = self.catching_up(max_queue_events=5)
+        # The catch-up began with 50 events; it may grow to 50 + 5, no more.
+        for n in range(51, 57):
+            hub.publish(str(n))
+        self.assertTrue(response.connected)
+        hub.publish("57")
+        self.assertFalse(response.connected)
+        self.assertEqual(hub.memory.subscriber_count("news"), 0)
+
+    def test_not_keeping_up_drop_oldest(self) -> None:
+        """Under drop-oldest, a stalled catch-up keeps only the newest events."""
+        hub, _, response, _ = self.catching_up(
+            max_queue_events=5, policy=SlowClientPolicy.DROP_OLDEST
+        )
+        for n in range(51, 58):
+            hub.publish(str(n))
+        self.assertTrue(response.connected)
+        for _ in range(10):
+            response.resume_reading()
+        self.assertEqual(data(response), ["1", "53", "54", "55", "56", "57"])
 
     def test_gone_during_subscribe(self) -> None:
         """A client that leaves before the broker answers leaves nothing."""
@@ -1476,7 +1562,7 @@ class TwistdOptionsTests(SynchronousTestCase):
 
     def test_defaults(self) -> None:
         """Publishing is off, history is 1000, drain 5 s, no limits."""
-        self.patch(__import__("os").environ, "get", lambda *a: None)
+        self.patch(os, "environ", {})
         options = self.parse()
         self.assertIsNone(options["publish-token"])
         self.assertEqual(options["history"], 1000)

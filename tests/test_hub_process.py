@@ -236,6 +236,16 @@ class HubProcessTests(SynchronousTestCase):
         self.assertIsNone(exact.response.header("SSE-History-Lost"))
         self.assertEqual([e.data for e in exact.events], ["6", "7", "8", "9", "live"])
 
+    def test_resume_large_backlog(self) -> None:
+        """A client resuming ~10 MB behind (10 x its queue) gets all of it."""
+        server = self.start("--publish-token", TOKEN)
+        payload = "q" * 32 * 1024
+        ids = [publish(server.port, payload) for _ in range(300)]
+        reader = self.reader(server, last_event_id=ids[0])
+        reader.until(ids[-1], timeout=30)
+        self.assertIsNone(reader.response.header("SSE-History-Lost"))
+        self.assertEqual([e.last_event_id for e in reader.events], ids[1:])
+
     def test_token(self) -> None:
         """Publishing needs the bearer token; without one configured, it is off."""
         server = self.start("--publish-token", TOKEN)

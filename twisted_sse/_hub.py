@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -100,28 +100,91 @@ def _bearer(request: Any) -> bytes | None:
 class _Handoff:
     """
     Takes a subscription's events before its stream exists (while the
-    broker replays history, possibly asynchronously), then hands them to the
-    stream in order.
+    broker replays history, possibly asynchronously), then feeds them to
+    the stream in order, as fast as the client takes them.
+
+    A resuming client may have megabytes of history to catch up on.  Written
+    in one go, they would fill the socket at once, pause the stream and
+    overflow its queue, and the slow-client policy would cut off (or thin
+    out) a client that reads perfectly well, again at every reconnect.  So
+    the backlog goes out only while the stream is not paused, and goes on
+    each time the client has taken what was sent.  Its frames are the
+    broker's own, shared with the history and every other subscriber:
+    waiting costs a reference each.
+
+    Live events that arrive meanwhile queue behind the backlog.  If the
+    backlog grows past its size at the start plus what the stream's own
+    queue allows, the client is not keeping up: it all goes to the stream,
+    whose policy decides.
+
+    :param max_events: The stream's queue bound in frames.
+    :param max_bytes: The stream's queue bound in bytes.
     """
 
-    __slots__ = ("backlog", "stream")
+    __slots__ = (
+        "_limit_bytes",
+        "_limit_events",
+        "_max_bytes",
+        "_max_events",
+        "backlog",
+        "backlog_bytes",
+        "stream",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, max_events: int, max_bytes: int) -> None:
         self.stream: EventStream | None = None
-        self.backlog: list[Published] = []
+        self.backlog: deque[Published] = deque()
+        self.backlog_bytes = 0
+        self._max_events = max_events
+        self._max_bytes = max_bytes
+        self._limit_events = 0
+        self._limit_bytes = 0
 
     def deliver(self, published: Published) -> None:
         stream = self.stream
-        if stream is None:
-            self.backlog.append(published)
-        else:
+        if stream is not None and not self.backlog:
             stream.write(published.frame, published.key)
+            return
+        self.backlog.append(published)
+        self.backlog_bytes += len(published.frame)
+        if stream is None:
+            return
+        if (
+            len(self.backlog) > self._limit_events
+            or self.backlog_bytes > self._limit_bytes
+        ):
+            self._flush(stream)
+        else:
+            self._pump()
 
     def attach(self, stream: EventStream) -> None:
+        """Start feeding ``stream``: the backlog so far is the catch-up."""
         self.stream = stream
-        backlog, self.backlog = self.backlog, []
-        for published in backlog:
+        self._limit_events = len(self.backlog) + self._max_events
+        self._limit_bytes = self.backlog_bytes + self._max_bytes
+        stream.on_resume(self._pump)
+        self._pump()
+
+    def _pump(self) -> None:
+        stream = self.stream
+        assert stream is not None
+        backlog = self.backlog
+        # Writing may pause the stream (the socket is full): stop there, and
+        # go on when the stream resumes.
+        while backlog and not stream.paused and not stream.closed:
+            published = backlog.popleft()
+            self.backlog_bytes -= len(published.frame)
             stream.write(published.frame, published.key)
+        if stream.closed:
+            backlog.clear()
+            self.backlog_bytes = 0
+
+    def _flush(self, stream: EventStream) -> None:
+        backlog, self.backlog = self.backlog, deque()
+        self.backlog_bytes = 0
+        for published in backlog:
+            if not stream.write(published.frame, published.key):
+                break
 
 
 class Hub:
@@ -319,7 +382,7 @@ class ChannelResource(StreamResource):
                     request.write(_json_error(request, 403, "not allowed to subscribe"))
                     request.finish()
                     return
-            handoff = _Handoff()
+            handoff = _Handoff(self.max_queue_events, self.max_queue_bytes)
             try:
                 subscription = await self.hub.broker.subscribe(
                     self.channel, handoff.deliver, last_event_id

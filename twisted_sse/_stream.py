@@ -291,6 +291,7 @@ class EventStream:
         self._queued_bytes = 0
         self._wrote = True
         self._close_callbacks: list[Callable[[], object]] = []
+        self._resume_callbacks: list[Callable[[], object]] = []
         self._delayed: set[IDelayedCall] = set()
         #: How frames reach the client: through ``request.write`` until
         #: :meth:`_write_directly` finds a plain TCP connection.
@@ -442,6 +443,18 @@ class EventStream:
             self._queue.clear()
             self._queued_bytes = 0
             self._send(frames)
+        for callback in list(self._resume_callbacks):
+            if self.paused or self.closed:
+                break
+            callback()
+
+    def on_resume(self, callback: Callable[[], object]) -> None:
+        """
+        Call ``callback`` each time the client has taken what was queued
+        and the stream can take more (after :meth:`resumeProducing`): for a
+        feeder that paces itself, such as the hub replaying history.
+        """
+        self._resume_callbacks.append(callback)
 
     def stopProducing(self) -> None:
         """The connection is gone; the request's finish Deferred says so too."""
@@ -495,6 +508,7 @@ class EventStream:
             if call.active():
                 call.cancel()
         self._delayed.clear()
+        self._resume_callbacks.clear()
         callbacks, self._close_callbacks = self._close_callbacks, []
         for callback in callbacks:
             try:
