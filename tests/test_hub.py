@@ -618,10 +618,14 @@ class HandoffTests(SynchronousTestCase):
 
 _OPS = st.lists(
     st.tuples(
-        st.sampled_from(["publish", "connect", "disconnect", "answer"]),
+        st.sampled_from(
+            # Publishing three times as often as anything else keeps events
+            # flowing between the changes.
+            ["publish"] * 3 + ["connect", "disconnect", "answer", "pause", "resume"]
+        ),
         st.integers(min_value=0, max_value=2),
     ),
-    max_size=50,
+    max_size=80,
 )
 
 
@@ -629,7 +633,7 @@ class ResumePropertyTests(SynchronousTestCase):
     """Exactly once, in order, for any interleaving."""
 
     @settings(
-        max_examples=150,
+        max_examples=200,
         deadline=None,
         database=None,
         suppress_health_check=[HealthCheck.too_slow],
@@ -642,9 +646,10 @@ class ResumePropertyTests(SynchronousTestCase):
         slow_authorizer: bool,
     ) -> None:
         """
-        Subscribers that connect, leave and resume with Last-Event-ID at any
-        moment, while events are published and subscriptions are pending,
-        each receive exactly the published sequence from their start.
+        Subscribers that connect, leave, stop reading (and are cut off) and
+        resume with Last-Event-ID at any moment, while events are published
+        and subscriptions are pending, each receive exactly the published
+        sequence from their start.
         """
         clock = Clock()
         memory = MemoryBroker(epoch=EPOCH)
@@ -660,6 +665,7 @@ class ResumePropertyTests(SynchronousTestCase):
             slow if slow_broker else memory,
             clock=clock,
             authorizer=authorizer if slow_authorizer else None,
+            max_queue_events=2,
         )
         client = SSETestClient(hub.resource(), clock)
         published: list[str] = []
@@ -681,12 +687,24 @@ class ResumePropertyTests(SynchronousTestCase):
             elif op == "disconnect":
                 if connections[who]:
                     connections[who][-1].disconnect()
+            elif op == "pause":
+                if connections[who]:
+                    connections[who][-1].pause_reading()
+            elif op == "resume":
+                if connections[who]:
+                    connections[who][-1].resume_reading()
             elif waiting:
                 waiting.pop(who % len(waiting))()
 
+        for who in range(3):
+            connect(who)
         for op, who in ops:
             run(op, who)
-        # Everyone comes back at the end, and every pending answer arrives.
+        # Everyone reads again and comes back at the end (those cut off for
+        # not reading too), and every pending answer arrives.
+        for mine in connections:
+            if mine:
+                mine[-1].resume_reading()
         for who in range(3):
             connect(who)
         while waiting:
