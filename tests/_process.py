@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from types import TracebackType
 
@@ -39,11 +40,19 @@ class Twistd:
     def __init__(self, *args: str, port: str = "tcp:0:interface=127.0.0.1") -> None:
         self.args = ["-n", "--pidfile=", "sse", "--port", port, *args]
         self.cwd = tempfile.mkdtemp(prefix="twisted-sse-test-")
-        self.output = b""
+        self._output = bytearray()
+        self._lock = threading.Lock()
+        self._reader: threading.Thread | None = None
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 20.0) -> Twistd:
+    @property
+    def output(self) -> bytes:
+        """Everything the child has printed so far."""
+        with self._lock:
+            return bytes(self._output)
+
+    def start(self, timeout: float = 60.0) -> Twistd:
         """Start the child and wait for it to listen."""
         self.process = subprocess.Popen(
             [*TWISTD, *self.args],
@@ -52,6 +61,10 @@ class Twistd:
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
+        # Always drain the child's output: a child whose pipe fills up (its
+        # access log, say) blocks in write() and stops serving.
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             match = _PORT_LINE.search(self.output)
@@ -59,27 +72,35 @@ class Twistd:
                 self.port = int(match.group(1))
                 return self
             if self.process.poll() is not None:
-                self._read(0)
+                self._join()
                 break
-            self._read(0.1)
+            time.sleep(0.05)
         self.stop()
         raise AssertionError(
             f"twistd did not start listening: {self.output.decode(errors='replace')}"
         )
 
-    def _read(self, wait: float) -> None:
+    def _drain(self) -> None:
         assert self.process is not None and self.process.stdout is not None
-        stdout = self.process.stdout
-        while select.select([stdout], [], [], wait)[0]:
-            chunk = os.read(stdout.fileno(), 65536)
+        fileno = self.process.stdout.fileno()
+        while True:
+            try:
+                chunk = os.read(fileno, 65536)
+            except OSError:
+                return
             if not chunk:
                 return
-            self.output += chunk
-            wait = 0
+            with self._lock:
+                self._output += chunk
+
+    def _join(self, timeout: float = 5.0) -> None:
+        if self._reader is not None:
+            self._reader.join(timeout)
 
     def log(self, wait: float = 0.0) -> bytes:
-        """All the child has printed, after reading for up to ``wait`` s."""
-        self._read(wait)
+        """All the child has printed, after waiting ``wait`` seconds."""
+        if wait:
+            time.sleep(wait)
         return self.output
 
     def terminate(
@@ -91,7 +112,7 @@ class Twistd:
         self.process.send_signal(signal_number)
         self.process.wait(timeout)
         took = time.monotonic() - began
-        self._read(0)
+        self._join()
         return took
 
     def stop(self) -> None:
@@ -99,6 +120,7 @@ class Twistd:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+        self._join()
         if self.process is not None and self.process.stdout is not None:
             self.process.stdout.close()
 

@@ -8,9 +8,7 @@ SIGTERM.
 from __future__ import annotations
 
 import json
-import os
 import socket
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -124,34 +122,12 @@ def rss_kb(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def _keep_reading_output(server: Twistd) -> None:
-    """
-    Read the child's log as it comes: twistd logs a line per request, and a
-    child whose stdout pipe (64 KiB) fills up blocks in write().
-    """
-    assert server.process is not None and server.process.stdout is not None
-    fd = server.process.stdout.fileno()
-
-    def pump() -> None:
-        while True:
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:
-                return
-            if not chunk:
-                return
-            server.output += chunk
-
-    threading.Thread(target=pump, daemon=True).start()
-
-
 class HubProcessTests(SynchronousTestCase):
     """The hub of a real twistd sse, over real sockets."""
 
     def start(self, *args: str) -> Twistd:
         server = Twistd(*args).start()
         self.addCleanup(server.stop)
-        _keep_reading_output(server)
         return server
 
     def reader(

@@ -4,6 +4,19 @@ twisted_sse: Server-Sent Events for Twisted.
 The public API; everything else lives in private modules.
 """
 
+from typing import TYPE_CHECKING, Any
+
+from ._broker import (
+    DEFAULT_HISTORY,
+    DEFAULT_HISTORY_BYTES,
+    BrokerUnavailable,
+    IBroker,
+    MemoryBroker,
+    Published,
+    Subscription,
+    publish_from_thread,
+    valid_channel,
+)
 from ._client import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_BACKOFF,
@@ -15,7 +28,17 @@ from ._client import (
     ReadyState,
 )
 from ._event import Event, MessageEvent, encode_comment, encode_retry
+from ._hub import (
+    DEFAULT_MAX_EVENT_BYTES,
+    HISTORY_LOST_EVENT,
+    HISTORY_LOST_HEADER,
+    Authorizer,
+    ChannelResource,
+    Hub,
+    bearer_token_authorizer,
+)
 from ._logs import access_log_formatter, json_log_observer
+from ._metrics import MetricsResource, SSECollector
 from ._parser import EventParser
 from ._redis import RedisAddress, RedisBroker, parse_redis_url
 from ._service import EventStreamService
@@ -31,14 +54,37 @@ from ._stream import (
     counter,
 )
 
+if TYPE_CHECKING:
+    from ._app import SSEApp
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # Klein installs the default reactor when it is imported, so the app
+    # that twistd serves is imported only when asked for: importing
+    # twisted_sse must leave the choice of reactor to the program.
+    if name == "SSEApp":
+        from ._app import SSEApp
+
+        return SSEApp
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_HEARTBEAT",
+    "DEFAULT_HISTORY",
+    "DEFAULT_HISTORY_BYTES",
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_MAX_BACKOFF",
+    "DEFAULT_MAX_EVENT_BYTES",
     "DEFAULT_RECONNECTION_TIME",
+    "HISTORY_LOST_EVENT",
+    "HISTORY_LOST_HEADER",
     "MAX_REDIRECTS",
+    "Authorizer",
+    "BrokerUnavailable",
+    "ChannelResource",
     "Event",
     "EventParser",
     "EventSource",
@@ -47,20 +93,31 @@ __all__ = [
     "EventStreamResource",
     "EventStreamService",
     "Heartbeat",
+    "Hub",
+    "IBroker",
     "IdleTimeout",
+    "MemoryBroker",
     "MessageEvent",
+    "MetricsResource",
+    "Published",
     "ReadyState",
     "RedisAddress",
     "RedisBroker",
+    "SSEApp",
+    "SSECollector",
     "SlowClientPolicy",
     "StreamHandler",
     "StreamRegistry",
     "StreamResource",
+    "Subscription",
     "__version__",
     "access_log_formatter",
+    "bearer_token_authorizer",
     "counter",
     "encode_comment",
     "encode_retry",
     "json_log_observer",
     "parse_redis_url",
+    "publish_from_thread",
+    "valid_channel",
 ]

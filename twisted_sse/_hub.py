@@ -365,7 +365,7 @@ class ChannelResource(StreamResource):
             return _json_error(request, 400, f"invalid channel name: {self.channel!r}")
         refused = self.refusal(request)
         if refused is not None:
-            self._send_away(request, refused)
+            self.send_away(request, refused)
             return NOT_DONE_YET
         gone: list[bool] = []
         request.notifyFinish().addBoth(lambda _: gone.append(True))
@@ -389,7 +389,7 @@ class ChannelResource(StreamResource):
                 )
             except BrokerUnavailable as error:
                 if not gone:
-                    self._come_back_later(request, str(error))
+                    self.send_away(request, str(error))
                 return
             if gone:
                 subscription.cancel()
@@ -399,7 +399,7 @@ class ChannelResource(StreamResource):
             refused = self.refusal(request)
             if refused is not None:
                 subscription.cancel()
-                self._send_away(request, refused)
+                self.send_away(request, refused)
                 return
             self._go_live(request, subscription, handoff, resuming=bool(last_event_id))
 
@@ -413,28 +413,6 @@ class ChannelResource(StreamResource):
 
         Deferred.fromCoroutine(subscribe()).addErrback(failed)
         return NOT_DONE_YET
-
-    def _send_away(self, request: Any, body: bytes) -> None:
-        # A refused client gets what a drained one gets: a chunked body that
-        # ends with the terminating chunk (an event stream never has a
-        # Content-Length), then the connection closes, so that it does not
-        # hold the very slot the limit protects while it waits to retry.
-        transport = None
-        if request.clientproto != b"HTTP/2":
-            transport = getattr(request.channel, "transport", None)
-        if transport is not None:
-            request.setHeader(b"Connection", b"close")
-        request.write(body)
-        request.finish()
-        if transport is not None:
-            transport.loseConnection()
-
-    def _come_back_later(self, request: Any, reason: str) -> None:
-        # 200 with a retry hint, not a 503 that browsers treat as final.
-        self.set_stream_headers(request)
-        hint = Event(retry=self.hub.registry.jittered_retry(), comment=reason)
-        request.write(hint.encode())
-        request.finish()
 
     def _go_live(
         self,

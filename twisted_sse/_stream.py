@@ -833,21 +833,35 @@ class StreamResource(Resource):
             request.setHeader(b"Connection", b"keep-alive")
         self.set_cors_headers(request)
 
-    def refusal(self, request: Any) -> bytes | None:
+    def refusal(self, request: Any) -> str | None:
         """
-        If the registry does not admit ``request``, answer it so that an
-        ``EventSource`` comes back later (``200``, a jittered ``retry:``, a
-        comment saying why, and the end of the response) and return the
-        body; else ``None``.
+        Why the registry does not admit ``request`` (see
+        :meth:`StreamRegistry.admit`), or ``None`` if it does.
         """
         if self.registry is None:
             return None
-        reason = self.registry.admit(request)
-        if reason is None:
-            return None
+        return self.registry.admit(request)
+
+    def send_away(self, request: Any, reason: str) -> None:
+        """
+        Answer ``request`` so that an ``EventSource`` comes back later: a
+        ``200`` event stream holding only a jittered ``retry:`` and a comment
+        saying why, ended with the terminating chunk (an event stream never
+        has a ``Content-Length``); then close the connection, so that the
+        client does not hold the very slot a limit protects while it waits.
+        A ``503`` would make a browser give up for good.
+        """
+        registry = self.registry or StreamRegistry(self.clock)
+        retry = registry.jittered_retry()
+        transport = None
+        if request.clientproto != b"HTTP/2":
+            transport = getattr(request.channel, "transport", None)
+            request.setHeader(b"Connection", b"close")
         self.set_stream_headers(request)
-        hint = Event(retry=self.registry.jittered_retry(), comment=reason)
-        return hint.encode()
+        request.write(Event(retry=retry, comment=reason.replace("\n", " ")).encode())
+        request.finish()
+        if transport is not None:
+            transport.loseConnection()
 
     def open_stream(self, request: Any, *frames: bytes) -> EventStream:
         """
@@ -960,7 +974,8 @@ class EventStreamResource(StreamResource):
         """Open a stream and hand it to the handler."""
         refused = self.refusal(request)
         if refused is not None:
-            return refused
+            self.send_away(request, refused)
+            return NOT_DONE_YET
         stream = self.open_stream(request)
 
         def failed(failure: Failure) -> None:
