@@ -36,6 +36,7 @@ setup(
     extras_require={
         "tls": ["Twisted[tls]>=24.3.0"],
         "http2": ["Twisted[http2]>=24.3.0"],
+        "docs": ["sphinx>=7.2", "myst-parser>=2.0"],
         "test": [
             "Twisted[tls,http2]>=24.3.0",
             "hypothesis>=6.90",
@@ -48,6 +49,9 @@ setup(
             "httpx>=0.27",
             "httpx-sse>=0.4",
             "sseclient-py>=1.8",
+            # tests/test_docs.py builds the documentation (the docs extra).
+            "sphinx>=7.2",
+            "myst-parser>=2.0",
         ],
     },
     entry_points={"console_scripts": ["twisted-sse = twisted_sse.__main__:main"]},
