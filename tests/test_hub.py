@@ -1234,7 +1234,7 @@ class FlowControlTests(SynchronousTestCase):
         for stream in hub.registry.streams:
             frames: list[bytes] = []
             written.append(frames)
-            stream.write = _recording(stream.write, frames)  # type: ignore[method-assign,assignment]
+            stream._send = _recording(stream._send, frames)
         hub.publish("shared")
         hub.post_json(data="shared too")
         for frames in written:
@@ -1260,13 +1260,13 @@ class FlowControlTests(SynchronousTestCase):
 
 
 def _recording(
-    write: Callable[[bytes, object], bool], frames: list[bytes]
-) -> Callable[[bytes, object], bool]:
-    """Wrap a stream's write to keep the frames it is given."""
+    send: Callable[[bytes], object], frames: list[bytes]
+) -> Callable[[bytes], object]:
+    """Wrap a stream's way to the wire to keep the frames it sends."""
 
-    def record(frame: bytes, key: object = None) -> bool:
+    def record(frame: bytes) -> object:
         frames.append(frame)
-        return write(frame, key)
+        return send(frame)
 
     return record
 

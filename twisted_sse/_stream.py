@@ -171,14 +171,22 @@ class _DirectWriter:
     :meth:`for_request` checks before choosing this path.
     """
 
-    __slots__ = ("chunked", "transport")
+    __slots__ = ("buffering", "chunked", "transport")
 
-    def __init__(self, transport: Any, chunked: bool) -> None:
+    def __init__(
+        self, transport: Any, chunked: bool, buffering: Callable[[], object]
+    ) -> None:
         self.transport = transport
         self.chunked = chunked
+        #: Called before anything is left in Twisted's buffer: the stream
+        #: registers as the request's producer only then (see
+        #: :meth:`EventStream._write_directly`).
+        self.buffering = buffering
 
     @classmethod
-    def for_request(cls, request: Any) -> _DirectWriter | None:
+    def for_request(
+        cls, request: Any, buffering: Callable[[], object]
+    ) -> _DirectWriter | None:
         """A writer for ``request``'s connection, or ``None`` to not bypass."""
         from twisted.internet.tcp import Connection
 
@@ -192,7 +200,7 @@ class _DirectWriter:
             for name in ("socket", "dataBuffer", "offset", "_tempDataBuffer")
         ):
             return None
-        return cls(transport, bool(request.chunked))
+        return cls(transport, bool(request.chunked), buffering)
 
     def write(self, frame: bytes) -> None:
         """Send ``frame`` (chunk-framed if the response is chunked)."""
@@ -204,6 +212,7 @@ class _DirectWriter:
             or not transport.connected
             or transport.disconnecting
         ):
+            self.buffering()
             transport.write(data)
             return
         try:
@@ -212,9 +221,11 @@ class _DirectWriter:
             sent = 0
         except OSError:
             # Let Twisted meet the error on its own path and close cleanly.
+            self.buffering()
             transport.write(data)
             return
         if sent < len(data):
+            self.buffering()
             transport.write(data[sent:])
 
 
@@ -257,6 +268,33 @@ class EventStream:
         for not reading).
     """
 
+    # One per connection: slots keep an idle stream small (bench/PROFILE.md).
+    __slots__ = (
+        "__weakref__",
+        "_close_callbacks",
+        "_delayed",
+        "_heartbeat_timer",
+        "_max_bytes",
+        "_max_events",
+        "_queue",
+        "_queued_bytes",
+        "_registered",
+        "_resume_callbacks",
+        "_send",
+        "_wrote",
+        "bytes",
+        "clock",
+        "close_reason",
+        "closed",
+        "dropped",
+        "frames",
+        "log_fields",
+        "opened_at",
+        "paused",
+        "policy",
+        "request",
+    )
+
     def __init__(
         self,
         request: Any,
@@ -292,20 +330,38 @@ class EventStream:
         self._wrote = True
         self._close_callbacks: list[Callable[[], object]] = []
         self._resume_callbacks: list[Callable[[], object]] = []
-        self._delayed: set[IDelayedCall] = set()
+        # Created on first use: most streams never schedule a timer.
+        self._delayed: set[IDelayedCall] | None = None
         #: How frames reach the client: through ``request.write`` until
         #: :meth:`_write_directly` finds a plain TCP connection.
         self._send: Callable[[bytes], object] = request.write
+        self._registered = False
+
+    def _register(self) -> None:
+        # Become the request's push producer, so that Twisted pauses and
+        # resumes the stream as its socket fills and drains.
+        if not self._registered and not self.closed:
+            self._registered = True
+            self.request.registerProducer(self, True)
 
     def _write_directly(self) -> None:
         """
         Once the response has started, send frames straight to the socket
         when the connection is plain HTTP/1.x over TCP (see
         :class:`_DirectWriter`); TLS, HTTP/2 and anything else keep going
-        through ``request.write``.
+        through ``request.write``, with the stream registered as the
+        request's producer from the start.
+
+        On the direct path the stream registers as producer only when the
+        kernel first leaves bytes to Twisted's buffer: until then there is
+        nothing to pause.  That keeps an idle connection small: registering
+        adds attributes to Twisted's request and channel objects (about 3 KB
+        per connection, measured with tracemalloc, in ``bench/PROFILE.md``).
         """
-        writer = _DirectWriter.for_request(self.request)
-        if writer is not None:
+        writer = _DirectWriter.for_request(self.request, self._register)
+        if writer is None:
+            self._register()
+        else:
             self._send = writer.write
 
     @property
@@ -373,10 +429,13 @@ class EventStream:
         """
 
         def run() -> None:
-            self._delayed.discard(call)
+            if self._delayed is not None:
+                self._delayed.discard(call)
             function(*args)
 
         call = self.clock.callLater(delay, run)
+        if self._delayed is None:
+            self._delayed = set()
         self._delayed.add(call)
         return call
 
@@ -407,7 +466,8 @@ class EventStream:
         self._release("closed")
         if frames:
             self.request.write(frames)
-        self.request.unregisterProducer()
+        if self._registered:
+            self.request.unregisterProducer()
         self.request.finish()
 
     def abort(self) -> None:
@@ -418,7 +478,8 @@ class EventStream:
         if self.closed:
             return
         self._release("aborted")
-        self.request.unregisterProducer()
+        if self._registered:
+            self.request.unregisterProducer()
         channel = self.request.channel
         # Over HTTP/2 the channel is one stream of a shared connection: reset
         # that stream only.  Over HTTP/1.x, abort the TCP connection.
@@ -504,10 +565,10 @@ class EventStream:
         self._queued_bytes = 0
         if self._heartbeat_timer is not None:
             self._heartbeat_timer.discard(self)
-        for call in list(self._delayed):
+        delayed, self._delayed = self._delayed, None
+        for call in delayed or ():
             if call.active():
                 call.cancel()
-        self._delayed.clear()
         self._resume_callbacks.clear()
         callbacks, self._close_callbacks = self._close_callbacks, []
         for callback in callbacks:
@@ -900,7 +961,6 @@ class StreamResource(Resource):
         if self.registry is not None:
             self.registry.add(stream)
         finished.addBoth(stream._lost)
-        request.registerProducer(stream, True)
         request.write(b"".join(frames) if frames else self.first_frame)
         stream._write_directly()
         self.heartbeat.add(stream)
