@@ -133,7 +133,9 @@ class _Handoff:
 
     def __init__(self, max_events: int, max_bytes: int) -> None:
         self.stream: EventStream | None = None
-        self.backlog: deque[Published] = deque()
+        # Created when needed and dropped when empty: an empty deque is
+        # 600 bytes, and every subscriber has a handoff.
+        self.backlog: deque[Published] | None = None
         self.backlog_bytes = 0
         self._max_events = max_events
         self._max_bytes = max_bytes
@@ -145,14 +147,14 @@ class _Handoff:
         if stream is not None and not self.backlog:
             stream.write(published.frame, published.key)
             return
-        self.backlog.append(published)
+        backlog = self.backlog
+        if backlog is None:
+            backlog = self.backlog = deque()
+        backlog.append(published)
         self.backlog_bytes += len(published.frame)
         if stream is None:
             return
-        if (
-            len(self.backlog) > self._limit_events
-            or self.backlog_bytes > self._limit_bytes
-        ):
+        if len(backlog) > self._limit_events or self.backlog_bytes > self._limit_bytes:
             self._flush(stream)
         else:
             self._pump()
@@ -160,7 +162,7 @@ class _Handoff:
     def attach(self, stream: EventStream) -> None:
         """Start feeding ``stream``: the backlog so far is the catch-up."""
         self.stream = stream
-        self._limit_events = len(self.backlog) + self._max_events
+        self._limit_events = len(self.backlog or ()) + self._max_events
         self._limit_bytes = self.backlog_bytes + self._max_bytes
         stream.on_resume(self._pump)
         self._pump()
@@ -169,20 +171,22 @@ class _Handoff:
         stream = self.stream
         assert stream is not None
         backlog = self.backlog
+        if backlog is None:
+            return
         # Writing may pause the stream (the socket is full): stop there, and
         # go on when the stream resumes.
         while backlog and not stream.paused and not stream.closed:
             published = backlog.popleft()
             self.backlog_bytes -= len(published.frame)
             stream.write(published.frame, published.key)
-        if stream.closed:
-            backlog.clear()
+        if stream.closed or not backlog:
+            self.backlog = None
             self.backlog_bytes = 0
 
     def _flush(self, stream: EventStream) -> None:
-        backlog, self.backlog = self.backlog, deque()
+        backlog, self.backlog = self.backlog, None
         self.backlog_bytes = 0
-        for published in backlog:
+        for published in backlog or ():
             if not stream.write(published.frame, published.key):
                 break
 

@@ -677,20 +677,20 @@ class StreamRegistry:
         self.streams.add(stream)
         self.opened += 1
         self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        # A partial, not a closure: one of these per connection.
+        stream.on_close(partial(self._closed, stream, ip))
 
-        def closed() -> None:
-            self.streams.discard(stream)
-            self.closed[stream.close_reason or "closed"] += 1
-            self._closed_frames += stream.frames
-            self._closed_bytes += stream.bytes
-            self._closed_dropped += stream.dropped
-            left = self._per_ip.get(ip, 1) - 1
-            if left:
-                self._per_ip[ip] = left
-            else:
-                self._per_ip.pop(ip, None)
-
-        stream.on_close(closed)
+    def _closed(self, stream: EventStream, ip: str) -> None:
+        self.streams.discard(stream)
+        self.closed[stream.close_reason or "closed"] += 1
+        self._closed_frames += stream.frames
+        self._closed_bytes += stream.bytes
+        self._closed_dropped += stream.dropped
+        left = self._per_ip.get(ip, 1) - 1
+        if left:
+            self._per_ip[ip] = left
+        else:
+            self._per_ip.pop(ip, None)
 
     def drain(
         self, seconds: float, retry: int = 1000, grace: float = 1.0
@@ -944,20 +944,7 @@ class StreamResource(Resource):
         fields = stream.log_fields = self.log_fields(request)
         peer = _client_ip(request)
         _log.info("Stream opened for {peer}", peer=peer, **fields)
-
-        def closed() -> None:
-            self.streams.discard(stream)
-            _log.info(
-                "Stream closed for {peer} ({reason}) after {duration:.1f} s",
-                peer=peer,
-                reason=stream.close_reason,
-                duration=self.clock.seconds() - stream.opened_at,
-                frames=stream.frames,
-                dropped=stream.dropped,
-                **fields,
-            )
-
-        stream.on_close(closed)
+        stream.on_close(partial(self._stream_closed, stream, peer))
         if self.registry is not None:
             self.registry.add(stream)
         finished.addBoth(stream._lost)
@@ -965,6 +952,18 @@ class StreamResource(Resource):
         stream._write_directly()
         self.heartbeat.add(stream)
         return stream
+
+    def _stream_closed(self, stream: EventStream, peer: str) -> None:
+        self.streams.discard(stream)
+        _log.info(
+            "Stream closed for {peer} ({reason}) after {duration:.1f} s",
+            peer=peer,
+            reason=stream.close_reason,
+            duration=self.clock.seconds() - stream.opened_at,
+            frames=stream.frames,
+            dropped=stream.dropped,
+            **stream.log_fields,
+        )
 
     def log_fields(self, request: Any) -> dict[str, object]:
         """Structured fields that name a stream in the logs (its path)."""
