@@ -40,57 +40,49 @@ __all__ = ["Options", "makeService"]
 
 #: The Site idle timeout.  Twisted's default of 60 s is suspended over HTTP/1.1
 #: while a request is open, but not over HTTP/2 (twisted#9532), where it cuts
-#: any stream whose client sends nothing for that long: heartbeats do not
-#: reset it.  An hour keeps streams alive and still reaps idle connections.
+#: a connection that has been silent for that long (with Twisted 26.10, data
+#: the server sends counts as activity: heartbeats keep a stream alive if
+#: they are more frequent; --heartbeat 0 streams are cut).  An hour keeps
+#: quiet streams alive and still reaps idle connections.
 DEFAULT_TIMEOUT = 3600.0
 
 
-def _positive_float(name: str) -> Any:
+def _number(name: str, kind: type[float], positive: bool) -> Any:
+    """
+    A coercer for ``--name``: a finite float, or an integer in plain digits
+    (``kind=int``), above zero (``positive``) or at least zero; anything else
+    is a usage error naming the option.
+    """
+    noun = "integer" if kind is int else "number"
+    wanted = f"a positive {noun}" if positive else f"0 or a positive {noun}"
+    pattern = r"[0-9]+" if kind is int else r"[-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?"
+
     def coerce(value: str) -> float:
-        try:
-            number = float(value)
-        except ValueError:
-            raise ValueError(f"--{name} must be a number, not {value!r}") from None
-        if not number > 0 or number == float("inf"):
-            raise ValueError(f"--{name} must be a positive number, not {value!r}")
+        if not re.fullmatch(pattern, value.strip()):
+            raise ValueError(f"--{name} must be {wanted}, not {value!r}")
+        number = kind(value)
+        if number < 0 or (positive and number == 0):
+            raise ValueError(f"--{name} must be {wanted}, not {value!r}")
         return number
 
     coerce.coerceDoc = ""  # type: ignore[attr-defined]
     return coerce
+
+
+def _positive_float(name: str) -> Any:
+    return _number(name, float, positive=True)
 
 
 def _non_negative_float(name: str) -> Any:
-    def coerce(value: str) -> float:
-        try:
-            number = float(value)
-        except ValueError:
-            raise ValueError(f"--{name} must be a number, not {value!r}") from None
-        if not number >= 0 or number == float("inf"):
-            raise ValueError(f"--{name} must be 0 or a positive number, not {value!r}")
-        return number
-
-    coerce.coerceDoc = ""  # type: ignore[attr-defined]
-    return coerce
+    return _number(name, float, positive=False)
 
 
 def _non_negative_int(name: str) -> Any:
-    def coerce(value: str) -> int:
-        if not re.fullmatch(r"[0-9]+", value):
-            raise ValueError(f"--{name} must be a non-negative integer, not {value!r}")
-        return int(value)
-
-    coerce.coerceDoc = ""  # type: ignore[attr-defined]
-    return coerce
+    return _number(name, int, positive=False)
 
 
 def _positive_int(name: str) -> Any:
-    def coerce(value: str) -> int:
-        if not re.fullmatch(r"[0-9]+", value) or int(value) < 1:
-            raise ValueError(f"--{name} must be a positive integer, not {value!r}")
-        return int(value)
-
-    coerce.coerceDoc = ""  # type: ignore[attr-defined]
-    return coerce
+    return _number(name, int, positive=True)
 
 
 def endpoint_description(port: str) -> str:
