@@ -27,7 +27,6 @@ setup(
     install_requires=[
         "Twisted>=24.3.0",
         "klein>=23.12.0",
-        "treq>=23.11.0",
         "attrs>=23.1.0",
         "zope.interface>=6.0",
         "prometheus_client>=0.17",
@@ -42,6 +41,8 @@ setup(
             "hypothesis>=6.90",
             "pytest>=8.0",
             "pytest-twisted>=1.14",
+            # treq.testing drives the client in memory; docs/examples use treq.
+            "treq>=23.11.0",
             "mypy>=1.10",
             "mypy-zope>=1.0.5",
             "ruff>=0.5",
