@@ -13,11 +13,11 @@ import select
 import subprocess
 import tempfile
 import time
-from types import TracebackType
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from ._helpers import Closing
 from ._tools import CHROMIUM, JS, require_chromium
 
 #: Seconds any one command may take; only a hung browser gets near it.
@@ -28,7 +28,7 @@ class BrowserError(AssertionError):
     """A command failed in the browser (a JavaScript error or a timeout)."""
 
 
-class Browser:
+class Browser(Closing):
     """
     One Chromium with one page, as a child process.
 
@@ -141,14 +141,3 @@ class Browser:
             if stream is not None and not stream.closed:
                 stream.close()
         self._errors.close()
-
-    def __enter__(self) -> Browser:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -11,11 +11,12 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from types import TracebackType
 
 import h2.config
 import h2.connection
 import h2.events
+
+from ._helpers import Closing
 
 
 class H2Stream:
@@ -32,7 +33,7 @@ class H2Stream:
         return [value for key, value in self.headers if key == name]
 
 
-class H2Client:
+class H2Client(Closing):
     """
     One HTTP/2 connection to ``127.0.0.1:port``, negotiated by ALPN; the
     certificate is not checked (the tests' are self-signed).
@@ -138,14 +139,3 @@ class H2Client:
     def close(self) -> None:
         """Close the connection."""
         self.sock.close()
-
-    def __enter__(self) -> H2Client:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()

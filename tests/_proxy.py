@@ -10,10 +10,11 @@ import contextlib
 import re
 import socket
 import threading
-from types import TracebackType
+
+from ._helpers import Closing
 
 
-class CuttingProxy:
+class CuttingProxy(Closing):
     """
     Forward ``127.0.0.1:<port>`` to ``127.0.0.1:<target>``, one thread pair
     per connection, recording what clients send.
@@ -143,14 +144,3 @@ class CuttingProxy:
         self._gate.set()
         self.cut()
         self._accepting.join(5)
-
-    def __enter__(self) -> CuttingProxy:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()

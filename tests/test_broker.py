@@ -23,29 +23,8 @@ from twisted_sse._broker import (
     valid_channel,
 )
 from twisted_sse._event import Event
-from twisted_sse.testing import parse_events
 
-
-class _Collector:
-    """A subscriber that keeps what it is given."""
-
-    def __init__(self) -> None:
-        self.got: list[Published] = []
-
-    def __call__(self, published: Published) -> None:
-        self.got.append(published)
-
-    @property
-    def ids(self) -> list[str]:
-        return [published.id for published in self.got]
-
-    @property
-    def data(self) -> list[str | None]:
-        return [
-            event.data
-            for published in self.got
-            for event in parse_events(published.frame)
-        ]
+from ._helpers import Collector
 
 
 class BrokerTestCase(SynchronousTestCase):
@@ -59,8 +38,8 @@ class BrokerTestCase(SynchronousTestCase):
         broker: MemoryBroker,
         channel: str,
         last_event_id: str | None = None,
-    ) -> tuple[_Collector, Subscription]:
-        collector = _Collector()
+    ) -> tuple[Collector, Subscription]:
+        collector = Collector()
         subscription = self.successResultOf(
             broker.subscribe(channel, collector, last_event_id)
         )
@@ -160,7 +139,7 @@ class IdTests(BrokerTestCase):
         """publish() and subscribe() on an invalid channel fail with ValueError."""
         broker = MemoryBroker()
         self.failureResultOf(broker.publish("a b", Event(data="x")), ValueError)
-        self.failureResultOf(broker.subscribe("a b", _Collector()), ValueError)
+        self.failureResultOf(broker.subscribe("a b", Collector()), ValueError)
 
 
 class FanOutTests(BrokerTestCase):
@@ -277,7 +256,7 @@ class FanOutTests(BrokerTestCase):
     def test_subscribe_from_subscriber(self) -> None:
         """A subscription made during a fan-out gets each event exactly once."""
         broker = MemoryBroker(epoch=1)
-        late: list[_Collector] = []
+        late: list[Collector] = []
 
         def join(published: Published) -> None:
             if not late:

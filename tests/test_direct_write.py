@@ -7,6 +7,8 @@ the client stops reading, and when heartbeats and closes interleave.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest_twisted
@@ -64,57 +66,57 @@ class ChunkedReader(Protocol):
         self.lost.callback(None)
 
 
-async def serve(resource: EventStreamResource) -> Any:
-    return await TCP4ServerEndpoint(_reactor(), 0, interface="127.0.0.1").listen(
+@asynccontextmanager
+async def one_stream(
+    **options: Any,
+) -> AsyncIterator[tuple[ChunkedReader, EventStream]]:
+    """
+    Serve an EventStreamResource on 127.0.0.1, connect one reader, and give
+    both ends once the server's stream exists; stop listening afterwards.
+    """
+    streams: list[EventStream] = []
+    resource = EventStreamResource(
+        streams.append, clock=_reactor(), heartbeat=0, **options
+    )
+    port = await TCP4ServerEndpoint(_reactor(), 0, interface="127.0.0.1").listen(
         Site(resource)
     )
+    try:
+        reader = ChunkedReader()
+        endpoint = TCP4ClientEndpoint(_reactor(), "127.0.0.1", port.getHost().port)
+        await endpoint.connect(Factory.forProtocol(lambda: reader))
+        while not streams:
+            await deferLater(_reactor(), 0.01)
+        yield reader, streams[0]
+    finally:
+        await port.stopListening()
 
 
-async def connect(port: Any) -> ChunkedReader:
-    reader = ChunkedReader()
-    endpoint = TCP4ClientEndpoint(_reactor(), "127.0.0.1", port.getHost().port)
-    await endpoint.connect(Factory.forProtocol(lambda: reader))
-    return reader
+#: Queue bounds no burst below reaches: these tests are about ordering.
+BIG_QUEUE = {"max_queue_events": 100_000, "max_queue_bytes": 512 * 1024 * 1024}
+
+
+def numbers_of(reader: ChunkedReader) -> list[int]:
+    """The sequence numbers that start each event's data."""
+    return [int(data.split(" ", 1)[0]) for data in reader.events]
 
 
 @pytest_twisted.ensureDeferred
 async def test_direct_path_chosen_for_tcp() -> None:
     """A plain HTTP/1.1 stream over TCP sends through the direct writer."""
-    streams: list[EventStream] = []
-    resource = EventStreamResource(streams.append, clock=_reactor(), heartbeat=0)
-    port = await serve(resource)
-    try:
-        reader = await connect(port)
-        while not streams:
-            await deferLater(_reactor(), 0.01)
-        stream = streams[0]
+    async with one_stream() as (reader, stream):
         assert isinstance(getattr(stream._send, "__self__", None), _DirectWriter)
         stream.send(Event(data="hello"))
         stream.close()
         await reader.ended.addTimeout(60, _reactor())
         assert reader.events == ["hello"]
-    finally:
-        await port.stopListening()
 
 
 @pytest_twisted.ensureDeferred
 async def test_order_kept_through_partial_sends_and_pauses() -> None:
     """Large bursts to a client that stops reading arrive whole and in order."""
-    streams: list[EventStream] = []
-    resource = EventStreamResource(
-        streams.append,
-        clock=_reactor(),
-        heartbeat=0,
-        max_queue_events=100_000,
-        max_queue_bytes=512 * 1024 * 1024,
-    )
-    port = await serve(resource)
-    try:
-        reader = await connect(port)
+    async with one_stream(**BIG_QUEUE) as (reader, stream):
         assert reader.transport is not None
-        while not streams:
-            await deferLater(_reactor(), 0.01)
-        stream = streams[0]
         reader.transport.pauseProducing()  # type: ignore[attr-defined]
         payload = "x" * 8000
         count = 3000  # ~24 MB: far more than the socket buffers hold
@@ -127,30 +129,14 @@ async def test_order_kept_through_partial_sends_and_pauses() -> None:
         reader.transport.resumeProducing()  # type: ignore[attr-defined]
         stream.close()
         await reader.ended.addTimeout(60, _reactor())
-        numbers = [int(data.split(" ", 1)[0]) for data in reader.events]
-        assert numbers == list(range(count))
+        assert numbers_of(reader) == list(range(count))
         assert all(data.endswith(payload) for data in reader.events)
-    finally:
-        await port.stopListening()
 
 
 @pytest_twisted.ensureDeferred
 async def test_order_kept_while_client_reads_concurrently() -> None:
     """Writes racing a reading client never overtake bytes Twisted buffered."""
-    streams: list[EventStream] = []
-    resource = EventStreamResource(
-        streams.append,
-        clock=_reactor(),
-        heartbeat=0,
-        max_queue_events=100_000,
-        max_queue_bytes=512 * 1024 * 1024,
-    )
-    port = await serve(resource)
-    try:
-        reader = await connect(port)
-        while not streams:
-            await deferLater(_reactor(), 0.01)
-        stream = streams[0]
+    async with one_stream(**BIG_QUEUE) as (reader, stream):
         payload = "y" * 50_000
         count = 600
         for number in range(count):
@@ -161,7 +147,4 @@ async def test_order_kept_while_client_reads_concurrently() -> None:
                 await deferLater(_reactor(), 0)
         stream.close()
         await reader.ended.addTimeout(60, _reactor())
-        numbers = [int(data.split(" ", 1)[0]) for data in reader.events]
-        assert numbers == list(range(count))
-    finally:
-        await port.stopListening()
+        assert numbers_of(reader) == list(range(count))

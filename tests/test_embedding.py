@@ -112,6 +112,26 @@ async def assert_released(resource: EventStreamResource) -> None:
     assert not resource.heartbeat.running
 
 
+async def read_then_hang_up(
+    site: Site, path: str, until: bytes, events: EventStreamResource
+) -> bytes:
+    """
+    Serve ``site``, GET ``path`` until ``until`` arrives, hang up, and check
+    that ``events`` released the stream; the bytes read.
+    """
+    port = await listen(site)
+    try:
+        client = await connect(port.port, path)
+        data = await client.wait_for(lambda data: until in data)
+        assert client.transport is not None
+        client.transport.loseConnection()
+        await client.lost
+        await assert_released(events)
+        return data
+    finally:
+        await port.stop()
+
+
 @pytest_twisted.ensureDeferred
 async def test_klein_route() -> None:
     """A Klein route that returns the resource streams events."""
@@ -122,18 +142,11 @@ async def test_klein_route() -> None:
     def feed(request: object) -> EventStreamResource:
         return events
 
-    port = await listen(Site(app.resource()))
-    try:
-        client = await connect(port.port, "/feed")
-        data = await client.wait_for(lambda data: b"data: 2\n\n" in data)
-        assert b"Content-Type: text/event-stream; charset=utf-8" in data
-        assert b"retry: 500\n\n" in data
-        assert client.transport is not None
-        client.transport.loseConnection()
-        await client.lost
-        await assert_released(events)
-    finally:
-        await port.stop()
+    data = await read_then_hang_up(
+        Site(app.resource()), "/feed", b"data: 2\n\n", events
+    )
+    assert b"Content-Type: text/event-stream; charset=utf-8" in data
+    assert b"retry: 500\n\n" in data
 
 
 @pytest_twisted.ensureDeferred
@@ -142,16 +155,8 @@ async def test_put_child() -> None:
     root = Resource()
     events = stream_resource()
     root.putChild(b"events", events)
-    port = await listen(Site(root))
-    try:
-        client = await connect(port.port, "/events")
-        await client.wait_for(lambda data: b"data: 1\n\n" in data)
-        assert client.transport is not None
-        client.transport.loseConnection()
-        await client.lost
-        await assert_released(events)
-    finally:
-        await port.stop()
+    data = await read_then_hang_up(Site(root), "/events", b"data: 1\n\n", events)
+    assert b"Content-Type: text/event-stream; charset=utf-8" in data
 
 
 @pytest_twisted.ensureDeferred

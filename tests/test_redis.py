@@ -48,6 +48,7 @@ from twisted_sse._redis import (
 from twisted_sse._tap import Options
 from twisted_sse.testing import parse_events
 
+from . import _helpers
 from . import _redis_tools as tools
 
 
@@ -157,23 +158,8 @@ async def ready(*brokers: RedisBroker) -> None:
     await until(lambda: all(b.available for b in brokers), "the brokers to connect")
 
 
-class Collector:
-    """A subscriber that keeps what it is given."""
-
-    def __init__(self) -> None:
-        self.got: list[Published] = []
-
-    def __call__(self, published: Published) -> None:
-        self.got.append(published)
-
-    @property
-    def ids(self) -> list[str]:
-        return [published.id for published in self.got]
-
-    @property
-    def data(self) -> list[str]:
-        events = parse_events(b"".join(published.frame for published in self.got))
-        return [event.data for event in events]
+class Collector(_helpers.Collector):
+    """A subscriber that keeps what it is given, and can be waited on."""
 
     async def wait(self, count: int, timeout: float = 10.0) -> None:
         await until(lambda: len(self.got) >= count, f"{count} events", timeout)

@@ -33,6 +33,16 @@ _REFUSALS = ("total", "per-ip", "draining")
 _RESUMES = ("exact", "malformed", "unknown", "trimmed")
 
 
+def _by_label(
+    name: str, documentation: str, label: str, keys: Iterable[str], counts: Any
+) -> CounterMetricFamily:
+    # One sample per fixed key, never per value seen: labels stay bounded.
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for key in keys:
+        family.add_metric([key], counts[key])
+    return family
+
+
 class SSECollector(Collector):
     """
     Collects a server's stream, hub and broker figures at scrape time.
@@ -78,90 +88,81 @@ class SSECollector(Collector):
             open_streams.add_metric([channel], per_channel[channel])
         yield open_streams
 
-        opened = CounterMetricFamily(
-            "sse_streams_opened", "Event streams opened since start."
+        yield CounterMetricFamily(
+            "sse_streams_opened",
+            "Event streams opened since start.",
+            value=registry.opened,
         )
-        opened.add_metric([], registry.opened)
-        yield opened
-        closed = CounterMetricFamily(
+        yield _by_label(
             "sse_streams_closed",
             "Event streams ended: closed by the server, lost by the client, or "
             "aborted for not reading.",
-            labels=["reason"],
+            "reason",
+            _CLOSE_REASONS,
+            registry.closed,
         )
-        for reason in _CLOSE_REASONS:
-            closed.add_metric([reason], registry.closed[reason])
-        yield closed
 
         frames, size, dropped = registry.totals()
-        delivered = CounterMetricFamily(
+        yield CounterMetricFamily(
             "sse_events_delivered",
             "Events accepted for clients (live and replayed).",
+            value=frames,
         )
-        delivered.add_metric([], frames)
-        yield delivered
-        written = CounterMetricFamily(
-            "sse_bytes_written", "Bytes of events accepted for clients."
+        yield CounterMetricFamily(
+            "sse_bytes_written", "Bytes of events accepted for clients.", value=size
         )
-        written.add_metric([], size)
-        yield written
-        dropped_family = CounterMetricFamily(
+        yield CounterMetricFamily(
             "sse_events_dropped",
             "Frames dropped by the drop-oldest and latest slow-client policies.",
+            value=dropped,
         )
-        dropped_family.add_metric([], dropped)
-        yield dropped_family
 
-        refused = CounterMetricFamily(
+        yield _by_label(
             "sse_admission_refused",
             "Streams sent away with a retry hint, by reason.",
-            labels=["reason"],
+            "reason",
+            _REFUSALS,
+            registry.refused,
         )
-        for reason in _REFUSALS:
-            refused.add_metric([reason], registry.refused[reason])
-        yield refused
 
         hub = self.hub
         if hub is not None:
-            published = CounterMetricFamily(
-                "sse_events_published", "Events published through the hub."
+            yield CounterMetricFamily(
+                "sse_events_published",
+                "Events published through the hub.",
+                value=hub.published,
             )
-            published.add_metric([], hub.published)
-            yield published
-            failures = CounterMetricFamily(
-                "sse_publish_failures", "Publishes the broker failed."
+            yield CounterMetricFamily(
+                "sse_publish_failures",
+                "Publishes the broker failed.",
+                value=hub.publish_failures,
             )
-            failures.add_metric([], hub.publish_failures)
-            yield failures
-            resumes = CounterMetricFamily(
+            yield _by_label(
                 "sse_resumes",
                 "Subscribers that resumed with Last-Event-ID, by outcome: exact, "
                 "or why history was lost.",
-                labels=["outcome"],
+                "outcome",
+                _RESUMES,
+                hub.resumes,
             )
-            for outcome in _RESUMES:
-                resumes.add_metric([outcome], hub.resumes[outcome])
-            yield resumes
-            replayed = CounterMetricFamily(
-                "sse_events_replayed", "History events replayed to resuming clients."
+            yield CounterMetricFamily(
+                "sse_events_replayed",
+                "History events replayed to resuming clients.",
+                value=hub.replayed,
             )
-            replayed.add_metric([], hub.replayed)
-            yield replayed
 
         broker = self.broker
         if broker is not None:
-            up = GaugeMetricFamily(
-                "sse_broker_up", "Whether the broker is reachable (1) or not (0)."
+            yield GaugeMetricFamily(
+                "sse_broker_up",
+                "Whether the broker is reachable (1) or not (0).",
+                value=1 if broker.available else 0,
             )
-            up.add_metric([], 1 if broker.available else 0)
-            yield up
             errors = getattr(broker, "errors", None)
             if isinstance(errors, int):
-                family = CounterMetricFamily(
-                    "sse_broker_errors", "Errors talking to the broker."
+                yield CounterMetricFamily(
+                    "sse_broker_errors", "Errors talking to the broker.", value=errors
                 )
-                family.add_metric([], errors)
-                yield family
 
 
 class MetricsResource(Resource):
