@@ -18,8 +18,8 @@ Serves the benchmark's workload contract (the harness's ``peers/common.py``):
 Two ways to serve ``/events``, both through twisted_sse:
 
 ``--via stream`` (the default)
-    An :class:`~twisted_sse.EventStreamResource` whose handler keeps the open
-    streams in a set; each event is encoded once with
+    An :class:`~twisted_sse.EventStreamResource`, whose ``streams`` are the
+    open streams; each event is encoded once with
     :class:`~twisted_sse.Event` and the same bytes are written to every
     stream with :meth:`~twisted_sse.EventStream.write`.  Public API only.
 ``--via hub``
@@ -141,31 +141,32 @@ class Broadcaster:
 
 
 class StreamBroadcaster(Broadcaster):
-    """An EventStreamResource and a set of its open streams."""
+    """An EventStreamResource; its ``streams`` are the open streams."""
 
     def __init__(self) -> None:
-        self.streams: set[EventStream] = set()
+        # The handler has nothing to do: broadcast() writes to every open
+        # stream of the resource.
         self._resource = EventStreamResource(
-            self._opened, clock=reactor, retry=1000, allow_origin="*"
+            _keep_open, clock=reactor, retry=1000, allow_origin="*"
         )
-
-    def _opened(self, stream: EventStream) -> None:
-        self.streams.add(stream)
-        stream.on_close(lambda: self.streams.discard(stream))
 
     def resource(self) -> Resource:
         return self._resource
 
     def clients(self) -> int:
-        return len(self.streams)
+        return len(self._resource.streams)
 
     def broadcast(self, seq: int, size: int) -> Deferred[None]:
         frame = Event(data=event_data(seq, size)).encode()
         # A copy: a write can end a stream (slow-client policy), which
         # removes it from the set.
-        for stream in list(self.streams):
+        for stream in list(self._resource.streams):
             stream.write(frame)
         return succeed(None)
+
+
+def _keep_open(stream: EventStream) -> None:
+    """A stream handler that leaves the stream open and idle."""
 
 
 class HubBroadcaster(Broadcaster):

@@ -12,6 +12,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 
 from attrs import define, field, frozen
 from twisted.internet.defer import Deferred, fail, succeed
@@ -288,13 +289,13 @@ class MemoryBroker:
         token = self._next_token
         self._next_token += 1
         state.subscribers[token] = deliver
-
-        def cancel() -> None:
-            state.subscribers.pop(token, None)
-            self._forget_if_idle(state)
-
-        subscription._cancel = cancel
+        # A partial, not a closure: one per subscriber.
+        subscription._cancel = partial(self._unsubscribe, state, token)
         return succeed(subscription)
+
+    def _unsubscribe(self, state: _Channel, token: int) -> None:
+        state.subscribers.pop(token, None)
+        self._forget_if_idle(state)
 
     def _replay(
         self, state: _Channel, last_event_id: str

@@ -129,10 +129,12 @@ class _Handoff:
         "backlog",
         "backlog_bytes",
         "stream",
+        "subscription",
     )
 
     def __init__(self, max_events: int, max_bytes: int) -> None:
         self.stream: EventStream | None = None
+        self.subscription: Subscription | None = None
         # Created when needed and dropped when empty: an empty deque is
         # 600 bytes, and every subscriber has a handoff.
         self.backlog: deque[Published] | None = None
@@ -159,13 +161,29 @@ class _Handoff:
         else:
             self._pump()
 
-    def attach(self, stream: EventStream) -> None:
-        """Start feeding ``stream``: the backlog so far is the catch-up."""
+    def attach(self, stream: EventStream, subscription: Subscription) -> None:
+        """
+        Start feeding ``stream``: the backlog so far is the catch-up.  The
+        subscription is cancelled when the stream closes.
+        """
         self.stream = stream
+        self.subscription = subscription
         self._limit_events = len(self.backlog or ()) + self._max_events
         self._limit_bytes = self.backlog_bytes + self._max_bytes
-        stream.on_resume(self._pump)
+        # The stream calls stream_resumed and stream_closed: no callback
+        # objects per subscriber.
+        stream._feeder = self
         self._pump()
+
+    def stream_resumed(self) -> None:
+        """The client took what was queued: go on with the backlog."""
+        self._pump()
+
+    def stream_closed(self) -> None:
+        """The stream ended: stop the subscription."""
+        subscription, self.subscription = self.subscription, None
+        if subscription is not None:
+            subscription.cancel()
 
     def _pump(self) -> None:
         stream = self.stream
@@ -254,6 +272,9 @@ class Hub:
         self.max_queue_events = max_queue_events
         self.max_queue_bytes = max_queue_bytes
         self.authorizer = authorizer
+        # The channel resources with open streams, so that every subscriber
+        # of a channel shares one (and its set of streams).
+        self._live: dict[str, ChannelResource] = {}
         #: Counters for metrics: events published, publishes that failed,
         #: resumes by outcome ("exact" or the history-lost reason), and
         #: events replayed to resuming subscribers.
@@ -284,7 +305,8 @@ class Hub:
 
     def channel_resource(self, channel: str) -> ChannelResource:
         """The resource serving ``channel`` (GET subscribes, POST publishes)."""
-        return ChannelResource(self, channel)
+        live = self._live.get(channel)
+        return live if live is not None else ChannelResource(self, channel)
 
     def resource(self) -> Resource:
         """
@@ -371,56 +393,65 @@ class ChannelResource(StreamResource):
         if refused is not None:
             self.send_away(request, refused)
             return NOT_DONE_YET
-        gone: list[bool] = []
-        request.notifyFinish().addBoth(lambda _: gone.append(True))
+        # Fired once the client has gone (nothing finishes the request
+        # before the stream opens), and then it ends the stream.
+        finished = request.notifyFinish()
         last_event_id = _last_event_id(request)
 
-        async def subscribe() -> None:
+        async def subscribe() -> bool:
             if self.hub.authorizer is not None:
                 allowed = await maybeDeferred(
                     self.hub.authorizer, request, self.channel
                 )
-                if gone:
-                    return
+                if finished.called:
+                    return False
                 if not allowed:
                     request.write(_json_error(request, 403, "not allowed to subscribe"))
                     request.finish()
-                    return
+                    return False
             handoff = _Handoff(self.max_queue_events, self.max_queue_bytes)
             try:
                 subscription = await self.hub.broker.subscribe(
                     self.channel, handoff.deliver, last_event_id
                 )
             except BrokerUnavailable as error:
-                if not gone:
+                if not finished.called:
                     self.send_away(request, str(error))
-                return
-            if gone:
+                return False
+            if finished.called:
                 subscription.cancel()
-                return
+                return False
             # Admission again: while the authoriser or the broker took their
             # time, other streams may have opened, or the drain begun.
             refused = self.refusal(request)
             if refused is not None:
                 subscription.cancel()
                 self.send_away(request, refused)
-                return
-            self._go_live(request, subscription, handoff, resuming=bool(last_event_id))
+                return False
+            self._go_live(request, finished, subscription, handoff, bool(last_event_id))
+            return True
 
         def failed(failure: Failure) -> None:
             _log.failure(
                 "Subscribing to {channel} failed", failure, channel=self.channel
             )
-            if not gone:
+            if not finished.called:
                 request.write(_json_error(request, 500, "internal error"))
                 request.finish()
 
-        Deferred.fromCoroutine(subscribe()).addErrback(failed)
+        def settled(live: bool | None) -> None:
+            if not live:
+                # No stream took the finish Deferred over: a client that went
+                # away meanwhile is no error to report.
+                finished.addErrback(lambda _: None)
+
+        Deferred.fromCoroutine(subscribe()).addErrback(failed).addCallback(settled)
         return NOT_DONE_YET
 
     def _go_live(
         self,
         request: Any,
+        finished: Deferred[None],
         subscription: Subscription,
         handoff: _Handoff,
         resuming: bool,
@@ -443,9 +474,15 @@ class ChannelResource(StreamResource):
                     data=json.dumps({"reason": subscription.history_lost}),
                 ).encode()
             )
-        stream = self.open_stream(request, *frames)
-        stream.on_close(subscription.cancel)
-        handoff.attach(stream)
+        stream = self.open_stream(request, *frames, finished=finished)
+        handoff.attach(stream, subscription)
+        self.hub._live.setdefault(self.channel, self)
+
+    def _stream_closed(self, stream: EventStream) -> None:
+        super()._stream_closed(stream)
+        live = self.hub._live
+        if not self.streams and live.get(self.channel) is self:
+            del live[self.channel]
 
     def render_HEAD(self, request: Any) -> bytes:
         """Answer the headers a GET would get (400 for a bad name)."""

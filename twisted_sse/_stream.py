@@ -21,16 +21,17 @@ from __future__ import annotations
 import enum
 import itertools
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from functools import partial
 from random import Random
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
@@ -94,33 +95,63 @@ class Heartbeat:
         self.clock = clock
         self.interval = interval
         self._streams: set[EventStream] = set()
+        # Live collections of streams (a resource's open streams), by id:
+        # watching a resource's set costs nothing per stream.
+        self._groups: dict[int, Collection[EventStream]] = {}
         self._loop: LoopingCall | None = None
 
     def add(self, stream: EventStream) -> None:
         """Watch ``stream`` until :meth:`discard` is called for it."""
-        if not self.interval:
-            return
-        self._streams.add(stream)
-        if self._loop is None:
-            self._loop = LoopingCall(self._tick)
-            self._loop.clock = self.clock
-            self._loop.start(self.interval / 2, now=False)
+        if self.interval:
+            self._streams.add(stream)
+            self._start()
 
     def discard(self, stream: EventStream) -> None:
         """Stop watching ``stream``; the timer stops with the last stream."""
         self._streams.discard(stream)
-        if not self._streams and self._loop is not None:
-            self._loop.stop()
-            self._loop = None
+        self._stop_if_idle()
+
+    def watch(self, streams: Collection[EventStream]) -> None:
+        """
+        Watch every stream in the live collection ``streams`` (such as a
+        :class:`StreamResource`'s open streams) until :meth:`unwatch`; call
+        it again whenever a stream is added, so that the timer runs.
+        """
+        if self.interval:
+            self._groups[id(streams)] = streams
+            self._start()
+
+    def unwatch(self, streams: Collection[EventStream]) -> None:
+        """Stop watching ``streams``; the timer stops with the last stream."""
+        self._groups.pop(id(streams), None)
+        self._stop_if_idle()
 
     @property
     def running(self) -> bool:
         """Whether the timer is scheduled."""
         return self._loop is not None
 
+    def _start(self) -> None:
+        if self._loop is None:
+            self._loop = LoopingCall(self._tick)
+            self._loop.clock = self.clock
+            self._loop.start(self.interval / 2, now=False)
+
+    def _stop_if_idle(self) -> None:
+        if (
+            self._loop is not None
+            and not self._streams
+            and not any(self._groups.values())
+        ):
+            self._loop.stop()
+            self._loop = None
+
     def _tick(self) -> None:
         for stream in list(self._streams):
             stream._heartbeat()
+        for group in list(self._groups.values()):
+            for stream in list(group):
+                stream._heartbeat()
 
 
 #: A function called with each new stream, once its headers and first frame
@@ -152,10 +183,10 @@ class _ChunkCache:
 _chunked = _ChunkCache()
 
 
-class _DirectWriter:
+def _direct_transport(request: Any) -> Any:
     """
-    Write response bytes straight to a TCP socket when Twisted has nothing
-    buffered for it.
+    The TCP connection under ``request`` if frames may be sent straight to
+    its socket when Twisted has nothing buffered for it, else ``None``.
 
     ``request.write`` appends to the transport's buffer and asks the reactor
     to flush it on the next turn: one ``send`` plus two ``epoll_ctl`` calls
@@ -163,70 +194,26 @@ class _DirectWriter:
     buffer is empty, sending at once is the same bytes in the same order
     without the round trip; whatever the kernel does not take is handed to
     the transport, which then buffers, flushes and pauses producers as
-    usual.  Any other transport (TLS, HTTP/2 streams, UNIX sockets in other
-    reactors) keeps using ``request.write``.
+    usual (:meth:`EventStream._send`).  Any other transport (TLS, HTTP/2
+    streams, UNIX sockets in other reactors) keeps using ``request.write``.
 
     This leans on attributes of :class:`twisted.internet.tcp.Connection`
-    (``socket``, ``dataBuffer``, ``offset``, ``_tempDataBuffer``), which
-    :meth:`for_request` checks before choosing this path.
+    (``socket``, ``dataBuffer``, ``offset``, ``_tempDataBuffer``), checked
+    here before choosing the direct path.
     """
+    from twisted.internet.tcp import Connection
 
-    __slots__ = ("buffering", "chunked", "transport")
-
-    def __init__(
-        self, transport: Any, chunked: bool, buffering: Callable[[], object]
-    ) -> None:
-        self.transport = transport
-        self.chunked = chunked
-        #: Called before anything is left in Twisted's buffer: the stream
-        #: registers as the request's producer only then (see
-        #: :meth:`EventStream._write_directly`).
-        self.buffering = buffering
-
-    @classmethod
-    def for_request(
-        cls, request: Any, buffering: Callable[[], object]
-    ) -> _DirectWriter | None:
-        """A writer for ``request``'s connection, or ``None`` to not bypass."""
-        from twisted.internet.tcp import Connection
-
-        if request.clientproto not in (b"HTTP/1.1", b"HTTP/1.0"):
-            return None
-        transport = getattr(request.channel, "transport", None)
-        if not isinstance(transport, Connection):
-            return None
-        if not all(
-            hasattr(transport, name)
-            for name in ("socket", "dataBuffer", "offset", "_tempDataBuffer")
-        ):
-            return None
-        return cls(transport, bool(request.chunked), buffering)
-
-    def write(self, frame: bytes) -> None:
-        """Send ``frame`` (chunk-framed if the response is chunked)."""
-        data = _chunked(frame) if self.chunked else frame
-        transport = self.transport
-        if (
-            transport._tempDataBuffer
-            or len(transport.dataBuffer) > transport.offset
-            or not transport.connected
-            or transport.disconnecting
-        ):
-            self.buffering()
-            transport.write(data)
-            return
-        try:
-            sent = transport.socket.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            # Let Twisted meet the error on its own path and close cleanly.
-            self.buffering()
-            transport.write(data)
-            return
-        if sent < len(data):
-            self.buffering()
-            transport.write(data[sent:])
+    if request.clientproto not in (b"HTTP/1.1", b"HTTP/1.0"):
+        return None
+    transport = getattr(request.channel, "transport", None)
+    if not isinstance(transport, Connection):
+        return None
+    if not all(
+        hasattr(transport, name)
+        for name in ("socket", "dataBuffer", "offset", "_tempDataBuffer")
+    ):
+        return None
+    return transport
 
 
 class SlowClientPolicy(enum.Enum):
@@ -242,6 +229,14 @@ class SlowClientPolicy(enum.Enum):
     #: Conflate: keep only the newest queued frame per key (the publish
     #: body's ``key``, else the event type), then drop the oldest.
     LATEST = "latest"
+
+
+class _Feeder(Protocol):
+    """What feeds a stream from inside the library (the hub's handoff)."""
+
+    def stream_resumed(self) -> None: ...
+
+    def stream_closed(self) -> None: ...
 
 
 @implementer(IPushProducer)
@@ -262,25 +257,35 @@ class EventStream:
     Create streams through :class:`EventStreamResource`; the constructor is
     public for code that writes its own resource.
 
+    :param heartbeat: A :class:`Heartbeat` the stream leaves when it closes
+        (add the stream to it yourself).
+
     :ivar dropped: Frames dropped by the slow-client policy.
     :ivar close_reason: ``None`` while open; then ``"closed"`` (by the
         server), ``"lost"`` (the client went away) or ``"aborted"`` (cut off
         for not reading).
     """
 
-    # One per connection: slots keep an idle stream small (bench/PROFILE.md).
+    # One per connection, so an idle stream is kept small: slots, and
+    # nothing allocated until it is needed (the queue, callback lists).
+    # Every object here is also one more for the cyclic garbage collector
+    # to scan, which is what slows a server down as connections pile up
+    # (bench/PROFILE.md).
     __slots__ = (
         "__weakref__",
+        "_chunked",
         "_close_callbacks",
         "_delayed",
+        "_feeder",
         "_heartbeat_timer",
         "_max_bytes",
         "_max_events",
+        "_owner",
         "_queue",
         "_queued_bytes",
         "_registered",
         "_resume_callbacks",
-        "_send",
+        "_transport",
         "_wrote",
         "bytes",
         "clock",
@@ -288,7 +293,6 @@ class EventStream:
         "closed",
         "dropped",
         "frames",
-        "log_fields",
         "opened_at",
         "paused",
         "policy",
@@ -316,26 +320,34 @@ class EventStream:
         self.frames = 0
         self.bytes = 0
         self.opened_at = clock.seconds()
-        #: Structured fields naming the stream in logs and metrics.
-        self.log_fields: dict[str, object] = {}
         self.policy = policy
         self._heartbeat_timer = heartbeat
         self._max_events = max_queue_events
         self._max_bytes = max_queue_bytes
-        # Frames waiting for the client, oldest first.  Under the LATEST
-        # policy they are keyed, so a newer frame replaces a queued one with
-        # the same key; keyless frames get a unique key.
-        self._queue: OrderedDict[object, bytes] = OrderedDict()
+        # Frames waiting for the client, oldest first, once there are any.
+        # Under the LATEST policy they are keyed, so a newer frame replaces
+        # a queued one with the same key; keyless frames get a unique key.
+        self._queue: OrderedDict[object, bytes] | None = None
         self._queued_bytes = 0
         self._wrote = True
-        self._close_callbacks: list[Callable[[], object]] = []
-        self._resume_callbacks: list[Callable[[], object]] = []
-        # Created on first use: most streams never schedule a timer.
+        self._close_callbacks: list[Callable[[], object]] | None = None
+        self._resume_callbacks: list[Callable[[], object]] | None = None
         self._delayed: set[IDelayedCall] | None = None
-        #: How frames reach the client: through ``request.write`` until
-        #: :meth:`_write_directly` finds a plain TCP connection.
-        self._send: Callable[[bytes], object] = request.write
+        # The resource that opened the stream (told when it closes), and
+        # what feeds it from inside the library.
+        self._owner: StreamResource | None = None
+        self._feeder: _Feeder | None = None
+        #: The TCP connection frames go straight to, once
+        #: :meth:`_write_directly` found one; else ``request.write``.
+        self._transport: Any = None
+        self._chunked = False
         self._registered = False
+
+    @property
+    def log_fields(self) -> dict[str, object]:
+        """Structured fields naming the stream in logs and metrics."""
+        owner = self._owner
+        return owner.log_fields(self.request) if owner is not None else {}
 
     def _register(self) -> None:
         # Become the request's push producer, so that Twisted pauses and
@@ -348,7 +360,7 @@ class EventStream:
         """
         Once the response has started, send frames straight to the socket
         when the connection is plain HTTP/1.x over TCP (see
-        :class:`_DirectWriter`); TLS, HTTP/2 and anything else keep going
+        :func:`_direct_transport`); TLS, HTTP/2 and anything else keep going
         through ``request.write``, with the stream registered as the
         request's producer from the start.
 
@@ -357,12 +369,46 @@ class EventStream:
         nothing to pause.  That keeps an idle connection small: registering
         adds attributes to Twisted's request and channel objects (about 3 KB
         per connection, measured with tracemalloc, in ``bench/PROFILE.md``).
+        For the same reason the request then forgets its response headers,
+        which are on the wire and can no longer change (about 1 KB).
         """
-        writer = _DirectWriter.for_request(self.request, self._register)
-        if writer is None:
+        transport = _direct_transport(self.request)
+        if transport is None:
             self._register()
-        else:
-            self._send = writer.write
+            return
+        self._transport = transport
+        self._chunked = bool(self.request.chunked)
+        if self.request.startedWriting:
+            self.request.responseHeaders = Headers()
+
+    def _send(self, frame: bytes) -> None:
+        """Send ``frame`` now: straight to the socket when it has room."""
+        transport = self._transport
+        if transport is None:
+            self.request.write(frame)
+            return
+        data = _chunked(frame) if self._chunked else frame
+        if (
+            transport._tempDataBuffer
+            or len(transport.dataBuffer) > transport.offset
+            or not transport.connected
+            or transport.disconnecting
+        ):
+            self._register()
+            transport.write(data)
+            return
+        try:
+            sent = transport.socket.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            # Let Twisted meet the error on its own path and close cleanly.
+            self._register()
+            transport.write(data)
+            return
+        if sent < len(data):
+            self._register()
+            transport.write(data[sent:])
 
     @property
     def is_http2(self) -> bool:
@@ -372,7 +418,7 @@ class EventStream:
     @property
     def queued(self) -> int:
         """How many frames wait for the client to read."""
-        return len(self._queue)
+        return len(self._queue) if self._queue else 0
 
     @property
     def queued_bytes(self) -> int:
@@ -403,10 +449,12 @@ class EventStream:
         self._wrote = True
         self.frames += 1
         self.bytes += len(frame)
-        if not self.paused and not self._queue:
+        queue = self._queue
+        if not self.paused and not queue:
             self._send(frame)
             return True
-        queue = self._queue
+        if queue is None:
+            queue = self._queue = OrderedDict()
         if key is None or self.policy is not SlowClientPolicy.LATEST:
             key = object()
         else:
@@ -447,6 +495,8 @@ class EventStream:
         """
         if self.closed:
             callback()
+        elif self._close_callbacks is None:
+            self._close_callbacks = [callback]
         else:
             self._close_callbacks.append(callback)
 
@@ -462,7 +512,7 @@ class EventStream:
         if self.closed:
             return
         tail = Event(retry=retry).encode() if retry is not None else b""
-        frames = b"".join(self._queue.values()) + tail
+        frames = b"".join(self._queue.values()) + tail if self._queue else tail
         self._release("closed")
         if frames:
             self.request.write(frames)
@@ -498,13 +548,16 @@ class EventStream:
     def resumeProducing(self) -> None:
         """The client is reading again: write out the queue, coalesced."""
         self.paused = False
-        if self._queue and not self.closed:
+        queue = self._queue
+        if queue and not self.closed:
             # Everything that waited goes out as one write.
-            frames = b"".join(self._queue.values())
-            self._queue.clear()
+            frames = b"".join(queue.values())
+            self._queue = None
             self._queued_bytes = 0
             self._send(frames)
-        for callback in list(self._resume_callbacks):
+        if self._feeder is not None and not self.paused and not self.closed:
+            self._feeder.stream_resumed()
+        for callback in list(self._resume_callbacks or ()):
             if self.paused or self.closed:
                 break
             callback()
@@ -515,7 +568,10 @@ class EventStream:
         and the stream can take more (after :meth:`resumeProducing`): for a
         feeder that paces itself, such as the hub replaying history.
         """
-        self._resume_callbacks.append(callback)
+        if self._resume_callbacks is None:
+            self._resume_callbacks = [callback]
+        else:
+            self._resume_callbacks.append(callback)
 
     def stopProducing(self) -> None:
         """The connection is gone; the request's finish Deferred says so too."""
@@ -524,18 +580,19 @@ class EventStream:
     # Internals
 
     def _overflow(self) -> None:
+        queue = self._queue
+        assert queue is not None
         if self.policy is SlowClientPolicy.DISCONNECT:
             _log.info(
                 "Disconnecting {peer}, which stopped reading: {queued} frames "
                 "({queued_bytes} bytes) queued",
                 peer=_client_ip(self.request),
-                queued=len(self._queue),
+                queued=len(queue),
                 queued_bytes=self._queued_bytes,
                 policy=self.policy.value,
             )
             self.abort()
             return
-        queue = self._queue
         while len(queue) > 1 and (
             len(queue) > self._max_events or self._queued_bytes > self._max_bytes
         ):
@@ -561,7 +618,7 @@ class EventStream:
     def _release(self, reason: str) -> None:
         self.closed = True
         self.close_reason = reason
-        self._queue.clear()
+        self._queue = None
         self._queued_bytes = 0
         if self._heartbeat_timer is not None:
             self._heartbeat_timer.discard(self)
@@ -569,8 +626,14 @@ class EventStream:
         for call in delayed or ():
             if call.active():
                 call.cancel()
-        self._resume_callbacks.clear()
-        callbacks, self._close_callbacks = self._close_callbacks, []
+        self._resume_callbacks = None
+        callbacks, self._close_callbacks = self._close_callbacks or [], None
+        owner, feeder = self._owner, self._feeder
+        self._feeder = None
+        if owner is not None:
+            callbacks.insert(0, partial(owner._stream_closed, self))
+        if feeder is not None:
+            callbacks.insert(1 if owner is not None else 0, feeder.stream_closed)
         for callback in callbacks:
             try:
                 callback()
@@ -673,14 +736,20 @@ class StreamRegistry:
 
     def add(self, stream: EventStream) -> None:
         """Count ``stream`` until it closes."""
+        self._track(stream)
+        stream.on_close(partial(self._forget, stream))
+
+    def _track(self, stream: EventStream) -> None:
+        # Without a close callback: a StreamResource calls _forget itself.
         ip = _client_ip(stream.request)
         self.streams.add(stream)
         self.opened += 1
         self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
-        # A partial, not a closure: one of these per connection.
-        stream.on_close(partial(self._closed, stream, ip))
 
-    def _closed(self, stream: EventStream, ip: str) -> None:
+    def _forget(self, stream: EventStream) -> None:
+        if stream not in self.streams:
+            return
+        ip = _client_ip(stream.request)
         self.streams.discard(stream)
         self.closed[stream.close_reason or "closed"] += 1
         self._closed_frames += stream.frames
@@ -818,6 +887,10 @@ class StreamResource(Resource):
     :param policy: What happens when that queue is full.
     :param registry: A :class:`StreamRegistry` shared by the server's
         resources, for connection limits and a graceful drain.
+
+    :ivar streams: The set of this resource's open streams (read it; a
+        stream leaves it when it closes).  Broadcasting to a resource's
+        clients is writing one encoded frame to each.
     """
 
     isLeaf = True
@@ -924,40 +997,56 @@ class StreamResource(Resource):
         if transport is not None:
             transport.loseConnection()
 
-    def open_stream(self, request: Any, *frames: bytes) -> EventStream:
+    def open_stream(
+        self,
+        request: Any,
+        *frames: bytes,
+        finished: Deferred[None] | None = None,
+    ) -> EventStream:
         """
         Turn ``request`` into an open :class:`EventStream`: the headers and
         ``frames`` (the first frame by default) go out at once, and the
         stream is tracked until it ends.
+
+        :param finished: ``request.notifyFinish()``, if the caller already
+            asked for it (it need not be asked twice).
         """
         self.set_stream_headers(request)
-        finished = request.notifyFinish()
+        if finished is None:
+            finished = request.notifyFinish()
         stream = EventStream(
             request,
             self.clock,
-            heartbeat=self.heartbeat,
             max_queue_events=self.max_queue_events,
             max_queue_bytes=self.max_queue_bytes,
             policy=self.policy,
         )
+        stream._owner = self
         self.streams.add(stream)
-        fields = stream.log_fields = self.log_fields(request)
-        peer = _client_ip(request)
-        _log.info("Stream opened for {peer}", peer=peer, **fields)
-        stream.on_close(partial(self._stream_closed, stream, peer))
+        _log.info(
+            "Stream opened for {peer}",
+            peer=_client_ip(request),
+            **self.log_fields(request),
+        )
         if self.registry is not None:
-            self.registry.add(stream)
+            self.registry._track(stream)
         finished.addBoth(stream._lost)
         request.write(b"".join(frames) if frames else self.first_frame)
         stream._write_directly()
-        self.heartbeat.add(stream)
+        self.heartbeat.watch(self.streams)
         return stream
 
-    def _stream_closed(self, stream: EventStream, peer: str) -> None:
-        self.streams.discard(stream)
+    def _stream_closed(self, stream: EventStream) -> None:
+        """Forget ``stream``, which just closed, and log its end."""
+        streams = self.streams
+        streams.discard(stream)
+        if not streams:
+            self.heartbeat.unwatch(streams)
+        if self.registry is not None:
+            self.registry._forget(stream)
         _log.info(
             "Stream closed for {peer} ({reason}) after {duration:.1f} s",
-            peer=peer,
+            peer=_client_ip(stream.request),
             reason=stream.close_reason,
             duration=self.clock.seconds() - stream.opened_at,
             frames=stream.frames,
