@@ -27,9 +27,10 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
+from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
 
-from twisted_sse import Event, EventParser, EventStreamService, _stream
+from twisted_sse import Event, EventParser, EventStream, EventStreamService, _stream
 from twisted_sse._app import SSEApp
 from twisted_sse._broker import (
     BrokerUnavailable,
@@ -1317,6 +1318,50 @@ class HeartbeatTests(SynchronousTestCase):
             response.disconnect()
         self.assertFalse(hub.hub.heartbeat.running)
         self.assertEqual(hub.clock.getDelayedCalls(), [])
+
+    def test_stream_added_alone_and_in_a_resource(self) -> None:
+        """
+        Streams watched one by one and a resource's watched set share the
+        timer; it runs until both are empty.
+        """
+        hub = HubFixture(self, heartbeat=10)
+        heartbeat = hub.hub.heartbeat
+        response = hub.subscribe()
+        extra = EventStream(DummyRequest([b""]), hub.clock, heartbeat=heartbeat)
+        heartbeat.add(extra)
+        response.disconnect()
+        self.assertTrue(heartbeat.running)
+        extra._release("closed")
+        self.assertFalse(heartbeat.running)
+        self.assertEqual(hub.clock.getDelayedCalls(), [])
+
+
+class ChannelResourceSharingTests(SynchronousTestCase):
+    """Subscribers of one channel share its resource while any is open."""
+
+    def test_shared_while_live(self) -> None:
+        hub = HubFixture(self)
+        before = hub.hub.channel_resource("news")
+        first, second = hub.subscribe(), hub.subscribe()
+        live = hub.hub.channel_resource("news")
+        self.assertIsNot(live, before)
+        self.assertIs(hub.hub.channel_resource("news"), live)
+        self.assertEqual(len(live.streams), 2)
+        self.assertIsNot(hub.hub.channel_resource("sport"), live)
+        first.disconnect()
+        self.assertIs(hub.hub.channel_resource("news"), live)
+        second.disconnect()
+        self.assertIsNot(hub.hub.channel_resource("news"), live)
+        self.assertEqual(hub.hub._live, {})
+
+    def test_names_never_subscribed_are_not_kept(self) -> None:
+        """Requests for many channel names leave nothing behind."""
+        hub = HubFixture(self)
+        for n in range(50):
+            response = hub.post_json(channel=f"c{n}", data="x")
+            self.assertEqual(response.code, 200)
+            hub.client.request("HEAD", f"/channels/c{n}")
+        self.assertEqual(hub.hub._live, {})
 
 
 # Admission

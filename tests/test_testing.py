@@ -6,7 +6,7 @@ L{twisted_sse.EventStreamResource} served by a real C{twisted.web} Site.
 from __future__ import annotations
 
 from klein import Klein
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
@@ -380,6 +380,57 @@ class StreamTests(_Fixture):
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertFalse(self.resource.heartbeat.running)
         self.client.assert_clean(testcase=self)
+
+
+class HandlerTests(SynchronousTestCase):
+    """What a stream's handler may return, and what happens when it fails."""
+
+    def serve(self, handler: object) -> SSETestResponse:
+        self.clock = Clock()
+        resource = EventStreamResource(handler, clock=self.clock)  # type: ignore[arg-type]
+        self.client = SSETestClient(resource, clock=self.clock)
+        return self.client.get("/")
+
+    def assert_ended_and_logged(self, response: SSETestResponse) -> None:
+        self.assertTrue(response.finished)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_raises(self) -> None:
+        """A handler that raises: logged, and the stream ends cleanly."""
+
+        def handler(stream: EventStream) -> None:
+            raise ZeroDivisionError()
+
+        self.assert_ended_and_logged(self.serve(handler))
+
+    def test_deferred_fails(self) -> None:
+        """A handler whose Deferred fails later: logged, the stream ends."""
+        later: Deferred[None] = Deferred()
+        response = self.serve(lambda stream: later)
+        self.assertFalse(response.finished)
+        later.errback(ZeroDivisionError())
+        self.assert_ended_and_logged(response)
+
+    def test_coroutine(self) -> None:
+        """A coroutine function runs; its failure is logged, the stream ends."""
+        later: Deferred[None] = Deferred()
+
+        async def handler(stream: EventStream) -> None:
+            stream.send(Event(data="before"))
+            await later
+            raise ZeroDivisionError()
+
+        response = self.serve(handler)
+        self.assertEqual(_data(response), ["before"])
+        self.assertFalse(response.finished)
+        later.callback(None)
+        self.assert_ended_and_logged(response)
+
+    def test_other_results_ignored(self) -> None:
+        """Whatever else a handler returns is ignored."""
+        response = self.serve(lambda stream: 42)
+        self.assertFalse(response.finished)
+        self.assertEqual(self.flushLoggedErrors(), [])
 
 
 class MethodTests(_Fixture):

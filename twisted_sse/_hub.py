@@ -378,6 +378,7 @@ class ChannelResource(StreamResource):
         )
         self.hub = hub
         self.channel = channel
+        self._opening: tuple[str, bytes] | None = None
 
     def log_fields(self, request: Any) -> dict[str, object]:
         """Name a subscriber's stream by its channel in the logs."""
@@ -394,59 +395,81 @@ class ChannelResource(StreamResource):
             self.send_away(request, refused)
             return NOT_DONE_YET
         # Fired once the client has gone (nothing finishes the request
-        # before the stream opens), and then it ends the stream.
+        # before the stream opens), and then it ends the stream.  Without an
+        # authoriser, and with a broker that answers at once (the in-memory
+        # one), the stream opens before this method returns.
         finished = request.notifyFinish()
-        last_event_id = _last_event_id(request)
-
-        async def subscribe() -> bool:
-            if self.hub.authorizer is not None:
-                allowed = await maybeDeferred(
-                    self.hub.authorizer, request, self.channel
-                )
-                if finished.called:
-                    return False
-                if not allowed:
-                    request.write(_json_error(request, 403, "not allowed to subscribe"))
-                    request.finish()
-                    return False
-            handoff = _Handoff(self.max_queue_events, self.max_queue_bytes)
-            try:
-                subscription = await self.hub.broker.subscribe(
-                    self.channel, handoff.deliver, last_event_id
-                )
-            except BrokerUnavailable as error:
-                if not finished.called:
-                    self.send_away(request, str(error))
-                return False
-            if finished.called:
-                subscription.cancel()
-                return False
-            # Admission again: while the authoriser or the broker took their
-            # time, other streams may have opened, or the drain begun.
-            refused = self.refusal(request)
-            if refused is not None:
-                subscription.cancel()
-                self.send_away(request, refused)
-                return False
-            self._go_live(request, finished, subscription, handoff, bool(last_event_id))
-            return True
-
-        def failed(failure: Failure) -> None:
-            _log.failure(
-                "Subscribing to {channel} failed", failure, channel=self.channel
-            )
-            if not finished.called:
-                request.write(_json_error(request, 500, "internal error"))
-                request.finish()
-
-        def settled(live: bool | None) -> None:
-            if not live:
-                # No stream took the finish Deferred over: a client that went
-                # away meanwhile is no error to report.
-                finished.addErrback(lambda _: None)
-
-        Deferred.fromCoroutine(subscribe()).addErrback(failed).addCallback(settled)
+        authorizer = self.hub.authorizer
+        if authorizer is None:
+            self._subscribe(request, finished)
+        else:
+            maybeDeferred(authorizer, request, self.channel).addCallback(
+                self._authorized, request, finished
+            ).addErrback(self._subscribe_failed, request, finished)
         return NOT_DONE_YET
+
+    def _authorized(
+        self, allowed: object, request: Any, finished: Deferred[None]
+    ) -> None:
+        if finished.called:
+            _abandon(finished)
+        elif not allowed:
+            request.write(_json_error(request, 403, "not allowed to subscribe"))
+            request.finish()
+        else:
+            self._subscribe(request, finished)
+
+    def _subscribe(self, request: Any, finished: Deferred[None]) -> None:
+        last_event_id = _last_event_id(request)
+        handoff = _Handoff(self.max_queue_events, self.max_queue_bytes)
+        self.hub.broker.subscribe(
+            self.channel, handoff.deliver, last_event_id
+        ).addCallbacks(
+            self._subscribed,
+            self._broker_unavailable,
+            callbackArgs=(request, finished, handoff, bool(last_event_id)),
+            errbackArgs=(request, finished),
+        ).addErrback(self._subscribe_failed, request, finished)
+
+    def _subscribed(
+        self,
+        subscription: Subscription,
+        request: Any,
+        finished: Deferred[None],
+        handoff: _Handoff,
+        resuming: bool,
+    ) -> None:
+        if finished.called:
+            subscription.cancel()
+            _abandon(finished)
+            return
+        # Admission again: while the authoriser or the broker took their
+        # time, other streams may have opened, or the drain begun.
+        refused = self.refusal(request)
+        if refused is not None:
+            subscription.cancel()
+            self.send_away(request, refused)
+            return
+        self._go_live(request, finished, subscription, handoff, resuming)
+
+    def _broker_unavailable(
+        self, failure: Failure, request: Any, finished: Deferred[None]
+    ) -> None:
+        failure.trap(BrokerUnavailable)
+        if finished.called:
+            _abandon(finished)
+        else:
+            self.send_away(request, str(failure.value))
+
+    def _subscribe_failed(
+        self, failure: Failure, request: Any, finished: Deferred[None]
+    ) -> None:
+        _log.failure("Subscribing to {channel} failed", failure, channel=self.channel)
+        if finished.called:
+            _abandon(finished)
+        else:
+            request.write(_json_error(request, 500, "internal error"))
+            request.finish()
 
     def _go_live(
         self,
@@ -464,7 +487,7 @@ class ChannelResource(StreamResource):
             # A new subscriber learns the channel's position at once, so that
             # if it reconnects before its first event it resumes from there
             # instead of starting over and missing what came in between.
-            frames = [Event(retry=self.hub.retry, id=subscription.position).encode()]
+            frames = [self._opening_frame(subscription.position)]
         if subscription.history_lost is not None:
             request.setHeader(HISTORY_LOST_HEADER, subscription.history_lost)
             frames.append(
@@ -477,6 +500,15 @@ class ChannelResource(StreamResource):
         stream = self.open_stream(request, *frames, finished=finished)
         handoff.attach(stream, subscription)
         self.hub._live.setdefault(self.channel, self)
+
+    def _opening_frame(self, position: str) -> bytes:
+        # Subscribers arriving between two publishes share one position:
+        # encode its frame once for them all.
+        cached = self._opening
+        if cached is None or cached[0] != position:
+            frame = Event(retry=self.hub.retry, id=position).encode()
+            cached = self._opening = (position, frame)
+        return cached[1]
 
     def _stream_closed(self, stream: EventStream) -> None:
         super()._stream_closed(stream)
@@ -611,6 +643,14 @@ def _make_event(**fields: Any) -> Event:
         return Event(**fields)
     except ValueError as error:
         raise _BadRequest(400, str(error)) from None
+
+
+def _abandon(finished: Deferred[None]) -> None:
+    """
+    The client went away before its stream opened: its request's finish
+    Deferred failed, which is no error to report.
+    """
+    finished.addErrback(lambda _: None)
 
 
 def _last_event_id(request: Any) -> str | None:

@@ -1168,7 +1168,14 @@ class RedisBroker(Service):
             # The same Published, encoded once, goes to every local
             # subscriber, each with its own queue and slow-client policy.
             for local in list(state.subscribers.values()):
-                self._offer(local, event_id, published)
+                if local.backlog is None and local.floor is None:
+                    # Live and past its replay: the common case, inlined.
+                    try:
+                        local.deliver(published)
+                    except Exception:
+                        _log.failure("A subscriber failed to take an event")
+                else:
+                    self._offer(local, event_id, published)
 
     def _decode(
         self, channel: str, event_id: str, fields: Sequence[Reply]

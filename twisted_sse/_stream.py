@@ -19,6 +19,7 @@ Three Twisted facts shape this module:
 from __future__ import annotations
 
 import enum
+import inspect
 import itertools
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Collection
@@ -26,9 +27,10 @@ from functools import partial
 from random import Random
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.tcp import Connection
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
@@ -155,8 +157,9 @@ class Heartbeat:
 
 
 #: A function called with each new stream, once its headers and first frame
-#: are on their way.  It may return a Deferred; if that fails, or the
-#: function raises, the error is logged and the stream is ended.
+#: are on their way.  It may return a Deferred, or be a coroutine function;
+#: if that fails, or the function raises, the error is logged and the stream
+#: is ended.
 StreamHandler = Callable[["EventStream"], Any]
 
 
@@ -199,21 +202,23 @@ def _direct_transport(request: Any) -> Any:
 
     This leans on attributes of :class:`twisted.internet.tcp.Connection`
     (``socket``, ``dataBuffer``, ``offset``, ``_tempDataBuffer``), checked
-    here before choosing the direct path.
+    here (once per transport class) before choosing the direct path.
     """
-    from twisted.internet.tcp import Connection
-
     if request.clientproto not in (b"HTTP/1.1", b"HTTP/1.0"):
         return None
     transport = getattr(request.channel, "transport", None)
-    if not isinstance(transport, Connection):
-        return None
-    if not all(
-        hasattr(transport, name)
-        for name in ("socket", "dataBuffer", "offset", "_tempDataBuffer")
-    ):
-        return None
-    return transport
+    kind = type(transport)
+    usable = _DIRECT_CLASSES.get(kind)
+    if usable is None:
+        usable = _DIRECT_CLASSES[kind] = issubclass(kind, Connection) and all(
+            hasattr(transport, name)
+            for name in ("socket", "dataBuffer", "offset", "_tempDataBuffer")
+        )
+    return transport if usable else None
+
+
+#: Whether a transport class can be written to directly, by class.
+_DIRECT_CLASSES: dict[type, bool] = {}
 
 
 class SlowClientPolicy(enum.Enum):
@@ -1022,7 +1027,11 @@ class StreamResource(Resource):
             policy=self.policy,
         )
         stream._owner = self
-        self.streams.add(stream)
+        streams = self.streams
+        streams.add(stream)
+        if len(streams) == 1:
+            # The first stream since the set was last empty (and unwatched).
+            self.heartbeat.watch(streams)
         _log.info(
             "Stream opened for {peer}",
             peer=_client_ip(request),
@@ -1033,7 +1042,6 @@ class StreamResource(Resource):
         finished.addBoth(stream._lost)
         request.write(b"".join(frames) if frames else self.first_frame)
         stream._write_directly()
-        self.heartbeat.watch(self.streams)
         return stream
 
     def _stream_closed(self, stream: EventStream) -> None:
@@ -1125,13 +1133,21 @@ class EventStreamResource(StreamResource):
             self.send_away(request, refused)
             return NOT_DONE_YET
         stream = self.open_stream(request)
-
-        def failed(failure: Failure) -> None:
-            _log.failure("Stream handler failed; ending the stream", failure)
-            stream.close()
-
-        maybeDeferred(self.handler, stream).addErrback(failed)
+        try:
+            result = self.handler(stream)
+        except Exception:
+            _handler_failed(Failure(), stream)
+        else:
+            if isinstance(result, Deferred):
+                result.addErrback(_handler_failed, stream)
+            elif inspect.iscoroutine(result):
+                Deferred.fromCoroutine(result).addErrback(_handler_failed, stream)
         return NOT_DONE_YET
+
+
+def _handler_failed(failure: Failure, stream: EventStream) -> None:
+    _log.failure("Stream handler failed; ending the stream", failure)
+    stream.close()
 
 
 def counter(interval: float = 1.0, start: int = 1) -> Callable[[EventStream], None]:
