@@ -106,8 +106,13 @@ async def test_direct_path_chosen_for_tcp() -> None:
     """A plain HTTP/1.1 stream over TCP sends through the direct writer."""
     async with one_stream() as (reader, stream):
         assert isinstance(stream._transport, Connection)
-        # The headers are on the wire: the request no longer keeps them.
-        assert list(stream.request.responseHeaders.getAllRawHeaders()) == []
+        # The headers are on the wire: the request no longer keeps them, and
+        # a header set now (too late) changes nothing.
+        headers = stream.request.responseHeaders
+        assert list(headers.getAllRawHeaders()) == []
+        stream.request.setHeader(b"X-Too-Late", b"1")
+        headers.addRawHeader(b"X-Too-Late", b"2")
+        assert list(headers.getAllRawHeaders()) == []
         stream.send(Event(data="hello"))
         stream.close()
         await reader.ended.addTimeout(60, _reactor())

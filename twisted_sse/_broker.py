@@ -12,7 +12,6 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable
-from functools import partial
 
 from attrs import define, field, frozen
 from twisted.internet.defer import Deferred, fail, succeed
@@ -170,6 +169,21 @@ class _Channel:
     delivering: bool = False
 
 
+class _Unsubscribe:
+    """Cancels one subscriber of a memory broker's channel (one per subscriber)."""
+
+    __slots__ = ("broker", "state", "token")
+
+    def __init__(self, broker: MemoryBroker, state: _Channel, token: int) -> None:
+        self.broker = broker
+        self.state = state
+        self.token = token
+
+    def __call__(self) -> None:
+        self.state.subscribers.pop(self.token, None)
+        self.broker._forget_if_idle(self.state)
+
+
 @implementer(IBroker)
 class MemoryBroker:
     """
@@ -289,13 +303,8 @@ class MemoryBroker:
         token = self._next_token
         self._next_token += 1
         state.subscribers[token] = deliver
-        # A partial, not a closure: one per subscriber.
-        subscription._cancel = partial(self._unsubscribe, state, token)
+        subscription._cancel = _Unsubscribe(self, state, token)
         return succeed(subscription)
-
-    def _unsubscribe(self, state: _Channel, token: int) -> None:
-        state.subscribers.pop(token, None)
-        self._forget_if_idle(state)
 
     def _replay(
         self, state: _Channel, last_event_id: str

@@ -144,7 +144,8 @@ class _Handoff:
         self._limit_events = 0
         self._limit_bytes = 0
 
-    def deliver(self, published: Published) -> None:
+    def __call__(self, published: Published) -> None:
+        """Take one event from the broker (the handoff is the deliver callable)."""
         stream = self.stream
         if stream is not None and not self.backlog:
             stream.write(published.frame, published.key)
@@ -422,9 +423,19 @@ class ChannelResource(StreamResource):
     def _subscribe(self, request: Any, finished: Deferred[None]) -> None:
         last_event_id = _last_event_id(request)
         handoff = _Handoff(self.max_queue_events, self.max_queue_bytes)
-        self.hub.broker.subscribe(
-            self.channel, handoff.deliver, last_event_id
-        ).addCallbacks(
+        subscribing = self.hub.broker.subscribe(self.channel, handoff, last_event_id)
+        result = getattr(subscribing, "result", None)
+        if isinstance(result, Subscription):
+            # Subscribed already (the in-memory broker does it at once): go
+            # on without a callback chain, one less Deferred per subscriber.
+            try:
+                self._subscribed(
+                    result, request, finished, handoff, bool(last_event_id)
+                )
+            except Exception:
+                self._subscribe_failed(Failure(), request, finished)
+            return
+        subscribing.addCallbacks(
             self._subscribed,
             self._broker_unavailable,
             callbackArgs=(request, finished, handoff, bool(last_event_id)),

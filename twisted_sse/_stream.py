@@ -22,7 +22,7 @@ import enum
 import inspect
 import itertools
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from functools import partial
 from random import Random
 from typing import Any, Protocol
@@ -217,6 +217,24 @@ def _direct_transport(request: Any) -> Any:
     return transport if usable else None
 
 
+class _SentHeaders(Headers):
+    """
+    What an open stream's request holds as its response headers once they
+    are on the wire: always empty, and setting a header (too late to be
+    sent) does nothing, so one instance serves every stream.
+    """
+
+    __slots__ = ()
+
+    def setRawHeaders(self, name: str | bytes, values: Sequence[str | bytes]) -> None:
+        """Ignored: the headers were sent."""
+
+    def addRawHeader(self, name: str | bytes, value: str | bytes) -> None:
+        """Ignored: the headers were sent."""
+
+
+_SENT_HEADERS = _SentHeaders()
+
 #: Whether a transport class can be written to directly, by class.
 _DIRECT_CLASSES: dict[type, bool] = {}
 
@@ -384,7 +402,7 @@ class EventStream:
         self._transport = transport
         self._chunked = bool(self.request.chunked)
         if self.request.startedWriting:
-            self.request.responseHeaders = Headers()
+            self.request.responseHeaders = _SENT_HEADERS
 
     def _send(self, frame: bytes) -> None:
         """Send ``frame`` now: straight to the socket when it has room."""
