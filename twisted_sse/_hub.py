@@ -423,19 +423,9 @@ class ChannelResource(StreamResource):
     def _subscribe(self, request: Any, finished: Deferred[None]) -> None:
         last_event_id = _last_event_id(request)
         handoff = _Handoff(self.max_queue_events, self.max_queue_bytes)
-        subscribing = self.hub.broker.subscribe(self.channel, handoff, last_event_id)
-        result = getattr(subscribing, "result", None)
-        if isinstance(result, Subscription):
-            # Subscribed already (the in-memory broker does it at once): go
-            # on without a callback chain, one less Deferred per subscriber.
-            try:
-                self._subscribed(
-                    result, request, finished, handoff, bool(last_event_id)
-                )
-            except Exception:
-                self._subscribe_failed(Failure(), request, finished)
-            return
-        subscribing.addCallbacks(
+        # The in-memory broker answers at once: the stream then opens before
+        # this returns.
+        self.hub.broker.subscribe(self.channel, handoff, last_event_id).addCallbacks(
             self._subscribed,
             self._broker_unavailable,
             callbackArgs=(request, finished, handoff, bool(last_event_id)),

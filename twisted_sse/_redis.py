@@ -1169,11 +1169,8 @@ class RedisBroker(Service):
             # subscriber, each with its own queue and slow-client policy.
             for local in list(state.subscribers.values()):
                 if local.backlog is None and local.floor is None:
-                    # Live and past its replay: the common case, inlined.
-                    try:
-                        local.deliver(published)
-                    except Exception:
-                        _log.failure("A subscriber failed to take an event")
+                    # Live and past its replay: nothing to check.
+                    self._call(local, published)
                 else:
                     self._offer(local, event_id, published)
 

@@ -650,13 +650,15 @@ class EventStream:
             if call.active():
                 call.cancel()
         self._resume_callbacks = None
-        callbacks, self._close_callbacks = self._close_callbacks or [], None
-        owner, feeder = self._owner, self._feeder
-        self._feeder = None
-        if owner is not None:
-            callbacks.insert(0, partial(owner._stream_closed, self))
-        if feeder is not None:
-            callbacks.insert(1 if owner is not None else 0, feeder.stream_closed)
+        # The owning resource first, then the feeder, then on_close callbacks.
+        callbacks: list[Callable[[], object]] = []
+        if self._owner is not None:
+            callbacks.append(partial(self._owner._stream_closed, self))
+        if self._feeder is not None:
+            callbacks.append(self._feeder.stream_closed)
+            self._feeder = None
+        callbacks += self._close_callbacks or ()
+        self._close_callbacks = None
         for callback in callbacks:
             try:
                 callback()
