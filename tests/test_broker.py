@@ -409,3 +409,53 @@ class HistoryTests(BrokerTestCase):
             self.publish(broker, "busy", str(n))
         got, subscription = self.subscribe(broker, "quiet", "1-0")
         self.assertEqual((got.data, subscription.history_lost), (["q"], None))
+
+
+class SubscribeNowTests(BrokerTestCase):
+    """MemoryBroker.subscribe_now: subscribe without a Deferred."""
+
+    def test_same_as_subscribe(self) -> None:
+        """It replays and goes live as subscribe does, and returns at once."""
+        broker = MemoryBroker(epoch=7)
+        for data in "abc":
+            self.publish(broker, "news", data)
+        collector = Collector()
+        subscription = broker.subscribe_now("news", collector, "7-1")
+        self.addCleanup(subscription.cancel)
+        self.publish(broker, "news", "d")
+        self.assertEqual(collector.data, ["b", "c", "d"])
+        self.assertEqual(subscription.replayed, 2)
+        self.assertIsNone(subscription.history_lost)
+        self.assertEqual(subscription.position, "7-3")
+
+    def test_invalid_channel(self) -> None:
+        """A bad name raises ValueError naming it; subscribe fails with it."""
+        broker = MemoryBroker()
+        with self.assertRaises(ValueError) as raised:
+            broker.subscribe_now("bad name", Collector())
+        self.assertIn("'bad name'", str(raised.exception))
+        self.failureResultOf(broker.subscribe("bad name", Collector()), ValueError)
+        self.assertEqual(broker.channel_names(), [])
+
+    def test_position_shared(self) -> None:
+        """Subscribers between two publishes share one position string."""
+        broker = MemoryBroker(epoch=7)
+        _, first = self.subscribe(broker, "news")
+        _, second = self.subscribe(broker, "news")
+        self.assertEqual(first.position, "7-0")
+        self.assertIs(first.position, second.position)
+        self.publish(broker, "news", "a")
+        _, third = self.subscribe(broker, "news")
+        self.assertEqual(third.position, "7-1")
+
+    def test_subscription_cancels_itself(self) -> None:
+        """The subscription is its own cancel handle, and is idempotent."""
+        broker = MemoryBroker()
+        collector = Collector()
+        subscription = broker.subscribe_now("news", collector)
+        self.assertEqual(broker.subscriber_count("news"), 1)
+        subscription.cancel()
+        subscription.cancel()
+        self.publish(broker, "news", "a")
+        self.assertEqual(collector.data, [])
+        self.assertEqual(broker.subscriber_count("news"), 0)

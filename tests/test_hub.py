@@ -1364,6 +1364,87 @@ class ChannelResourceSharingTests(SynchronousTestCase):
         self.assertEqual(hub.hub._live, {})
 
 
+class _DeferringMemoryBroker(MemoryBroker):
+    """An in-memory broker whose subscribe answers only when told to."""
+
+    def __init__(self) -> None:
+        super().__init__(epoch=EPOCH)
+        self.waiting: list[tuple[Deferred[Subscription], Subscription]] = []
+
+    def subscribe(
+        self, channel: str, deliver: Any, last_event_id: str | None = None
+    ) -> Deferred[Subscription]:
+        answer: Deferred[Subscription] = Deferred()
+        self.waiting.append(
+            (answer, self.subscribe_now(channel, deliver, last_event_id))
+        )
+        return answer
+
+    def answer(self) -> None:
+        answer, subscription = self.waiting.pop(0)
+        answer.callback(subscription)
+
+
+class SynchronousSubscribeTests(SynchronousTestCase):
+    """
+    On the in-memory broker the stream opens while the request renders,
+    with no Deferred on the way; a subclass that changes how it subscribes
+    is used as it says.
+    """
+
+    def test_open_while_rendering(self) -> None:
+        hub = HubFixture(self)
+        self.assertIsNotNone(hub.hub._subscribe_now)
+        response = hub.subscribe()
+        self.assertEqual(response.code, 200)
+        self.assertEqual(first_frame_id(response), f"{EPOCH}-0")
+        hub.publish("a")
+        self.assertEqual(data(response), ["a"])
+        (stream,) = hub.hub.channel_resource("news").streams
+        response.disconnect()
+        self.assertEqual(stream.close_reason, "lost")
+        self.assertEqual(hub.memory.subscriber_count("news"), 0)
+
+    def test_subclass_subscribe_honoured(self) -> None:
+        broker = _DeferringMemoryBroker()
+        hub = HubFixture(self, broker=broker)
+        hub.memory = broker
+        self.assertIsNone(hub.hub._subscribe_now)
+        response = hub.subscribe()
+        self.assertIsNone(response.code)
+        hub.publish("a")
+        broker.answer()
+        self.assertEqual(response.code, 200)
+        hub.publish("b")
+        self.assertEqual(data(response), ["a", "b"])
+
+    def test_subclass_client_gone_before_answer(self) -> None:
+        broker = _DeferringMemoryBroker()
+        hub = HubFixture(self, broker=broker)
+        hub.memory = broker
+        response = hub.subscribe()
+        self.assertIsNone(response.code)
+        response.disconnect()
+        broker.answer()
+        self.assertEqual(broker.subscriber_count("news"), 0)
+        self.assertEqual(hub.hub.channel_resource("news").streams, set())
+
+    def test_open_failure_cancels(self) -> None:
+        """A failure while opening the stream leaves no subscriber behind."""
+        hub = HubFixture(self)
+        resource = hub.hub.channel_resource("news")
+
+        def broken(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("broken")
+
+        self.patch(resource, "open_stream", broken)
+        self.patch(hub.hub, "channel_resource", lambda channel: resource)
+        response = hub.subscribe()
+        self.assertEqual(response.code, 500)
+        self.assertEqual(hub.memory.subscriber_count("news"), 0)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
 # Admission
 
 

@@ -161,6 +161,9 @@ class _Channel:
     history_bytes: int = 0
     #: Sequence number of the last event published (0: none yet).
     last_seq: int = 0
+    #: The id of that event (``<epoch>-0`` before any), shared by every
+    #: subscription made until the next one.
+    position: str = ""
     subscribers: dict[int, Deliver] = field(factory=dict)
     #: Events published while an earlier one was being fanned out (a
     #: subscriber publishing from its callback), with the subscribers they
@@ -169,19 +172,24 @@ class _Channel:
     delivering: bool = False
 
 
-class _Unsubscribe:
-    """Cancels one subscriber of a memory broker's channel (one per subscriber)."""
+@define(eq=False)
+class _MemorySubscription(Subscription):
+    """
+    A memory broker's subscription, which is also its own cancel handle:
+    one object per subscriber, not a subscription plus a callable.
+    """
 
-    __slots__ = ("broker", "state", "token")
+    _state: _Channel | None = field(default=None, repr=False)
+    _token: int = field(default=0, repr=False)
+    _broker: MemoryBroker | None = field(default=None, repr=False)
 
-    def __init__(self, broker: MemoryBroker, state: _Channel, token: int) -> None:
-        self.broker = broker
-        self.state = state
-        self.token = token
-
-    def __call__(self) -> None:
-        self.state.subscribers.pop(self.token, None)
-        self.broker._forget_if_idle(self.state)
+    def cancel(self) -> None:
+        """Stop delivering; safe to call more than once."""
+        state, self._state = self._state, None
+        if state is not None:
+            state.subscribers.pop(self._token, None)
+            assert self._broker is not None
+            self._broker._forget_if_idle(state)
 
 
 @implementer(IBroker)
@@ -226,7 +234,7 @@ class MemoryBroker:
     def _channel(self, name: str) -> _Channel:
         found = self._channels.get(name)
         if found is None:
-            found = self._channels[name] = _Channel(name)
+            found = self._channels[name] = _Channel(name, position=f"{self.epoch}-0")
         return found
 
     def _forget_if_idle(self, channel: _Channel) -> None:
@@ -243,7 +251,7 @@ class MemoryBroker:
             return fail(ValueError(f"invalid channel name: {channel!r}"))
         state = self._channel(channel)
         state.last_seq += 1
-        event_id = f"{self.epoch}-{state.last_seq}"
+        event_id = state.position = f"{self.epoch}-{state.last_seq}"
         published = Published(
             channel,
             event_id,
@@ -288,23 +296,43 @@ class MemoryBroker:
         self, channel: str, deliver: Deliver, last_event_id: str | None = None
     ) -> Deferred[Subscription]:
         """See :meth:`IBroker.subscribe`."""
-        if not valid_channel(channel):
-            return fail(ValueError(f"invalid channel name: {channel!r}"))
-        state = self._channel(channel)
-        subscription = Subscription(channel)
+        try:
+            return succeed(self.subscribe_now(channel, deliver, last_event_id))
+        except ValueError as error:
+            return fail(error)
+
+    def subscribe_now(
+        self, channel: str, deliver: Deliver, last_event_id: str | None = None
+    ) -> Subscription:
+        """
+        :meth:`subscribe` without the Deferred: this broker answers at once,
+        and the hub opens its subscribers' streams before their request's
+        ``render`` returns.
+
+        :raises ValueError: for an invalid channel name.
+        """
+        state = self._channels.get(channel)
+        if state is None:
+            if not valid_channel(channel):
+                raise ValueError(f"invalid channel name: {channel!r}")
+            state = self._channels[channel] = _Channel(
+                channel, position=f"{self.epoch}-0"
+            )
+        token = self._next_token
+        self._next_token += 1
+        subscription = _MemorySubscription(
+            channel, state=state, token=token, broker=self
+        )
         if last_event_id:
             replay, subscription.history_lost = self._replay(state, last_event_id)
             for published in replay:
                 deliver(published)
             subscription.replayed = len(replay)
-        subscription.position = f"{self.epoch}-{state.last_seq}"
+        subscription.position = state.position
         # Same reactor turn as the replay: nothing can be published between
         # the two, so there is no gap and no duplicate at the handoff.
-        token = self._next_token
-        self._next_token += 1
         state.subscribers[token] = deliver
-        subscription._cancel = _Unsubscribe(self, state, token)
-        return succeed(subscription)
+        return subscription
 
     def _replay(
         self, state: _Channel, last_event_id: str

@@ -24,7 +24,14 @@ from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
-from ._broker import BrokerUnavailable, IBroker, Published, Subscription, valid_channel
+from ._broker import (
+    BrokerUnavailable,
+    IBroker,
+    MemoryBroker,
+    Published,
+    Subscription,
+    valid_channel,
+)
 from ._event import Event
 from ._stream import (
     DEFAULT_HEARTBEAT,
@@ -273,6 +280,15 @@ class Hub:
         self.max_queue_events = max_queue_events
         self.max_queue_bytes = max_queue_bytes
         self.authorizer = authorizer
+        # The in-memory broker answers subscriptions at once: the hub then
+        # opens streams without a Deferred on the way (unless a subclass
+        # changed how it subscribes).
+        self._subscribe_now: Callable[..., Subscription] | None = (
+            broker.subscribe_now
+            if isinstance(broker, MemoryBroker)
+            and type(broker).subscribe is MemoryBroker.subscribe
+            else None
+        )
         # The channel resources with open streams, so that every subscriber
         # of a channel shares one (and its set of streams).
         self._live: dict[str, ChannelResource] = {}
@@ -379,7 +395,11 @@ class ChannelResource(StreamResource):
         )
         self.hub = hub
         self.channel = channel
+        self._valid = valid_channel(channel)
         self._opening: tuple[str, bytes] | None = None
+        # The handoff whose broker subscription is being made right now
+        # (see _subscribe).
+        self._answering: _Handoff | None = None
 
     def log_fields(self, request: Any) -> dict[str, object]:
         """Name a subscriber's stream by its channel in the logs."""
@@ -389,18 +409,22 @@ class ChannelResource(StreamResource):
 
     def render_GET(self, request: Any) -> bytes | int:
         """Subscribe: authorise, replay after Last-Event-ID, then go live."""
-        if not valid_channel(self.channel):
+        if not self._valid:
             return _json_error(request, 400, f"invalid channel name: {self.channel!r}")
         refused = self.refusal(request)
         if refused is not None:
             self.send_away(request, refused)
             return NOT_DONE_YET
-        # Fired once the client has gone (nothing finishes the request
-        # before the stream opens), and then it ends the stream.  Without an
-        # authoriser, and with a broker that answers at once (the in-memory
-        # one), the stream opens before this method returns.
-        finished = request.notifyFinish()
+        # Without an authoriser, on the in-memory broker, the stream opens
+        # before this method returns.  Otherwise, `finished` fires once the
+        # client has gone (nothing finishes the request before the stream
+        # opens), and then it ends the stream.
         authorizer = self.hub.authorizer
+        subscribe_now = self.hub._subscribe_now
+        if authorizer is None and subscribe_now is not None:
+            self._subscribe_now(request, subscribe_now)
+            return NOT_DONE_YET
+        finished = request.notifyFinish()
         if authorizer is None:
             self._subscribe(request, finished)
         else:
@@ -418,64 +442,91 @@ class ChannelResource(StreamResource):
             request.write(_json_error(request, 403, "not allowed to subscribe"))
             request.finish()
         else:
-            self._subscribe(request, finished)
+            # Admission again: while the authoriser took its time, other
+            # streams may have opened, or the drain begun.
+            refused = self.refusal(request)
+            if refused is not None:
+                self.send_away(request, refused)
+            else:
+                self._subscribe(request, finished)
+
+    def _subscribe_now(
+        self, request: Any, subscribe_now: Callable[..., Subscription]
+    ) -> None:
+        last_event_id = _last_event_id(request)
+        handoff = _Handoff(self.max_queue_events, self.max_queue_bytes)
+        subscription = subscribe_now(self.channel, handoff, last_event_id)
+        try:
+            self._go_live(request, None, subscription, handoff, bool(last_event_id))
+        except Exception:
+            subscription.cancel()
+            self._subscribe_failed(Failure(), request, None)
 
     def _subscribe(self, request: Any, finished: Deferred[None]) -> None:
         last_event_id = _last_event_id(request)
         handoff = _Handoff(self.max_queue_events, self.max_queue_bytes)
-        # The in-memory broker answers at once: the stream then opens before
-        # this returns.
-        self.hub.broker.subscribe(self.channel, handoff, last_event_id).addCallbacks(
-            self._subscribed,
-            self._broker_unavailable,
-            callbackArgs=(request, finished, handoff, bool(last_event_id)),
-            errbackArgs=(request, finished),
-        ).addErrback(self._subscribe_failed, request, finished)
+        # A broker that answers at once calls _subscribed before this
+        # returns: the admission decided just before still holds.
+        self._answering = handoff
+        try:
+            self.hub.broker.subscribe(self.channel, handoff, last_event_id).addBoth(
+                self._subscribed, request, finished, handoff, bool(last_event_id)
+            )
+        finally:
+            self._answering = None
 
     def _subscribed(
         self,
-        subscription: Subscription,
+        result: Subscription | Failure,
         request: Any,
         finished: Deferred[None],
         handoff: _Handoff,
         resuming: bool,
     ) -> None:
-        if finished.called:
-            subscription.cancel()
-            _abandon(finished)
+        if isinstance(result, Failure):
+            if not result.check(BrokerUnavailable):
+                self._subscribe_failed(result, request, finished)
+            elif finished.called:
+                _abandon(finished)
+            else:
+                self.send_away(request, str(result.value))
             return
-        # Admission again: while the authoriser or the broker took their
-        # time, other streams may have opened, or the drain begun.
-        refused = self.refusal(request)
-        if refused is not None:
-            subscription.cancel()
-            self.send_away(request, refused)
-            return
-        self._go_live(request, finished, subscription, handoff, resuming)
-
-    def _broker_unavailable(
-        self, failure: Failure, request: Any, finished: Deferred[None]
-    ) -> None:
-        failure.trap(BrokerUnavailable)
-        if finished.called:
-            _abandon(finished)
-        else:
-            self.send_away(request, str(failure.value))
+        try:
+            if finished.called:
+                result.cancel()
+                _abandon(finished)
+                return
+            if self._answering is not handoff:
+                # Admission again: while the broker took its time, other
+                # streams may have opened, or the drain begun.
+                refused = self.refusal(request)
+                if refused is not None:
+                    result.cancel()
+                    self.send_away(request, refused)
+                    return
+            self._go_live(request, finished, result, handoff, resuming)
+        except Exception:
+            result.cancel()
+            self._subscribe_failed(Failure(), request, finished)
 
     def _subscribe_failed(
-        self, failure: Failure, request: Any, finished: Deferred[None]
+        self, failure: Failure, request: Any, finished: Deferred[None] | None
     ) -> None:
         _log.failure("Subscribing to {channel} failed", failure, channel=self.channel)
-        if finished.called:
+        if finished is not None and finished.called:
             _abandon(finished)
-        else:
+        elif not request.startedWriting:
             request.write(_json_error(request, 500, "internal error"))
             request.finish()
+        else:
+            # The stream had started: end the connection, and its client
+            # comes back.
+            request.loseConnection()
 
     def _go_live(
         self,
         request: Any,
-        finished: Deferred[None],
+        finished: Deferred[None] | None,
         subscription: Subscription,
         handoff: _Handoff,
         resuming: bool,
@@ -519,7 +570,7 @@ class ChannelResource(StreamResource):
 
     def render_HEAD(self, request: Any) -> bytes:
         """Answer the headers a GET would get (400 for a bad name)."""
-        if not valid_channel(self.channel):
+        if not self._valid:
             return _json_error(request, 400, f"invalid channel name: {self.channel!r}")
         return super().render_HEAD(request)
 
@@ -530,7 +581,7 @@ class ChannelResource(StreamResource):
         self.set_cors_headers(request)
         try:
             self._check_publisher(request)
-            if not valid_channel(self.channel):
+            if not self._valid:
                 raise _BadRequest(400, f"invalid channel name: {self.channel!r}")
             event, key = self._read_event(request)
         except _BadRequest as error:
