@@ -14,6 +14,7 @@ These run under pytest only (trial does not collect plain functions).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -625,6 +626,56 @@ async def test_handoff_under_load(redis: SharedRedis, brokers: Make) -> None:
     await sleep(0.1)
     for got in collectors:
         assert got.ids == expected
+
+
+def _xinfo_calls(redis: SharedRedis) -> int:
+    """How many XINFO commands the shared Redis has run since it started."""
+    info = redis.command("INFO", "commandstats")
+    assert isinstance(info, bytes)
+    found = re.search(rb"cmdstat_xinfo\|stream:calls=(\d+)", info)
+    found = found or re.search(rb"cmdstat_xinfo:calls=(\d+)", info)
+    return int(found.group(1)) if found else 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_new_subscribers_share_a_snapshot(
+    redis: SharedRedis, brokers: Make
+) -> None:
+    """
+    New subscribers of a channel in one reactor turn share one read of its
+    state, and each gets every event after the position it was given, with
+    no gap, while events pour in from another process.
+    """
+    a, b = brokers(history=100_000), brokers(history=100_000)
+    await ready(a, b)
+    await a.publish("news", Event(data="start"))
+    before = _xinfo_calls(redis)
+    waves: list[list[tuple[Collector, Deferred[Any]]]] = []
+
+    async def publish() -> None:
+        for n in range(0, 1000, 10):
+            await _burst(a, n)
+
+    publishing = Deferred.fromCoroutine(publish())
+    for _ in range(5):
+        await sleep(0.01)
+        wave = []
+        for _ in range(20):
+            got = Collector()
+            wave.append((got, b.subscribe("news", got)))
+        waves.append(wave)
+    subscribed = [
+        (got, await subscribing) for wave in waves for got, subscribing in wave
+    ]
+    await publishing
+    # One read for each wave of twenty (another process may add its own).
+    assert _xinfo_calls(redis) - before <= len(waves) + 1
+    for got, subscription in subscribed:
+        expected = redis.ids("news", after=subscription.position)
+        await got.wait(len(expected))
+    await sleep(0.1)
+    for got, subscription in subscribed:
+        assert got.ids == redis.ids("news", after=subscription.position)
 
 
 async def _burst(broker: RedisBroker, n: int) -> None:

@@ -901,6 +901,9 @@ class _Channel:
     #: reconnect, or when the reader fell behind).
     check: bool = False
     subscribers: dict[int, _Local] = field(factory=dict)
+    #: New subscribers waiting for the channel's snapshot that is read once
+    #: for all of them at the end of this reactor turn; ``None`` when none.
+    waiting: list[Deferred[_Snapshot]] | None = None
 
 
 @implementer(IBroker)
@@ -1097,7 +1100,10 @@ class RedisBroker(Service):
         after = parse_event_id(last_event_id) if last_event_id else None
         if last_event_id and after is None:
             subscription.history_lost = "malformed"
-        snapshot = await _read_snapshot(self._commands, state.key, after, _BATCH)
+        if after is None:
+            snapshot = await self._shared_snapshot(state)
+        else:
+            snapshot = await _read_snapshot(self._commands, state.key, after, _BATCH)
         self._follow(state, snapshot)
         # 0-0 for a stream that does not exist (yet): resuming from it gets
         # every event from the first on.
@@ -1126,6 +1132,37 @@ class RedisBroker(Service):
         subscription.replayed = len(replay)
         subscription.position = _format_id(position)
         return replay, position
+
+    def _shared_snapshot(self, state: _Channel) -> Deferred[_Snapshot]:
+        """
+        The channel's state (no entries), read once for every subscriber
+        that asks during this reactor turn: a burst of new subscribers (a
+        deploy, a network blip) costs Redis one transaction per channel and
+        turn instead of one each.
+
+        It is read at the end of the turn, after every subscriber sharing it
+        has joined the fan-out, and the reader's next events are handled
+        only after that: so every event after the position it gives reaches
+        all of them, with no gap.
+        """
+        answer: Deferred[_Snapshot] = Deferred()
+        if state.waiting is None:
+            state.waiting = []
+            self._clock.callLater(0, self._read_shared_snapshot, state)
+        state.waiting.append(answer)
+        return answer
+
+    def _read_shared_snapshot(self, state: _Channel) -> None:
+        waiting, state.waiting = state.waiting or [], None
+
+        def answer(result: _Snapshot | Failure) -> None:
+            for each in waiting:
+                if isinstance(result, Failure):
+                    each.errback(result)
+                else:
+                    each.callback(result)
+
+        _read_snapshot(self._commands, state.key, None, 0).addBoth(answer)
 
     def _follow(self, state: _Channel, snapshot: _Snapshot) -> None:
         """Have the reader follow ``state`` from the snapshot on, if new."""
