@@ -23,12 +23,11 @@ Two ways to serve ``/events``, both through twisted_sse:
     :class:`~twisted_sse.Event` and the same bytes are written to every
     stream with :meth:`~twisted_sse.EventStream.write`.  Public API only.
 ``--via hub``
-    The broadcast hub: ``/events`` is a channel of a ``Hub`` on a broker
-    (``--broker memory``, or ``redis`` once ``twisted_sse.RedisBroker``
-    exists) and each event goes through ``hub.publish``.  Frames then carry
-    an ``id:`` line; the padding is shortened so the frame stays ``size``
-    bytes.  ``Hub`` and ``MemoryBroker`` are not exported by
-    ``twisted_sse`` yet, so this mode imports them from the private modules.
+    The broadcast hub: ``/events`` is a channel of a
+    :class:`~twisted_sse.Hub` on a broker (``--broker memory`` or
+    ``redis``) and each event goes through ``hub.publish``.  Frames then
+    carry an ``id:`` line; the padding is shortened so the frame stays
+    ``size`` bytes.  Public API only.
 
 Run it by hand::
 
@@ -173,24 +172,17 @@ class HubBroadcaster(Broadcaster):
     """A channel of the broadcast hub, on an in-memory or Redis broker."""
 
     def __init__(self, broker_name: str, redis_url: str) -> None:
-        # Not exported by twisted_sse (yet): see the module docstring.
-        from twisted_sse._broker import MemoryBroker
-        from twisted_sse._hub import Hub
-
         broker: Any
         if broker_name == "redis":
-            redis_broker = getattr(twisted_sse, "RedisBroker", None)
-            if redis_broker is None:
-                raise SystemExit("this twisted_sse has no RedisBroker")
             address = twisted_sse.parse_redis_url(redis_url)
-            broker = redis_broker(reactor, address)
+            broker = twisted_sse.RedisBroker(reactor, address)
             broker.startService()
             self.epoch = None
         else:
-            broker = MemoryBroker()
+            broker = twisted_sse.MemoryBroker()
             self.epoch = broker.epoch
         self.broker = broker
-        self.hub = Hub(broker, clock=reactor, retry=1000, allow_origin="*")
+        self.hub = twisted_sse.Hub(broker, clock=reactor, retry=1000, allow_origin="*")
         self._resource = self.hub.channel_resource(CHANNEL)
 
     def resource(self) -> Resource:
