@@ -207,6 +207,9 @@ async def test_request_readable_after_open() -> None:
         ]
         request.requestHeaders.setRawHeaders(b"X-New", [b"1"])
         assert request.getHeader(b"x-new") == b"1"
+        copied = request.requestHeaders.copy()
+        assert list(copied.getRawHeaders(b"x-twice")) == [b"a", b"b", b"c"]
+        assert copied.getRawHeaders(b"user-agent") == (b"probe/1",)
         # The (empty) body is shared and read-only.
         assert request.content.read() == b""
         with pytest.raises(OSError):

@@ -23,7 +23,7 @@ import inspect
 import itertools
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from functools import partial
 from io import BytesIO
 from random import Random
@@ -365,12 +365,21 @@ class _KeptHeaders(Headers):
 
     __slots__ = ()
 
-    def __init__(self, headers: Headers) -> None:
-        super().__init__()
+    def __init__(self, rawHeaders: Any = None) -> None:
+        # As Headers takes them (so that copy() works), then kept in tuples.
+        super().__init__(rawHeaders)
+        self._keep(self._rawHeaders.items())
+
+    @classmethod
+    def of(cls, headers: Headers) -> _KeptHeaders:
+        """``headers``, kept (their names and values are already clean)."""
+        kept = cls()
+        kept._keep(headers.getAllRawHeaders())
+        return kept
+
+    def _keep(self, items: Iterable[tuple[bytes, Sequence[bytes]]]) -> None:
         # The documented ivar of Headers: a dict of canonical names to values.
-        kept: dict[bytes, Any] = {
-            name: tuple(values) for name, values in headers.getAllRawHeaders()
-        }
+        kept: dict[bytes, Any] = {name: tuple(values) for name, values in items}
         self._rawHeaders = kept
 
     def addRawHeader(self, name: str | bytes, value: str | bytes) -> None:
@@ -558,7 +567,7 @@ class EventStream:
         self._chunked = bool(request.chunked)
         request.responseHeaders = _SENT_HEADERS
         request.cookies = _SENT_COOKIES
-        request.requestHeaders = _KeptHeaders(request.requestHeaders)
+        request.requestHeaders = _KeptHeaders.of(request.requestHeaders)
         content = request.content
         if type(content) is BytesIO and not content.getbuffer().nbytes:
             content.close()
