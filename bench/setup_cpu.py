@@ -41,7 +41,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import build_client, free_port, raise_nofile  # noqa: E402
+from run import build_client, free_port, raise_nofile, taskset  # noqa: E402
 
 #: Runs the server with a gc.callbacks hook; writes the counts at exit.
 _GC_HOOK = """
@@ -71,6 +71,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def clients(port: int) -> int:
+    """The open streams the server counts (its ``/stats``)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats") as answer:
+        count: int = json.load(answer)["clients"]
+    return count
+
+
 def wait_ready(port: int, deadline: float) -> None:
     while time.monotonic() < deadline:
         try:
@@ -83,11 +90,10 @@ def wait_ready(port: int, deadline: float) -> None:
 
 
 def one_run(
-    name: str, command: list[str], n: int, client: Path, pin: bool
+    name: str, command: list[str], n: int, client: Path, cpus: tuple[str, str]
 ) -> dict[str, Any]:
     port = free_port()
-    server_cpu = ["taskset", "-c", "0"] if pin else []
-    client_cpu = ["taskset", "-c", "1"] if pin else []
+    server_cpu, client_cpu = (taskset(cpu) for cpu in cpus)
     with tempfile.TemporaryDirectory() as scratch:
         hook = Path(scratch) / "gc_hook.py"
         hook.write_text(_GC_HOOK)
@@ -117,12 +123,16 @@ def one_run(
             load = subprocess.Popen(
                 [*client_cpu, str(client), *flags], stdout=subprocess.PIPE, text=True
             )
-            # Idle with every connection open: three equal readings in a row.
-            last, same = before, 0
+            # Every connection open (the server counts them), then idle:
+            # three equal readings in a row.
+            deadline = time.monotonic() + 120
+            while clients(port) < n and time.monotonic() < deadline:
+                time.sleep(0.1)
+            last, same = cpu_seconds(server.pid), 0
             while same < 3:
                 time.sleep(0.1)
                 now = cpu_seconds(server.pid)
-                same = same + 1 if now == last and now > before else 0
+                same = same + 1 if now == last else 0
                 last = now
             output = load.communicate(timeout=180)[0]
         finally:
@@ -156,8 +166,14 @@ def main(argv: list[str] | None = None) -> int:
         ),
         help="the shared harness's twisted_peer.py (skipped when missing)",
     )
-    args = parser.parse_args(argv)
     two_cores = (os.cpu_count() or 1) >= 2
+    parser.add_argument(
+        "--server-cpu", default="0" if two_cores else "", help="'' = no pinning"
+    )
+    parser.add_argument(
+        "--client-cpu", default="1" if two_cores else "", help="'' = no pinning"
+    )
+    args = parser.parse_args(argv)
     commands = {
         "naive": [args.naive],
         "stream": [str(HERE / "peer.py")],
@@ -179,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.repeat):
             # Interleaved, so that a change in the machine's load hits all.
             for name in servers:
-                result = one_run(name, commands[name], n, client, two_cores)
+                result = one_run(
+                    name, commands[name], n, client, (args.server_cpu, args.client_cpu)
+                )
                 print(json.dumps(result), flush=True)
                 results.append(result)
     print()

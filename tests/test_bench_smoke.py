@@ -1,6 +1,6 @@
 """
-A tiny run of ``bench/run.py``, so the benchmark keeps working: ten clients,
-a second per phase, no timing assertion.
+Tiny runs of ``bench/run.py`` and ``bench/setup_cpu.py``, so the benchmarks
+keep working: ten clients, a second per phase, no timing assertion.
 """
 
 from __future__ import annotations
@@ -75,3 +75,31 @@ class BenchSmokeTests(SynchronousTestCase):
             self.assertGreater(result["sat_delivered"], 0)
         self.assertIn("| 10 | stream |", done.stdout)
         self.assertEqual(len(list(self.out.glob("*.jsonl"))), 1)
+
+    def test_setup_cpu_smoke(self) -> None:
+        """``bench/setup_cpu.py`` for ten connections: a line per run, a table."""
+        done = subprocess.run(
+            [
+                sys.executable,
+                str(RUN.parent / "setup_cpu.py"),
+                *("--sizes", "10", "--repeat", "1", "--servers", "stream,hub"),
+                *("--server-cpu", "", "--client-cpu", ""),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
+        results = [
+            json.loads(line)
+            for line in done.stdout.splitlines()
+            if line.startswith("{")
+        ]
+        self.assertEqual(
+            [(r["server"], r["n"]) for r in results], [("stream", 10), ("hub", 10)]
+        )
+        for result in results:
+            self.assertEqual(result["connected"], 10)
+            self.assertGreaterEqual(result["setup_cpu_s"], 0)
+            self.assertIsInstance(result["full_collections"], int)
+        self.assertIn("| 10 | hub |", done.stdout)
