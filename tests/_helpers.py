@@ -1,12 +1,19 @@
 """
 Small pieces several test modules share: a broker subscriber that records
-what it is given, and the context-manager half of the test's own clients.
+what it is given, the context-manager half of the test's own clients, and a
+raw HTTP client for the real-socket tests.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.python.failure import Failure
 
 from twisted_sse import Published
 from twisted_sse.testing import parse_events
@@ -49,3 +56,61 @@ class Closing:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+class RawClient(Protocol):
+    """Sends ``request`` as it is and keeps every byte of the answer."""
+
+    def __init__(self, request: bytes) -> None:
+        self.request = request
+        self.data = b""
+        self.lost: Deferred[None] = Deferred()
+        self._waiting: list[tuple[Callable[[bytes], bool], Deferred[bytes]]] = []
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.request)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        for entry in list(self._waiting):
+            if entry[0](self.data):
+                self._waiting.remove(entry)
+                entry[1].callback(self.data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost.callback(None)
+
+    def wait_for(self, predicate: Callable[[bytes], bool]) -> Deferred[bytes]:
+        """Fire with all bytes so far once ``predicate`` holds for them."""
+        done: Deferred[bytes] = Deferred()
+        if predicate(self.data):
+            done.callback(self.data)
+        else:
+            self._waiting.append((predicate, done))
+        return done.addTimeout(10, _reactor())
+
+    def hang_up(self) -> None:
+        """Close the connection from the client's side."""
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+
+def get_request(path: str, version: str = "1.1", *headers: str) -> bytes:
+    """A ``GET`` of ``path`` with a ``Host`` header and ``headers``."""
+    lines = [f"GET {path} HTTP/{version}", "Host: localhost", *headers, "", ""]
+    return "\r\n".join(lines).encode()
+
+
+async def connect_raw(port: int, request: bytes) -> RawClient:
+    """A :class:`RawClient` connected to 127.0.0.1:``port``."""
+    client = RawClient(request)
+    endpoint = TCP4ClientEndpoint(_reactor(), "127.0.0.1", port)
+    await endpoint.connect(Factory.forProtocol(lambda: client))
+    return client

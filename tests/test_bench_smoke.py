@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -43,15 +44,17 @@ class BenchSmokeTests(SynchronousTestCase):
         self.out = Path(tempfile.mkdtemp(prefix="twisted-sse-bench-"))
         self.addCleanup(shutil.rmtree, self.out, True)
 
-    def test_smoke(self) -> None:
-        """N=10 for a second: one JSON line per configuration, every event there."""
+    def run_script(self, script: Path, *args: str) -> tuple[str, list[dict[str, Any]]]:
+        """Run a benchmark script unpinned: its output and its JSON lines."""
         done = subprocess.run(
             [
                 sys.executable,
-                str(RUN),
-                *("--sizes", "10", "--paced-s", "1", "--sat-s", "1"),
-                *("--configs", "stream,hub-memory"),
-                *("--server-cpu", "", "--client-cpu", "", "--out", str(self.out)),
+                str(script),
+                *args,
+                "--server-cpu",
+                "",
+                "--client-cpu",
+                "",
             ],
             capture_output=True,
             text=True,
@@ -63,6 +66,15 @@ class BenchSmokeTests(SynchronousTestCase):
             for line in done.stdout.splitlines()
             if line.startswith("{")
         ]
+        return done.stdout, results
+
+    def test_smoke(self) -> None:
+        """N=10 for a second: one JSON line per configuration, every event there."""
+        stdout, results = self.run_script(
+            RUN,
+            *("--sizes", "10", "--paced-s", "1", "--sat-s", "1"),
+            *("--configs", "stream,hub-memory", "--out", str(self.out)),
+        )
         self.assertEqual(
             [(r["config"], r["n"]) for r in results],
             [("stream", 10), ("hub-memory", 10)],
@@ -73,28 +85,15 @@ class BenchSmokeTests(SynchronousTestCase):
             self.assertEqual(result["lost_connections"], 0)
             self.assertEqual(result["lost_events"], 0)
             self.assertGreater(result["sat_delivered"], 0)
-        self.assertIn("| 10 | stream |", done.stdout)
+        self.assertIn("| 10 | stream |", stdout)
         self.assertEqual(len(list(self.out.glob("*.jsonl"))), 1)
 
     def test_setup_cpu_smoke(self) -> None:
         """``bench/setup_cpu.py`` for ten connections: a line per run, a table."""
-        done = subprocess.run(
-            [
-                sys.executable,
-                str(RUN.parent / "setup_cpu.py"),
-                *("--sizes", "10", "--repeat", "1", "--servers", "stream,hub"),
-                *("--server-cpu", "", "--client-cpu", ""),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
+        stdout, results = self.run_script(
+            RUN.parent / "setup_cpu.py",
+            *("--sizes", "10", "--repeat", "1", "--servers", "stream,hub"),
         )
-        self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
-        results = [
-            json.loads(line)
-            for line in done.stdout.splitlines()
-            if line.startswith("{")
-        ]
         self.assertEqual(
             [(r["server"], r["n"]) for r in results], [("stream", 10), ("hub", 10)]
         )
@@ -102,4 +101,4 @@ class BenchSmokeTests(SynchronousTestCase):
             self.assertEqual(result["connected"], 10)
             self.assertGreaterEqual(result["setup_cpu_s"], 0)
             self.assertIsInstance(result["full_collections"], int)
-        self.assertIn("| 10 | hub |", done.stdout)
+        self.assertIn("| 10 | hub |", stdout)

@@ -10,19 +10,16 @@ socket-free equivalents in test_stream.py run under both.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 import pytest_twisted
 from klein import Klein
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.defer import maybeDeferred
+from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import deferLater
-from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -33,6 +30,8 @@ from twisted_sse import (
     counter,
 )
 
+from ._helpers import RawClient, connect_raw, get_request
+
 
 def _reactor() -> Any:
     from twisted.internet import reactor
@@ -40,46 +39,8 @@ def _reactor() -> Any:
     return reactor
 
 
-class RawClient(Protocol):
-    """Sends one GET and keeps every byte of the response."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.data = b""
-        self.lost: Deferred[None] = Deferred()
-        self._waiting: list[tuple[Callable[[bytes], bool], Deferred[bytes]]] = []
-
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.write(
-            f"GET {self.path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode()
-        )
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-        for entry in list(self._waiting):
-            if entry[0](self.data):
-                self._waiting.remove(entry)
-                entry[1].callback(self.data)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.lost.callback(None)
-
-    def wait_for(self, predicate: Callable[[bytes], bool]) -> Deferred[bytes]:
-        """Fire with all bytes so far once ``predicate`` holds for them."""
-        done: Deferred[bytes] = Deferred()
-        if predicate(self.data):
-            done.callback(self.data)
-        else:
-            self._waiting.append((predicate, done))
-        return done.addTimeout(10, _reactor())
-
-
 async def connect(port: int, path: str) -> RawClient:
-    client = RawClient(path)
-    endpoint = TCP4ClientEndpoint(_reactor(), "127.0.0.1", port)
-    await endpoint.connect(Factory.forProtocol(lambda: client))
-    return client
+    return await connect_raw(port, get_request(path))
 
 
 class Listening:

@@ -978,7 +978,7 @@ async def _request(
     port: int, method: str, path: str, body: bytes = b"", headers: str = ""
 ) -> tuple[int, bytes]:
     """One HTTP/1.1 request with Connection: close; the status and body."""
-    client = _Raw(
+    client = _helpers.RawClient(
         f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
         f"Content-Length: {len(body)}\r\n{headers}\r\n".encode()
         + body
@@ -1003,23 +1003,6 @@ def _unchunk(data: bytes) -> bytes:
     return body
 
 
-class _Raw(Protocol):
-    def __init__(self, request: bytes) -> None:
-        self.request = request
-        self.data = b""
-        self.lost: Deferred[None] = Deferred()
-
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.write(self.request)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.lost.callback(None)
-
-
 @pytest_twisted.ensureDeferred
 async def test_redis_restart_over_http(server: tools.RedisServer) -> None:
     """
@@ -1032,7 +1015,7 @@ async def test_redis_restart_over_http(server: tools.RedisServer) -> None:
     port = reactor.listenTCP(0, Site(app.resource()), interface="127.0.0.1")
     web = port.getHost().port
     auth = "Authorization: Bearer T\r\nContent-Type: text/plain\r\n"
-    stream = _Raw(b"GET /channels/news HTTP/1.1\r\nHost: x\r\n\r\n")
+    stream = _helpers.RawClient(b"GET /channels/news HTTP/1.1\r\nHost: x\r\n\r\n")
     try:
         broker.startService()
         await ready(broker)
@@ -1078,9 +1061,9 @@ async def test_redis_restart_over_http(server: tools.RedisServer) -> None:
         await broker.stop()
 
 
-async def _stream(port: int, last_event_id: str) -> _Raw:
+async def _stream(port: int, last_event_id: str) -> _helpers.RawClient:
     """Open ``/channels/news`` with a Last-Event-ID; wait for the headers."""
-    stream = _Raw(
+    stream = _helpers.RawClient(
         b"GET /channels/news HTTP/1.1\r\nHost: x\r\n"
         + f"Last-Event-ID: {last_event_id}\r\n\r\n".encode()
     )
@@ -1101,9 +1084,9 @@ async def test_http_resume_over_redis(brokers: Make) -> None:
         0, Site(SSEApp(reactor, broker=broker).resource()), interface="127.0.0.1"
     )
     web = port.getHost().port
-    streams: list[_Raw] = []
+    streams: list[_helpers.RawClient] = []
 
-    def events(stream: _Raw) -> list[Any]:
+    def events(stream: _helpers.RawClient) -> list[Any]:
         return parse_events(_unchunk(stream.data.partition(b"\r\n\r\n")[2]))
 
     try:

@@ -17,53 +17,21 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import deferLater
 from twisted.internet.tcp import Connection
-from twisted.python.failure import Failure
 from twisted.web.resource import EncodingResourceWrapper, IResource, Resource
 from twisted.web.server import GzipEncoderFactory, Request, Site
 
 from twisted_sse import Event, EventStream, EventStreamResource, Hub, MemoryBroker
+
+from ._helpers import RawClient, connect_raw, get_request
 
 
 def _reactor() -> Any:
     from twisted.internet import reactor
 
     return reactor
-
-
-class RawClient(Protocol):
-    """Sends one request and keeps every byte of the answer."""
-
-    def __init__(self, request: bytes) -> None:
-        self.request = request
-        self.received = b""
-        self.lost: Deferred[None] = Deferred()
-
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.write(self.request)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.lost.callback(None)
-
-    async def until(self, marker: bytes) -> bytes:
-        """Wait until ``marker`` has arrived; the bytes so far."""
-        for _ in range(500):
-            if marker in self.received:
-                return self.received
-            await deferLater(_reactor(), 0.01)
-        raise AssertionError(f"{marker!r} never arrived: {self.received!r}")
-
-    def hang_up(self) -> None:
-        assert self.transport is not None
-        self.transport.loseConnection()
 
 
 class OrdinaryRequest(Request):
@@ -99,18 +67,6 @@ async def serving(
         await port.stopListening()
 
 
-async def connect(port: int, request: bytes) -> RawClient:
-    client = RawClient(request)
-    endpoint = TCP4ClientEndpoint(_reactor(), "127.0.0.1", port)
-    await endpoint.connect(Factory.forProtocol(lambda: client))
-    return client
-
-
-def get(path: str = "/", version: str = "1.1", *headers: str) -> bytes:
-    lines = [f"GET {path} HTTP/{version}", "Host: localhost", *headers, "", ""]
-    return "\r\n".join(lines).encode()
-
-
 def stream_resource(streams: list[EventStream], **options: Any) -> Resource:
     root = Resource()
     root.putChild(
@@ -129,8 +85,8 @@ async def first_answer(
 ) -> tuple[bytes, RawClient]:
     """The head and first frame ``resource`` sends for ``request``."""
     async with serving(resource, request_class) as (_, port):
-        client = await connect(port, request)
-        raw = await client.until(b"\n\n")
+        client = await connect_raw(port, request)
+        raw = await client.wait_for(lambda data: b"\n\n" in data)
         return raw, client
 
 
@@ -144,7 +100,7 @@ async def test_head_is_twisteds(version: str, allow_origin: str | None) -> None:
         streams: list[EventStream] = []
         resource = stream_resource(streams, retry=1500, allow_origin=allow_origin)
         raw, client = await first_answer(
-            resource, get("/events", version, "User-Agent: t"), request_class
+            resource, get_request("/events", version, "User-Agent: t"), request_class
         )
         direct = isinstance(streams[0]._transport, Connection)
         assert direct is (request_class is Request)
@@ -171,7 +127,9 @@ async def test_hub_head_is_twisteds() -> None:
         root = Resource()
         root.putChild(b"channels", hub.resource())
         raw, client = await first_answer(
-            root, get("/channels/news", "1.1", "Last-Event-ID: 9-9"), request_class
+            root,
+            get_request("/channels/news", "1.1", "Last-Event-ID: 9-9"),
+            request_class,
         )
         answers.append(without_date(raw))
         client.hang_up()
@@ -188,11 +146,13 @@ async def test_request_readable_after_open() -> None:
     """
     streams: list[EventStream] = []
     async with serving(stream_resource(streams, retry=1000)) as (site, port):
-        client = await connect(
+        client = await connect_raw(
             port,
-            get("/events", "1.1", "User-Agent: probe/1", "X-Twice: a", "X-Twice: b"),
+            get_request(
+                "/events", "1.1", "User-Agent: probe/1", "X-Twice: a", "X-Twice: b"
+            ),
         )
-        await client.until(b"\n\n")
+        await client.wait_for(lambda data: b"\n\n" in data)
         stream = streams[0]
         request = stream.request
         assert isinstance(stream._transport, Connection)
@@ -219,7 +179,7 @@ async def test_request_readable_after_open() -> None:
         assert request.cookies == []
         stream.send(Event(data="hello"))
         stream.close()
-        raw = await client.until(b"\r\n0\r\n\r\n")
+        raw = await client.wait_for(lambda data: b"\r\n0\r\n\r\n" in data)
         assert b"Set-Cookie" not in raw
         assert b"data: hello\n\n" in raw
         sent = len(b"retry: 1000\n\n" + b"data: hello\n\n")
@@ -235,10 +195,10 @@ async def test_end_told_without_deferred() -> None:
     """
     streams: list[EventStream] = []
     async with serving(stream_resource(streams)) as (_, port):
-        leaving = await connect(port, get("/events"))
-        staying = await connect(port, get("/events"))
-        await leaving.until(b"\n\n")
-        await staying.until(b"\n\n")
+        leaving = await connect_raw(port, get_request("/events"))
+        staying = await connect_raw(port, get_request("/events"))
+        await leaving.wait_for(lambda data: b"\n\n" in data)
+        await staying.wait_for(lambda data: b"\n\n" in data)
         first, second = streams
         for stream in streams:
             assert stream.request.notifications == [stream]
@@ -250,7 +210,7 @@ async def test_end_told_without_deferred() -> None:
         while not first.closed:
             await deferLater(_reactor(), 0.01)
         second.close()
-        await staying.until(b"\r\n0\r\n\r\n")
+        await staying.wait_for(lambda data: b"\r\n0\r\n\r\n" in data)
         staying.hang_up()
         await staying.lost
         await deferLater(_reactor(), 0.05)
@@ -262,8 +222,8 @@ async def test_customised_request_takes_twisteds_path() -> None:
     """A request class of the application's own is served as before."""
     streams: list[EventStream] = []
     async with serving(stream_resource(streams), OrdinaryRequest) as (_, port):
-        client = await connect(port, get("/events", "1.1", "User-Agent: x"))
-        await client.until(b"\n\n")
+        client = await connect_raw(port, get_request("/events", "1.1", "User-Agent: x"))
+        await client.wait_for(lambda data: b"\n\n" in data)
         stream = streams[0]
         assert stream._transport is None
         assert stream.request.getHeader(b"user-agent") == b"x"
@@ -287,14 +247,16 @@ async def test_gzip_takes_twisteds_path() -> None:
         ),
     )
     async with serving(root) as (_, port):
-        client = await connect(port, get("/events", "1.1", "Accept-Encoding: gzip"))
+        client = await connect_raw(
+            port, get_request("/events", "1.1", "Accept-Encoding: gzip")
+        )
         while not streams:
             await deferLater(_reactor(), 0.01)
         stream = streams[0]
         assert stream._transport is None
         stream.send(Event(data="zipped"))
         stream.close()
-        raw = await client.until(b"\r\n0\r\n\r\n")
+        raw = await client.wait_for(lambda data: b"\r\n0\r\n\r\n" in data)
     head, _, body = raw.partition(b"\r\n\r\n")
     assert b"\r\nContent-Encoding: gzip" in head
     compressed = b""
