@@ -194,7 +194,7 @@ async def test_end_told_without_deferred() -> None:
     server closes is closed once.
     """
     streams: list[EventStream] = []
-    async with serving(stream_resource(streams)) as (_, port):
+    async with serving(stream_resource(streams, retry=1000)) as (site, port):
         leaving = await connect_raw(port, get_request("/events"))
         staying = await connect_raw(port, get_request("/events"))
         await leaving.wait_for(lambda data: b"\n\n" in data)
@@ -209,19 +209,22 @@ async def test_end_told_without_deferred() -> None:
         await leaving.lost
         while not first.closed:
             await deferLater(_reactor(), 0.01)
+        # A stream its client ended still gets its access-log line.
+        assert site.logged == [(None, 200, len(b"retry: 1000\n\n"))]
         second.close()
         await staying.wait_for(lambda data: b"\r\n0\r\n\r\n" in data)
         staying.hang_up()
         await staying.lost
         await deferLater(_reactor(), 0.05)
         assert ends == ["lost", "closed"]
+        assert len(site.logged) == 2
 
 
 @pytest_twisted.ensureDeferred
 async def test_customised_request_takes_twisteds_path() -> None:
     """A request class of the application's own is served as before."""
     streams: list[EventStream] = []
-    async with serving(stream_resource(streams), OrdinaryRequest) as (_, port):
+    async with serving(stream_resource(streams), OrdinaryRequest) as (site, port):
         client = await connect_raw(port, get_request("/events", "1.1", "User-Agent: x"))
         await client.wait_for(lambda data: b"\n\n" in data)
         stream = streams[0]
@@ -232,6 +235,7 @@ async def test_customised_request_takes_twisteds_path() -> None:
         while not stream.closed:
             await deferLater(_reactor(), 0.01)
         assert stream.close_reason == "lost"
+        assert site.logged == [(b"x", 200, len(b":\n\n"))]
 
 
 @pytest_twisted.ensureDeferred

@@ -91,6 +91,17 @@ def _info(format: str, **fields: object) -> None:
     _log.observer(fields)
 
 
+def _access_log(request: Any) -> None:
+    """Write ``request``'s line to its site's access log, as ``finish`` would."""
+    log = getattr(getattr(request, "site", None), "log", None)
+    if log is None:
+        return
+    try:
+        log(request)
+    except Exception:
+        _log.failure("Writing the access log failed")
+
+
 def _default_clock() -> IReactorTime:
     from twisted.internet import reactor
 
@@ -1273,6 +1284,10 @@ class StreamResource(Resource):
             dropped=stream.dropped,
             **stream.log_fields,
         )
+        if stream.close_reason != "closed":
+            # Twisted writes a request's access-log line when it finishes; a
+            # stream whose client left, or that was cut off, never finishes.
+            _access_log(stream.request)
 
     def log_fields(self, request: Any) -> dict[str, object]:
         """Structured fields that name a stream in the logs (its path)."""
