@@ -271,3 +271,28 @@ async def test_gzip_takes_twisteds_path() -> None:
         body = rest[length + 2 :]
     text = zlib.decompress(compressed, 16 + zlib.MAX_WBITS)
     assert text == b":\n\ndata: zipped\n\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_hub_waiting_subscriber_told_without_deferred() -> None:
+    """
+    A subscriber that waited (here for the authoriser) had a Deferred to
+    learn that its client left meanwhile; once its stream is open, the
+    stream takes that Deferred's place among the request's notifications.
+    """
+    broker = MemoryBroker()
+    hub = Hub(broker, clock=_reactor(), heartbeat=0, authorizer=lambda r, c: True)
+    root = Resource()
+    root.putChild(b"channels", hub.resource())
+    async with serving(root) as (_, port):
+        client = await connect_raw(port, get_request("/channels/news"))
+        await client.wait_for(lambda data: b"\n\n" in data)
+        (stream,) = hub.channel_resource("news").streams
+        assert isinstance(stream._transport, Connection)
+        assert stream.request.notifications == [stream]
+        client.hang_up()
+        await client.lost
+        while not stream.closed:
+            await deferLater(_reactor(), 0.01)
+        assert stream.close_reason == "lost"
+        assert broker.subscriber_count("news") == 0

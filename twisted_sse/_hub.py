@@ -549,6 +549,11 @@ class ChannelResource(StreamResource):
                     data=json.dumps({"reason": subscription.history_lost}),
                 ).encode()
             )
+        if finished is not None and _forget_notification(request, finished):
+            # Nothing finished the request while it waited: the stream now
+            # learns of its end itself (on the direct path, without a
+            # Deferred of its own).
+            finished = None
         stream = self.open_stream(request, *frames, finished=finished)
         handoff.attach(stream, subscription)
         self.hub._live.setdefault(self.channel, self)
@@ -695,6 +700,18 @@ def _make_event(**fields: Any) -> Event:
         return Event(**fields)
     except ValueError as error:
         raise _BadRequest(400, str(error)) from None
+
+
+def _forget_notification(request: Any, finished: Deferred[None]) -> bool:
+    """
+    Take ``finished``, which the hub asked for and gave no callbacks, out of
+    ``request``'s notifications; whether it could.
+    """
+    notifications = getattr(request, "notifications", None)
+    if not isinstance(notifications, list) or finished not in notifications:
+        return False
+    notifications.remove(finished)
+    return True
 
 
 def _abandon(finished: Deferred[None]) -> None:

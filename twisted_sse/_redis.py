@@ -904,6 +904,31 @@ class _Channel:
     #: New subscribers waiting for the channel's snapshot that is read once
     #: for all of them at the end of this reactor turn; ``None`` when none.
     waiting: list[Deferred[_Snapshot]] | None = None
+    #: The last position given to a subscriber, as an id and as text.
+    _position_text: tuple[_EventId, str] | None = field(default=None, init=False)
+
+    def position_text(self, position: _EventId) -> str:
+        """``position`` as an event id, one string for all who get it."""
+        cached = self._position_text
+        if cached is None or cached[0] != position:
+            cached = self._position_text = (position, _format_id(position))
+        return cached[1]
+
+
+@define(eq=False)
+class _RedisSubscription(Subscription):
+    """A Redis broker's subscription, which is also its own cancel handle."""
+
+    _broker: RedisBroker | None = field(default=None, repr=False)
+    _state: _Channel | None = field(default=None, repr=False)
+    _token: int = field(default=0, repr=False)
+
+    def cancel(self) -> None:
+        """Stop delivering; safe to call more than once."""
+        state, self._state = self._state, None
+        if state is not None and self._broker is not None:
+            state.subscribers.pop(self._token, None)
+            self._broker._forget_if_idle(state)
 
 
 @implementer(IBroker)
@@ -1071,7 +1096,9 @@ class RedisBroker(Service):
         token = next(self._tokens)
         local = _Local(deliver)
         state.subscribers[token] = local
-        subscription = Subscription(channel)
+        subscription = _RedisSubscription(
+            channel, broker=self, state=state, token=token
+        )
         try:
             replay, floor = await self._replay(state, subscription, last_event_id)
         except BaseException:
@@ -1086,12 +1113,6 @@ class RedisBroker(Service):
         local.floor = floor
         for event_id, published in backlog:
             self._offer(local, event_id, published)
-
-        def cancel() -> None:
-            state.subscribers.pop(token, None)
-            self._forget_if_idle(state)
-
-        subscription._cancel = cancel
         return subscription
 
     async def _replay(
@@ -1108,7 +1129,7 @@ class RedisBroker(Service):
         # 0-0 for a stream that does not exist (yet): resuming from it gets
         # every event from the first on.
         position = snapshot.last_generated
-        subscription.position = _format_id(position)
+        subscription.position = state.position_text(position)
         if after is None:
             return [], position
         if after > position:
