@@ -139,6 +139,9 @@ class DemoPageTests(SynchronousTestCase):
             " return [li.dataset.type, li.querySelector('.data').textContent]; })()"
         )
         self.assertEqual(row, ["note", "from the page"])
+        # The event may reach the page's stream before the publish's own
+        # answer reaches its form: wait for that answer too.
+        self.browser.wait(f"{text_of('publish-result')}.startsWith('Published as')")
         self.assertRegex(
             self.browser.eval(text_of("publish-result")), r"^Published as \S+$"
         )
