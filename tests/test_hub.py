@@ -44,7 +44,7 @@ from twisted_sse._hub import (
     bearer_token_authorizer,
 )
 from twisted_sse._stream import SlowClientPolicy, StreamRegistry
-from twisted_sse._tap import Options
+from twisted_sse._tap import Options, _CappedBody, _Site
 from twisted_sse.testing import SSETestClient, SSETestResponse
 
 EPOCH = 1700000000000
@@ -1775,3 +1775,48 @@ class TwistdOptionsTests(SynchronousTestCase):
             ("--drain", "-2"),
         ):
             self.assertRaises(usage.UsageError, self.parse, *args)
+
+
+class BodyCapTests(SynchronousTestCase):
+    """
+    twistd sse keeps a request's body only up to one byte more than the
+    largest publish: enough for the hub's 413, and nothing spooled to disk
+    for whoever sends gigabytes.
+    """
+
+    def test_capped_body(self) -> None:
+        body = _CappedBody(5)
+        self.assertEqual(body.write(b"abc"), 3)
+        self.assertEqual(body.write(memoryview(b"defgh")), 5)
+        self.assertEqual(body.write(b"ijk"), 3)
+        self.assertEqual(body.getvalue(), b"abcde")
+        body.seek(0)
+        self.assertEqual(body.read(), b"abcde")
+
+    def test_site_hands_out_capped_bodies(self) -> None:
+        site = _Site(Resource(), max_body=10)
+        for length in (None, 0, 5, 10**9):
+            content = site.getContentFile(length)
+            content.write(b"x" * 100)
+            self.assertEqual(content.getvalue(), b"x" * 11)
+
+    def test_over_limit_through_the_site(self) -> None:
+        """A large body gets the hub's 413; one at the limit is published."""
+        hub = HubFixture(self, max_event_bytes=64)
+        client = SSETestClient(hub.client.resource, hub.clock)
+        client.site = _Site(hub.client.resource, max_body=64, reactor=hub.clock)
+        reader = hub.subscribe()
+        at_limit = json.dumps({"data": "x" * 52}).encode()
+        self.assertEqual(len(at_limit), 64)
+        headers = {
+            "Authorization": f"Bearer {TOKEN}",
+            "Content-Type": "application/json",
+        }
+        self.assertEqual(
+            client.request("POST", "/channels/news", headers, at_limit).code, 200
+        )
+        huge = client.request("POST", "/channels/news", headers, b"x" * 1_000_000)
+        self.assertEqual(huge.code, 413)
+        self.assertIn("larger than 64 bytes", answer(huge)["error"])
+        self.assertEqual(data(reader), ["x" * 52])
+        client.disconnect_all()

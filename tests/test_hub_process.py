@@ -255,6 +255,25 @@ class HubProcessTests(SynchronousTestCase):
             400,
         )
 
+    def test_huge_body(self) -> None:
+        """
+        A 20 MB body is read and dropped past the limit (the server keeps
+        at most --max-event-bytes + 1 of it): 413 with the token, 401
+        without, and the server goes on publishing.
+        """
+        server = self.start("--publish-token", TOKEN, "--max-event-bytes", "1000")
+        huge = b"x" * 20_000_000
+        code, answer = post(server.port, huge, content_type="text/plain")
+        self.assertEqual(code, 413)
+        self.assertIn("larger than 1000 bytes", answer["error"])
+        self.assertEqual(
+            post(server.port, huge, content_type="text/plain", token=None)[0], 401
+        )
+        reader = self.reader(server)
+        reader.first_frame_id()
+        reader.until(publish(server.port, "after"))
+        self.assertEqual([e.data for e in reader.events], ["after"])
+
     def test_connection_cap(self) -> None:
         """Over --max-connections, a client gets 200, a retry: and an end."""
         server = self.start("--publish-token", TOKEN, "--max-connections", "2")

@@ -580,7 +580,7 @@ class EventStream:
         request.cookies = _SENT_COOKIES
         request.requestHeaders = _KeptHeaders.of(request.requestHeaders)
         content = request.content
-        if type(content) is BytesIO and not content.getbuffer().nbytes:
+        if isinstance(content, BytesIO) and not content.getbuffer().nbytes:
             content.close()
             request.content = _NO_BODY
 

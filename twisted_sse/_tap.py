@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from io import BytesIO
 from typing import Any, NoReturn
 
 from twisted.application.service import IService, MultiService
@@ -294,6 +295,45 @@ class Options(usage.Options):
                 ) from None
 
 
+class _CappedBody(BytesIO):
+    """
+    A request body kept up to ``cap`` bytes; the rest is read from the
+    connection and dropped.
+    """
+
+    def __init__(self, cap: int) -> None:
+        super().__init__()
+        self._room = cap
+
+    def write(self, data: Any, /) -> int:
+        """Keep what fits; report all of ``data`` as written."""
+        room = self._room
+        if room > 0:
+            kept = data[:room]
+            self._room = room - len(kept)
+            super().write(kept)
+        return len(data)
+
+
+class _Site(Site):
+    """
+    The site of ``twistd sse``.  Twisted keeps a request's whole body before
+    the resource sees it, in a temporary file beyond 100 KB, and anyone may
+    send one: the token is checked only then.  Here a body is kept up to
+    one byte more than the largest publish (``--max-event-bytes``), which
+    is all the hub needs to answer ``413``; the rest is read and dropped.
+    No other resource of the server takes a body.
+    """
+
+    def __init__(self, resource: Any, *, max_body: int, **options: Any) -> None:
+        super().__init__(resource, **options)  # type: ignore[no-untyped-call]
+        self.max_body = max_body
+
+    def getContentFile(self, length: int | None) -> BytesIO:
+        """A body for a new request (Twisted's ``Request.gotLength`` hook)."""
+        return _CappedBody(self.max_body + 1)
+
+
 def _fail(code: int, message: str) -> NoReturn:
     # One line and an exit code: a traceback helps nobody who mistyped a port.
     sys.stderr.write(f"twistd sse: {message}\n")
@@ -339,8 +379,9 @@ def makeService(options: Options) -> IService:
         max_queue_events=options["queue-events"],
         max_queue_bytes=options["queue-bytes"],
     )
-    site = Site(
+    site = _Site(
         app.resource(),
+        max_body=options["max-event-bytes"],
         timeout=options["timeout"] or None,
         logFormatter=access_log_formatter,
     )
