@@ -193,6 +193,31 @@ class DemoPageTests(SynchronousTestCase):
         self.assertEqual(errors, [])
 
 
+class SubscribeTokenTests(SynchronousTestCase):
+    """The page on a server started with --subscribe-token."""
+
+    def setUp(self) -> None:
+        require_chromium()
+        self.server = Twistd(
+            "--publish-token", TOKEN, "--subscribe-token", "reader-1", "--drain", "0.2"
+        ).start()
+        self.addCleanup(self.server.stop)
+        self.base = f"http://127.0.0.1:{self.server.port}"
+        self.browser = Browser.for_test(self)
+
+    def test_token_from_the_address(self) -> None:
+        """The page passes on its own access_token to the channel's stream."""
+        self.browser.goto(self.base + "/?access_token=reader-1#lobby")
+        self.browser.wait(f"{text_of('channel-state')} === 'open'")
+        publish(self.base, "lobby", TOKEN, data="for readers")
+        self.browser.wait(f"{text_of('channel-count')} === '1'")
+
+    def test_refused_without(self) -> None:
+        """Without it, the channel's stream is refused and not retried."""
+        self.browser.goto(self.base + "/#lobby")
+        self.browser.wait(f"{text_of('channel-state')} === 'closed'")
+
+
 class ResumeTests(SynchronousTestCase):
     """A page's EventSource on a channel across a server-side disconnect."""
 

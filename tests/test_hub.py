@@ -1720,6 +1720,8 @@ class TwistdOptionsTests(SynchronousTestCase):
         self.assertEqual(options["max-connections"], 0)
         self.assertEqual(options["max-connections-per-ip"], 0)
         self.assertEqual(options["slow-client"], SlowClientPolicy.DISCONNECT)
+        self.assertIsNone(options["subscribe-token"])
+        self.assertEqual(options["busy-retry"], 5000)
 
     def test_all(self) -> None:
         """Every hub option is parsed into its value."""
@@ -1775,6 +1777,40 @@ class TwistdOptionsTests(SynchronousTestCase):
             ("--drain", "-2"),
         ):
             self.assertRaises(usage.UsageError, self.parse, *args)
+
+
+class TwistdSubscribeOptionsTests(SynchronousTestCase):
+    """--subscribe-token, --busy-retry, and the counter's queue options."""
+
+    def test_subscribe_token(self) -> None:
+        self.patch(os, "environ", {})
+        options = Options()
+        options.parseOptions(["--subscribe-token", "R", "--busy-retry", "250"])
+        self.assertEqual(options["subscribe-token"], "R")
+        self.assertEqual(options["busy-retry"], 250)
+
+    def test_subscribe_token_from_environment(self) -> None:
+        self.patch(os, "environ", {"TWISTED_SSE_SUBSCRIBE_TOKEN": "E"})
+        options = Options()
+        options.parseOptions([])
+        self.assertEqual(options["subscribe-token"], "E")
+
+    def test_busy_retry_refused(self) -> None:
+        with self.assertRaises(usage.UsageError) as raised:
+            Options().parseOptions(["--busy-retry", "-1"])
+        self.assertIn("busy-retry", str(raised.exception))
+
+    def test_counter_takes_queue_options(self) -> None:
+        """The counter's streams get the hub's queue bounds and policy."""
+        app = SSEApp(
+            Clock(),
+            max_queue_events=7,
+            max_queue_bytes=700,
+            policy=SlowClientPolicy.LATEST,
+        )
+        self.assertEqual(app.events.max_queue_events, 7)
+        self.assertEqual(app.events.max_queue_bytes, 700)
+        self.assertEqual(app.events.policy, SlowClientPolicy.LATEST)
 
 
 class BodyCapTests(SynchronousTestCase):

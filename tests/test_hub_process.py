@@ -276,7 +276,9 @@ class HubProcessTests(SynchronousTestCase):
 
     def test_connection_cap(self) -> None:
         """Over --max-connections, a client gets 200, a retry: and an end."""
-        server = self.start("--publish-token", TOKEN, "--max-connections", "2")
+        server = self.start(
+            "--publish-token", TOKEN, "--max-connections", "2", "--busy-retry", "700"
+        )
         kept = [self.reader(server), self.reader(server)]
         for reader in kept:
             reader.first_frame_id()
@@ -287,7 +289,7 @@ class HubProcessTests(SynchronousTestCase):
         self.assertTrue(refused.ended)  # the terminating chunk
         self.assertIsNotNone(refused.parser.retry)
         assert refused.parser.retry is not None
-        self.assertTrue(5000 <= refused.parser.retry <= 10000)
+        self.assertTrue(700 <= refused.parser.retry <= 1400)
         self.assertIn(b"too many connections", refused.frames)
         self.assertEqual(refused.events, [])
         self.assertTrue(refused.response.at_eof())
@@ -296,6 +298,27 @@ class HubProcessTests(SynchronousTestCase):
         again = self.reader(server)
         again.first_frame_id()
         self.assertFalse(again.ended)
+
+    def test_subscribe_token(self) -> None:
+        """
+        With --subscribe-token, a subscriber presents it as a Bearer header
+        or as ?access_token=; one without it gets 403.
+        """
+        server = self.start("--publish-token", TOKEN, "--subscribe-token", "R-1")
+        refused = RawResponse(server.port, "/channels/news")
+        self.addCleanup(refused.close)
+        self.assertEqual(refused.code, 403)
+        by_header = RawResponse(
+            server.port, "/channels/news", headers="Authorization: Bearer R-1\r\n"
+        )
+        by_query = RawResponse(server.port, "/channels/news?access_token=R-1")
+        for response in (by_header, by_query):
+            self.addCleanup(response.close)
+            self.assertEqual(response.code, 200)
+        # The counter stream needs no token.
+        counter = RawResponse(server.port, "/events")
+        self.addCleanup(counter.close)
+        self.assertEqual(counter.code, 200)
 
     def test_stalled_reader(self) -> None:
         """

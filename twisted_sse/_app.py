@@ -54,7 +54,9 @@ class SSEApp:
     :param metrics: Serve ``GET /metrics`` (Prometheus text format).
     :param metrics_token: If set, ``/metrics`` needs this bearer token.
     :param metrics_channels: Channels that get their own metric label.
-    :param hub_options: Keyword arguments for :class:`Hub`.
+    :param hub_options: Keyword arguments for :class:`Hub`; its
+        ``max_queue_events``, ``max_queue_bytes`` and ``policy`` apply to the
+        counter stream too.
     """
 
     app = Klein()
@@ -77,6 +79,13 @@ class SSEApp:
         self.heartbeat = Heartbeat(clock, heartbeat)
         self.registry = registry if registry is not None else StreamRegistry(clock)
         self.broker = broker if broker is not None else MemoryBroker()
+        # The hub's queue bounds and default slow-client policy apply to the
+        # counter's streams too.
+        queue = {
+            name: hub_options[name]
+            for name in ("max_queue_events", "max_queue_bytes", "policy")
+            if name in hub_options
+        }
         self.events = EventStreamResource(
             counter(interval),
             clock=clock,
@@ -84,6 +93,7 @@ class SSEApp:
             heartbeat_timer=self.heartbeat,
             allow_origin=allow_origin,
             registry=self.registry,
+            **queue,
         )
         self.hub = Hub(
             self.broker,

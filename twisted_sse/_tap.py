@@ -25,7 +25,7 @@ from ._broker import (
     MemoryBroker,
     valid_channel,
 )
-from ._hub import DEFAULT_MAX_EVENT_BYTES
+from ._hub import DEFAULT_MAX_EVENT_BYTES, bearer_token_authorizer
 from ._logs import access_log_formatter
 from ._redis import RedisBroker, parse_redis_url
 from ._service import EventStreamService
@@ -163,6 +163,15 @@ class Options(usage.Options):
             "out of the process list.",
         ],
         [
+            "subscribe-token",
+            None,
+            None,
+            "Bearer token that GET /channels/{name} must present (as an "
+            "Authorization header, or as ?access_token= for a browser's "
+            "EventSource); without it, anyone may subscribe. Also read from "
+            "the TWISTED_SSE_SUBSCRIBE_TOKEN environment variable.",
+        ],
+        [
             "broker",
             None,
             None,
@@ -224,6 +233,15 @@ class Options(usage.Options):
             _non_negative_int("max-connections-per-ip"),
         ],
         [
+            "busy-retry",
+            None,
+            5000,
+            "Base retry, in milliseconds, for clients sent away (over a "
+            "connection limit, while draining, while the broker is down); "
+            "each gets a random value between it and twice it.",
+            _non_negative_int("busy-retry"),
+        ],
+        [
             "drain",
             None,
             5.0,
@@ -282,6 +300,8 @@ class Options(usage.Options):
         self["endpoint"] = endpoint_description(self["port"])
         token = self["publish-token"] or os.environ.get("TWISTED_SSE_PUBLISH_TOKEN")
         self["publish-token"] = token or None
+        token = self["subscribe-token"] or os.environ.get("TWISTED_SSE_SUBSCRIBE_TOKEN")
+        self["subscribe-token"] = token or None
         broker = self["broker"] or os.environ.get("TWISTED_SSE_BROKER") or "memory"
         self["redis"] = None
         if broker.strip().lower() not in ("memory", "memory://"):
@@ -351,6 +371,7 @@ def makeService(options: Options) -> IService:
         reactor,
         max_connections=options["max-connections"],
         max_connections_per_ip=options["max-connections-per-ip"],
+        busy_retry=options["busy-retry"],
     )
     broker: IBroker
     if options["redis"] is not None:
@@ -378,6 +399,11 @@ def makeService(options: Options) -> IService:
         channel_policies=options["channel-policies"],
         max_queue_events=options["queue-events"],
         max_queue_bytes=options["queue-bytes"],
+        authorizer=(
+            bearer_token_authorizer(options["subscribe-token"])
+            if options["subscribe-token"]
+            else None
+        ),
     )
     site = _Site(
         app.resource(),
