@@ -41,7 +41,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import build_client, free_port, raise_nofile, taskset  # noqa: E402
+from run import _ready, build_client, free_port, raise_nofile, taskset  # noqa: E402
 
 #: Runs the server with a gc.callbacks hook; writes the counts at exit.
 _GC_HOOK = """
@@ -78,17 +78,6 @@ def clients(port: int) -> int:
     return count
 
 
-def wait_ready(port: int, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats") as answer:
-                answer.read()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"the server on port {port} did not answer")
-
-
 def one_run(
     name: str, command: list[str], n: int, client: Path, cpus: tuple[str, str]
 ) -> dict[str, Any]:
@@ -106,7 +95,11 @@ def one_run(
             env=dict(os.environ, SETUP_CPU_GC=str(gc_out)),
         )
         try:
-            wait_ready(port, time.monotonic() + 30)
+            deadline = time.monotonic() + 30
+            while not _ready(port):
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError(f"{name} did not answer on port {port}")
+                time.sleep(0.05)
             time.sleep(0.3)
             before = cpu_seconds(server.pid)
             options = {

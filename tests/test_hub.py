@@ -1842,6 +1842,17 @@ class BodyCapTests(SynchronousTestCase):
         client = SSETestClient(hub.client.resource, hub.clock)
         client.site = _Site(hub.client.resource, max_body=64, reactor=hub.clock)
         reader = hub.subscribe()
+        self.assertEqual(reader.code, 200)
+        # What the hub is given of each body.
+        kept: list[int] = []
+        resource = hub.hub.channel_resource("news")
+        read_event = resource._read_event
+
+        def reading(request: Any) -> Any:
+            kept.append(len(request.content.getvalue()))
+            return read_event(request)
+
+        self.patch(resource, "_read_event", reading)
         at_limit = json.dumps({"data": "x" * 52}).encode()
         self.assertEqual(len(at_limit), 64)
         headers = {
@@ -1854,5 +1865,6 @@ class BodyCapTests(SynchronousTestCase):
         huge = client.request("POST", "/channels/news", headers, b"x" * 1_000_000)
         self.assertEqual(huge.code, 413)
         self.assertIn("larger than 64 bytes", answer(huge)["error"])
+        self.assertEqual(kept, [64, 65])
         self.assertEqual(data(reader), ["x" * 52])
         client.disconnect_all()

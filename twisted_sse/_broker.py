@@ -12,6 +12,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any, Protocol
 
 from attrs import define, field, frozen
 from twisted.internet.defer import Deferred, fail, succeed
@@ -172,23 +173,27 @@ class _Channel:
     delivering: bool = False
 
 
+class _Forgets(Protocol):
+    def _forget_if_idle(self, state: Any) -> None: ...
+
+
 @define(eq=False)
-class _MemorySubscription(Subscription):
+class _TokenSubscription(Subscription):
     """
-    A memory broker's subscription, which is also its own cancel handle:
-    one object per subscriber, not a subscription plus a callable.
+    A subscription that is also its own cancel handle (one object per
+    subscriber, not a subscription plus a callable), for a broker that
+    keeps its subscribers in a channel state's ``subscribers`` by token.
     """
 
-    _state: _Channel | None = field(default=None, repr=False)
+    _broker: _Forgets | None = field(default=None, repr=False)
+    _state: Any = field(default=None, repr=False)
     _token: int = field(default=0, repr=False)
-    _broker: MemoryBroker | None = field(default=None, repr=False)
 
     def cancel(self) -> None:
         """Stop delivering; safe to call more than once."""
         state, self._state = self._state, None
-        if state is not None:
+        if state is not None and self._broker is not None:
             state.subscribers.pop(self._token, None)
-            assert self._broker is not None
             self._broker._forget_if_idle(state)
 
 
@@ -232,8 +237,11 @@ class MemoryBroker:
         return len(found.subscribers) if found else 0
 
     def _channel(self, name: str) -> _Channel:
+        """The state of channel ``name``, made if new (then checked first)."""
         found = self._channels.get(name)
         if found is None:
+            if not valid_channel(name):
+                raise ValueError(f"invalid channel name: {name!r}")
             found = self._channels[name] = _Channel(name, position=f"{self.epoch}-0")
         return found
 
@@ -247,9 +255,10 @@ class MemoryBroker:
         self, channel: str, event: Event, key: str | None = None
     ) -> Deferred[str]:
         """See :meth:`IBroker.publish`."""
-        if not valid_channel(channel):
-            return fail(ValueError(f"invalid channel name: {channel!r}"))
-        state = self._channel(channel)
+        try:
+            state = self._channel(channel)
+        except ValueError as error:
+            return fail(error)
         state.last_seq += 1
         event_id = state.position = f"{self.epoch}-{state.last_seq}"
         published = Published(
@@ -311,17 +320,11 @@ class MemoryBroker:
 
         :raises ValueError: for an invalid channel name.
         """
-        state = self._channels.get(channel)
-        if state is None:
-            if not valid_channel(channel):
-                raise ValueError(f"invalid channel name: {channel!r}")
-            state = self._channels[channel] = _Channel(
-                channel, position=f"{self.epoch}-0"
-            )
+        state = self._channel(channel)
         token = self._next_token
         self._next_token += 1
-        subscription = _MemorySubscription(
-            channel, state=state, token=token, broker=self
+        subscription = _TokenSubscription(
+            channel, broker=self, state=state, token=token
         )
         if last_event_id:
             replay, subscription.history_lost = self._replay(state, last_event_id)

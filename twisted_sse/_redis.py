@@ -51,6 +51,7 @@ from ._broker import (
     IBroker,
     Published,
     Subscription,
+    _TokenSubscription,
     parse_event_id,
     valid_channel,
 )
@@ -915,22 +916,6 @@ class _Channel:
         return cached[1]
 
 
-@define(eq=False)
-class _RedisSubscription(Subscription):
-    """A Redis broker's subscription, which is also its own cancel handle."""
-
-    _broker: RedisBroker | None = field(default=None, repr=False)
-    _state: _Channel | None = field(default=None, repr=False)
-    _token: int = field(default=0, repr=False)
-
-    def cancel(self) -> None:
-        """Stop delivering; safe to call more than once."""
-        state, self._state = self._state, None
-        if state is not None and self._broker is not None:
-            state.subscribers.pop(self._token, None)
-            self._broker._forget_if_idle(state)
-
-
 @implementer(IBroker)
 class RedisBroker(Service):
     """
@@ -1096,7 +1081,7 @@ class RedisBroker(Service):
         token = next(self._tokens)
         local = _Local(deliver)
         state.subscribers[token] = local
-        subscription = _RedisSubscription(
+        subscription = _TokenSubscription(
             channel, broker=self, state=state, token=token
         )
         try:

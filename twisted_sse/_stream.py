@@ -384,7 +384,7 @@ class _KeptHeaders(Headers):
     @classmethod
     def of(cls, headers: Headers) -> _KeptHeaders:
         """``headers``, kept (their names and values are already clean)."""
-        kept = cls()
+        kept = cls.__new__(cls)
         kept._keep(headers.getAllRawHeaders())
         return kept
 

@@ -298,10 +298,9 @@ class Options(usage.Options):
         if "\r" in origin or "\n" in origin:
             raise usage.UsageError("--allow-origin must be one line")
         self["endpoint"] = endpoint_description(self["port"])
-        token = self["publish-token"] or os.environ.get("TWISTED_SSE_PUBLISH_TOKEN")
-        self["publish-token"] = token or None
-        token = self["subscribe-token"] or os.environ.get("TWISTED_SSE_SUBSCRIBE_TOKEN")
-        self["subscribe-token"] = token or None
+        for name in ("publish-token", "subscribe-token"):
+            variable = "TWISTED_SSE_" + name.replace("-", "_").upper()
+            self[name] = self[name] or os.environ.get(variable) or None
         broker = self["broker"] or os.environ.get("TWISTED_SSE_BROKER") or "memory"
         self["redis"] = None
         if broker.strip().lower() not in ("memory", "memory://"):
