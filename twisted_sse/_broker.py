@@ -8,6 +8,7 @@ implementation, and the Redis broker sits behind the same interface.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections import deque
@@ -26,12 +27,18 @@ from ._event import Event
 
 __all__ = [
     "DEFAULT_HISTORY",
+    "DEFAULT_CHANNEL_TTL",
     "DEFAULT_HISTORY_BYTES",
+    "DEFAULT_HISTORY_TOTAL",
+    "HISTORY_LOST_EVENT",
+    "MAX_KEY_LENGTH",
     "BrokerUnavailable",
     "IBroker",
     "MemoryBroker",
     "Published",
     "Subscription",
+    "check_publish",
+    "loss_event",
     "publish_from_thread",
     "valid_channel",
 ]
@@ -42,6 +49,16 @@ _log = Logger()
 DEFAULT_HISTORY = 1000
 #: Bytes of encoded events kept per channel for resuming clients.
 DEFAULT_HISTORY_BYTES = 16 * 1024 * 1024
+#: Bytes of encoded events kept in all, over every channel.
+DEFAULT_HISTORY_TOTAL = 16 * 1024 * 1024
+#: Seconds after which a channel with no subscriber and no publish is
+#: forgotten, its history with it.
+DEFAULT_CHANNEL_TTL = 3600.0
+
+#: The longest conflation key a publish may name, in characters.
+MAX_KEY_LENGTH = 256
+#: The event type that tells a client events may be missing before it.
+HISTORY_LOST_EVENT = "history-lost"
 
 _CHANNEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
 #: Event ids are ``<epoch>-<sequence>``: the epoch (milliseconds when the
@@ -56,6 +73,40 @@ def valid_channel(name: str) -> bool:
     letters, digits and ``_ . : @ -``, starting with a letter or digit.
     """
     return _CHANNEL.fullmatch(name) is not None
+
+
+def check_publish(channel: str, event: Event, key: str | None = None) -> None:
+    """
+    Check what a publish names before any broker takes it: what one broker
+    accepts, every broker stores and delivers.  The event's own fields were
+    checked when it was made (:class:`Event`).
+
+    :raises ValueError: naming what is wrong: the channel name (see
+        :func:`valid_channel`) or the key (a string of 1 to
+        :data:`MAX_KEY_LENGTH` characters).
+    """
+    if not isinstance(channel, str) or not valid_channel(channel):
+        raise ValueError(f"invalid channel name: {channel!r}")
+    if not isinstance(event, Event):
+        raise ValueError(f"event must be an Event, not {type(event).__name__}")
+    if key is not None and (
+        not isinstance(key, str) or not 1 <= len(key) <= MAX_KEY_LENGTH
+    ):
+        raise ValueError(f"key must be a string of 1 to {MAX_KEY_LENGTH} characters")
+
+
+def loss_event(channel: str, position: str, reason: str) -> Published:
+    """
+    The ``history-lost`` event: events before it may be missing, for
+    ``reason`` (``"malformed"``, ``"unknown"`` or ``"trimmed"``), and its
+    id, ``position``, is where the client resumes from without a gap.
+    """
+    frame = Event(
+        event=HISTORY_LOST_EVENT,
+        id=position,
+        data=json.dumps({"reason": reason}),
+    ).encode()
+    return Published(channel, position, frame, HISTORY_LOST_EVENT)
 
 
 def parse_event_id(value: str) -> tuple[int, int] | None:
@@ -123,6 +174,13 @@ class Subscription:
         if cancel is not None:
             cancel()
 
+    def resume_replay(self) -> None:
+        """
+        The subscriber has room again: go on with a replay that its
+        ``deliver`` paused by returning ``False`` (see
+        :meth:`IBroker.subscribe`).  Does nothing when no replay is paused.
+        """
+
 
 class IBroker(Interface):
     """
@@ -149,6 +207,24 @@ class IBroker(Interface):
         Deliver the channel's events to ``deliver``: first every event of the
         history strictly after ``last_event_id`` (if given), then the live
         ones, with no gap and no duplicate at the handoff.
+
+        The replay is paced by the subscriber, so that one that resumes
+        from far back and does not read costs what it holds, not the
+        history: when ``deliver`` returns ``False`` for a replayed event
+        (it has no room), the broker stops after that event, keeping only a
+        cursor, and goes on when the subscriber calls
+        :meth:`Subscription.resume_replay`.  A ``deliver`` that never
+        returns ``False`` gets the whole replay.  Live events are delivered
+        only once the replay has reached the channel's head, and their
+        return value is ignored.  If the history is trimmed past the
+        cursor while the replay waits, the next event delivered is a
+        :func:`loss_event` (reason ``"trimmed"``), and the replay goes on
+        from the oldest event kept.
+
+        :returns: A Deferred firing with the :class:`Subscription` once the
+            resume point has been judged (its ``history_lost``) and the
+            replay has begun; failing with :class:`ValueError` for an
+            invalid channel, or :class:`BrokerUnavailable`.
         """
 
     def stop() -> Deferred[None]:

@@ -12,7 +12,12 @@ import re
 
 from attrs import field, frozen
 
-__all__ = ["Event", "MessageEvent", "encode_comment", "encode_retry"]
+__all__ = ["MAX_RETRY", "Event", "MessageEvent", "encode_comment", "encode_retry"]
+
+#: The largest ``retry`` an event may carry, in milliseconds (about 24.8
+#: days): browsers keep the reconnection time in a 32-bit timer, and a larger
+#: value wraps round to an immediate reconnect.
+MAX_RETRY = 2**31 - 1
 
 # The only line terminators of text/event-stream (WHATWG HTML, "Parsing an
 # event stream"): CRLF, a lone LF, a lone CR.  Nothing else, so
@@ -56,8 +61,14 @@ def _check_retry(instance: object, attribute: object, value: int | None) -> None
     if value is None:
         return
     # bool is an int subclass; True is not a reconnection time.
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"retry must be a non-negative integer, not {value!r}")
+    if (
+        not isinstance(value, int)
+        or isinstance(value, bool)
+        or not 0 <= value <= MAX_RETRY
+    ):
+        raise ValueError(
+            f"retry must be an integer from 0 to {MAX_RETRY} (ms), not {value!r}"
+        )
 
 
 def _check_data(instance: object, attribute: object, value: str | None) -> None:
@@ -85,8 +96,8 @@ class Event:
         browser); ``None`` or ``""`` means ``message``.  Single line.
     :ivar id: The event id the client will send back as ``Last-Event-ID``.
         Single line, no NUL.  ``""`` resets the client's last event id.
-    :ivar retry: The client's reconnection time in milliseconds, a
-        non-negative integer.
+    :ivar retry: The client's reconnection time in milliseconds, an
+        integer from 0 to :data:`MAX_RETRY`.
     :ivar comment: A comment line, ignored by clients; used for heartbeats.
         Single line.
     """
@@ -136,7 +147,8 @@ def encode_retry(milliseconds: int) -> bytes:
     """
     Encode a frame that only sets the client's reconnection time.
 
-    :raises ValueError: if ``milliseconds`` is not a non-negative integer.
+    :raises ValueError: if ``milliseconds`` is not an integer from 0 to
+        :data:`MAX_RETRY`.
     """
     return Event(retry=milliseconds).encode()
 
