@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_sse import Event, EventParser, MessageEvent, encode_comment, encode_retry
+from twisted_sse._event import MAX_RETRY
 
 # Text that may appear on a single line: anything UTF-8 can carry but CR/LF.
 # The sampled characters are the ones most likely to break an encoder or a
@@ -241,9 +242,10 @@ class RejectTests(SynchronousTestCase):
 
     def test_retry_not_non_negative_integer(self) -> None:
         """
-        Retry that is negative, a bool, a float or a str is rejected.
+        Retry that is negative, past MAX_RETRY, a bool, a float or a str is
+        rejected.
         """
-        for value in [-1, True, False, 1.5, 3000.0, "3000", "abc"]:
+        for value in [-1, MAX_RETRY + 1, 10**15, True, False, 1.5, 3000.0, "3000"]:
             self.assertRejected("retry", value)
 
     def test_encode_retry_negative(self) -> None:
@@ -322,7 +324,7 @@ class RoundTripTests(SynchronousTestCase):
         data=_DATA_TEXT,
         event=st.none() | _LINE_TEXT,
         event_id=st.none() | _ID_TEXT,
-        retry=st.none() | st.integers(min_value=0),
+        retry=st.none() | st.integers(min_value=0, max_value=MAX_RETRY),
         comment=st.none() | _LINE_TEXT,
     )
     def test_round_trip(
@@ -354,7 +356,7 @@ class RoundTripTests(SynchronousTestCase):
         self.assertEqual(parser.retry, retry)
 
     @_PROPERTY
-    @given(event_id=st.none() | _ID_TEXT, retry=st.none() | st.integers(min_value=0))
+    @given(event_id=st.none() | _ID_TEXT, retry=st.none() | st.integers(min_value=0, max_value=MAX_RETRY))
     def test_round_trip_no_data(self, event_id: str | None, retry: int | None) -> None:
         """
         An event without data fires nothing but still sets id and retry.

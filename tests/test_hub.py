@@ -40,6 +40,7 @@ from twisted_sse._broker import (
 )
 from twisted_sse._hub import (
     HISTORY_LOST_EVENT,
+    MAX_JSON_DEPTH,
     Hub,
     bearer_token_authorizer,
 )
@@ -511,7 +512,7 @@ class HandoffTests(SynchronousTestCase):
         A client resuming from the start of 50 events that reads one event
         at a time: it stops reading as each event arrives, until resumed.
         """
-        memory = MemoryBroker(epoch=EPOCH)
+        memory = MemoryBroker(epoch=EPOCH, history=options.pop("history", 1000))
         slow = _SlowBroker(memory)
         hub = HubFixture(self, broker=slow, **options)
         hub.memory = memory
@@ -566,28 +567,57 @@ class HandoffTests(SynchronousTestCase):
             response.resume_reading()
         self.assertEqual(data(response), [str(n) for n in range(1, 55)])
 
-    def test_not_keeping_up(self) -> None:
-        """A client that stops reading while catching up meets its policy."""
+    def test_catch_up_holds_a_cursor(self) -> None:
+        """A resumer that does not read holds its queue bound, not the history."""
         hub, _, response, _ = self.catching_up(max_queue_events=5)
-        # The catch-up began with 50 events; it may grow to 50 + 5, no more.
+        (stream,) = hub.registry.streams
+        # One event was taken and the client stopped reading: what waits for
+        # it is bounded by its queue, the rest of the replay is a cursor.
+        self.assertLessEqual(stream.queued, 5)
         for n in range(51, 57):
             hub.publish(str(n))
         self.assertTrue(response.connected)
-        hub.publish("57")
+        self.assertLessEqual(stream.queued, 5)
+        for _ in range(60):
+            response.resume_reading()
+        self.assertEqual(data(response), [str(n) for n in range(1, 57)])
+
+    def test_not_keeping_up(self) -> None:
+        """A stalled resumer that the history moves past meets its policy."""
+        hub, _, response, _ = self.catching_up(max_queue_events=5, history=60)
+        # 50 events, then 10 more: the oldest kept is still after its cursor.
+        for n in range(51, 61):
+            hub.publish(str(n))
+        self.assertTrue(response.connected)
+        for n in range(61, 71):
+            hub.publish(str(n))
         self.assertFalse(response.connected)
         self.assertEqual(hub.memory.subscriber_count("news"), 0)
 
     def test_not_keeping_up_drop_oldest(self) -> None:
-        """Under drop-oldest, a stalled catch-up keeps only the newest events."""
+        """Under drop-oldest, a stalled resumer is told of the loss in-band."""
         hub, _, response, _ = self.catching_up(
-            max_queue_events=5, policy=SlowClientPolicy.DROP_OLDEST
+            max_queue_events=5, policy=SlowClientPolicy.DROP_OLDEST, history=60
         )
-        for n in range(51, 58):
+        for n in range(51, 71):
             hub.publish(str(n))
         self.assertTrue(response.connected)
-        for _ in range(10):
+        for _ in range(100):
             response.resume_reading()
-        self.assertEqual(data(response), ["1", "53", "54", "55", "56", "57"])
+        received = [(event.type, event.data) for event in response.events]
+        losses = [n for n, (kind, _) in enumerate(received) if kind != "message"]
+        first, lost = losses[0], losses[-1]
+        self.assertEqual(received[lost], ("history-lost", '{"reason": "trimmed"}'))
+        before = [int(text) for _, text in received[:first]]
+        after = [int(text) for _, text in received[lost + 1 :]]
+        # In order before the signal; after the last one, whose id is
+        # exact, everything still kept.
+        self.assertEqual(before, sorted(before))
+        self.assertEqual(after, list(range(after[0], 71)))
+        self.assertLessEqual(after[0], 71 - 60 + 1)
+        self.assertEqual(
+            response.events[lost].last_event_id, f"{EPOCH}-{after[0] - 1}"
+        )
 
     def test_gone_during_subscribe(self) -> None:
         """A client that leaves before the broker answers leaves nothing."""
@@ -950,12 +980,46 @@ class PublishRefusedTests(SynchronousTestCase):
         )
 
     def test_bad_retry(self) -> None:
-        """A retry that is not a non-negative integer: 400."""
-        for retry in ("-1", '"5"', "1.5", "true", "[]"):
+        """A retry that is not an integer from 0 to 2**31 - 1 ms: 400."""
+        for retry in ("-1", '"5"', "1.5", "true", "[]", "2147483648", "9" * 16):
             body = b'{"data": "x", "retry": %s}' % retry.encode()
             self.assert_refused(
-                self.hub.post(body), 400, "retry must be a non-negative integer"
+                self.hub.post(body),
+                400,
+                "retry must be an integer from 0 to 2147483647 (ms)",
             )
+
+    def test_largest_retry(self) -> None:
+        """The largest retry a browser's timer holds is accepted and sent."""
+        hub = HubFixture(self)
+        subscriber = hub.subscribe()
+        response = hub.post(b'{"data": "x", "retry": 2147483647}')
+        self.assertEqual(response.code, 200)
+        self.assertEqual(subscriber.events[-1].data, "x")
+        self.assertIn(b"retry: 2147483647\n", subscriber.raw)
+
+    def test_deep_json(self) -> None:
+        """A body nested past MAX_JSON_DEPTH: 400 naming the limit, no traceback."""
+        hub = HubFixture(self, max_event_bytes=1_000_000)
+        subscriber = hub.subscribe()
+        for body in (
+            b"[" * 60_000 + b"]" * 60_000,
+            b'{"data": ' + b"[" * 60_000 + b"]" * 60_000 + b"}",
+            b'{"data": ' + b"[" * (MAX_JSON_DEPTH) + b"]" * (MAX_JSON_DEPTH) + b"}",
+            b'{"data": ' + b'{"a": ' * MAX_JSON_DEPTH + b"1" + b"}" * 65,
+        ):
+            self.assert_refused(
+                hub.post(body, token=TOKEN),
+                400,
+                f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels",
+            )
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual(subscriber.events, [])
+        # As deep as allowed: published.
+        nested = b"[" * (MAX_JSON_DEPTH - 1) + b"]" * (MAX_JSON_DEPTH - 1)
+        response = hub.post(b'{"data": ' + nested + b"}")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(subscriber.events[-1].data, nested.decode())
 
     def test_bad_key(self) -> None:
         """A key that is not a short string: 400."""

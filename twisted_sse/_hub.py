@@ -13,10 +13,10 @@ from __future__ import annotations
 import hmac
 import json
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -25,11 +25,14 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
 from ._broker import (
+    HISTORY_LOST_EVENT,
     BrokerUnavailable,
     IBroker,
     MemoryBroker,
     Published,
     Subscription,
+    check_publish,
+    loss_event,
     valid_channel,
 )
 from ._event import Event
@@ -47,6 +50,7 @@ __all__ = [
     "DEFAULT_MAX_EVENT_BYTES",
     "HISTORY_LOST_EVENT",
     "HISTORY_LOST_HEADER",
+    "MAX_JSON_DEPTH",
     "Authorizer",
     "ChannelResource",
     "Hub",
@@ -57,12 +61,12 @@ _log = Logger()
 
 #: Largest publish body accepted over HTTP.
 DEFAULT_MAX_EVENT_BYTES = 64 * 1024
-#: The event type that tells a resuming client events may be missing.
-HISTORY_LOST_EVENT = "history-lost"
 #: The response header that says the same, with the reason as its value.
 HISTORY_LOST_HEADER = b"SSE-History-Lost"
 
-_MAX_KEY_LENGTH = 256
+#: How deeply a publish body's JSON may nest (400 beyond): deep enough for
+#: any real payload, shallow enough that no parser or encoder recurses far.
+MAX_JSON_DEPTH = 64
 _PUBLISH_FIELDS = frozenset({"data", "event", "retry", "key"})
 
 #: Decides whether ``request`` may subscribe to ``channel``: returns a bool
@@ -107,39 +111,48 @@ def _bearer(request: Any) -> bytes | None:
 class _Handoff:
     """
     Takes a subscription's events before its stream exists (while the
-    broker replays history, possibly asynchronously), then feeds them to
-    the stream in order, as fast as the client takes them.
+    broker judges the resume point, possibly asynchronously), then feeds
+    them to the stream in order, as fast as the client takes them.
 
     A resuming client may have megabytes of history to catch up on.  Written
     in one go, they would fill the socket at once, pause the stream and
     overflow its queue, and the slow-client policy would cut off (or thin
-    out) a client that reads perfectly well, again at every reconnect.  So
-    the backlog goes out only while the stream is not paused, and goes on
-    each time the client has taken what was sent.  Its frames are the
-    broker's own, shared with the history and every other subscriber:
-    waiting costs a reference each.
+    out) a client that reads perfectly well, again at every reconnect; and
+    held here, they would cost memory for every resumer that does not read.
+    So the replay is paced (see :meth:`IBroker.subscribe`): the handoff
+    takes history while it has room, up to the stream's queue bound before
+    the stream opens and until the stream pauses after, then answers
+    ``False`` and asks for more once the client has taken what was sent.
+    A resumer that does not read costs its queue bound, not the history.
 
-    Live events that arrive meanwhile queue behind the backlog.  If the
-    backlog grows past its size at the start plus what the stream's own
+    Live events that arrive while a backlog remains queue behind it.  If
+    the backlog grows past its size at the start plus what the stream's own
     queue allows, the client is not keeping up: it all goes to the stream,
-    whose policy decides.
+    whose policy decides.  A history-lost event in the middle of a replay
+    means the history moved past a client that stopped reading: with the
+    ``disconnect`` policy that client is cut off, as a live one would have
+    been, and resumes when it comes back; otherwise it gets the event.
 
     :param max_events: The stream's queue bound in frames.
     :param max_bytes: The stream's queue bound in bytes.
     """
 
     __slots__ = (
+        "_hub",
         "_limit_bytes",
         "_limit_events",
         "_max_bytes",
         "_max_events",
+        "_replay_counted",
         "backlog",
         "backlog_bytes",
         "stream",
         "subscription",
     )
 
-    def __init__(self, max_events: int, max_bytes: int) -> None:
+    def __init__(self, max_events: int, max_bytes: int, hub: Hub) -> None:
+        self._hub = hub
+        self._replay_counted = 0
         self.stream: EventStream | None = None
         self.subscription: Subscription | None = None
         # Created when needed and dropped when empty: an empty deque is
@@ -151,23 +164,36 @@ class _Handoff:
         self._limit_events = 0
         self._limit_bytes = 0
 
-    def __call__(self, published: Published) -> None:
-        """Take one event from the broker (the handoff is the deliver callable)."""
+    def __call__(self, published: Published) -> bool:
+        """
+        Take one event from the broker (the handoff is the deliver
+        callable); ``False`` when a replay should wait for room.
+        """
         stream = self.stream
+        if stream is not None and (
+            stream.paused
+            and published.key == HISTORY_LOST_EVENT
+            and stream.policy is SlowClientPolicy.DISCONNECT
+        ):
+            stream.abort()
+            return False
         if stream is not None and not self.backlog:
             stream.write(published.frame, published.key)
-            return
+            return not stream.paused and not stream.closed
         backlog = self.backlog
         if backlog is None:
             backlog = self.backlog = deque()
         backlog.append(published)
         self.backlog_bytes += len(published.frame)
         if stream is None:
-            return
+            return len(backlog) < self._max_events and (
+                self.backlog_bytes < self._max_bytes
+            )
         if len(backlog) > self._limit_events or self.backlog_bytes > self._limit_bytes:
             self._flush(stream)
         else:
             self._pump()
+        return not self.backlog and not stream.paused and not stream.closed
 
     def attach(self, stream: EventStream, subscription: Subscription) -> None:
         """
@@ -176,6 +202,8 @@ class _Handoff:
         """
         self.stream = stream
         self.subscription = subscription
+        self._replay_counted = subscription.replayed
+        self._hub.replayed += subscription.replayed
         self._limit_events = len(self.backlog or ()) + self._max_events
         self._limit_bytes = self.backlog_bytes + self._max_bytes
         # The stream calls stream_resumed and stream_closed: no callback
@@ -192,22 +220,29 @@ class _Handoff:
         subscription, self.subscription = self.subscription, None
         if subscription is not None:
             subscription.cancel()
+            # What a paced replay delivered after the stream opened.
+            self._hub.replayed += subscription.replayed - self._replay_counted
 
     def _pump(self) -> None:
         stream = self.stream
         assert stream is not None
         backlog = self.backlog
-        if backlog is None:
-            return
-        # Writing may pause the stream (the socket is full): stop there, and
-        # go on when the stream resumes.
-        while backlog and not stream.paused and not stream.closed:
-            published = backlog.popleft()
-            self.backlog_bytes -= len(published.frame)
-            stream.write(published.frame, published.key)
-        if stream.closed or not backlog:
-            self.backlog = None
-            self.backlog_bytes = 0
+        if backlog is not None:
+            # Writing may pause the stream (the socket is full): stop
+            # there, and go on when the stream resumes.
+            while backlog and not stream.paused and not stream.closed:
+                published = backlog.popleft()
+                self.backlog_bytes -= len(published.frame)
+                stream.write(published.frame, published.key)
+            if stream.closed or not backlog:
+                self.backlog = None
+                self.backlog_bytes = 0
+            else:
+                return
+        subscription = self.subscription
+        if subscription is not None and not stream.paused and not stream.closed:
+            # Room again: the rest of a paced replay, if one waits.
+            subscription.resume_replay()
 
     def _flush(self, stream: EventStream) -> None:
         backlog, self.backlog = self.backlog, None
@@ -309,6 +344,12 @@ class Hub:
 
         :returns: A Deferred firing with the event's id.
         """
+
+        try:
+            check_publish(channel, event, key)
+        except ValueError as error:
+            self.publish_failures += 1
+            return fail(error)
 
         def counted(event_id: str) -> str:
             self.published += 1
@@ -454,7 +495,7 @@ class ChannelResource(StreamResource):
         self, request: Any, subscribe_now: Callable[..., Subscription]
     ) -> None:
         last_event_id = _last_event_id(request)
-        handoff = _Handoff(self.max_queue_events, self.max_queue_bytes)
+        handoff = _Handoff(self.max_queue_events, self.max_queue_bytes, self.hub)
         subscription = subscribe_now(self.channel, handoff, last_event_id)
         try:
             self._go_live(request, None, subscription, handoff, bool(last_event_id))
@@ -464,7 +505,7 @@ class ChannelResource(StreamResource):
 
     def _subscribe(self, request: Any, finished: Deferred[None]) -> None:
         last_event_id = _last_event_id(request)
-        handoff = _Handoff(self.max_queue_events, self.max_queue_bytes)
+        handoff = _Handoff(self.max_queue_events, self.max_queue_bytes, self.hub)
         # A broker that answers at once calls _subscribed before this
         # returns: the admission decided just before still holds.
         self._answering = handoff
@@ -533,7 +574,6 @@ class ChannelResource(StreamResource):
     ) -> None:
         if resuming:
             self.hub.resumes[subscription.history_lost or "exact"] += 1
-            self.hub.replayed += subscription.replayed
         frames = [self.first_frame]
         if not resuming and subscription.position:
             # A new subscriber learns the channel's position at once, so that
@@ -543,11 +583,9 @@ class ChannelResource(StreamResource):
         if subscription.history_lost is not None:
             request.setHeader(HISTORY_LOST_HEADER, subscription.history_lost)
             frames.append(
-                Event(
-                    event=HISTORY_LOST_EVENT,
-                    id=subscription.position,
-                    data=json.dumps({"reason": subscription.history_lost}),
-                ).encode()
+                loss_event(
+                    self.channel, subscription.position, subscription.history_lost
+                ).frame
             )
         if finished is not None and _forget_notification(request, finished):
             # Nothing finished the request while it waited: the stream now
@@ -666,6 +704,15 @@ def _event_from_json(text: str) -> tuple[Event, str | None]:
         body = json.loads(text)
     except ValueError as error:
         raise _BadRequest(400, f"the body is not valid JSON: {error}") from None
+    except RecursionError:
+        body = None
+        depth = MAX_JSON_DEPTH + 1
+    else:
+        depth = _json_depth(body)
+    if depth > MAX_JSON_DEPTH:
+        raise _BadRequest(
+            400, f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels"
+        )
     if not isinstance(body, dict):
         raise _BadRequest(400, "the JSON body must be an object")
     unknown = sorted(set(body) - _PUBLISH_FIELDS)
@@ -682,17 +729,31 @@ def _event_from_json(text: str) -> tuple[Event, str | None]:
     event_type = body.get("event")
     if event_type is not None and not isinstance(event_type, str):
         raise _BadRequest(400, "event must be a string")
-    retry = body.get("retry")
-    if retry is not None and (
-        not isinstance(retry, int) or isinstance(retry, bool) or retry < 0
-    ):
-        raise _BadRequest(400, f"retry must be a non-negative integer, not {retry!r}")
     key = body.get("key")
-    if key is not None and (not isinstance(key, str) or len(key) > _MAX_KEY_LENGTH):
-        raise _BadRequest(
-            400, f"key must be a string of at most {_MAX_KEY_LENGTH} characters"
-        )
-    return _make_event(data=data, event=event_type, retry=retry), key
+    if key is not None and not isinstance(key, str):
+        raise _BadRequest(400, "key must be a string")
+    # Event checks retry, and check_publish the key, for every publisher.
+    return _make_event(data=data, event=event_type, retry=body.get("retry")), key
+
+
+def _json_depth(value: object) -> int:
+    """How deeply ``value`` nests lists and objects (a scalar is 0)."""
+    deepest = 0
+    pending: list[tuple[object, int]] = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            children: Iterable[object] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        depth += 1
+        if depth > MAX_JSON_DEPTH:
+            return depth
+        deepest = max(deepest, depth)
+        pending.extend((child, depth) for child in children)
+    return deepest
 
 
 def _make_event(**fields: Any) -> Event:
