@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import time
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from twisted_sse._broker import (
     DEFAULT_HISTORY,
+    HISTORY_LOST_EVENT,
     IBroker,
     MemoryBroker,
     Published,
     Subscription,
+    check_publish,
     parse_event_id,
     valid_channel,
 )
@@ -459,3 +464,283 @@ class SubscribeNowTests(BrokerTestCase):
         self.publish(broker, "news", "a")
         self.assertEqual(collector.data, [])
         self.assertEqual(broker.subscriber_count("news"), 0)
+
+
+class _Pacer(Collector):
+    """A subscriber with room for ``room`` events at a time."""
+
+    def __init__(self, room: int) -> None:
+        super().__init__()
+        self.room = room
+        self.left = room
+
+    def __call__(self, published: Published) -> bool:
+        super().__call__(published)
+        self.left -= 1
+        return self.left > 0
+
+    def take(self, subscription: Subscription) -> None:
+        """The client read everything: room again."""
+        self.left = self.room
+        subscription.resume_replay()
+
+
+class PacedReplayTests(BrokerTestCase):
+    """A replay goes only as fast as its subscriber takes it."""
+
+    def test_paused_by_deliver(self) -> None:
+        """The replay stops after the event for which deliver says no room."""
+        broker = MemoryBroker(epoch=5)
+        for n in range(1, 11):
+            self.publish(broker, "a", str(n))
+        pacer = _Pacer(3)
+        subscription = broker.subscribe_now("a", pacer, "5-0")
+        self.addCleanup(subscription.cancel)
+        self.assertEqual(pacer.data, ["1", "2", "3"])
+        self.assertEqual(subscription.replayed, 3)
+        # Live events wait in the history, not in the subscription.
+        self.publish(broker, "a", "11")
+        self.assertEqual(pacer.data, ["1", "2", "3"])
+        pacer.take(subscription)
+        self.assertEqual(pacer.data, [str(n) for n in range(1, 7)])
+        pacer.take(subscription)
+        pacer.take(subscription)
+        pacer.take(subscription)
+        self.assertEqual(pacer.data, [str(n) for n in range(1, 12)])
+        # Caught up: live from here, whatever deliver answers.
+        self.publish(broker, "a", "12")
+        self.publish(broker, "a", "13")
+        self.assertEqual(pacer.data, [str(n) for n in range(1, 14)])
+        self.assertEqual(subscription.replayed, 11)
+
+    def test_resume_when_not_paused(self) -> None:
+        """resume_replay on a live or plain subscription does nothing."""
+        broker = MemoryBroker(epoch=5)
+        collector, subscription = self.subscribe(broker, "a")
+        subscription.resume_replay()
+        self.publish(broker, "a", "1")
+        subscription.resume_replay()
+        self.assertEqual(collector.data, ["1"])
+
+    def test_cancel_while_paused(self) -> None:
+        """A paused replay that is cancelled leaves nothing behind."""
+        broker = MemoryBroker(epoch=5, channel_ttl=0)
+        self.publish(broker, "a", "1")
+        self.publish(broker, "a", "2")
+        pacer = _Pacer(1)
+        subscription = broker.subscribe_now("a", pacer, "5-0")
+        self.assertEqual(broker.subscriber_count("a"), 1)
+        subscription.cancel()
+        subscription.resume_replay()
+        self.assertEqual(broker.subscriber_count("a"), 0)
+        self.publish(broker, "a", "3")
+        self.assertEqual(pacer.data, ["1"])
+
+    def test_trimmed_while_paused(self) -> None:
+        """History trimmed past a paused cursor: one exact loss, then the rest."""
+        broker = MemoryBroker(epoch=5, history=5)
+        for n in range(1, 6):
+            self.publish(broker, "a", str(n))
+        pacer = _Pacer(2)
+        subscription = broker.subscribe_now("a", pacer, "5-0")
+        self.addCleanup(subscription.cancel)
+        self.assertEqual(pacer.ids, ["5-1", "5-2"])
+        # Paused at 5-2; two more events trim 5-1 and 5-2, which it has.
+        self.publish(broker, "a", "6")
+        self.publish(broker, "a", "7")
+        self.assertEqual(len(pacer.got), 2)
+        # The next trims 5-3, which it has not: it is told at once (so its
+        # policy may act), with the id to resume from.
+        self.publish(broker, "a", "8")
+        self.assertEqual(pacer.got[-1].key, HISTORY_LOST_EVENT)
+        self.assertEqual(pacer.got[-1].id, "5-3")
+        # More trimming while it has not read: no second event now...
+        self.publish(broker, "a", "9")
+        self.publish(broker, "a", "10")
+        self.assertEqual(len(pacer.got), 3)
+        # ...but an exact one when it reads, then everything kept.
+        pacer.room = 100
+        pacer.take(subscription)
+        self.assertEqual(pacer.got[3].key, HISTORY_LOST_EVENT)
+        self.assertEqual(pacer.ids[3:], ["5-5", "5-6", "5-7", "5-8", "5-9", "5-10"])
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        before=st.integers(min_value=0, max_value=30),
+        resume=st.integers(min_value=0, max_value=30),
+        steps=st.lists(
+            st.tuples(st.integers(min_value=1, max_value=4), st.integers(0, 3)),
+            max_size=20,
+        ),
+        history=st.integers(min_value=1, max_value=40),
+    )
+    def test_exact_whatever_the_pace(
+        self,
+        before: int,
+        resume: int,
+        steps: list[tuple[int, int]],
+        history: int,
+    ) -> None:
+        """
+        However the subscriber paces itself and however many events are
+        published meanwhile, it gets every event after its resume point
+        exactly once and in order, or an explicit loss before a gap.
+        """
+        broker = MemoryBroker(epoch=5, history=history)
+        for n in range(1, before + 1):
+            self.publish(broker, "a", str(n))
+        resume = min(resume, before)
+        pacer = _Pacer(1)
+        subscription = broker.subscribe_now("a", pacer, f"5-{resume}")
+        published = before
+        for room, publishes in steps:
+            for _ in range(publishes):
+                published += 1
+                self.publish(broker, "a", str(published))
+            pacer.room = room
+            pacer.take(subscription)
+        pacer.room = 10_000
+        pacer.take(subscription)
+        subscription.cancel()
+        expected = resume
+        if subscription.history_lost is not None:
+            # Lost at the start: the hub says so, live from the position.
+            self.assertEqual(subscription.history_lost, "trimmed")
+            self.assertLess(resume, before - history)
+            expected = before
+        for got in pacer.got:
+            seq = int(got.id.split("-")[1])
+            if got.key == HISTORY_LOST_EVENT:
+                # A loss names the id to resume from: the gap is before it.
+                self.assertGreaterEqual(seq, expected)
+                expected = seq
+            else:
+                self.assertEqual(seq, expected + 1)
+                expected = seq
+        self.assertEqual(expected, published)
+
+
+class BoundTests(BrokerTestCase):
+    """No publisher can make the broker grow without bound."""
+
+    def test_total_history(self) -> None:
+        """Past history_total, the least recently published channels go first."""
+        frame = len(Event(data="x" * 90, id="5-1").encode())
+        broker = MemoryBroker(epoch=5, history_total=10 * frame)
+        for channel in ("a", "b", "c"):
+            for _ in range(4):
+                self.publish(broker, channel, "x" * 90)
+        self.assertLessEqual(broker.total_bytes, 10 * frame)
+        # a was published least recently: it lost its two oldest events.
+        _, lost = self.subscribe(broker, "a", "5-1")
+        self.assertEqual(lost.history_lost, "trimmed")
+        for channel in ("b", "c"):
+            collector, resumed = self.subscribe(broker, channel, "5-0")
+            self.assertIsNone(resumed.history_lost)
+            self.assertEqual(len(collector.got), 4)
+        # Publishing on a moves it to the end: b is trimmed next.
+        self.publish(broker, "a", "x" * 90)
+        _, lost = self.subscribe(broker, "b", "5-0")
+        self.assertEqual(lost.history_lost, "trimmed")
+
+    def test_total_bounds_many_channels(self) -> None:
+        """5,000 channels published once each keep at most history_total bytes."""
+        broker = MemoryBroker(history_total=64 * 1024)
+        for n in range(5000):
+            self.publish(broker, f"c{n}", "x" * 100)
+        self.assertLessEqual(broker.total_bytes, 64 * 1024)
+        self.assertEqual(
+            broker.total_bytes,
+            sum(
+                len(published.frame)
+                for state in broker._channels.values()
+                for published in state.history
+            ),
+        )
+
+    def test_channel_ttl(self) -> None:
+        """A channel with no subscriber and no publish for the TTL is forgotten."""
+        clock = Clock()
+        broker = MemoryBroker(epoch=5, channel_ttl=60, clock=clock)
+        for n in range(5000):
+            self.publish(broker, f"c{n}", "x")
+        self.publish(broker, "kept", "x")
+        collector, subscription = self.subscribe(broker, "watched")
+        self.publish(broker, "watched", "x")
+        clock.advance(30)
+        self.publish(broker, "kept", "y")
+        clock.advance(31)
+        self.publish(broker, "other", "x")
+        self.assertEqual(sorted(broker.channel_names()), ["kept", "other", "watched"])
+        self.assertEqual(
+            broker.total_bytes,
+            sum(
+                len(published.frame)
+                for state in broker._channels.values()
+                for published in state.history
+            ),
+        )
+        # A subscriber keeps its channel; once it leaves, the TTL runs.
+        subscription.cancel()
+        clock.advance(59)
+        self.publish(broker, "other", "y")
+        self.assertIn("watched", broker.channel_names())
+        clock.advance(61)
+        self.publish(broker, "other", "z")
+        self.assertNotIn("watched", broker.channel_names())
+
+    def test_forgotten_ids_not_resumed(self) -> None:
+        """Ids of a forgotten channel never resume into a new one of that name."""
+        clock = Clock()
+        clock.advance(1000)
+        broker = MemoryBroker(epoch=5, channel_ttl=60, clock=clock)
+        for n in range(1, 4):
+            old = self.publish(broker, "a", str(n))
+        clock.advance(120)
+        self.publish(broker, "b", "x")
+        self.assertNotIn("a", broker.channel_names())
+        for n in range(1, 6):
+            self.publish(broker, "a", str(n))
+        collector, subscription = self.subscribe(broker, "a", old)
+        self.assertEqual(subscription.history_lost, "unknown")
+        self.assertEqual(collector.got, [])
+
+    def test_no_ttl(self) -> None:
+        """channel_ttl=0 keeps channels, as before."""
+        clock = Clock()
+        broker = MemoryBroker(epoch=5, channel_ttl=0, clock=clock)
+        self.publish(broker, "a", "1")
+        clock.advance(10**6)
+        self.publish(broker, "b", "1")
+        self.assertEqual(sorted(broker.channel_names()), ["a", "b"])
+
+
+class CheckPublishTests(SynchronousTestCase):
+    """One check of what a publish names, before any broker sees it."""
+
+    def test_refused(self) -> None:
+        """A bad channel, key or event is a ValueError naming the field."""
+        event = Event(data="x")
+        for channel, published, key, message in [
+            ("", event, None, "invalid channel name"),
+            ("-a", event, None, "invalid channel name"),
+            ("a" * 129, event, None, "invalid channel name"),
+            ("a", event, "", "key must be a string"),
+            ("a", event, "k" * 257, "key must be a string"),
+            ("a", event, 5, "key must be a string"),
+            ("a", "x", None, "event must be an Event"),
+        ]:
+            with self.assertRaises(ValueError) as caught:
+                check_publish(channel, published, key)  # type: ignore[arg-type]
+            self.assertIn(message, str(caught.exception))
+            broker = MemoryBroker()
+            failure = self.failureResultOf(
+                broker.publish(channel, published, key),  # type: ignore[arg-type]
+                ValueError,
+            )
+            self.assertIn(message, str(failure.value))
+            self.assertEqual(broker.channel_names(), [])
+
+    def test_accepted(self) -> None:
+        """A good publish passes."""
+        check_publish("a.b:c@d-e_f", Event(data="x"), "k" * 256)

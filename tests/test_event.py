@@ -356,7 +356,10 @@ class RoundTripTests(SynchronousTestCase):
         self.assertEqual(parser.retry, retry)
 
     @_PROPERTY
-    @given(event_id=st.none() | _ID_TEXT, retry=st.none() | st.integers(min_value=0, max_value=MAX_RETRY))
+    @given(
+        event_id=st.none() | _ID_TEXT,
+        retry=st.none() | st.integers(min_value=0, max_value=MAX_RETRY),
+    )
     def test_round_trip_no_data(self, event_id: str | None, retry: int | None) -> None:
         """
         An event without data fires nothing but still sets id and retry.

@@ -615,9 +615,7 @@ class HandoffTests(SynchronousTestCase):
         self.assertEqual(before, sorted(before))
         self.assertEqual(after, list(range(after[0], 71)))
         self.assertLessEqual(after[0], 71 - 60 + 1)
-        self.assertEqual(
-            response.events[lost].last_event_id, f"{EPOCH}-{after[0] - 1}"
-        )
+        self.assertEqual(response.events[lost].last_event_id, f"{EPOCH}-{after[0] - 1}")
 
     def test_gone_during_subscribe(self) -> None:
         """A client that leaves before the broker answers leaves nothing."""

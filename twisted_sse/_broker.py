@@ -463,9 +463,7 @@ class MemoryBroker:
             if not valid_channel(name):
                 raise ValueError(f"invalid channel name: {name!r}")
             epoch = self._channel_epoch
-            found = self._channels[name] = _Channel(
-                name, epoch, position=f"{epoch}-0"
-            )
+            found = self._channels[name] = _Channel(name, epoch, position=f"{epoch}-0")
         return found
 
     def _forget_if_idle(self, channel: _Channel) -> None:
