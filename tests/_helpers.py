@@ -25,8 +25,9 @@ class Collector:
     def __init__(self) -> None:
         self.got: list[Published] = []
 
-    def __call__(self, published: Published) -> None:
+    def __call__(self, published: Published) -> object:
         self.got.append(published)
+        return None
 
     @property
     def ids(self) -> list[str]:

@@ -665,7 +665,7 @@ class BoundTests(BrokerTestCase):
         for n in range(5000):
             self.publish(broker, f"c{n}", "x")
         self.publish(broker, "kept", "x")
-        collector, subscription = self.subscribe(broker, "watched")
+        _collector, subscription = self.subscribe(broker, "watched")
         self.publish(broker, "watched", "x")
         clock.advance(30)
         self.publish(broker, "kept", "y")

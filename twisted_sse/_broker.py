@@ -26,8 +26,8 @@ from zope.interface import Attribute, Interface, implementer
 from ._event import Event
 
 __all__ = [
-    "DEFAULT_HISTORY",
     "DEFAULT_CHANNEL_TTL",
+    "DEFAULT_HISTORY",
     "DEFAULT_HISTORY_BYTES",
     "DEFAULT_HISTORY_TOTAL",
     "HISTORY_LOST_EVENT",
