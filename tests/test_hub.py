@@ -21,9 +21,12 @@ from hypothesis import strategies as st
 from twisted.application.service import MultiService
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python import usage
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -1930,3 +1933,118 @@ class BodyCapTests(SynchronousTestCase):
         self.assertEqual(kept, [64, 65])
         self.assertEqual(data(reader), ["x" * 52])
         client.disconnect_all()
+
+
+class HeadRefusalTests(SynchronousTestCase):
+    """
+    twistd sse judges a request with a body on its head: a publisher
+    without the token, or declaring a body over the limit, is answered at
+    once and cut off, before 100 Continue and before the body is read.
+    """
+
+    def connect(self, **hub_options: Any) -> tuple[HubFixture, StringTransport, Any]:
+        hub_options.setdefault("max_event_bytes", 64)
+        hub = HubFixture(self, **hub_options)
+        site = _Site(
+            hub.client.resource, max_body=64, hub=hub.hub, reactor=MemoryReactorClock()
+        )
+        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.addCleanup(protocol.connectionLost, Failure(ConnectionDone()))
+        return hub, transport, protocol
+
+    def head(self, *lines: str) -> bytes:
+        return (
+            "\r\n".join(("POST /channels/news HTTP/1.1", "Host: x", *lines)).encode(
+                "ascii"
+            )
+            + b"\r\n\r\n"
+        )
+
+    def assert_answered(
+        self, transport: StringTransport, code: int, reason: str
+    ) -> None:
+        response = transport.value()
+        status, _, rest = response.partition(b"\r\n")
+        self.assertEqual(status.split(b" ")[1], str(code).encode())
+        head, _, body = rest.partition(b"\r\n\r\n")
+        self.assertIn(b"Content-Type: application/json", head)
+        self.assertIn(b"Connection: close", head)
+        self.assertIn(reason, json.loads(body)["error"])
+        self.assertNotIn(b"100 Continue", response)
+        self.assertTrue(transport.disconnecting)
+
+    def test_no_token_chunked(self) -> None:
+        """An endless chunked body without the token: 401 on its head."""
+        hub, transport, protocol = self.connect()
+        reader = hub.subscribe()
+        protocol.dataReceived(
+            self.head("Transfer-Encoding: chunked", "Expect: 100-continue")
+        )
+        self.assert_answered(transport, 401, "Bearer token is required")
+        self.assertIn(
+            b'WWW-Authenticate: Bearer realm="twisted_sse"', transport.value()
+        )
+        answered = len(transport.value())
+        # Whatever else arrives is not read into anything, nor answered.
+        for _ in range(100):
+            protocol.dataReceived(b"400\r\n" + b"x" * 1024 + b"\r\n")
+        protocol.dataReceived(b"0\r\n\r\n")
+        self.assertEqual(len(transport.value()), answered)
+        self.assertEqual(reader.events, [])
+
+    def test_wrong_token_with_body_in_same_packet(self) -> None:
+        """A wrong token: 401, and the body that came with the head is ignored."""
+        hub, transport, protocol = self.connect()
+        reader = hub.subscribe()
+        protocol.dataReceived(
+            self.head(
+                "Authorization: Bearer wrong",
+                "Content-Type: application/json",
+                "Content-Length: 13",
+            )
+            + b'{"data": "x"}'
+        )
+        self.assert_answered(transport, 401, "Bearer token is required")
+        self.assertEqual(reader.events, [])
+
+    def test_publishing_off(self) -> None:
+        """Without a publish token configured: 403 on the head."""
+        _, transport, protocol = self.connect(publish_token=None)
+        protocol.dataReceived(self.head("Content-Length: 5"))
+        self.assert_answered(transport, 403, "publishing over HTTP is disabled")
+
+    def test_declared_too_long(self) -> None:
+        """A Content-Length over the limit: 413 on the head, token or not."""
+        _, transport, protocol = self.connect()
+        protocol.dataReceived(
+            self.head(f"Authorization: Bearer {TOKEN}", "Content-Length: 65")
+        )
+        self.assert_answered(transport, 413, "larger than 64 bytes")
+
+    def test_good_publish_goes_through(self) -> None:
+        """With the token and a body within the limit, the publish is served."""
+        hub, transport, protocol = self.connect()
+        reader = hub.subscribe()
+        body = b'{"data": "hello"}'
+        protocol.dataReceived(
+            self.head(
+                f"Authorization: Bearer {TOKEN}",
+                "Content-Type: application/json",
+                "Expect: 100-continue",
+                f"Content-Length: {len(body)}",
+            )
+        )
+        self.assertIn(b"100 Continue", transport.value())
+        protocol.dataReceived(body)
+        self.assertIn(b"HTTP/1.1 200 OK", transport.value())
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(data(reader), ["hello"])
+
+    def test_requests_without_body_untouched(self) -> None:
+        """A GET (no body) is not judged on its head."""
+        _, transport, protocol = self.connect(publish_token=None)
+        protocol.dataReceived(b"GET /channels/nope%20x HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertIn(b"400 Bad Request", transport.value())
+        self.assertFalse(transport.disconnecting)

@@ -63,6 +63,8 @@ _log = Logger()
 DEFAULT_MAX_EVENT_BYTES = 64 * 1024
 #: The response header that says the same, with the reason as its value.
 HISTORY_LOST_HEADER = b"SSE-History-Lost"
+#: The challenge sent with a 401 to a publisher.
+WWW_AUTHENTICATE = b'Bearer realm="twisted_sse"'
 
 #: How deeply a publish body's JSON may nest (400 beyond): deep enough for
 #: any real payload, shallow enough that no parser or encoder recurses far.
@@ -360,6 +362,34 @@ class Hub:
             return failure
 
         return self.broker.publish(channel, event, key).addCallbacks(counted, failed)
+
+    def publish_refusal(
+        self, request: Any, length: int | None = None
+    ) -> tuple[int, str] | None:
+        """
+        Whether a publish must be refused on its head alone, and why: no
+        publishing over HTTP (403), a missing or wrong token (401), a
+        declared body ``length`` over ``max_event_bytes`` (413).  A server
+        can ask this as soon as a request's headers arrive, before it reads
+        (or asks for, with ``100 Continue``) a body that it would refuse.
+
+        :returns: ``None``, or the status code and the reason.
+        """
+        token = self.publish_token
+        if token is None:
+            return (
+                403,
+                "publishing over HTTP is disabled: start the server with "
+                "--publish-token",
+            )
+        presented = _bearer(request)
+        if presented is None or not hmac.compare_digest(
+            presented, token.encode("utf-8")
+        ):
+            return 401, "a valid Authorization: Bearer token is required"
+        if length is not None and length > self.max_event_bytes:
+            return 413, f"the body is larger than {self.max_event_bytes} bytes"
+        return None
 
     def channel_resource(self, channel: str) -> ChannelResource:
         """The resource serving ``channel`` (GET subscribes, POST publishes)."""
@@ -663,19 +693,12 @@ class ChannelResource(StreamResource):
         return NOT_DONE_YET
 
     def _check_publisher(self, request: Any) -> None:
-        token = self.hub.publish_token
-        if token is None:
-            raise _BadRequest(
-                403,
-                "publishing over HTTP is disabled: start the server with "
-                "--publish-token",
-            )
-        presented = _bearer(request)
-        if presented is None or not hmac.compare_digest(
-            presented, token.encode("utf-8")
-        ):
-            request.setHeader(b"WWW-Authenticate", b'Bearer realm="twisted_sse"')
-            raise _BadRequest(401, "a valid Authorization: Bearer token is required")
+        refused = self.hub.publish_refusal(request)
+        if refused is not None:
+            code, message = refused
+            if code == 401:
+                request.setHeader(b"WWW-Authenticate", WWW_AUTHENTICATE)
+            raise _BadRequest(code, message)
 
     def _read_event(self, request: Any) -> tuple[Event, str | None]:
         limit = self.hub.max_event_bytes

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -13,9 +14,11 @@ from typing import Any, NoReturn
 from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
-from twisted.web.server import Site
+from twisted.web.http import RESPONSES, HTTPChannel
+from twisted.web.server import Request, Site
 
 from ._app import SSEApp
 from ._broker import (
@@ -25,7 +28,12 @@ from ._broker import (
     MemoryBroker,
     valid_channel,
 )
-from ._hub import DEFAULT_MAX_EVENT_BYTES, bearer_token_authorizer
+from ._hub import (
+    DEFAULT_MAX_EVENT_BYTES,
+    WWW_AUTHENTICATE,
+    Hub,
+    bearer_token_authorizer,
+)
 from ._logs import access_log_formatter
 from ._redis import RedisBroker, parse_redis_url
 from ._service import EventStreamService
@@ -38,6 +46,8 @@ from ._stream import (
 )
 
 __all__ = ["Options", "makeService"]
+
+_log = Logger()
 
 #: The Site idle timeout.  Twisted's default of 60 s is suspended over HTTP/1.1
 #: while a request is open, but not over HTTP/2 (twisted#9532), where it cuts
@@ -334,6 +344,80 @@ class _CappedBody(BytesIO):
         return len(data)
 
 
+class _Request(Request):
+    """
+    A request of ``twistd sse``.  A request with a body can only be a
+    publish (no other resource of the server takes one), so it is judged on
+    its head, as soon as Twisted has parsed the headers (``gotLength``): a
+    missing or wrong token (401), publishing turned off (403) or a declared
+    length over ``--max-event-bytes`` (413) is answered at once and the
+    connection closed, before ``100 Continue`` and before any byte of the
+    body is read.  Without that, anyone could make the server read, and
+    pay for, an endless chunked body.
+    """
+
+    refused = False
+
+    def gotLength(self, length: int | None) -> None:
+        """Refuse an unwelcome body before reading it, else make room for it."""
+        # HTTP/1.x only: an HTTP/2 stream's body is paced by flow control,
+        # and capped as it arrives (_Site.getContentFile).
+        channel = self.channel
+        site = (
+            getattr(channel, "site", None) if isinstance(channel, HTTPChannel) else None
+        )
+        if isinstance(site, _Site) and site.hub is not None and _has_body(self, length):
+            refused = site.hub.publish_refusal(self, length)
+            if refused is not None:
+                self._refuse(*refused)
+                return
+        super().gotLength(length)  # type: ignore[no-untyped-call]
+
+    def _refuse(self, code: int, message: str) -> None:
+        self.refused = True
+        # Kept nothing of a body that may still be on its way, and no
+        # "100 Continue" invites the client to send it.
+        self.content = _CappedBody(0)
+        self.requestHeaders.removeHeader(b"Expect")
+        body = json.dumps({"error": message}).encode("utf-8") + b"\n"
+        head = [
+            b"HTTP/1.1 %d %s" % (code, RESPONSES.get(code, b"Error")),
+            b"Content-Type: application/json",
+            b"Cache-Control: no-store",
+            b"Content-Length: %d" % len(body),
+            b"Connection: close",
+        ]
+        if code == 401:
+            head.append(b"WWW-Authenticate: " + WWW_AUTHENTICATE)
+        transport: Any = self.channel.transport
+        transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        transport.loseConnection()
+        _log.info(
+            "Refused a request body from {peer} on its head: {code} {reason}",
+            peer=_peer(transport),
+            code=code,
+            reason=message,
+        )
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        """A refused request was answered already: nothing more to do."""
+        if not self.refused:
+            super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]
+
+
+def _has_body(request: Request, length: int | None) -> bool:
+    if length is not None:
+        return length > 0
+    return request.requestHeaders.hasHeader(b"Transfer-Encoding")
+
+
+def _peer(transport: Any) -> str:
+    try:
+        return str(getattr(transport.getPeer(), "host", "?"))
+    except Exception:
+        return "?"
+
+
 class _Site(Site):
     """
     The site of ``twistd sse``.  Twisted keeps a request's whole body before
@@ -344,9 +428,14 @@ class _Site(Site):
     No other resource of the server takes a body.
     """
 
-    def __init__(self, resource: Any, *, max_body: int, **options: Any) -> None:
+    def __init__(
+        self, resource: Any, *, max_body: int, hub: Hub | None = None, **options: Any
+    ) -> None:
         super().__init__(resource, **options)  # type: ignore[no-untyped-call]
         self.max_body = max_body
+        #: The hub whose publish rules judge a request body on its head.
+        self.hub = hub
+        self.requestFactory = _Request
 
     def getContentFile(self, length: int | None) -> BytesIO:
         """A body for a new request (Twisted's ``Request.gotLength`` hook)."""
@@ -407,6 +496,7 @@ def makeService(options: Options) -> IService:
     site = _Site(
         app.resource(),
         max_body=options["max-event-bytes"],
+        hub=app.hub,
         timeout=options["timeout"] or None,
         logFormatter=access_log_formatter,
     )
