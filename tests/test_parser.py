@@ -13,6 +13,11 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_sse import EventParser, MessageEvent
+from twisted_sse._parser import (
+    DEFAULT_MAX_EVENT_DATA_BYTES,
+    DEFAULT_MAX_LINE_BYTES,
+    LimitExceeded,
+)
 
 BOM = b"\xef\xbb\xbf"
 
@@ -760,6 +765,190 @@ class OriginTests(SynchronousTestCase):
         self.assertEqual(parse(b"data: a\n\n")[0].origin, "")
 
 
+MiB = 1024 * 1024
+
+
+def feed_until_error(
+    parser: EventParser, chunks: list[bytes]
+) -> tuple[list[MessageEvent], LimitExceeded | None]:
+    """
+    Feed C{chunks} until the parser raises; return the events dispatched
+    (those the error carries included) and the error.
+    """
+    events: list[MessageEvent] = []
+    for chunk in chunks:
+        try:
+            events.extend(parser.feed(chunk))
+        except LimitExceeded as error:
+            return [*events, *error.events], error
+    return events, None
+
+
+class LimitTests(SynchronousTestCase):
+    """
+    A line and an event's data are capped; past a cap the parser stops
+    buffering at once and raises L{LimitExceeded}.
+    """
+
+    def test_defaults(self) -> None:
+        """
+        Both caps are 16 MiB by default, and a line of 1 MiB is ordinary.
+        """
+        self.assertEqual(
+            (DEFAULT_MAX_LINE_BYTES, DEFAULT_MAX_EVENT_DATA_BYTES), (16 * MiB, 16 * MiB)
+        )
+        big = "x" * MiB
+        self.assertEqual(parse(f"data: {big}\n\n".encode()), [message(big)])
+
+    def test_endless_line_in_small_chunks(self) -> None:
+        """
+        20 MiB without a line end, in 64 KiB chunks, raises once the line
+        passes 16 MiB; the parser never holds more than the cap.
+        """
+        parser = EventParser()
+        chunk = b"x" * 65536
+        most = 0
+        fed = 0
+        with self.assertRaises(LimitExceeded) as raised:
+            for _ in range(20 * 16):
+                parser.feed(chunk)
+                fed += len(chunk)
+                most = max(most, parser.buffered)
+        self.assertEqual(fed, 16 * MiB)
+        self.assertEqual(most, 16 * MiB)
+        self.assertEqual(parser.buffered, 0)
+        error = raised.exception
+        self.assertEqual((error.limit, error.option), (16 * MiB, "max_line_bytes"))
+        self.assertEqual(
+            str(error), "a line longer than max_line_bytes (16777216 bytes)"
+        )
+
+    def test_line_at_cap(self) -> None:
+        """
+        A line of exactly max_line_bytes is accepted; one byte more is not.
+        """
+        parser = EventParser(max_line_bytes=10)
+        self.assertEqual(parser.feed(b"data: 1234\n\n"), [message("1234")])
+        with self.assertRaises(LimitExceeded):
+            parser.feed(b"data: 12345\n\n")
+
+    def test_long_line_raises_before_its_end(self) -> None:
+        """
+        An unterminated line raises as soon as it is too long, not at its end.
+        """
+        parser = EventParser(max_line_bytes=10)
+        parser.feed(b"data: 12")
+        parser.feed(b"34")
+        with self.assertRaises(LimitExceeded):
+            parser.feed(b"5")
+
+    def test_any_line_counts(self) -> None:
+        """
+        Comments and unknown fields are capped like data lines.
+        """
+        for line in [b":" + b"x" * 20, b"foo: " + b"x" * 20]:
+            with self.assertRaises(LimitExceeded):
+                EventParser(max_line_bytes=10).feed(line + b"\n")
+
+    def test_line_end_not_counted(self) -> None:
+        """
+        The cap is on the line without its line end, even split from it.
+        """
+        for end in [b"\n", b"\r", b"\r\n"]:
+            parser = EventParser(max_line_bytes=7)
+            self.assertEqual(
+                parse(b"data: x", end, b"\r\n", parser=parser), [message("x")]
+            )
+
+    def test_events_before_kept(self) -> None:
+        """
+        The events a chunk dispatched before the offending line come with the
+        error; the id and retry read before it are applied.
+        """
+        parser = EventParser(max_line_bytes=10)
+        with self.assertRaises(LimitExceeded) as raised:
+            parser.feed(b"data: 1\n\nretry: 5\nid: 7\n\ndata: 12345678\n")
+        self.assertEqual(raised.exception.events, [message("1")])
+        self.assertEqual((parser.retry, parser.last_event_id), (5, "7"))
+
+    def test_stays_broken(self) -> None:
+        """
+        After a cap is passed, every later feed raises and nothing is held.
+        """
+        parser = EventParser(max_line_bytes=4)
+        with self.assertRaises(LimitExceeded):
+            parser.feed(b"data: x\n")
+        for chunk in [b"\n", b"", b"data\n\n"]:
+            with self.assertRaises(LimitExceeded) as raised:
+                parser.feed(chunk)
+            self.assertEqual(raised.exception.events, [])
+            self.assertEqual(parser.buffered, 0)
+
+    def test_event_data_cap(self) -> None:
+        """
+        An event whose data passes max_event_bytes raises at the data line
+        that passes it; data of exactly the cap is delivered.
+        """
+        parser = EventParser(max_event_bytes=9)
+        self.assertEqual(
+            parser.feed(b"data: 1234\ndata: 5678\n\n"), [message("1234\n5678")]
+        )
+        with self.assertRaises(LimitExceeded) as raised:
+            parser.feed(b"data: 1234\ndata: 56789\n")
+        self.assertEqual(raised.exception.limit, 9)
+        self.assertEqual(raised.exception.option, "max_event_bytes")
+        self.assertEqual(
+            str(raised.exception),
+            "an event's data longer than max_event_bytes (9 bytes)",
+        )
+
+    def test_event_data_in_bytes(self) -> None:
+        """
+        The data cap counts bytes as sent, not characters.
+        """
+        with self.assertRaises(LimitExceeded):
+            EventParser(max_event_bytes=5).feed("data: ééé\n".encode())
+
+    def test_empty_data_lines_count(self) -> None:
+        """
+        Empty data lines count by the line feeds they add.
+        """
+        parser = EventParser(max_event_bytes=10)
+        self.assertEqual(parser.feed(b"data\n" * 11 + b"\n"), [message("\n" * 10)])
+        with self.assertRaises(LimitExceeded):
+            parser.feed(b"data\n" * 12)
+
+    def test_huge_event_in_many_lines(self) -> None:
+        """
+        An event of 20 MiB in 1 KiB lines raises once its data passes 16 MiB,
+        and the data held never exceeds the cap.
+        """
+        parser = EventParser()
+        chunk = (b"data: " + b"x" * 1017 + b"\n") * 64
+        most = 0
+        with self.assertRaises(LimitExceeded) as raised:
+            for _ in range(20 * 16):
+                parser.feed(chunk)
+                most = max(most, parser.buffered)
+        self.assertLessEqual(most, 16 * MiB)
+        self.assertEqual(raised.exception.option, "max_event_bytes")
+
+    def test_dispatch_resets_data_count(self) -> None:
+        """
+        The data cap is per event: many events under it are all delivered.
+        """
+        parser = EventParser(max_event_bytes=4)
+        self.assertEqual(parser.feed(b"data: 1234\n\n" * 3), [message("1234")] * 3)
+
+    def test_bad_caps(self) -> None:
+        """
+        A cap below 1 byte is refused.
+        """
+        for caps in [{"max_line_bytes": 0}, {"max_event_bytes": 0}]:
+            with self.assertRaises(ValueError):
+                EventParser(**caps)
+
+
 # Random streams for the properties: lines of known and unknown fields,
 # comments, blank lines and raw bytes, with every kind of line end.
 _TEXT = st.text(
@@ -890,3 +1079,55 @@ class PropertyTests(SynchronousTestCase):
         self.assertEqual(
             _outcome([stream], last_event_id=seed), _spec_parse(stream, seed)
         )
+
+    @settings(deadline=None, max_examples=200)
+    @given(
+        stream=streams(),
+        cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=30),
+    )
+    def test_caps_met_change_nothing(self, stream: bytes, cuts: list[int]) -> None:
+        """
+        Caps that no line or event passes (the line cap met exactly) change
+        nothing, however the stream is chunked.
+        """
+        body = stream.removeprefix(BOM)
+        lines = re.split(b"\r\n|\r|\n", body)
+        longest = max(len(line) for line in lines)
+        data = sum(len(line) + 1 for line in lines if line.startswith(b"data"))
+        parser = EventParser(max_line_bytes=max(longest, 1), max_event_bytes=data + 1)
+        self.assertEqual(
+            feed_until_error(parser, _chunked(stream, cuts)),
+            (_outcome([stream])[0], None),
+        )
+
+    @settings(deadline=None, max_examples=200)
+    @given(
+        before=streams(),
+        cap=st.integers(min_value=1, max_value=64),
+        extra=st.integers(min_value=1, max_value=64),
+        after=st.binary(max_size=20),
+        cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=30),
+    )
+    def test_over_cap_line_raises(
+        self, before: bytes, cap: int, extra: int, after: bytes, cuts: list[int]
+    ) -> None:
+        """
+        A line over the cap raises however the stream is chunked, after the
+        same events.
+        """
+        stream = before + b"\n:" + b"x" * (cap + extra - 1) + after
+        # The events expected: those of the lines before the first one over
+        # the cap (which may be in before).
+        parts = re.split(b"(\r\n|\r|\n)", before.removeprefix(BOM) + b"\n")
+        prefix = b""
+        for line, end in zip(parts[0::2], parts[1::2], strict=False):
+            if len(line) > cap:
+                break
+            prefix += line + end
+        # The BOM removed above is put back: a second one would be text.
+        expected = parse(BOM + prefix)
+        events, error = feed_until_error(
+            EventParser(max_line_bytes=cap), _chunked(stream, cuts)
+        )
+        self.assertIsNotNone(error)
+        self.assertEqual(events, expected)
