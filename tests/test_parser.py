@@ -944,9 +944,10 @@ class LimitTests(SynchronousTestCase):
         """
         A cap below 1 byte is refused.
         """
-        for caps in [{"max_line_bytes": 0}, {"max_event_bytes": 0}]:
-            with self.assertRaises(ValueError):
-                EventParser(**caps)
+        with self.assertRaises(ValueError):
+            EventParser(max_line_bytes=0)
+        with self.assertRaises(ValueError):
+            EventParser(max_event_bytes=0)
 
 
 # Random streams for the properties: lines of known and unknown fields,
