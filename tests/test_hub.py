@@ -48,7 +48,7 @@ from twisted_sse._hub import (
     bearer_token_authorizer,
 )
 from twisted_sse._stream import SlowClientPolicy, StreamRegistry
-from twisted_sse._tap import Options, _CappedBody, _Site
+from twisted_sse._tap import LINGER, Options, _CappedBody, _Site
 from twisted_sse.testing import SSETestClient, SSETestResponse
 
 EPOCH = 1700000000000
@@ -1939,14 +1939,16 @@ class HeadRefusalTests(SynchronousTestCase):
     """
     twistd sse judges a request with a body on its head: a publisher
     without the token, or declaring a body over the limit, is answered at
-    once and cut off, before 100 Continue and before the body is read.
+    once, before 100 Continue, and cut off once what it had sent is
+    dropped (up to the body limit, for LINGER seconds at most).
     """
 
     def connect(self, **hub_options: Any) -> tuple[HubFixture, StringTransport, Any]:
         hub_options.setdefault("max_event_bytes", 64)
         hub = HubFixture(self, **hub_options)
+        self.reactor = MemoryReactorClock()
         site = _Site(
-            hub.client.resource, max_body=64, hub=hub.hub, reactor=MemoryReactorClock()
+            hub.client.resource, max_body=64, hub=hub.hub, reactor=self.reactor
         )
         protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
         transport = StringTransport()
@@ -1955,12 +1957,8 @@ class HeadRefusalTests(SynchronousTestCase):
         return hub, transport, protocol
 
     def head(self, *lines: str) -> bytes:
-        return (
-            "\r\n".join(("POST /channels/news HTTP/1.1", "Host: x", *lines)).encode(
-                "ascii"
-            )
-            + b"\r\n\r\n"
-        )
+        request = ("POST /channels/news HTTP/1.1", "Host: x", *lines)
+        return "\r\n".join(request).encode("ascii") + b"\r\n\r\n"
 
     def assert_answered(
         self, transport: StringTransport, code: int, reason: str
@@ -1973,10 +1971,9 @@ class HeadRefusalTests(SynchronousTestCase):
         self.assertIn(b"Connection: close", head)
         self.assertIn(reason, json.loads(body)["error"])
         self.assertNotIn(b"100 Continue", response)
-        self.assertTrue(transport.disconnecting)
 
     def test_no_token_chunked(self) -> None:
-        """An endless chunked body without the token: 401 on its head."""
+        """An endless chunked body without the token: 401 on its head, then cut."""
         hub, transport, protocol = self.connect()
         reader = hub.subscribe()
         protocol.dataReceived(
@@ -1987,15 +1984,25 @@ class HeadRefusalTests(SynchronousTestCase):
             b'WWW-Authenticate: Bearer realm="twisted_sse"', transport.value()
         )
         answered = len(transport.value())
-        # Whatever else arrives is not read into anything, nor answered.
-        for _ in range(100):
-            protocol.dataReceived(b"400\r\n" + b"x" * 1024 + b"\r\n")
-        protocol.dataReceived(b"0\r\n\r\n")
+        self.assertFalse(transport.disconnecting)
+        # What the client sends is dropped, and past the body limit (64
+        # bytes here) the connection is closed.
+        protocol.dataReceived(b"20\r\n" + b"x" * 32 + b"\r\n")
+        self.assertFalse(transport.disconnecting)
+        protocol.dataReceived(b"40\r\n" + b"x" * 64 + b"\r\n")
+        self.assertTrue(transport.disconnecting)
         self.assertEqual(len(transport.value()), answered)
         self.assertEqual(reader.events, [])
+        # The lingering timer went with it (the channel's idle timer stays).
+        lingering = [
+            call
+            for call in self.reactor.getDelayedCalls()
+            if getattr(call.func, "__name__", "") == "_close"
+        ]
+        self.assertEqual(lingering, [])
 
-    def test_wrong_token_with_body_in_same_packet(self) -> None:
-        """A wrong token: 401, and the body that came with the head is ignored."""
+    def test_wrong_token_with_body(self) -> None:
+        """A wrong token: 401, and the body that came with it is dropped."""
         hub, transport, protocol = self.connect()
         reader = hub.subscribe()
         protocol.dataReceived(
@@ -2007,6 +2014,8 @@ class HeadRefusalTests(SynchronousTestCase):
             + b'{"data": "x"}'
         )
         self.assert_answered(transport, 401, "Bearer token is required")
+        # All of it was read: the close is clean, at once.
+        self.assertTrue(transport.disconnecting)
         self.assertEqual(reader.events, [])
 
     def test_publishing_off(self) -> None:
@@ -2016,12 +2025,16 @@ class HeadRefusalTests(SynchronousTestCase):
         self.assert_answered(transport, 403, "publishing over HTTP is disabled")
 
     def test_declared_too_long(self) -> None:
-        """A Content-Length over the limit: 413 on the head, token or not."""
+        """A Content-Length over the limit: 413 on the head; closed after LINGER."""
         _, transport, protocol = self.connect()
         protocol.dataReceived(
             self.head(f"Authorization: Bearer {TOKEN}", "Content-Length: 65")
         )
         self.assert_answered(transport, 413, "larger than 64 bytes")
+        self.reactor.advance(LINGER - 0.1)
+        self.assertFalse(transport.disconnecting)
+        self.reactor.advance(0.1)
+        self.assertTrue(transport.disconnecting)
 
     def test_good_publish_goes_through(self) -> None:
         """With the token and a body within the limit, the publish is served."""

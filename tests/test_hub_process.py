@@ -257,18 +257,41 @@ class HubProcessTests(SynchronousTestCase):
 
     def test_huge_body(self) -> None:
         """
-        A 20 MB body is read and dropped past the limit (the server keeps
-        at most --max-event-bytes + 1 of it): 413 with the token, 401
-        without, and the server goes on publishing.
+        A publish is judged on its head: a declared 20 MB body gets 413 and
+        one without the token 401 before any of it is sent (no 100
+        Continue); an endless chunked body without the token is answered
+        at once and cut off after the body limit, not read for ever; and
+        the server goes on publishing.
         """
         server = self.start("--publish-token", TOKEN, "--max-event-bytes", "1000")
-        huge = b"x" * 20_000_000
-        code, answer = post(server.port, huge, content_type="text/plain")
-        self.assertEqual(code, 413)
-        self.assertIn("larger than 1000 bytes", answer["error"])
-        self.assertEqual(
-            post(server.port, huge, content_type="text/plain", token=None)[0], 401
-        )
+        for token, code in ((TOKEN, b"413"), (None, b"401")):
+            with socket.create_connection(("127.0.0.1", server.port)) as sock:
+                sock.settimeout(10)
+                sock.sendall(
+                    _post_head(
+                        token,
+                        "Content-Length: 20000000",
+                        "Expect: 100-continue",
+                    )
+                )
+                answer = _read_all(sock)
+            self.assertTrue(answer.startswith(b"HTTP/1.1 " + code), answer)
+            self.assertNotIn(b"100 Continue", answer)
+        # An endless chunked body: the answer comes at once, and the server
+        # stops reading long before the client stops sending.
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.settimeout(10)
+            sock.sendall(_post_head(None, "Transfer-Encoding: chunked"))
+            answer = sock.recv(65536)
+            self.assertTrue(answer.startswith(b"HTTP/1.1 401"), answer)
+            chunk = b"4000\r\n" + b"x" * 0x4000 + b"\r\n"
+            sent = 0
+            with self.assertRaises(OSError):
+                while sent < 200_000_000:
+                    sock.sendall(chunk)
+                    sent += len(chunk)
+            # What the kernel's buffers took, not what the server read.
+            self.assertLess(sent, 50_000_000)
         reader = self.reader(server)
         reader.first_frame_id()
         reader.until(publish(server.port, "after"))
@@ -390,3 +413,18 @@ class HubProcessTests(SynchronousTestCase):
         self.assertTrue(counter.at_eof())
         # twistd exits once the drain is done (by the signal's own status).
         self.assertIn(server.process.wait(10), (0, -15))
+
+
+def _post_head(token: str | None, *headers: str) -> bytes:
+    lines = ["POST /channels/news HTTP/1.1", "Host: x", "Content-Type: text/plain"]
+    if token is not None:
+        lines.append(f"Authorization: Bearer {token}")
+    return "\r\n".join([*lines, *headers]).encode("ascii") + b"\r\n\r\n"
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    """Everything until the server closes the connection."""
+    received = bytearray()
+    while chunk := sock.recv(65536):
+        received += chunk
+    return bytes(received)

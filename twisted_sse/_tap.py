@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -22,8 +23,10 @@ from twisted.web.server import Request, Site
 
 from ._app import SSEApp
 from ._broker import (
+    DEFAULT_CHANNEL_TTL,
     DEFAULT_HISTORY,
     DEFAULT_HISTORY_BYTES,
+    DEFAULT_HISTORY_TOTAL,
     IBroker,
     MemoryBroker,
     valid_channel,
@@ -207,6 +210,23 @@ class Options(usage.Options):
             _non_negative_int("history-bytes"),
         ],
         [
+            "history-total",
+            None,
+            DEFAULT_HISTORY_TOTAL,
+            "Bytes of events kept over all channels (memory broker); past it "
+            "the oldest events of the channels published least recently go "
+            "first.",
+            _non_negative_int("history-total"),
+        ],
+        [
+            "channel-ttl",
+            None,
+            DEFAULT_CHANNEL_TTL,
+            "Seconds after which a channel with no subscriber and no publish "
+            "is forgotten, its history with it (0: never).",
+            _non_negative_float("channel-ttl"),
+        ],
+        [
             "max-event-bytes",
             None,
             DEFAULT_MAX_EVENT_BYTES,
@@ -344,19 +364,33 @@ class _CappedBody(BytesIO):
         return len(data)
 
 
+#: Seconds a refused request's connection stays open reading (and
+#: dropping) what the client had already sent: see _Request.
+LINGER = 2.0
+
+
 class _Request(Request):
     """
     A request of ``twistd sse``.  A request with a body can only be a
     publish (no other resource of the server takes one), so it is judged on
     its head, as soon as Twisted has parsed the headers (``gotLength``): a
     missing or wrong token (401), publishing turned off (403) or a declared
-    length over ``--max-event-bytes`` (413) is answered at once and the
-    connection closed, before ``100 Continue`` and before any byte of the
-    body is read.  Without that, anyone could make the server read, and
-    pay for, an endless chunked body.
+    length over ``--max-event-bytes`` (413) is answered at once, before
+    ``100 Continue``, and the connection is closed.  Without that, anyone
+    could make the server read, and pay for, an endless chunked body.
+
+    The close lingers, as nginx's does: closing a socket with unread bytes
+    makes the kernel reset the connection, and a reset can destroy the
+    answer before the client reads it.  So what the client had already sent
+    is read and dropped, up to ``--max-event-bytes`` and for :data:`LINGER`
+    seconds at most; a client that honours ``Expect: 100-continue`` sends
+    nothing and gets its answer, one that keeps sending past the bound is
+    cut off.
     """
 
     refused = False
+    _dropped = 0
+    _linger: IDelayedCall | None = None
 
     def gotLength(self, length: int | None) -> None:
         """Refuse an unwelcome body before reading it, else make room for it."""
@@ -369,14 +403,15 @@ class _Request(Request):
         if isinstance(site, _Site) and site.hub is not None and _has_body(self, length):
             refused = site.hub.publish_refusal(self, length)
             if refused is not None:
-                self._refuse(*refused)
+                self._refuse(site, *refused)
                 return
         super().gotLength(length)  # type: ignore[no-untyped-call]
 
-    def _refuse(self, code: int, message: str) -> None:
+    def _refuse(self, site: _Site, code: int, message: str) -> None:
         self.refused = True
-        # Kept nothing of a body that may still be on its way, and no
-        # "100 Continue" invites the client to send it.
+        self._room = site.max_body
+        # Nothing of the body is kept, and no "100 Continue" invites the
+        # client to send it.
         self.content = _CappedBody(0)
         self.requestHeaders.removeHeader(b"Expect")
         body = json.dumps({"error": message}).encode("utf-8") + b"\n"
@@ -391,7 +426,7 @@ class _Request(Request):
             head.append(b"WWW-Authenticate: " + WWW_AUTHENTICATE)
         transport: Any = self.channel.transport
         transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
-        transport.loseConnection()
+        self._linger = site.reactor.callLater(LINGER, self._close)
         _log.info(
             "Refused a request body from {peer} on its head: {code} {reason}",
             peer=_peer(transport),
@@ -399,10 +434,37 @@ class _Request(Request):
             reason=message,
         )
 
-    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        """A refused request was answered already: nothing more to do."""
+    def handleContentChunk(self, data: bytes) -> None:
+        """Drop a refused body, up to the bound; keep anything else."""
         if not self.refused:
+            super().handleContentChunk(data)  # type: ignore[no-untyped-call]
+            return
+        self._dropped += len(data)
+        if self._dropped > self._room:
+            self._close()
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        """A refused request was answered already: close once its body is in."""
+        if self.refused:
+            self._close()
+        else:
             super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]
+
+    def connectionLost(self, reason: Any) -> None:
+        """The connection went away: no lingering left to end."""
+        self._stop_lingering()
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
+
+    def _close(self) -> None:
+        self._stop_lingering()
+        transport = self.channel.transport if self.channel is not None else None
+        if transport is not None:
+            transport.loseConnection()
+
+    def _stop_lingering(self) -> None:
+        linger, self._linger = self._linger, None
+        if linger is not None and linger.active():
+            linger.cancel()
 
 
 def _has_body(request: Request, length: int | None) -> bool:
@@ -466,7 +528,11 @@ def makeService(options: Options) -> IService:
         broker = RedisBroker(reactor, options["redis"], history=options["history"])
     else:
         broker = MemoryBroker(
-            history=options["history"], history_bytes=options["history-bytes"]
+            history=options["history"],
+            history_bytes=options["history-bytes"],
+            history_total=options["history-total"],
+            channel_ttl=options["channel-ttl"],
+            clock=reactor,
         )
     app = SSEApp(
         reactor,
