@@ -2061,3 +2061,48 @@ class HeadRefusalTests(SynchronousTestCase):
         protocol.dataReceived(b"GET /channels/nope%20x HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertIn(b"400 Bad Request", transport.value())
         self.assertFalse(transport.disconnecting)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+class AnyBodyTests(SynchronousTestCase):
+    """No request body, however odd, gets a 500 or logs a traceback."""
+
+    @settings(
+        max_examples=300,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    )
+    @given(
+        body=st.binary(max_size=300)
+        | _JSON.map(lambda value: json.dumps(value).encode())
+        | st.fixed_dictionaries(
+            {"data": _JSON},
+            optional={
+                "event": _JSON,
+                "retry": _JSON | st.integers(),
+                "key": _JSON,
+                "id": _JSON,
+            },
+        ).map(lambda value: json.dumps(value).encode()),
+        content_type=st.sampled_from(
+            [None, "application/json", "text/plain", "text/plain; charset=utf-8", "x/y"]
+        ),
+    )
+    def test_never_a_server_error(self, body: bytes, content_type: str | None) -> None:
+        """Every body is published (200) or refused with a 4xx and a reason."""
+        hub = HubFixture(self, max_event_bytes=200)
+        response = hub.post(body, content_type=content_type)
+        self.assertIn(response.code, (200, 400, 413, 415))
+        if response.code != 200:
+            self.assertIsInstance(answer(response)["error"], str)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        hub.check(self)

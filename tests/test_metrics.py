@@ -119,3 +119,26 @@ class MetricsTests(SynchronousTestCase):
         app = SSEApp(self.clock, heartbeat=0, metrics=False)
         client = SSETestClient(app.resource(), self.clock)
         self.assertEqual(client.get("/metrics").code, 404)
+
+
+class BoundedSeriesTests(SynchronousTestCase):
+    """/metrics stays small whatever publishers do."""
+
+    def test_many_channels(self) -> None:
+        """5,000 channels add no series; history and channels are gauged."""
+        clock = Clock()
+        broker = MemoryBroker(epoch=1, history_total=64 * 1024, clock=clock)
+        app = SSEApp(clock, broker=broker, heartbeat=0, publish_token="T")
+        client = SSETestClient(app.resource(), clock)
+        before = scrape(client)
+        subscribers = [client.get(f"/channels/c{n}") for n in range(50)]
+        for n in range(5000):
+            app.hub.publish(f"c{n}", Event(data="x" * 100))
+        after = scrape(client)
+        self.assertEqual(sorted(after), sorted(before))
+        self.assertEqual(after[("sse_channels", ())], 5000)
+        self.assertLessEqual(after[("sse_history_bytes", ())], 64 * 1024)
+        self.assertEqual(after[("sse_history_bytes", ())], broker.total_bytes)
+        for subscriber in subscribers:
+            subscriber.disconnect()
+        client.disconnect_all()

@@ -158,6 +158,22 @@ class SSECollector(Collector):
                 "Whether the broker is reachable (1) or not (0).",
                 value=1 if broker.available else 0,
             )
+            names = getattr(broker, "channel_names", None)
+            if callable(names):
+                yield GaugeMetricFamily(
+                    "sse_channels",
+                    "Channels the broker keeps in this process (with history "
+                    "or subscribers).",
+                    value=len(names()),
+                )
+            total = getattr(broker, "total_bytes", None)
+            if isinstance(total, int):
+                yield GaugeMetricFamily(
+                    "sse_history_bytes",
+                    "Bytes of history kept over all channels (--history-total "
+                    "bounds it).",
+                    value=total,
+                )
             errors = getattr(broker, "errors", None)
             if isinstance(errors, int):
                 yield CounterMetricFamily(
