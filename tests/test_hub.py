@@ -1997,7 +1997,7 @@ class HeadRefusalTests(SynchronousTestCase):
         lingering = [
             call
             for call in self.reactor.getDelayedCalls()
-            if getattr(call.func, "__name__", "") == "_close"
+            if getattr(getattr(call, "func", None), "__name__", "") == "_close"
         ]
         self.assertEqual(lingering, [])
 
