@@ -14,10 +14,16 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from treq.testing import RequestTraversalAgent
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.error import ConnectionLost, ConnectionRefusedError
+from twisted.internet.error import (
+    ConnectionAborted,
+    ConnectionLost,
+    ConnectionRefusedError,
+)
+from twisted.internet.interfaces import IProtocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseDone
@@ -30,11 +36,14 @@ from twisted_sse import Event, EventStreamResource, MessageEvent, counter
 from twisted_sse._client import (
     DEFAULT_IDLE_TIMEOUT,
     MAX_REDIRECTS,
+    MAX_RESPONSE_HEADER_BYTES,
+    MAX_RESPONSE_HEADERS,
     EventSource,
     EventSourceError,
     IdleTimeout,
     ReadyState,
 )
+from twisted_sse._parser import LimitExceeded
 
 URL = "http://example.com/events"
 ORIGIN = "http://example.com"
@@ -491,7 +500,7 @@ class RedirectTests(SynchronousTestCase):
         """A reconnect starts again from the original URL, with the extra headers."""
         harness = Harness(headers={"Authorization": "Bearer t"})
         harness.start().redirect("http://other.example/")
-        harness.open().end()
+        harness.open(b"data: x\n\n").end()
         harness.clock.advance(3)
         self.assertEqual(harness.last.uri, URL.encode())
         self.assertEqual(harness.last.header("Authorization"), "Bearer t")
@@ -556,7 +565,7 @@ class ReconnectTests(SynchronousTestCase):
         """retry: changes the reconnection time."""
         harness = Harness()
         harness.start()
-        harness.open(b"retry: 500\n\n").end()
+        harness.open(b"retry: 500\ndata: x\n\n").end()
         self.assertEqual(harness.source.reconnection_time, 500)
         self.assertEqual(harness.requests_after(0.499), 1)
         self.assertEqual(harness.requests_after(0.001), 2)
@@ -565,15 +574,15 @@ class ReconnectTests(SynchronousTestCase):
         """retry: applies even in a block that never dispatches."""
         harness = Harness()
         harness.start()
-        harness.open(b"retry: 1500\ndata: x\n").end()
-        self.assertEqual(harness.events, [])
+        harness.open(b"data: 0\n\nretry: 1500\ndata: x\n").end()
+        self.assertEqual(harness.events, [message("0")])
         self.assertEqual(harness.requests_after(1.5), 2)
 
     def test_retry_persists(self) -> None:
         """The reconnection time set on one connection holds for the next ones."""
         harness = Harness()
         harness.start()
-        harness.open(b"retry: 700\n\n").end()
+        harness.open(b"retry: 700\ndata: x\n\n").end()
         harness.clock.advance(0.7)
         harness.open(b"data: no retry here\n\n").end()
         self.assertEqual(harness.requests_after(0.699), 2)
@@ -583,7 +592,7 @@ class ReconnectTests(SynchronousTestCase):
         """The initial reconnection time can be given."""
         harness = Harness(reconnection_time=250)
         harness.start()
-        harness.open().end()
+        harness.open(b"data: x\n\n").end()
         self.assertEqual(harness.requests_after(0.25), 2)
 
     def test_network_error_reconnects(self) -> None:
@@ -618,24 +627,65 @@ class ReconnectTests(SynchronousTestCase):
         """With retry: 0, failed attempts still back off instead of spinning."""
         harness = Harness()
         harness.start()
-        harness.open(b"retry: 0\n\n").end()
+        harness.open(b"retry: 0\ndata: x\n\n").end()
         self.assertEqual(harness.source.reconnect_delay, 0.0)
         harness.clock.advance(0)
         harness.last.fail()
         self.assertEqual(harness.source.reconnect_delay, 2.0)
 
-    def test_backoff_reset_after_open(self) -> None:
-        """An open resets the backoff: the next drop waits the reconnection time."""
+    def test_backoff_reset_by_event(self) -> None:
+        """An event resets the backoff: the next drop waits the reconnection time."""
         harness = Harness()
         harness.start().fail()
         harness.clock.advance(6)
         harness.last.fail()
         harness.clock.advance(12)
-        harness.open().end()
+        harness.open(b"data: x\n\n").end()
         self.assertEqual(harness.source.reconnect_delay, 3.0)
         harness.clock.advance(3)
         harness.last.fail()
         self.assertEqual(harness.source.reconnect_delay, 6.0)
+
+    def test_open_without_event_is_a_failure(self) -> None:
+        """A stream that ends before an event neither resets nor spares the count."""
+        harness = Harness()
+        harness.start().fail()
+        harness.clock.advance(6)
+        harness.open(b": hello\nretry: 3000\nid: 1\n\n").end()
+        self.assertEqual(harness.source.reconnect_delay, 12.0)
+        self.assertEqual(harness.source.last_event_id, "1")
+
+    def test_heartbeats_do_not_reset(self) -> None:
+        """Heartbeats (comments) on an open stream do not end a run of failures."""
+        harness = Harness()
+        harness.start().fail()
+        harness.clock.advance(6)
+        response = harness.open()
+        for _ in range(10):
+            harness.clock.advance(15)
+            response.send(b":\n")
+        response.end(Failure(ConnectionLost()))
+        self.assertEqual(harness.source.reconnect_delay, 12.0)
+
+    def test_retry_zero_and_close(self) -> None:
+        """A server answering retry: 0 and hanging up gets 3 connects in 10 s."""
+        # The most jitter: the shortest waits there can be.
+        harness = Harness(jitter=1.0)
+        harness.start()
+        connects: list[float] = []
+        delays: list[float] = []
+        for _ in range(1000):
+            if harness.clock.seconds() >= 10:
+                break
+            connects.append(harness.clock.seconds())
+            harness.open(b"retry: 0\n\n").end()
+            delay = harness.source.reconnect_delay
+            assert delay is not None
+            delays.append(delay)
+            harness.clock.advance(delay)
+        self.assertEqual(harness.source.reconnection_time, 0)
+        self.assertEqual(delays, [1.5, 3.0, 6.0])
+        self.assertEqual(connects, [0.0, 1.5, 4.5])
 
     def test_long_retry_beyond_cap(self) -> None:
         """A server retry: longer than max_backoff is honoured."""
@@ -662,21 +712,21 @@ class ReconnectTests(SynchronousTestCase):
         harness.start().fail()
         self.assertEqual(harness.source.reconnect_delay, 6.0 * 0.875)
 
-    def test_no_jitter_after_open(self) -> None:
-        """After an open stream ends, the wait is exactly the reconnection time."""
+    def test_no_jitter_after_event(self) -> None:
+        """After a stream that delivered an event ends, the wait is exact."""
         harness = Harness(jitter=0.9)
         harness.start()
-        harness.open().end()
+        harness.open(b"data: x\n\n").end()
         self.assertEqual(harness.source.reconnect_delay, 3.0)
 
     def test_new_parser_per_connection(self) -> None:
         """An unfinished block of one connection does not leak into the next."""
         harness = Harness()
         harness.start()
-        harness.open(b"event: a\ndata: half").end()
+        harness.open(b"data: 1\n\nevent: a\ndata: half").end()
         harness.clock.advance(3)
         harness.open(b"data: whole\n\n")
-        self.assertEqual(harness.events, [message("whole")])
+        self.assertEqual(harness.events, [message("1"), message("whole")])
 
 
 class LastEventIdTests(SynchronousTestCase):
@@ -695,9 +745,10 @@ class LastEventIdTests(SynchronousTestCase):
         """An id is committed by a blank line even when no event fires."""
         harness = Harness()
         harness.start()
-        harness.open(b"id: 8\n\n").end()
+        harness.open(b"data: x\n\nid: 8\n\n").end()
         harness.clock.advance(3)
         self.assertEqual(harness.last.header("Last-Event-ID"), "8")
+        self.assertEqual(harness.events, [message("x")])
 
     def test_uncommitted_id(self) -> None:
         """An id in a block cut off by the end of the body is not committed."""
@@ -744,7 +795,7 @@ class LastEventIdTests(SynchronousTestCase):
         """Failed attempts keep the id for the one after."""
         harness = Harness()
         harness.start()
-        harness.open(b"id: 4\n\n").end()
+        harness.open(b"id: 4\ndata: x\n\n").end()
         harness.clock.advance(3)
         harness.last.fail()
         harness.clock.advance(6)
@@ -1130,6 +1181,247 @@ class APITests(SynchronousTestCase):
             (source.url, source.origin, source.last_event_id, source.reconnection_time),
             (URL, ORIGIN, "9", 3000),
         )
+
+
+def limit_of(failure: Failure) -> LimitExceeded:
+    """The L{LimitExceeded} that C{failure} wraps."""
+    assert isinstance(failure.value, LimitExceeded), failure
+    return failure.value
+
+
+class LimitTests(SynchronousTestCase):
+    """A line or an event too long drops the connection as a failed attempt."""
+
+    def test_endless_line(self) -> None:
+        """A line that never ends is dropped as soon as it passes max_line_bytes."""
+        harness = Harness(max_line_bytes=1000)
+        harness.start()
+        response = harness.open(b"data: 1\n\n")
+        for _ in range(10):
+            response.send(b"x" * 100)
+        self.assertFalse(response.stopped)
+        response.send(b"x")
+        self.assertTrue(response.stopped)
+        [failure] = harness.errors
+        self.assertEqual(
+            str(limit_of(failure)), "a line longer than max_line_bytes (1000 bytes)"
+        )
+        self.assertEqual(harness.source.ready_state, ReadyState.CONNECTING)
+        # More bytes, and the end of the dropped body, change nothing.
+        response.send(b"x" * 10**6)
+        response.end(Failure(ConnectionLost()))
+        self.assertEqual(len(harness.errors), 1)
+        self.assertEqual(harness.events, [message("1")])
+
+    def test_huge_event(self) -> None:
+        """An event whose data passes max_event_bytes is dropped with its stream."""
+        harness = Harness(max_event_bytes=1000)
+        harness.start()
+        response = harness.open()
+        for _ in range(10):
+            response.send(b"data: " + b"x" * 99 + b"\n")
+        self.assertFalse(response.stopped)
+        response.send(b"data: x\n")
+        self.assertTrue(response.stopped)
+        self.assertEqual(limit_of(harness.errors[0]).option, "max_event_bytes")
+        self.assertIn("1000 bytes", harness.errors[0].getErrorMessage())
+        self.assertEqual(harness.events, [])
+
+    def test_events_before_delivered(self) -> None:
+        """Events of the chunk before the offending line are delivered first."""
+        harness = Harness(max_line_bytes=100)
+        harness.start()
+        harness.open(b"id: 1\ndata: a\n\ndata: b\n\n" + b"x" * 200 + b"\n\n")
+        self.assertEqual(
+            harness.events,
+            [message("a", last_event_id="1"), message("b", last_event_id="1")],
+        )
+        self.assertIsInstance(harness.errors[0].value, LimitExceeded)
+        self.assertEqual(harness.source.last_event_id, "1")
+
+    def test_close_in_callback_before_cap(self) -> None:
+        """close() in a callback for an event before the cap: no error is reported."""
+        harness = Harness(max_line_bytes=100)
+        harness.source.on_message = lambda event: harness.source.close()
+        harness.start()
+        harness.open(b"data: a\n\n" + b"x" * 200)
+        self.assertEqual((harness.errors, harness.source.ready_state), ([], 2))
+
+    def test_cap_is_a_failure(self) -> None:
+        """A dropped stream counts as a failed attempt, even after events."""
+        harness = Harness(max_line_bytes=100)
+        harness.start()
+        harness.open(b"data: a\n\n" + b"x" * 200)
+        self.assertEqual(harness.source.reconnect_delay, 6.0)
+        harness.clock.advance(6)
+        harness.open(b"x" * 200)
+        self.assertEqual(harness.source.reconnect_delay, 12.0)
+
+    def test_event_then_cap_not_a_storm(self) -> None:
+        """retry: 0, an event, then a line too long: at most one connect a second."""
+        harness = Harness(jitter=1.0, max_line_bytes=100)
+        harness.start()
+        harness.open(b"retry: 0\ndata: a\n\n" + b"x" * 200)
+        for _ in range(20):
+            delay = harness.source.reconnect_delay
+            assert delay is not None
+            self.assertGreaterEqual(delay, 1.5)
+            harness.clock.advance(delay)
+            harness.open(b"data: a\n\n" + b"x" * 200)
+        self.assertEqual(len(harness.events), 21)
+
+    def test_default_caps(self) -> None:
+        """By default the caps are 16 MiB: a 1 MiB event is ordinary."""
+        harness = Harness()
+        harness.start()
+        big = "é" * (1024 * 1024)
+        response = harness.open(f"data: {big}\n\n".encode())
+        self.assertEqual(harness.events, [message(big)])
+        self.assertFalse(response.stopped)
+
+    def test_bad_caps(self) -> None:
+        """A cap below 1 byte is refused."""
+        with self.assertRaises(ValueError):
+            EventSource(URL, max_line_bytes=0, agent=FakeAgent(), reactor=Clock())
+        with self.assertRaises(ValueError):
+            EventSource(URL, max_event_bytes=0, agent=FakeAgent(), reactor=Clock())
+
+
+class DefaultAgent:
+    """
+    An L{EventSource} on its default agent over a L{MemoryReactorClock}: the
+    test plays the server's side of each connection.
+    """
+
+    def __init__(self, url: str = "http://127.0.0.1:8080/events") -> None:
+        self.reactor = MemoryReactorClock()
+        self.source = EventSource(url, reactor=self.reactor, random=lambda: 0.0)
+        self.errors: list[Failure] = []
+        self.events: list[MessageEvent] = []
+        self.source.on_error = self.errors.append
+        self.source.on_message = self.events.append
+
+    def connect(self) -> tuple[IProtocol, StringTransport]:
+        """Accept the latest connection; return its protocol and transport."""
+        self.reactor.advance(0)
+        host, port, factory, _, _ = self.reactor.tcpClients[-1]
+        protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+        assert protocol is not None
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def lose(self, protocol: IProtocol) -> None:
+        """Deliver the end of a connection that the client aborted."""
+        protocol.connectionLost(Failure(ConnectionAborted()))
+
+
+OK_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n"
+)
+
+
+class HeadLimitTests(SynchronousTestCase):
+    """The default agent caps the response head as Twisted's server does a request's."""
+
+    def test_endless_headers(self) -> None:
+        """Header lines without end: dropped after the 500th, a failed attempt."""
+        client = DefaultAgent()
+        protocol, transport = client.connect()
+        self.assertIn(b"GET /events HTTP/1.1", transport.value())
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\n")
+        for n in range(MAX_RESPONSE_HEADERS):
+            protocol.dataReceived(b"X: %d\r\n" % n)
+        self.assertFalse(transport.disconnecting)
+        protocol.dataReceived(b"X: more\r\n")
+        self.assertTrue(transport.disconnecting)
+        client.lose(protocol)
+        [failure] = client.errors
+        self.assertEqual(str(limit_of(failure)), "more than 500 response header lines")
+        self.assertEqual(client.source.ready_state, ReadyState.CONNECTING)
+        self.assertEqual(client.source.reconnect_delay, 6.0)
+        client.reactor.advance(6)
+        self.assertEqual(len(client.reactor.tcpClients), 2)
+
+    def test_long_headers(self) -> None:
+        """A head longer than 16 KiB is dropped as soon as it is, fed in any pieces."""
+        for piece in [1, 100, 4096]:
+            client = DefaultAgent()
+            protocol, transport = client.connect()
+            head = b"HTTP/1.1 200 OK\r\n" + (b"X: " + b"y" * 995 + b"\r\n") * 20
+            head = head[:MAX_RESPONSE_HEADER_BYTES]
+            for i in range(0, len(head), piece):
+                protocol.dataReceived(head[i : i + piece])
+            self.assertFalse(transport.disconnecting, piece)
+            protocol.dataReceived(b"y")
+            self.assertTrue(transport.disconnecting, piece)
+            client.lose(protocol)
+            self.assertEqual(
+                client.errors[0].getErrorMessage(),
+                "response headers longer than 16384 bytes",
+            )
+
+    def test_one_long_header_line(self) -> None:
+        """A single header line of 20 KiB trips our cap, with our message."""
+        client = DefaultAgent()
+        protocol, transport = client.connect()
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nX: " + b"y" * 20000)
+        self.assertTrue(transport.disconnecting)
+        client.lose(protocol)
+        self.assertIsInstance(client.errors[0].value, LimitExceeded)
+
+    def test_interim_heads_count(self) -> None:
+        """1xx heads without end count toward the cap."""
+        client = DefaultAgent()
+        protocol, transport = client.connect()
+        for _ in range(1000):
+            protocol.dataReceived(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.assertTrue(transport.disconnecting)
+        client.lose(protocol)
+        self.assertIsInstance(client.errors[0].value, LimitExceeded)
+
+    def test_head_at_cap_then_body(self) -> None:
+        """A head of 16 KiB opens the stream; the body after it is not counted."""
+        client = DefaultAgent()
+        protocol, transport = client.connect()
+        filler = MAX_RESPONSE_HEADER_BYTES - len(OK_HEAD) - len(b"X: \r\n")
+        head = OK_HEAD[:-2] + b"X: " + b"y" * filler + b"\r\n\r\n"
+        self.assertEqual(len(head), MAX_RESPONSE_HEADER_BYTES)
+        event = b"data: " + b"z" * 1000 + b"\n\n"
+        chunk = b"%x\r\n%s\r\n" % (len(event), event)
+        protocol.dataReceived(head + chunk)
+        for _ in range(100):
+            protocol.dataReceived(chunk)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(client.source.ready_state, ReadyState.OPEN)
+        self.assertEqual(len(client.events), 101)
+        self.assertEqual(client.errors, [])
+
+    def test_interim_then_response(self) -> None:
+        """A 100 Continue before the response is skipped, as Twisted does."""
+        client = DefaultAgent()
+        protocol, _ = client.connect()
+        protocol.dataReceived(b"HTTP/1.1 100 Continue\n\n" + OK_HEAD)
+        protocol.dataReceived(b"9\r\ndata: x\n\n\r\n")
+        self.assertEqual([event.data for event in client.events], ["x"])
+
+    def test_lf_line_ends(self) -> None:
+        """A head with bare LF line ends is read as Twisted reads it."""
+        client = DefaultAgent()
+        protocol, _ = client.connect()
+        protocol.dataReceived(OK_HEAD.replace(b"\r\n", b"\n"))
+        protocol.dataReceived(b"9\r\ndata: x\n\n\r\n")
+        self.assertEqual([event.data for event in client.events], ["x"])
+
+    def test_https(self) -> None:
+        """An https URL connects with TLS through the same cap."""
+        client = DefaultAgent("https://127.0.0.1:8443/events")
+        client.reactor.advance(0)
+        [(host, port, factory, _, _)] = client.reactor.tcpClients
+        self.assertEqual((host, port), ("127.0.0.1", 8443))
+        protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+        self.assertIsNotNone(protocol)
 
 
 # Random valid streams, as a server would emit them.

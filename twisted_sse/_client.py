@@ -13,13 +13,24 @@ It runs the connection as the WHATWG HTML standard says a client must
   other status (204, the server's "stop", included) or type fails for good;
 - a network error, or the body ending after the stream opened, reconnects
   after the reconnection time (3000 ms unless the server sent ``retry:``),
-  with capped exponential backoff and jitter after failed attempts;
+  with capped exponential backoff and jitter after failed attempts (an
+  attempt that delivered no event is one);
+- what a server can make the client hold is capped: a line, an event's
+  data, the response head; past a cap the connection is dropped and
+  retried as a failed attempt;
 - ``close()`` is final: nothing is delivered after it.
 
 Redirects are followed here rather than by
 :class:`~twisted.web.client.RedirectAgent`, which keeps every non-sensitive
 header (``X-Api-Key``, say) across origins and does not say which URL it
 ended at.
+
+Twisted's HTTP client caps each line of a response head (16 KiB) but not
+their number: a server sending headers without end fills the client's
+memory.  The default agent here stands a small counter between each
+connection and Twisted's protocol (through public endpoint APIs) that drops
+the connection once the head passes the limits Twisted's own server puts on
+a request head.
 """
 
 from __future__ import annotations
@@ -35,27 +46,48 @@ from urllib.parse import quote, urljoin, urlsplit
 
 from attrs import define, frozen
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import (
+    IAddress,
     IDelayedCall,
+    IProtocol,
+    IProtocolFactory,
     IPushProducer,
     IReactorTime,
+    IStreamClientEndpoint,
+    ITCPTransport,
     ITransport,
 )
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent
+from twisted.web.client import (
+    URI,
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
+from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IResponse
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IResponse
+from zope.interface import implementer
 
 from ._event import MessageEvent
-from ._parser import EventParser
+from ._parser import (
+    DEFAULT_MAX_EVENT_DATA_BYTES,
+    DEFAULT_MAX_LINE_BYTES,
+    EventParser,
+    LimitExceeded,
+)
 
 __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_MAX_BACKOFF",
     "DEFAULT_RECONNECTION_TIME",
     "MAX_REDIRECTS",
+    "MAX_RESPONSE_HEADERS",
+    "MAX_RESPONSE_HEADER_BYTES",
     "EventSource",
     "EventSourceError",
     "IdleTimeout",
@@ -78,6 +110,18 @@ DEFAULT_MAX_BACKOFF: Final = 60.0
 
 #: Redirects followed before the connection fails (the Fetch standard's limit).
 MAX_REDIRECTS: Final = 20
+
+#: The most bytes of response head (status line, headers, line ends, and
+#: those of any interim 1xx responses before it) the default agent reads
+#: before it drops the connection: Twisted's server's limit on a request
+#: head (``totalHeadersSize``), also Node's default.  Being no more than
+#: Twisted's client's limit on one line, it is always the one that trips.
+MAX_RESPONSE_HEADER_BYTES: Final = 16384
+
+#: The most response header lines (continuation lines included) the
+#: default agent reads before it drops the connection: Twisted's server's
+#: limit on request headers (``maxHeaders``).
+MAX_RESPONSE_HEADERS: Final = 500
 
 _REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -266,6 +310,174 @@ class _Discard(Protocol):
             producer.stopProducing()
 
 
+class _HeadLimit(Protocol):
+    """
+    Stands between a connection and the HTTP client protocol: counts the
+    response head as it passes, and drops the connection once it is longer
+    than C{max_bytes} or has more than C{max_lines} header lines.  After the
+    head, bytes pass through untouched.
+
+    It parses lines as Twisted's client parser does (LF ends a line, one CR
+    before it is dropped, an empty line ends a head, a 1xx head is followed
+    by another), so that the two agree on where the head ends.
+    """
+
+    def __init__(self, wrapped: IProtocol, max_bytes: int, max_lines: int) -> None:
+        self.wrapped = wrapped
+        self._max_bytes = max_bytes
+        self._max_lines = max_lines
+        self._in_head = True
+        self._head_bytes = 0
+        self._header_lines = 0
+        self._line = bytearray()
+        # The status line of the head being read; None before it.
+        self._status: bytes | None = None
+        self._error: LimitExceeded | None = None
+
+    def makeConnection(self, transport: ITransport) -> None:
+        self.transport = transport
+        # The HTTP protocol gets the real transport: only what it reads goes
+        # through here.
+        self.wrapped.makeConnection(transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._error is not None:
+            return
+        if self._in_head:
+            self._error = self._scan(data)
+            if self._error is not None:
+                assert self.transport is not None
+                if ITCPTransport.providedBy(self.transport):
+                    ITCPTransport(self.transport).abortConnection()
+                else:
+                    self.transport.loseConnection()
+                return
+        self.wrapped.dataReceived(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._error is not None:
+            reason = Failure(self._error)
+        self.wrapped.connectionLost(reason)
+
+    def _scan(self, data: bytes) -> LimitExceeded | None:
+        start = 0
+        while self._in_head:
+            newline = data.find(b"\n", start)
+            end = len(data) if newline < 0 else newline + 1
+            self._head_bytes += end - start
+            if self._head_bytes > self._max_bytes:
+                return LimitExceeded(
+                    f"response headers longer than {self._max_bytes} bytes",
+                    self._max_bytes,
+                )
+            if newline < 0:
+                self._line += data[start:]
+                return None
+            self._line += data[start:newline]
+            line = bytes(self._line).removesuffix(b"\r")
+            self._line.clear()
+            start = end
+            if self._status is None:
+                self._status = line
+            elif line:
+                self._header_lines += 1
+                if self._header_lines > self._max_lines:
+                    return LimitExceeded(
+                        f"more than {self._max_lines} response header lines",
+                        self._max_lines,
+                    )
+            else:
+                self._in_head = _interim(self._status)
+                self._status = None
+        return None
+
+
+def _interim(status: bytes) -> bool:
+    # Twisted's client skips a 1xx response and reads the next head.
+    parts = status.split(b" ", 2)
+    try:
+        return len(parts) > 1 and 100 <= int(parts[1]) < 200
+    except ValueError:
+        return False
+
+
+@implementer(IProtocolFactory)
+class _HeadLimitFactory:
+    """Builds the wrapped factory's protocols behind a L{_HeadLimit}."""
+
+    def __init__(self, wrapped: IProtocolFactory) -> None:
+        self._wrapped = wrapped
+
+    def doStart(self) -> None:
+        self._wrapped.doStart()
+
+    def doStop(self) -> None:
+        self._wrapped.doStop()
+
+    def buildProtocol(self, addr: IAddress) -> IProtocol | None:
+        protocol = self._wrapped.buildProtocol(addr)
+        if protocol is None:
+            return None
+        return _HeadLimit(protocol, MAX_RESPONSE_HEADER_BYTES, MAX_RESPONSE_HEADERS)
+
+
+@implementer(IStreamClientEndpoint)
+class _HeadLimitEndpoint:
+    """An endpoint whose connections' response heads are capped."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+        self._endpoint = endpoint
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        connecting = self._endpoint.connect(_HeadLimitFactory(protocolFactory))
+
+        def unwrap(protocol: IProtocol) -> IProtocol:
+            # The agent talks to its own protocol, not to the counter.
+            assert isinstance(protocol, _HeadLimit)
+            return protocol.wrapped
+
+        return connecting.addCallback(unwrap)
+
+
+@implementer(IAgentEndpointFactory)
+class _HeadLimitEndpoints:
+    """
+    What L{Agent} connects through by default (TCP for http, TLS with
+    L{BrowserLikePolicyForHTTPS} for https), with the response head capped.
+    """
+
+    def __init__(self, reactor: IReactorTime) -> None:
+        self._reactor = reactor
+        self._tls = BrowserLikePolicyForHTTPS()
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(
+            self._reactor, uri.host.decode("ascii"), uri.port
+        )
+        if uri.scheme == b"https":
+            creator = self._tls.creatorForNetloc(uri.host, uri.port)
+            endpoint = wrapClientTLS(creator, endpoint, self._reactor)
+        elif uri.scheme != b"http":
+            raise SchemeNotSupported(f"Unsupported scheme: {uri.scheme!r}")
+        return _HeadLimitEndpoint(endpoint)
+
+
+def _default_agent(reactor: IReactorTime) -> IAgent:
+    agent: IAgent = Agent.usingEndpointFactory(reactor, _HeadLimitEndpoints(reactor))
+    return agent
+
+
+def _limit_exceeded(failure: Failure) -> LimitExceeded | None:
+    """The L{LimitExceeded} that C{failure} is or wraps, if any."""
+    if isinstance(failure.value, LimitExceeded):
+        return failure.value
+    if isinstance(failure.value, ResponseFailed | ResponseNeverReceived):
+        for reason in failure.value.reasons:
+            if isinstance(reason, Failure) and isinstance(reason.value, LimitExceeded):
+                return reason.value
+    return None
+
+
 @define
 class _Attempt:
     """One connection attempt: the request, then the body it opened."""
@@ -274,7 +486,9 @@ class _Attempt:
     request: Deferred[IResponse] | None = None
     body: IPushProducer | None = None
     parser: EventParser | None = None
-    opened: bool = False
+    # Whether the stream dispatched an event: only that ends a run of
+    # failed attempts.
+    delivered: bool = False
 
 
 class _BodyReceiver(Protocol):
@@ -370,12 +584,27 @@ class EventSource:
     arrives; a :meth:`close` in one stops the delivery of everything else,
     including events already parsed from the same chunk.
 
-    When an open stream ends or breaks, the source waits
+    When a stream that delivered an event ends or breaks, the source waits
     :attr:`reconnection_time` and reconnects, sending ``Last-Event-ID``.
-    After *n* failed attempts in a row (a network error, or silence, before
-    a stream opened) it waits ``min(max_backoff, max(reconnection_time,
-    1 s) * 2**n)`` less a random part of up to a quarter, never less than
-    the reconnection time; a stream that opens starts the count again.
+    After *n* failed attempts in a row it waits ``min(max_backoff,
+    max(reconnection_time, 1 s) * 2**n)`` less a random part of up to a
+    quarter, never less than the reconnection time.  A failed attempt is a
+    network error, a response that never comes, a stream that ends (or goes
+    silent) before it delivered an event, and a stream dropped for passing
+    a cap.  Comments, heartbeats, ``retry:`` and ``id:`` lines deliver no
+    event, so a server that answers ``retry: 0`` (or a heartbeat) and hangs
+    up at once gets a connection after 2 s, 4 s, 8 s... and not a storm.
+    The first event a stream dispatches starts the count again.
+
+    What a server can make the source hold is capped, with defaults no real
+    stream comes near: a line (``max_line_bytes``), an event's data
+    (``max_event_bytes``), and, with the default agent, the response head
+    (16384 bytes and 500 header lines, the limits Twisted's server puts on
+    a request head).  The source stops reading as soon as a cap is passed,
+    drops the connection, calls :attr:`on_error` with a ``LimitExceeded``
+    whose message names the cap and its value (such as ``a line longer
+    than max_line_bytes (16777216 bytes)``), and retries as after a failed
+    attempt.
 
     :ivar url: The URL given.
     :ivar reconnection_time: Milliseconds to wait before reconnecting after
@@ -404,6 +633,8 @@ class EventSource:
         reconnection_time: int = DEFAULT_RECONNECTION_TIME,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         max_backoff: float = DEFAULT_MAX_BACKOFF,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_DATA_BYTES,
         agent: IAgent | None = None,
         reactor: IReactorTime | None = None,
         random: Callable[[], float] = _random.random,
@@ -423,14 +654,22 @@ class EventSource:
             is dropped and reopened; ``0`` disables the watchdog.
         :param max_backoff: The most seconds to wait between failed attempts
             (unless the reconnection time is longer).
+        :param max_line_bytes: The longest line of the stream accepted, in
+            bytes without its line end: 16 MiB by default.
+        :param max_event_bytes: The most data one event may gather, in bytes
+            as sent (the line feeds between its ``data`` lines included):
+            16 MiB by default.
         :param agent: The :class:`~twisted.web.iweb.IAgent` making requests;
             one that does not follow redirects itself (the source does).
-            An :class:`~twisted.web.client.Agent` on ``reactor`` by default.
+            By default an :class:`~twisted.web.client.Agent` on ``reactor``
+            that caps response heads; an agent given here is trusted to
+            bound them itself.
         :param reactor: The reactor: the time source for reconnects and the
             watchdog, and the default agent's.  The global reactor by default.
         :param random: Returns a float in [0, 1); the source of jitter.
         :raises ValueError: if ``url`` is not an http(s) URL, a header or
-            ``last_event_id`` is malformed, or a time is negative.
+            ``last_event_id`` is malformed, a time is negative, or a cap is
+            less than 1.
         """
         self._url = _URL.parse(url)
         self._headers = _check_headers(headers)
@@ -438,6 +677,8 @@ class EventSource:
             raise ValueError("last_event_id must not contain CR, LF or NUL")
         if reconnection_time < 0 or idle_timeout < 0 or max_backoff < 0:
             raise ValueError("times must not be negative")
+        if max_line_bytes < 1 or max_event_bytes < 1:
+            raise ValueError("the caps must be at least 1 byte")
         self.url = url
         self.reconnection_time = reconnection_time
         self.on_open: Callable[[], object] | None = None
@@ -446,8 +687,10 @@ class EventSource:
         self._last_event_id = last_event_id
         self._idle_timeout = idle_timeout
         self._max_backoff = max_backoff
+        self._max_line_bytes = max_line_bytes
+        self._max_event_bytes = max_event_bytes
         self._clock = reactor if reactor is not None else _default_reactor()
-        self._agent: IAgent = agent if agent is not None else Agent(self._clock)
+        self._agent = agent if agent is not None else _default_agent(self._clock)
         self._random = random
         self._ready_state = ReadyState.CONNECTING
         self._origin = self._url.origin
@@ -553,8 +796,10 @@ class EventSource:
                 return  # abandoned: closed, or the watchdog gave up on it
             if isinstance(failure.value, EventSourceError):
                 self._fail(failure.value)
-            else:
-                self._retry(attempt, failure)
+                return
+            exceeded = _limit_exceeded(failure)
+            # A head too long reaches here wrapped by the HTTP client.
+            self._retry(attempt, failure if exceeded is None else Failure(exceeded))
 
         request.addCallbacks(received, failed).addErrback(
             lambda failure: _log.failure("Bug in EventSource", failure)
@@ -627,10 +872,13 @@ class EventSource:
             )
             return
         origin = attempt.url.origin
-        attempt.opened = True
-        attempt.parser = EventParser(self._last_event_id, origin)
+        attempt.parser = EventParser(
+            self._last_event_id,
+            origin,
+            max_line_bytes=self._max_line_bytes,
+            max_event_bytes=self._max_event_bytes,
+        )
         self._origin = origin
-        self._failures = 0
         self._ready_state = ReadyState.OPEN
         self._arm_watchdog(attempt)
         if self.on_open is not None:
@@ -646,14 +894,26 @@ class EventSource:
         if self._attempt is not attempt or attempt.parser is None:
             return
         self._arm_watchdog(attempt)
-        events = attempt.parser.feed(data)
+        exceeded = None
+        try:
+            events = attempt.parser.feed(data)
+        except LimitExceeded as e:
+            # The events before the offending line still count.
+            exceeded, events = e, e.events
         if attempt.parser.retry is not None:
             self.reconnection_time = attempt.parser.retry
         self._last_event_id = attempt.parser.last_event_id
         for event in events:
             if self._attempt is not attempt:
                 return
+            if not attempt.delivered:
+                attempt.delivered = True
+                self._failures = 0
             self._dispatch(attempt, event)
+        if exceeded is not None and self._attempt is attempt:
+            self._attempt = None
+            self._abandon(attempt)
+            self._retry(attempt, Failure(exceeded))
 
     def _dispatch(self, attempt: _Attempt, event: MessageEvent) -> None:
         callbacks = list(self._listeners.get(event.type, ()))
@@ -688,7 +948,7 @@ class EventSource:
     def _retry(self, attempt: _Attempt, reason: Failure) -> None:
         self._attempt = None
         self._cancel_timers()
-        if not attempt.opened:
+        if not attempt.delivered or isinstance(reason.value, LimitExceeded):
             self._failures += 1
         delay = self._next_delay()
         self._ready_state = ReadyState.CONNECTING
