@@ -114,6 +114,10 @@ class OptionTests(SynchronousTestCase):
             ["--reconnection-time", "1.5"],
             ["--idle-timeout", "-1"],
             ["--idle-timeout", "inf"],
+            ["--max-line-bytes", "0"],
+            ["--max-line-bytes", "1e3"],
+            ["--max-event-bytes", "-1"],
+            ["--max-event-bytes", "x"],
         ]:
             self.assertEqual(usage("listen", URL, *argv)[0], 2, argv)
 
@@ -139,8 +143,10 @@ class OptionTests(SynchronousTestCase):
                 options.timeout,
                 options.reconnection_time,
                 options.idle_timeout,
+                options.max_line_bytes,
+                options.max_event_bytes,
             ),
-            ("", [], None, None, 3000, 45.0),
+            ("", [], None, None, 3000, 45.0, 16 * 1024 * 1024, 16 * 1024 * 1024),
         )
         self.assertIsInstance(options, argparse.Namespace)
 
@@ -246,6 +252,7 @@ class ListenTests(SynchronousTestCase):
         """A wrapped network error is reported by its causes, on one stderr line."""
         listener = Listener(URL)
         response = listener.request.respond()
+        response.send(b"data: x\n\n")
         response.end(
             Failure(
                 ResponseFailed(
@@ -257,7 +264,7 @@ class ListenTests(SynchronousTestCase):
         self.assertIn("gone", line)
         self.assertIn("bad", line)
         self.assertTrue(line.endswith("; reconnecting in 3 s"), line)
-        self.assertEqual(listener.out.getvalue(), "")
+        self.assertEqual(len(listener.out.lines()), 1)
 
     def test_options_applied(self) -> None:
         """--last-event-id, --header, --reconnection-time and --idle-timeout apply."""
@@ -276,6 +283,7 @@ class ListenTests(SynchronousTestCase):
         self.assertEqual(request.header("Last-Event-ID"), "42")
         self.assertEqual(request.header("Authorization"), "Bearer t")
         response = request.respond()
+        response.send(b"data: x\n\n")
         listener.clock.advance(2)
         self.assertTrue(response.stopped)
         listener.clock.advance(0.1)
@@ -289,3 +297,45 @@ class ListenTests(SynchronousTestCase):
         response.send(b"data: x\n\n")
         self.assertEqual(self.successResultOf(listener.done), 0)
         self.assertTrue(response.stopped)
+
+    def test_line_cap(self) -> None:
+        """A line past --max-line-bytes: one stderr line naming it, then a retry."""
+        listener = Listener(URL, "--max-line-bytes", "100")
+        response = listener.request.respond()
+        response.send(b"data: 1\n\n" + b"x" * 101)
+        self.assertTrue(response.stopped)
+        [line] = listener.err.lines()
+        self.assertRegex(
+            line,
+            r"^twisted-sse: a line longer than --max-line-bytes \(100 bytes\); "
+            r"reconnecting in [0-9.]+ s$",
+        )
+        self.assertEqual([event["data"] for event in listener.events()], ["1"])
+        self.assertNoResult(listener.done)
+        listener.clock.advance(6)
+        self.assertEqual(len(listener.agent.requests), 2)
+
+    def test_event_cap(self) -> None:
+        """An event past --max-event-bytes: one stderr line naming it."""
+        listener = Listener(URL, "--max-event-bytes", "10")
+        response = listener.request.respond()
+        response.send(b"data: 12345\ndata: 67890\n")
+        self.assertTrue(response.stopped)
+        [line] = listener.err.lines()
+        self.assertIn("an event's data longer than --max-event-bytes (10 bytes)", line)
+        self.assertEqual(listener.out.getvalue(), "")
+
+    def test_empty_stream_backs_off(self) -> None:
+        """A server that answers retry: 0 and hangs up is retried later and later."""
+        listener = Listener(URL)
+        for _ in range(4):
+            response = listener.request.respond()
+            response.send(b"retry: 0\n\n")
+            response.end()
+            [reconnect] = listener.clock.getDelayedCalls()
+            listener.clock.advance(reconnect.getTime() - listener.clock.seconds())
+        self.assertEqual(len(listener.agent.requests), 5)
+        delays = [float(line.split()[-2]) for line in listener.err.lines()]
+        self.assertEqual(len(delays), 4)
+        self.assertEqual(delays, sorted(delays))
+        self.assertGreaterEqual(delays[0], 1.5)

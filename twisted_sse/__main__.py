@@ -7,6 +7,11 @@ The ``twisted-sse`` command (also ``python -m twisted_sse``).
 pipes into ``jq`` or a script.  It reconnects as a browser would; what it has
 to say about that goes to stderr, never stdout.
 
+What a server can make it hold is capped (``--max-line-bytes``,
+``--max-event-bytes``, 16 MiB each, and the response head): past a cap it
+says so in one line on stderr, drops the connection and tries again later,
+backing off.
+
 Exit status: 0 when the server stops the stream (204), after ``--max-events``
 events or ``--timeout`` seconds, or when stdout is closed; 1, with one line
 on stderr, when the connection fails for good (another status, a wrong
@@ -36,6 +41,7 @@ from ._client import (
     EventSourceError,
     ReadyState,
 )
+from ._parser import DEFAULT_MAX_EVENT_DATA_BYTES, DEFAULT_MAX_LINE_BYTES, LimitExceeded
 
 __all__ = ["build_parser", "listen", "main"]
 
@@ -157,6 +163,26 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_IDLE_TIMEOUT,
         help="reconnect after S seconds of silence, 0 to never (default: %(default)s)",
     )
+    listen_parser.add_argument(
+        "--max-line-bytes",
+        metavar="N",
+        type=_positive_int,
+        default=DEFAULT_MAX_LINE_BYTES,
+        help=(
+            "drop the connection (and retry later) on a line longer than N "
+            "bytes (default: %(default)s)"
+        ),
+    )
+    listen_parser.add_argument(
+        "--max-event-bytes",
+        metavar="N",
+        type=_positive_int,
+        default=DEFAULT_MAX_EVENT_DATA_BYTES,
+        help=(
+            "drop the connection (and retry later) on an event with more than "
+            "N bytes of data (default: %(default)s)"
+        ),
+    )
     return parser
 
 
@@ -184,6 +210,8 @@ async def listen(
             last_event_id=options.last_event_id,
             reconnection_time=options.reconnection_time,
             idle_timeout=options.idle_timeout,
+            max_line_bytes=options.max_line_bytes,
+            max_event_bytes=options.max_event_bytes,
             agent=agent,
             reactor=reactor,
         )
@@ -235,6 +263,10 @@ async def listen(
 def _describe(failure: Failure) -> str:
     if failure.check(ResponseDone):
         return "the server ended the stream"
+    if isinstance(failure.value, LimitExceeded) and failure.value.option:
+        # Name the cap as the command's option that sets it.
+        option = failure.value.option
+        return str(failure.value).replace(option, "--" + option.replace("_", "-"))
     # ResponseFailed and friends wrap a list of the failures that caused them.
     reasons = getattr(failure.value, "reasons", None)
     if isinstance(reasons, list) and reasons:
