@@ -297,6 +297,42 @@ class HubProcessTests(SynchronousTestCase):
         reader.until(publish(server.port, "after"))
         self.assertEqual([e.data for e in reader.events], ["after"])
 
+    def test_many_channels_bounded(self) -> None:
+        """
+        Publishing once to each of 5,000 channels (1 KB events, pipelined on
+        one connection) keeps the history within --history-total, and the
+        server's memory stays bounded.
+        """
+        server = self.start("--publish-token", TOKEN, "--history-total", "262144")
+        before = rss_kb(server.process.pid)
+        body = json.dumps({"data": "x" * 1000}).encode()
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.settimeout(30)
+            for start in range(0, 5000, 500):
+                requests = b"".join(
+                    _post_head(TOKEN, f"Content-Length: {len(body)}")
+                    .replace(b"/channels/news", b"/channels/c%d" % n)
+                    .replace(b"text/plain", b"application/json")
+                    + body
+                    for n in range(start, start + 500)
+                )
+                sock.sendall(requests)
+                answered = 0
+                received = b""
+                while answered < 500:
+                    received += sock.recv(1 << 20)
+                    answered = received.count(b"HTTP/1.1 200 OK")
+        metrics = urllib.request.urlopen(
+            f"http://127.0.0.1:{server.port}/metrics", timeout=10
+        ).read()
+        history = _sample(metrics, b"sse_history_bytes")
+        self.assertLessEqual(history, 262144)
+        self.assertGreater(history, 200_000)
+        # A channel left without history (nor subscribers) is forgotten.
+        self.assertLess(_sample(metrics, b"sse_channels"), 262144 // 1000)
+        # 5 MB of events went in; far less stays.
+        self.assertLess(rss_kb(server.process.pid) - before, 4 * 1024)
+
     def test_connection_cap(self) -> None:
         """Over --max-connections, a client gets 200, a retry: and an end."""
         server = self.start(
@@ -428,3 +464,11 @@ def _read_all(sock: socket.socket) -> bytes:
     while chunk := sock.recv(65536):
         received += chunk
     return bytes(received)
+
+
+def _sample(metrics: bytes, name: bytes) -> float:
+    """The value of an unlabelled sample in a /metrics page."""
+    for line in metrics.splitlines():
+        if line.startswith(name + b" "):
+            return float(line.split()[1])
+    raise AssertionError(f"no {name!r} in /metrics")

@@ -499,8 +499,10 @@ class MemoryBroker:
             self._drop(state)
 
     def _drop(self, state: _Channel) -> None:
+        if self._channels.get(state.name) is not state:
+            return
         del self._channels[state.name]
-        del self._published[state.name]
+        self._published.pop(state.name, None)
         self._holding.pop(state.name, None)
         self.total_bytes -= state.history_bytes
         # Ids of the forgotten channel must never resume into a new one of
@@ -565,6 +567,12 @@ class MemoryBroker:
         self.total_bytes -= size
         if not state.history:
             self._holding.pop(state.name, None)
+            if not state.subscribers and not state.replays and not state.delivering:
+                # Nothing left to keep it for: forgotten now rather than at
+                # its TTL, so that channels without history or subscribers
+                # cost nothing, however many a publisher makes.
+                self._drop(state)
+                return
         if state.replays:
             first_kept = state.last_seq - len(state.history) + 1
             for replaying in list(state.replays.values()):
