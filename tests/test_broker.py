@@ -646,7 +646,7 @@ class BoundTests(BrokerTestCase):
     def test_total_bounds_many_channels(self) -> None:
         """5,000 channels published once each keep at most history_total bytes."""
         broker = MemoryBroker(history_total=64 * 1024)
-        _, watched = self.subscribe(broker, "c0")
+        _, _watched = self.subscribe(broker, "c0")
         for n in range(5000):
             self.publish(broker, f"c{n}", "x" * 100)
         self.assertLessEqual(broker.total_bytes, 64 * 1024)

@@ -304,6 +304,7 @@ class HubProcessTests(SynchronousTestCase):
         server's memory stays bounded.
         """
         server = self.start("--publish-token", TOKEN, "--history-total", "262144")
+        assert server.process is not None
         before = rss_kb(server.process.pid)
         body = json.dumps({"data": "x" * 1000}).encode()
         with socket.create_connection(("127.0.0.1", server.port)) as sock:
