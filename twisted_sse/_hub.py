@@ -172,16 +172,15 @@ class _Handoff:
         callable); ``False`` when a replay should wait for room.
         """
         stream = self.stream
-        if stream is not None and (
-            stream.paused
-            and published.key == HISTORY_LOST_EVENT
-            and stream.policy is SlowClientPolicy.DISCONNECT
-        ):
-            stream.abort()
-            return False
-        if stream is not None and not self.backlog:
-            stream.write(published.frame, published.key)
-            return not stream.paused and not stream.closed
+        if stream is not None:
+            if stream.paused and _cuts_off(stream, published):
+                stream.abort()
+                return False
+            if not self.backlog:
+                # The common case: live, and the client reads.
+                return stream.write(published.frame, published.key) and (
+                    not stream.paused
+                )
         backlog = self.backlog
         if backlog is None:
             backlog = self.backlog = deque()
@@ -252,6 +251,18 @@ class _Handoff:
         for published in backlog or ():
             if not stream.write(published.frame, published.key):
                 break
+
+
+def _cuts_off(stream: EventStream, published: Published) -> bool:
+    """
+    Whether ``published``, reaching a paused ``stream``, means its client
+    fell behind the history and must be cut off (the ``disconnect``
+    policy).
+    """
+    return (
+        published.key == HISTORY_LOST_EVENT
+        and stream.policy is SlowClientPolicy.DISCONNECT
+    )
 
 
 class Hub:
