@@ -601,7 +601,7 @@ class EventSource:
     (``max_event_bytes``), and, with the default agent, the response head
     (16384 bytes and 500 header lines, the limits Twisted's server puts on
     a request head).  The source stops reading as soon as a cap is passed,
-    drops the connection, calls :attr:`on_error` with a ``LimitExceeded``
+    drops the connection, calls ``on_error`` with a ``LimitExceeded``
     whose message names the cap and its value (such as ``a line longer
     than max_line_bytes (16777216 bytes)``), and retries as after a failed
     attempt.

@@ -72,9 +72,9 @@ class EventParser:
 
     It never holds more than ``max_line_bytes`` of an unfinished line nor
     more than ``max_event_bytes`` of an unfinished event's data, however the
-    bytes arrive: past a cap, :meth:`feed` raises :class:`LimitExceeded` at
-    once (not when the line ends), drops what it held, and raises again on
-    every later call.
+    bytes arrive: past a cap, :meth:`feed` raises ``LimitExceeded`` (from
+    ``twisted_sse._parser``) at once, not when the line ends, drops what it
+    held, and raises again on every later call.
 
     :ivar last_event_id: The last event id committed so far (set at each
         dispatch from the ``id`` field seen before it).
@@ -139,8 +139,8 @@ class EventParser:
         :param chunk: Any number of bytes, split anywhere.
         :returns: The events dispatched by lines that this chunk completed, in
             stream order.
-        :raises LimitExceeded: if the chunk takes a line or an event past
-            its cap, or a cap was passed before; the events the chunk
+        :raises: ``LimitExceeded`` if the chunk takes a line or an event
+            past its cap, or a cap was passed before; the events the chunk
             dispatched before that are in its ``events``.
         """
         if self._broken is not None:
