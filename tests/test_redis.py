@@ -93,15 +93,22 @@ class SharedRedis:
     def key(self, channel: str) -> str:
         return self.prefix + channel
 
+    def epoch(self, channel: str) -> str:
+        """The channel's epoch, straight from Redis."""
+        reply = self.command("HGET", self.key(channel) + "#epoch", "e")
+        assert isinstance(reply, bytes)
+        return reply.decode()
+
     def ids(self, channel: str, after: str = "-") -> list[str]:
-        """The ids of the channel's stream, straight from Redis."""
-        start = after if after == "-" else "(" + after
+        """The event ids of the channel's stream, straight from Redis."""
+        start = after if after == "-" else "(" + after.partition(":")[2]
         reply = self.command("XRANGE", self.key(channel), start, "+")
         assert isinstance(reply, list)
+        epoch = self.epoch(channel)
         ids = []
         for entry in reply:
             assert isinstance(entry, list) and isinstance(entry[0], bytes)
-            ids.append(entry[0].decode())
+            ids.append(f"{epoch}:{entry[0].decode()}")
         return ids
 
 
@@ -438,7 +445,7 @@ def test_provides_ibroker() -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_publish_id_and_frame(redis: SharedRedis, brokers: Make) -> None:
-    """publish() fires with the stream entry id; the frame carries it."""
+    """publish() fires with the epoch and stream entry id; the frame carries it."""
     broker = brokers()
     await ready(broker)
     got = Collector()
@@ -724,14 +731,23 @@ async def test_resume_unknown_and_malformed(brokers: Make) -> None:
     broker = brokers()
     await ready(broker)
     last = await broker.publish("news", Event(data="a"))
-    unknown = await broker.subscribe("news", Collector(), "99999999999999-0")
-    assert (unknown.history_lost, unknown.position) == ("unknown", last)
-    malformed = await broker.subscribe("news", Collector(), "junk\x00")
-    assert (malformed.history_lost, malformed.position) == ("malformed", last)
+    epoch = last.partition(":")[0]
+    for unknown_id in (
+        f"{epoch}:99999999999999-0",  # from the future
+        "zz:1-0",  # another epoch
+        last.partition(":")[2],  # a stream id without an epoch
+    ):
+        unknown = await broker.subscribe("news", Collector(), unknown_id)
+        assert (unknown.history_lost, unknown.position) == ("unknown", last)
+    for garbage in ("junk\x00", f"{epoch}:1-{2**64}", "ABC:1-0"):
+        malformed = await broker.subscribe("news", Collector(), garbage)
+        assert (malformed.history_lost, malformed.position) == ("malformed", last)
     never = await broker.subscribe("never", Collector(), "5-0")
-    assert (never.history_lost, never.position) == ("unknown", "0-0")
+    # An empty channel has an epoch, and its position carries it.
+    assert never.history_lost == "unknown"
+    assert re.fullmatch(r"[0-9a-z]+:0-0", never.position)
     empty = Collector()
-    fresh = await broker.subscribe("never", empty, "0-0")
+    fresh = await broker.subscribe("never", empty, never.position)
     assert fresh.history_lost is None
     event_id = await broker.publish("never", Event(data="first"))
     await empty.wait(1)
@@ -756,6 +772,9 @@ async def test_replay_pages(brokers: Make) -> None:
     got = Collector()
     subscription = await broker.subscribe("news", got, ids[0])
     assert subscription.history_lost is None
+    # The subscription is given once the first page is delivered.
+    assert 0 < subscription.replayed < 2499
+    await got.wait(2499)
     assert subscription.replayed == 2499
     assert got.ids == ids[1:]
 
@@ -783,10 +802,12 @@ async def test_foreign_publisher(
     plain = redis.command("XADD", key, "*", "data", "plain")
     assert isinstance(good, bytes) and isinstance(bad, bytes)
     assert isinstance(plain, bytes)
+    epoch = redis.epoch("jobs")
+    good_id, plain_id = f"{epoch}:{good.decode()}", f"{epoch}:{plain.decode()}"
     for got in (on_a, on_b):
         await got.wait(2)
-        assert got.ids == [good.decode(), plain.decode()]
-        frame = f"id: {good.decode()}\nevent: job\ndata: {job}\n\n"
+        assert got.ids == [good_id, plain_id]
+        frame = f"id: {good_id}\nevent: job\ndata: {job}\n\n"
         assert got.got[0].frame == frame.encode()
         assert got.got[0].key == "job-1"
         assert got.data == [job, "plain"]
@@ -794,9 +815,9 @@ async def test_foreign_publisher(
     assert warnings and "event must not contain a CR or LF" in warnings[0]
     # A replay skips it too.
     replayed = Collector()
-    subscription = await a.subscribe("jobs", replayed, "0-0")
+    subscription = await a.subscribe("jobs", replayed, f"{epoch}:0-0")
     assert subscription.history_lost is None
-    assert replayed.ids == [good.decode(), plain.decode()]
+    assert replayed.ids == [good_id, plain_id]
 
 
 @pytest.mark.skipif(shutil.which("redis-cli") is None, reason="no redis-cli")
@@ -819,7 +840,7 @@ async def test_redis_cli_publisher(redis: SharedRedis, brokers: Make) -> None:
         check=True,
         timeout=10,
     )  # fmt: skip
-    event_id = completed.stdout.decode().strip()
+    event_id = f"{redis.epoch('alerts')}:{completed.stdout.decode().strip()}"
     await got.wait(1)
     assert got.got[0].frame == (
         f"id: {event_id}\nevent: alert\ndata: disk almost full\n\n".encode()
@@ -1007,7 +1028,8 @@ def _unchunk(data: bytes) -> bytes:
 async def test_redis_restart_over_http(server: tools.RedisServer) -> None:
     """
     Redis down: streams stay open with heartbeats, publish answers 503,
-    /healthz says down; Redis back: the same streams get new events.
+    /healthz says down; Redis back, empty: the same streams are told that
+    history was lost (an id they resume from exactly), then get new events.
     """
     reactor = _reactor()
     broker = RedisBroker(reactor, RedisAddress("127.0.0.1", server.port), timeout=1)
@@ -1024,7 +1046,9 @@ async def test_redis_restart_over_http(server: tools.RedisServer) -> None:
             b'{"status":"ok","broker":"up"}\n',
         )
         await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", web), stream)
-        await until(lambda: b"id: 0-0" in stream.data, "the stream to open")
+        await until(
+            lambda: re.search(rb"id: [0-9a-z]+:0-0", stream.data), "the stream to open"
+        )
         code, body = await _request(web, "POST", "/channels/news", b"one", auth)
         assert code == 200
         await until(lambda: b"data: one" in stream.data, "the first event")
@@ -1054,6 +1078,22 @@ async def test_redis_restart_over_http(server: tools.RedisServer) -> None:
         await until(lambda: b"data: three" in stream.data, "an event after restart")
         assert b"data: two" not in stream.data
         assert not stream.lost.called
+        events = parse_events(_unchunk(stream.data.partition(b"\r\n\r\n")[2]))
+        assert [(e.type, e.data) for e in events] == [
+            ("message", "one"),
+            ("history-lost", '{"reason": "unknown"}'),
+            ("message", "three"),
+        ]
+        # The loss names a position in the new epoch, just before "three".
+        assert (
+            events[1].last_event_id.split(":")[0]
+            != events[0].last_event_id.split(":")[0]
+        )
+        resumed = Collector()
+        subscription = await broker.subscribe("news", resumed, events[1].last_event_id)
+        assert subscription.history_lost is None
+        assert resumed.ids == [events[2].last_event_id]
+        subscription.cancel()
     finally:
         if stream.transport is not None:
             stream.transport.loseConnection()

@@ -63,6 +63,7 @@ class TwoProcessesTests(SynchronousTestCase):
             tools.REDIS_PORT,
             "DEL",
             f"sse:{self.channel}",
+            f"sse:{self.channel}#epoch",
             host=tools.REDIS_HOST,
             db=tools.REDIS_DB,
         )
@@ -114,8 +115,10 @@ class TwoProcessesTests(SynchronousTestCase):
     def test_fan_out_and_resume_elsewhere(self) -> None:
         """Published on B, seen on A; A dies; resumed on B with nothing lost."""
         on_a = self.subscribe(self.a)
-        # The first frame gives the channel's position at once.
-        self.assertEqual(on_a.response.read_chunk(), b"retry: 1000\nid: 0-0\n\n")
+        # The first frame gives the channel's position at once: an empty
+        # channel's, in its epoch.
+        first = on_a.response.read_chunk()
+        self.assertRegex(first, rb"\Aretry: 1000\nid: [0-9a-z]+:0-0\n\n\Z")
         ids = [self.publish(self.b, "one"), self.publish(self.a, "two")]
         seen = on_a.events(2)
         self.assertEqual([e.data for e in seen], ["one", "two"])
@@ -154,11 +157,24 @@ class TwoProcessesTests(SynchronousTestCase):
             db=tools.REDIS_DB,
         )
         assert isinstance(event_id, bytes)
+        epoch = tools.command(
+            tools.REDIS_PORT,
+            "HGET",
+            f"sse:{self.channel}#epoch",
+            "e",
+            host=tools.REDIS_HOST,
+            db=tools.REDIS_DB,
+        )
+        assert isinstance(epoch, bytes)
         for reader in (on_a, on_b):
             (event,) = reader.events(1)
             self.assertEqual(
                 (event.type, event.data, event.last_event_id),
-                ("job", '{"id": 7, "state": "done"}', event_id.decode()),
+                (
+                    "job",
+                    '{"id": 7, "state": "done"}',
+                    f"{epoch.decode()}:{event_id.decode()}",
+                ),
             )
 
 

@@ -3,15 +3,67 @@ The Redis broker: :class:`~twisted_sse.IBroker` over Redis Streams, so that
 any number of server processes share channels, ids and history.
 
 One stream per channel (``sse:<channel>``) holds the events as fields
-(``data``, ``event``, ``retry``, ``comment``, ``key``); the stream entry id is
-the event id.  Publishing is one ``XADD ... MAXLEN ~ <history>``.  Each
-process keeps two connections: one for commands (publish, replay) and one
-for a single reader loop that ``XREAD BLOCK``\\ s on the streams of every
-channel with local subscribers, from the last id it has handled in each,
-and hands each entry, encoded once, to every local subscriber.  Because the
-reader always resumes from the last id it has seen, an outage of Redis or of
-the network loses nothing that Redis still holds, and what Redis trimmed in
-the meantime is announced as a ``history-lost`` event.
+(``data``, ``event``, ``retry``, ``comment``, ``key``).  Each process keeps
+two connections: one for commands (publish, replay) and one for a single
+reader loop that ``XREAD BLOCK``\\ s on the streams of every channel with
+local subscribers, from the last id it has handled in each, and hands each
+entry, encoded once, to every local subscriber.  Because the reader always
+resumes from the last id it has seen, an outage of Redis or of the network
+loses nothing that Redis still holds, and what Redis trimmed in the
+meantime is announced as a ``history-lost`` event.
+
+Epochs: telling a lost history from a short one
+-----------------------------------------------
+
+Stream entry ids alone cannot tell that Redis lost a channel: after a
+restart without persistence, a ``FLUSHALL``, an expiry or a failover to a
+replica that missed writes, new entries get ids larger than the old ones,
+and a client resuming from an old id would silently skip what was lost.
+So, as Centrifugo does, each channel has an *epoch* kept beside its stream,
+in the hash ``sse:<channel>#epoch`` (``#`` cannot occur in a channel
+name): field ``e`` is a token made from Redis's clock in microseconds (base
+36), new whenever the hash is created, and ``p`` the epoch it replaced when
+a process rotated it.  Event ids are ``<epoch>:<stream entry id>``, e.g.
+``kq3x9b1c0a:1765000000123-0``, and so are the positions given to new
+subscribers, an empty channel's included (``kq3x9b1c0a:0-0``).  A client
+resuming with an id of another epoch is told ``history_lost = "unknown"``
+(an id without an epoch, from before epochs, too; garbage is
+``"malformed"``).
+
+Every command that may create the epoch is one Lua script (``EVALSHA``,
+``EVAL`` when Redis answers ``NOSCRIPT``), so the epoch is created
+atomically with what uses it: publishing is one script that reads (or
+creates) the epoch, ``XADD``\\ s the entry (``MAXLEN ~ <history>``) and
+sets both keys' TTL; reading a stream's state and a page of it is one
+script that reads (or creates) the epoch, the stream's ``XINFO`` and up to
+a page of entries.  The entry a publish adds when it creates the epoch
+carries it in a first field ``sse-epoch``, so that readers that follow the
+channel see at once, without reading the epoch per event, that Redis lost
+the channel and started a new one.
+
+A process's reader learns that a channel's epoch changed in three ways:
+that marked entry (a flush or expiry followed by a publish); the check of
+every channel after it reconnects (a restart or failover); and a periodic
+check of the epochs of the channels it follows (a flush with no publish
+since).  Its local subscribers then get a ``history-lost`` event (reason
+``"unknown"``) whose id is in the new epoch and resumes exactly, followed
+by the channel's new events.  When a reader finds that Redis holds less of
+a stream than it has read, under the same epoch (a failover to a replica
+that missed writes), it rotates the epoch (a compare-and-set script that
+records the old one as ``p``), so that the ids given out before are
+refused; every process then continues after what is left.
+
+Channels are forgotten after ``channel_ttl`` of idleness: every publish
+sets the TTL of the stream and of its epoch, in the same script, and each
+process refreshes the TTL of the channels it follows (every third of the
+TTL, one script for up to 500 channels), so a channel goes only when no
+process has a subscriber on it and nobody published for the TTL.
+
+A resuming subscriber's replay is paced (see
+:meth:`~twisted_sse.IBroker.subscribe`): it is read in pages (a bounded
+number of entries and bytes, with the stream's state, in one script) and
+kept as a cursor between them; the subscriber joins the live fan-out only
+when its replay reaches the position of the process's reader.
 
 txredisapi supplies the protocol: the queue that matches replies to
 commands, and the connection's life.  Its reply parser and command encoder
@@ -24,8 +76,8 @@ typed face.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
-import json
 import random
 import re
 from collections import deque
@@ -35,9 +87,13 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from attrs import define, field, frozen
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -45,13 +101,17 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._broker import (
+    DEFAULT_CHANNEL_TTL,
     DEFAULT_HISTORY,
+    MAX_KEY_LENGTH,
     BrokerUnavailable,
     Deliver,
     IBroker,
     Published,
     Subscription,
     _TokenSubscription,
+    check_publish,
+    loss_event,
     parse_event_id,
     valid_channel,
 )
@@ -76,6 +136,10 @@ DEFAULT_PREFIX = "sse:"
 
 #: Stream entries fetched per read (XREAD COUNT, XRANGE COUNT).
 _BATCH = 1000
+#: Bytes of stream fields (names and values) a page of a replay or a
+#: catch-up holds at most (one entry more if a single one is larger): a
+#: subscriber that resumes from far back costs one page, not the history.
+_PAGE_BYTES = 512 * 1024
 #: Milliseconds a reader's XREAD blocks when nothing arrives.  A new channel
 #: wakes the reader at once with CLIENT UNBLOCK; this bound only matters when
 #: that is refused (ACLs of some managed services) or races the XREAD, and it
@@ -92,13 +156,21 @@ _BACKOFF_FACTOR = 2.0
 #: The oldest Redis with the stream fields this broker relies on
 #: (``XRANGE (id`` is 6.2; ``XINFO STREAM`` ``entries-added`` is 7.0).
 _MIN_REDIS = (7, 0)
+#: Seconds between two checks of the channels a process follows (their
+#: TTL refreshed, their epoch compared), at most.
+_CHECK_INTERVAL = 60.0
+#: Channels per refresh script.
+_REFRESH_BATCH = 500
+#: Seconds before a replay page that failed (Redis down) is read again.
+_RETRY_PAGE = 1.0
 
-_MAX_KEY_LENGTH = 256
-_RETRY = re.compile(r"[0-9]{1,15}")
-#: The hub's loss signal (``twisted_sse._hub.HISTORY_LOST_EVENT``): the
-#: broker sends it itself when Redis trimmed events a live reader had not
-#: read yet.
-_HISTORY_LOST_EVENT = "history-lost"
+_RETRY = re.compile(r"[0-9]{1,20}")
+#: An event id of this broker: ``<epoch>:<stream entry id>``.
+_POSITION = re.compile(r"([0-9a-z]{1,16}):([0-9]{1,20})-([0-9]{1,20})")
+#: An epoch token (see the module docstring).
+_EPOCH = re.compile(r"[0-9a-z]{1,16}")
+#: The field that marks the first entry of a new epoch (always first).
+_EPOCH_FIELD = b"sse-epoch"
 
 #: A Redis reply as txredisapi gives it with ``charset=None`` and
 #: ``convertNumbers=False``: bulk strings as bytes, status lines as str,
@@ -403,6 +475,9 @@ class RedisLink:
     :param on_lost: Called when a ready connection is lost.
     :param timeout: Seconds a reply may take before the connection is deemed
         dead and dropped.
+    :param scripts: Lua scripts to ``SCRIPT LOAD`` on each new connection
+        before it is ready, so that ``EVALSHA`` finds them (a refusal, by an
+        ACL say, is ignored: ``EVAL`` then sends them whole).
     """
 
     def __init__(
@@ -413,7 +488,9 @@ class RedisLink:
         on_ready: Callable[[], object] | None = None,
         on_lost: Callable[[], object] | None = None,
         timeout: float = _COMMAND_TIMEOUT,
+        scripts: Sequence[str] = (),
     ) -> None:
+        self.scripts = tuple(scripts)
         self.reactor = reactor
         self.clock: IReactorTime = reactor
         self.address = address
@@ -625,6 +702,11 @@ class RedisLink:
                 f"needs Redis {'.'.join(map(str, _MIN_REDIS))} or later"
             )
         await send("CLIENT", "SETNAME", self.name)
+        for script in self.scripts:
+            try:
+                await send("SCRIPT", "LOAD", script)
+            except RedisCommandError as error:
+                _log.debug("SCRIPT LOAD refused: {error}", error=str(error))
 
 
 def _no_delay(transport: Any) -> None:
@@ -703,14 +785,184 @@ def _entries(reply: Reply) -> list[_Entry]:
     return result
 
 
+# Scripts
+
+
+@frozen
+class _Script:
+    """A Lua script, run by ``EVALSHA`` (``EVAL`` when Redis lost it)."""
+
+    source: str
+    sha: str
+
+
+def _script(body: str) -> _Script:
+    source = _NEW_EPOCH + body
+    return _Script(source, hashlib.sha1(source.encode("utf-8")).hexdigest())
+
+
+#: A new epoch token: Redis's clock in microseconds, in base 36, so that a
+#: channel made again (after Redis lost it) never gets its old epoch back.
+_NEW_EPOCH = """
+local function new_epoch()
+  local now = redis.call('TIME')
+  local n = tonumber(now[1]) * 1000000 + tonumber(now[2])
+  local digits = '0123456789abcdefghijklmnopqrstuvwxyz'
+  local text = ''
+  repeat
+    local d = n % 36
+    text = string.sub(digits, d + 1, d + 1) .. text
+    n = (n - d) / 36
+  until n == 0
+  return text
+end
+"""
+
+#: Publish: KEYS stream, epoch; ARGV MAXLEN, TTL in ms (0: none), the
+#: fields.  Returns ``<epoch>:<entry id>``.  The entry that creates the
+#: epoch carries it first, for the readers of the channel (see the module
+#: docstring).
+_PUBLISH = _script("""
+local stream, meta = KEYS[1], KEYS[2]
+local ttl = tonumber(ARGV[2])
+local epoch = redis.call('HGET', meta, 'e')
+local id
+if epoch then
+  id = redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 3))
+else
+  epoch = new_epoch()
+  redis.call('HSET', meta, 'e', epoch)
+  id = redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], '*',
+                  'sse-epoch', epoch, unpack(ARGV, 3))
+end
+if ttl > 0 then
+  redis.call('PEXPIRE', stream, ttl)
+  redis.call('PEXPIRE', meta, ttl)
+else
+  redis.call('PERSIST', stream)
+  redis.call('PERSIST', meta)
+end
+return epoch .. ':' .. id
+""")
+
+#: A stream's state and (if ARGV[3], an id, is not empty) a page of
+#: entries after that id: KEYS stream, epoch; ARGV TTL in ms, the epoch
+#: the entries are wanted in ('' for any), the id, the page's most entries
+#: and bytes.  Reads the epoch, creating it if none; refreshes the TTLs.
+#: Returns {epoch, previous epoch, exists, last-generated-id, first entry
+#: id, length, entries-added, max-deleted-entry-id, more, entries}.
+_SNAPSHOT = _script("""
+local stream, meta = KEYS[1], KEYS[2]
+local ttl = tonumber(ARGV[1])
+local want, after = ARGV[2], ARGV[3]
+local count, budget = tonumber(ARGV[4]), tonumber(ARGV[5])
+local known = redis.call('HMGET', meta, 'e', 'p')
+local epoch = known[1]
+if not epoch then
+  epoch = new_epoch()
+  redis.call('HSET', meta, 'e', epoch)
+end
+local exists = redis.call('EXISTS', stream)
+if ttl > 0 then
+  redis.call('PEXPIRE', meta, ttl)
+  if exists == 1 then redis.call('PEXPIRE', stream, ttl) end
+end
+local last, first, length, added, deleted = '0-0', false, 0, 0, '0-0'
+local entries, more = {}, 0
+if exists == 1 then
+  local info = redis.call('XINFO', 'STREAM', stream)
+  for i = 1, #info, 2 do
+    local name, value = info[i], info[i + 1]
+    if name == 'last-generated-id' then last = value
+    elseif name == 'first-entry' then if value then first = value[1] end
+    elseif name == 'length' then length = value
+    elseif name == 'entries-added' then added = value
+    elseif name == 'max-deleted-entry-id' then deleted = value
+    end
+  end
+  if after ~= '' and (want == '' or want == epoch) then
+    entries = redis.call('XRANGE', stream, '(' .. after, '+', 'COUNT', count)
+    if #entries >= count then more = 1 end
+    local size = 0
+    for i = 1, #entries do
+      local fields = entries[i][2]
+      for j = 1, #fields do size = size + #fields[j] end
+      if size >= budget and i < #entries then
+        for k = #entries, i + 1, -1 do entries[k] = nil end
+        more = 1
+        break
+      end
+    end
+  end
+end
+return {epoch, known[2], exists, last, first, length, added, deleted, more, entries}
+""")
+
+#: Rotate an epoch that is still ARGV[1] (Redis lost writes under it):
+#: KEYS stream, epoch; ARGV the epoch, TTL in ms.  The old one is kept as
+#: ``p``, so that every process knows the stream itself went on.
+_ROTATE = _script("""
+local meta = KEYS[2]
+local epoch = redis.call('HGET', meta, 'e')
+if epoch ~= ARGV[1] then return epoch end
+local new = new_epoch()
+redis.call('HSET', meta, 'e', new, 'p', epoch)
+if tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', meta, ARGV[2]) end
+return new
+""")
+
+#: Refresh the TTL of followed channels and tell their epochs: KEYS
+#: stream, epoch, stream, epoch...; ARGV TTL in ms (0: none).  Returns
+#: each channel's epoch (nil if it has none: Redis lost it).
+_REFRESH = _script("""
+local ttl = tonumber(ARGV[1])
+local epochs = {}
+for i = 1, #KEYS, 2 do
+  if ttl > 0 then
+    redis.call('PEXPIRE', KEYS[i], ttl)
+    redis.call('PEXPIRE', KEYS[i + 1], ttl)
+  end
+  epochs[#epochs + 1] = redis.call('HGET', KEYS[i + 1], 'e')
+end
+return epochs
+""")
+
+_SCRIPTS = (_PUBLISH, _SNAPSHOT, _ROTATE, _REFRESH)
+
+
+def _run_script(
+    link: RedisLink, script: _Script, keys: Sequence[Arg], args: Sequence[Arg]
+) -> Deferred[Reply]:
+    """
+    Run ``script``: one ``EVALSHA``, or, if Redis does not have the script
+    (it restarted, or its scripts were flushed), one ``EVAL`` more.
+    """
+
+    def again(failure: Failure) -> Deferred[Reply]:
+        if failure.check(RedisCommandError) and "NOSCRIPT" in str(failure.value):
+            return link.execute("EVAL", script.source, len(keys), *keys, *args)
+        return fail(failure)
+
+    sent = link.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+    return sent.addErrback(again)
+
+
+# A stream's state
+
+
 @frozen
 class _Snapshot:
     """
-    A stream as ``MULTI / XINFO STREAM / XRANGE / EXEC`` saw it, atomically.
+    A stream and its epoch as :data:`_SNAPSHOT` saw them, atomically.
 
     ``entries-added`` and the first entry tell what trimming removed:
     ``MAXLEN`` trimming does not move ``max-deleted-entry-id`` (only
     ``XDEL`` does; checked on Redis 7.0), so that field alone cannot tell.
+
+    :ivar epoch: The channel's epoch.
+    :ivar previous: The epoch it replaced when a process rotated it.
+    :ivar more: Whether entries after the page's last were left for the
+        next read.
     """
 
     exists: bool
@@ -720,6 +972,9 @@ class _Snapshot:
     entries_added: int = 0
     max_deleted: _EventId = _ZERO
     entries: list[_Entry] = field(factory=list)
+    epoch: str = ""
+    previous: str | None = None
+    more: bool = False
 
     def lost_after(self, position: _EventId) -> bool:
         """
@@ -742,59 +997,72 @@ class _Snapshot:
             return False
         return position != _before(self.first)
 
+    def lost_up_to(self) -> _EventId:
+        """
+        The id just before the first entry left (the last one if none is):
+        reading on from it misses nothing more.
+        """
+        return max(
+            self.max_deleted,
+            _before(self.first) if self.first else self.last_generated,
+        )
+
 
 def _snapshot(reply: Reply) -> _Snapshot:
-    info, entries = _list(reply)
-    if isinstance(info, Exception):
-        if "no such key" in str(info):
-            return _Snapshot(exists=False)
-        raise RedisCommandError(f"Redis refused XINFO STREAM: {info}")
-    items = _list(info)
-    fields = {_text(items[i]): items[i + 1] for i in range(0, len(items) - 1, 2)}
-    first_entry = fields.get("first-entry")
-    first = None
-    if isinstance(first_entry, list) and first_entry:
-        first = _id(first_entry[0])
+    (
+        epoch,
+        previous,
+        exists,
+        last_generated,
+        first,
+        length,
+        entries_added,
+        max_deleted,
+        more,
+        entries,
+    ) = _list(reply)
     return _Snapshot(
-        exists=True,
-        last_generated=_id(fields["last-generated-id"]),
-        first=first,
-        length=int(_text(fields["length"])),
-        entries_added=int(_text(fields.get("entries-added", 0))),
-        max_deleted=_id(fields.get("max-deleted-entry-id", b"0-0")),
-        entries=_entries(entries) if entries is not None else [],
+        exists=exists == 1,
+        last_generated=_id(last_generated),
+        first=_id(first) if first is not None else None,
+        length=int(_text(length)),
+        entries_added=int(_text(entries_added)),
+        max_deleted=_id(max_deleted),
+        entries=_entries(entries) if entries else [],
+        epoch=_text(epoch),
+        previous=_text(previous) if previous is not None else None,
+        more=more == 1,
     )
 
 
-def _read_snapshot(
-    link: RedisLink, key: str, after: _EventId | None, count: int
-) -> Deferred[_Snapshot]:
+def _restart_point(snapshot: _Snapshot, after: _EventId, epoch: str) -> _EventId:
     """
-    Read a stream's metadata and (if ``after`` is given) up to ``count``
-    entries after it in one transaction, so that nothing is trimmed or
-    added between the two.
+    Where a reader at ``after`` in ``epoch`` goes on in the snapshot's new
+    epoch: from ``after`` in the stream as it is (it was only given a new
+    epoch, or made again with later ids), from the end of what is left if
+    the epoch was rotated from ``epoch`` (Redis lost its tail), or from the
+    start (made again with earlier ids); past what was trimmed.
     """
-    # The four commands go out back to back on one connection, so nothing
-    # else this process sends can land inside the transaction.
-    commands: list[Deferred[Reply]] = [
-        link.execute("MULTI"),
-        link.execute("XINFO", "STREAM", key),
-    ]
-    if after is not None:
-        commands.append(
-            link.execute("XRANGE", key, "(" + _format_id(after), "+", "COUNT", count)
-        )
-    exec_reply = link.execute("EXEC")
-    for queued in commands:
-        queued.addErrback(lambda _: None)
+    if not snapshot.exists:
+        return _ZERO
+    if snapshot.last_generated >= after or snapshot.previous == epoch:
+        start = min(after, snapshot.last_generated)
+    else:
+        start = _ZERO
+    if snapshot.lost_after(start):
+        start = max(start, snapshot.lost_up_to())
+    return start
 
-    def parse(reply: Reply) -> _Snapshot:
-        replies = _list(reply)
-        if after is None:
-            replies = [replies[0], []]
-        return _snapshot(replies)
 
-    return exec_reply.addCallback(parse)
+def _parse_position(value: str) -> tuple[str, _EventId] | None:
+    """Split an id of this broker into its epoch and stream id."""
+    match = _POSITION.fullmatch(value)
+    if match is None:
+        return None
+    ms, seq = int(match.group(2)), int(match.group(3))
+    if ms >= 2**64 or seq >= 2**64:
+        return None
+    return match.group(1), (ms, seq)
 
 
 # Events as stream fields
@@ -805,8 +1073,8 @@ def event_fields(event: Event, key: str | None = None) -> list[str]:
     The stream fields that carry ``event``, as a flat field-value list for
     ``XADD``: ``data``, ``event``, ``retry``, ``comment`` when set, and
     always ``key`` (the conflation key: ``key``, else the event type, else
-    ``message``).  The event's own ``id`` is not stored: the stream entry id
-    is the event id.
+    ``message``).  The event's own ``id`` is not stored: the broker gives
+    the id (the channel's epoch and the stream entry id).
     """
     fields: list[str] = []
     if event.data is not None:
@@ -821,6 +1089,9 @@ def event_fields(event: Event, key: str | None = None) -> list[str]:
     return fields
 
 
+_KNOWN_FIELDS = frozenset(("data", "event", "retry", "comment", "key"))
+
+
 def published_from_fields(
     channel: str, event_id: str, fields: Sequence[bytes | str]
 ) -> Published:
@@ -828,19 +1099,21 @@ def published_from_fields(
     Make the event a stream entry describes, from its field-value list, as
     written by :func:`event_fields` or by any other program.
 
-    Unknown fields are ignored (room for later additions); a repeated field
-    counts once, the last value.
+    Unknown fields are ignored (room for later additions, and the epoch
+    mark); a repeated field counts once, the last value.
 
     :raises ValueError: if a known field's value cannot be sent (a newline
-        in ``event``, a ``retry`` that is not digits, text that is not
-        UTF-8, ...).
+        in ``event``, a ``retry`` that is not digits or is past
+        :data:`~twisted_sse.MAX_RETRY`, a ``key`` longer than
+        :data:`~twisted_sse.MAX_KEY_LENGTH`, text that is not UTF-8, ...):
+        the same bounds as a publish.
     """
     values: dict[str, str] = {}
     for index in range(0, len(fields) - 1, 2):
         name = fields[index]
         value = fields[index + 1]
         name_text = name.decode("utf-8", "replace") if isinstance(name, bytes) else name
-        if name_text not in ("data", "event", "retry", "comment", "key"):
+        if name_text not in _KNOWN_FIELDS:
             continue
         if isinstance(value, bytes):
             try:
@@ -852,26 +1125,17 @@ def published_from_fields(
     if retry is not None and not _RETRY.fullmatch(retry):
         raise ValueError(f"retry must be digits, not {retry!r}")
     key = values.get("key")
-    if key is not None and (len(key) > _MAX_KEY_LENGTH or not key):
-        raise ValueError(f"key must be 1 to {_MAX_KEY_LENGTH} characters")
+    if key is not None and not 1 <= len(key) <= MAX_KEY_LENGTH:
+        raise ValueError(f"key must be 1 to {MAX_KEY_LENGTH} characters")
     event = Event(
         data=values.get("data"),
         event=values.get("event") or None,
         id=event_id,
+        # Event refuses a retry past MAX_RETRY, as it did at publish.
         retry=int(retry) if retry is not None else None,
         comment=values.get("comment"),
     )
     return Published(channel, event_id, event.encode(), key or event.event or "message")
-
-
-def _loss_event(channel: str, lost_up_to: _EventId) -> Published:
-    event_id = _format_id(lost_up_to)
-    event = Event(
-        event=_HISTORY_LOST_EVENT,
-        id=event_id,
-        data=json.dumps({"reason": "trimmed"}),
-    )
-    return Published(channel, event_id, event.encode(), _HISTORY_LOST_EVENT)
 
 
 # The broker
@@ -879,15 +1143,34 @@ def _loss_event(channel: str, lost_up_to: _EventId) -> Published:
 
 @define(eq=False)
 class _Local:
-    """One local subscriber of a channel."""
+    """One local subscriber of a channel, in the live fan-out."""
 
     deliver: Deliver
-    #: Live events that arrived while the replay was running, or ``None``
-    #: once the subscriber is live.
-    backlog: list[tuple[_EventId, Published]] | None = field(factory=list)
-    #: Live events up to this id were covered by the replay; ``None`` once
+    #: Live events up to this id were covered by its replay; ``None`` once
     #: one after it was delivered.
     floor: _EventId | None = None
+
+
+@define(eq=False)
+class _Replay:
+    """
+    A resuming subscriber on its way to the live fan-out: a cursor in the
+    stream, not the events (see :meth:`RedisBroker.subscribe`).
+    """
+
+    local: _Local
+    subscription: Subscription
+    token: int
+    #: The epoch and stream id of the last entry delivered (or skipped).
+    epoch: str = ""
+    cursor: _EventId = _ZERO
+    #: Its deliver said it had no room: resume_replay goes on.
+    paused: bool = False
+    #: At the stream's end, in an epoch the reader has not reached yet: the
+    #: reader picks it up when it has checked the channel.
+    parked: bool = False
+    #: resume_replay was called during the current deliver call.
+    resumed: bool = False
 
 
 @define(eq=False)
@@ -896,24 +1179,51 @@ class _Channel:
 
     name: str
     key: str
+    epoch_key: str
     #: The last stream id the reader has handled; ``None`` until known.
     position: _EventId | None = None
-    #: Whether the next read must check what Redis trimmed (after a
-    #: reconnect, or when the reader fell behind).
+    #: The channel's epoch as the reader knows it.
+    epoch: str = ""
+    #: Whether the next read must check the stream's state (after a
+    #: reconnect, when the reader fell behind, or when its epoch may have
+    #: changed).
     check: bool = False
+    #: Subscribers in the live fan-out.
     subscribers: dict[int, _Local] = field(factory=dict)
+    #: Subscribers on their way there: new ones waiting for the channel's
+    #: first read (a _Local), resuming ones replaying (a _Replay).
+    joining: dict[int, _Local | _Replay] = field(factory=dict)
     #: New subscribers waiting for the channel's snapshot that is read once
     #: for all of them at the end of this reactor turn; ``None`` when none.
     waiting: list[Deferred[_Snapshot]] | None = None
-    #: The last position given to a subscriber, as an id and as text.
-    _position_text: tuple[_EventId, str] | None = field(default=None, init=False)
+    #: The last position given out, as epoch, id and text.
+    _position_text: tuple[str, _EventId, str] | None = field(default=None, init=False)
 
-    def position_text(self, position: _EventId) -> str:
+    def text(self, position: _EventId) -> str:
         """``position`` as an event id, one string for all who get it."""
         cached = self._position_text
-        if cached is None or cached[0] != position:
-            cached = self._position_text = (position, _format_id(position))
-        return cached[1]
+        if cached is None or cached[1] != position or cached[0] != self.epoch:
+            text = f"{self.epoch}:{position[0]}-{position[1]}"
+            cached = self._position_text = (self.epoch, position, text)
+        return cached[2]
+
+
+@define(eq=False)
+class _RedisSubscription(_TokenSubscription):
+    """A Redis broker subscription: its own cancel handle and replay pacer."""
+
+    def cancel(self) -> None:
+        """Stop replaying and delivering; safe to call more than once."""
+        state = self._state
+        if state is not None:
+            state.joining.pop(self._token, None)
+        super().cancel()
+
+    def resume_replay(self) -> None:
+        """Go on with the replay where ``deliver`` paused it."""
+        state, broker = self._state, self._broker
+        if state is not None and isinstance(broker, RedisBroker):
+            broker._resume_replay(state, self._token)
 
 
 @implementer(IBroker)
@@ -930,15 +1240,24 @@ class RedisBroker(Service):
     are refused the same way; open subscriptions stay and resume, from the
     last stream id this process handled, when Redis is back.
 
+    Event ids are ``<epoch>:<stream entry id>``; see the module docstring
+    for the epoch, and for what Redis must be told about memory: the
+    history is bounded per channel by ``history`` events, channels by
+    ``channel_ttl``, and Redis as a whole by its ``maxmemory``.
+
     :param reactor: Provides ``IReactorTCP`` and ``IReactorTime``.
     :param address: Where Redis is (see :func:`parse_redis_url`).
     :param history: Events kept per channel: ``XADD MAXLEN ~ history`` (at
         least 1: the stream is also how events reach the other processes).
         Use the same value on every process.
-    :param prefix: Prepended to the channel name to make the stream key.
+    :param prefix: Prepended to the channel name to make the stream key
+        (and, with ``#epoch`` after the name, the epoch's).
     :param block_ms: Milliseconds an idle reader's ``XREAD`` blocks.
     :param timeout: Seconds a Redis reply may take before the connection is
         deemed dead.
+    :param channel_ttl: Seconds after which Redis forgets a channel (its
+        stream and epoch) that nobody published on and no process followed
+        meanwhile; 0 for never.  Use the same value on every process.
     """
 
     def __init__(
@@ -950,18 +1269,28 @@ class RedisBroker(Service):
         prefix: str = DEFAULT_PREFIX,
         block_ms: int = _BLOCK_MS,
         timeout: float = _COMMAND_TIMEOUT,
+        channel_ttl: float = DEFAULT_CHANNEL_TTL,
     ) -> None:
         if history < 0:
             raise ValueError(f"history must be >= 0 events, not {history!r}")
         if block_ms < 1:
             raise ValueError(f"block_ms must be >= 1, not {block_ms!r}")
+        if not channel_ttl >= 0:
+            raise ValueError(f"channel_ttl must be >= 0 seconds, not {channel_ttl!r}")
         self.address = address
         self.history = history
         self.maxlen = max(history, 1)
         self.prefix = prefix
         self.block_ms = block_ms
+        self.channel_ttl = channel_ttl
+        self._ttl_ms = max(1, round(channel_ttl * 1000)) if channel_ttl else 0
+        #: Seconds between two checks of the followed channels.
+        self.check_interval = (
+            min(channel_ttl / 3, _CHECK_INTERVAL) if channel_ttl else _CHECK_INTERVAL
+        )
+        scripts = [script.source for script in _SCRIPTS]
         self._commands = RedisLink(
-            reactor, address, "twisted_sse:commands", timeout=timeout
+            reactor, address, "twisted_sse:commands", timeout=timeout, scripts=scripts
         )
         self._reader = RedisLink(
             reactor,
@@ -970,6 +1299,7 @@ class RedisBroker(Service):
             on_ready=self._reader_ready,
             on_lost=self._reader_lost,
             timeout=timeout,
+            scripts=scripts,
         )
         self._clock: IReactorTime = reactor
         self._pause: Deferred[None] | None = None
@@ -983,6 +1313,10 @@ class RedisBroker(Service):
         self._idle: Deferred[None] | None = None
         self._blocked = False
         self._warned: deque[str] = deque(maxlen=1024)
+        self._check_call: IDelayedCall | None = None
+        self._retry_call: IDelayedCall | None = None
+        #: Replays whose last page read failed, to read again.
+        self._failed: list[tuple[_Channel, _Replay]] = []
 
     # Life cycle
 
@@ -996,6 +1330,10 @@ class RedisBroker(Service):
         super().startService()  # type: ignore[no-untyped-call]
         self._commands.start()
         self._reader.start()
+        if self._check_call is None:
+            self._check_call = self._clock.callLater(
+                self.check_interval, self._check_channels
+            )
 
     def stopService(self) -> Deferred[None]:
         """Close the connections; see :meth:`stop`."""
@@ -1003,8 +1341,12 @@ class RedisBroker(Service):
         return self.stop()
 
     def stop(self) -> Deferred[None]:
-        """Close both connections; fires when they are closed."""
+        """Close both connections and stop the timers; fires when closed."""
         self.running = False
+        for call in (self._check_call, self._retry_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._check_call = self._retry_call = None
 
         async def stop() -> None:
             await self._commands.stop()
@@ -1024,22 +1366,26 @@ class RedisBroker(Service):
         """The stream key of ``channel``."""
         return self.prefix + channel
 
+    def epoch_key(self, channel: str) -> str:
+        """The key of the hash that holds ``channel``'s epoch."""
+        return self.prefix + channel + "#epoch"
+
     def publish(
         self, channel: str, event: Event, key: str | None = None
     ) -> Deferred[str]:
-        """See :meth:`IBroker.publish`: one ``XADD``, the entry id is the id."""
-        if not valid_channel(channel):
-            return fail(ValueError(f"invalid channel name: {channel!r}"))
-        if key is not None and (not key or len(key) > _MAX_KEY_LENGTH):
-            return fail(ValueError(f"key must be 1 to {_MAX_KEY_LENGTH} characters"))
-        added = self._commands.execute(
-            "XADD",
-            self.key(channel),
-            "MAXLEN",
-            "~",
-            self.maxlen,
-            "*",
-            *event_fields(event, key),
+        """
+        See :meth:`IBroker.publish`: one script (the epoch, ``XADD``, the
+        TTLs); the id is ``<epoch>:<stream entry id>``.
+        """
+        try:
+            check_publish(channel, event, key)
+        except ValueError as error:
+            return fail(error)
+        added = _run_script(
+            self._commands,
+            _PUBLISH,
+            (self.key(channel), self.epoch_key(channel)),
+            (self.maxlen, self._ttl_ms, *event_fields(event, key)),
         )
         return added.addCallback(_text)
 
@@ -1051,16 +1397,41 @@ class RedisBroker(Service):
         """
         See :meth:`IBroker.subscribe`.
 
-        The subscriber joins this process's fan-out first (live events are
-        held back), then the history after ``last_event_id`` is read in one
-        transaction with the stream's state; the held events that the
-        replay did not already cover follow it.
+        A new subscriber of a channel this process follows joins its
+        fan-out at once, at the reader's position; of another channel, once
+        the channel's state is read (shared by every new subscriber of the
+        reactor turn).  A resuming subscriber's replay is read in pages
+        (with the stream's state each time, so that a trim or an epoch
+        change after its cursor is seen), delivered as its ``deliver``
+        takes them, and joins the fan-out once it reaches the reader's
+        position, with no gap and no duplicate.
         """
         if not valid_channel(channel):
             return fail(ValueError(f"invalid channel name: {channel!r}"))
         if not self.available:
             return fail(BrokerUnavailable("Redis is not connected"))
-        return Deferred.fromCoroutine(self._subscribe(channel, deliver, last_event_id))
+        state = self._channels.get(channel)
+        if state is None:
+            state = self._channels[channel] = _Channel(
+                channel, self.key(channel), self.epoch_key(channel)
+            )
+            self._by_key[state.key.encode("utf-8")] = state
+        token = next(self._tokens)
+        local = _Local(deliver)
+        subscription = _RedisSubscription(
+            channel, broker=self, state=state, token=token
+        )
+        if last_event_id:
+            return Deferred.fromCoroutine(
+                self._resume(state, local, subscription, token, last_event_id)
+            )
+        if state.position is not None:
+            # Followed: every event after the reader's position reaches
+            # this subscriber, and none before.
+            subscription.position = state.text(state.position)
+            state.subscribers[token] = local
+            return succeed(subscription)
+        return Deferred.fromCoroutine(self._join(state, local, subscription, token))
 
     def channel_names(self) -> list[str]:
         """The channels that have local subscribers."""
@@ -1069,87 +1440,254 @@ class RedisBroker(Service):
     def subscriber_count(self, channel: str) -> int:
         """How many local subscriptions ``channel`` has."""
         found = self._channels.get(channel)
-        return len(found.subscribers) if found else 0
+        return len(found.subscribers) + len(found.joining) if found else 0
 
-    async def _subscribe(
-        self, channel: str, deliver: Deliver, last_event_id: str | None
+    async def _join(
+        self, state: _Channel, local: _Local, subscription: Subscription, token: int
     ) -> Subscription:
-        state = self._channels.get(channel)
-        if state is None:
-            state = self._channels[channel] = _Channel(channel, self.key(channel))
-            self._by_key[state.key.encode("utf-8")] = state
-        token = next(self._tokens)
-        local = _Local(deliver)
-        state.subscribers[token] = local
-        subscription = _TokenSubscription(
-            channel, broker=self, state=state, token=token
-        )
+        """A new subscriber of a channel not followed yet."""
+        state.joining[token] = local
         try:
-            replay, floor = await self._replay(state, subscription, last_event_id)
+            snapshot = await self._shared_snapshot(state)
         except BaseException:
-            state.subscribers.pop(token, None)
+            state.joining.pop(token, None)
             self._forget_if_idle(state)
             raise
-        # The replay, then what arrived live meanwhile and is newer than what
-        # the replay covered: no gap, no duplicate.
-        for published in replay:
-            self._call(local, published)
-        backlog, local.backlog = local.backlog or [], None
-        local.floor = floor
-        for event_id, published in backlog:
-            self._offer(local, event_id, published)
+        if state.joining.pop(token, None) is None:
+            return subscription  # cancelled meanwhile
+        self._follow(state, snapshot)
+        if state.position is not None:
+            subscription.position = state.text(state.position)
+        else:
+            subscription.position = _text_id(snapshot.epoch, snapshot.last_generated)
+        state.subscribers[token] = local
         return subscription
 
-    async def _replay(
-        self, state: _Channel, subscription: Subscription, last_event_id: str | None
-    ) -> tuple[list[Published], _EventId]:
-        after = parse_event_id(last_event_id) if last_event_id else None
-        if last_event_id and after is None:
-            subscription.history_lost = "malformed"
-        if after is None:
-            snapshot = await self._shared_snapshot(state)
+    async def _resume(
+        self,
+        state: _Channel,
+        local: _Local,
+        subscription: Subscription,
+        token: int,
+        last_event_id: str,
+    ) -> Subscription:
+        """A subscriber resuming after ``last_event_id``: judge, first page."""
+        replay = _Replay(local, subscription, token)
+        state.joining[token] = replay
+        parsed = _parse_position(last_event_id)
+        try:
+            if parsed is None or parsed[1] == _LAST_ID:
+                page = await self._shared_snapshot(state)
+            else:
+                page = await self._read_snapshot(
+                    self._commands, state, parsed[1], _BATCH, want=parsed[0]
+                )
+        except BaseException:
+            state.joining.pop(token, None)
+            self._forget_if_idle(state)
+            raise
+        if state.joining.get(token) is not replay:
+            return subscription  # cancelled meanwhile
+        self._follow(state, page)
+        head = page.last_generated
+        subscription.position = (
+            state.text(head)
+            if page.epoch == state.epoch
+            else _text_id(page.epoch, head)
+        )
+        if parsed is None:
+            # An id of a stream without epochs (before them) may be known:
+            # it is not garbage, but cannot be judged.
+            old = parse_event_id(last_event_id) is not None
+            lost: str | None = "unknown" if old else "malformed"
+        elif parsed[0] != page.epoch or parsed[1] > head:
+            lost = "unknown"
+        elif page.lost_after(parsed[1]):
+            lost = "trimmed"
         else:
-            snapshot = await _read_snapshot(self._commands, state.key, after, _BATCH)
-        self._follow(state, snapshot)
-        # 0-0 for a stream that does not exist (yet): resuming from it gets
-        # every event from the first on.
-        position = snapshot.last_generated
-        subscription.position = state.position_text(position)
-        if after is None:
-            return [], position
-        if after > position:
-            subscription.history_lost = "unknown"
-            return [], position
-        if snapshot.lost_after(after):
-            subscription.history_lost = "trimmed"
-            return [], position
-        replay: list[Published] = []
-        while True:
-            replay += self._decode_all(state.name, snapshot.entries)
-            if len(snapshot.entries) < _BATCH:
-                break
-            after = snapshot.entries[-1][1]
-            snapshot = await _read_snapshot(self._commands, state.key, after, _BATCH)
-            position = snapshot.last_generated
-            if snapshot.lost_after(after):
-                # Trimmed while the replay was paging: say so, go live.
-                subscription.history_lost = "trimmed"
-                break
-        subscription.replayed = len(replay)
-        subscription.position = _format_id(position)
-        return replay, position
+            lost = None
+        subscription.history_lost = lost
+        replay.epoch = page.epoch
+        if lost is None and parsed is not None:
+            replay.cursor = parsed[1]
+            self._replay_page(state, replay, page)
+        else:
+            # Live from the channel's position, as the hub tells the client.
+            replay.cursor = head
+            self._replay_onwards(state, replay, more=False)
+        return subscription
+
+    def _replay_page(self, state: _Channel, replay: _Replay, page: _Snapshot) -> None:
+        """Go on with ``replay`` from ``page``, read after its cursor."""
+        if state.joining.get(replay.token) is not replay:
+            return
+        self._follow(state, page)
+        entries, more = page.entries, page.more
+        loss: Published | None = None
+        if page.epoch != replay.epoch:
+            # Redis lost the channel (or its tail) since the last page.
+            start = _restart_point(page, replay.cursor, replay.epoch)
+            if start != replay.cursor:
+                entries, more = [], True
+            replay.epoch, replay.cursor = page.epoch, start
+            loss = loss_event(state.name, _text_id(page.epoch, start), "unknown")
+        elif page.lost_after(replay.cursor):
+            # Trimmed past the cursor while the replay waited.
+            replay.cursor = max(replay.cursor, page.lost_up_to())
+            loss = loss_event(
+                state.name, _text_id(page.epoch, replay.cursor), "trimmed"
+            )
+        if loss is not None and not self._give(state, replay, loss):
+            return
+        prefix = page.epoch + ":"
+        last = len(entries) - 1
+        for index, (text, event_id, fields) in enumerate(entries):
+            if event_id <= replay.cursor:
+                continue
+            replay.cursor = event_id
+            published = self._decode(state.name, prefix + text, fields)
+            if published is None:
+                continue
+            replay.subscription.replayed += 1
+            if not self._give(state, replay, published):
+                if replay.paused and index == last and not more:
+                    # It has no room, but the replay is done: live events
+                    # go to it whatever it answers.
+                    self._try_join(state, replay)
+                return
+        self._replay_onwards(state, replay, more)
+
+    def _give(self, state: _Channel, replay: _Replay, published: Published) -> bool:
+        """Deliver one replayed event; whether to go on."""
+        replay.resumed = False
+        try:
+            taken = replay.local.deliver(published)
+        except Exception:
+            _log.failure("A subscriber failed to take an event")
+            taken = None
+        if state.joining.get(replay.token) is not replay:
+            return False  # cancelled by its deliver
+        if taken is False and not replay.resumed:
+            replay.paused = True
+            return False
+        return True
+
+    def _replay_onwards(self, state: _Channel, replay: _Replay, more: bool) -> None:
+        """After a page: the next one, or the live fan-out, or a wait."""
+        if more:
+            self._read_page(state, replay)
+        elif self._try_join(state, replay):
+            pass
+        elif state.position is not None and replay.epoch == state.epoch:
+            # The reader has gone on since the page was read.
+            self._read_page(state, replay)
+        else:
+            # The reader has not seen this epoch yet: it checks the
+            # channel now, and then picks the replay up (_unpark).
+            replay.parked = True
+            if state.position is not None and not state.check:
+                state.check = True
+                self._wake_reader()
+
+    def _try_join(self, state: _Channel, replay: _Replay) -> bool:
+        """Join the live fan-out if the replay has reached the reader."""
+        position = state.position
+        if position is None or replay.epoch != state.epoch or replay.cursor < position:
+            return False
+        del state.joining[replay.token]
+        local = replay.local
+        # Events up to the cursor that the reader has yet to handle were
+        # replayed: skip them.
+        local.floor = replay.cursor if replay.cursor > position else None
+        state.subscribers[replay.token] = local
+        replay.paused = replay.parked = False
+        return True
+
+    def _read_page(self, state: _Channel, replay: _Replay) -> None:
+        """Read the page after the replay's cursor, and go on from it."""
+        replay.parked = False
+
+        def failed(failure: Failure) -> None:
+            if state.joining.get(replay.token) is not replay:
+                return
+            _log.warn(
+                "Reading the history of channel {channel} failed: {error}; "
+                "trying again",
+                channel=state.name,
+                error=failure.getErrorMessage(),
+            )
+            self._failed.append((state, replay))
+            if self._retry_call is None and self.running:
+                self._retry_call = self._clock.callLater(_RETRY_PAGE, self._retry_pages)
+
+        reading = self._read_snapshot(self._commands, state, replay.cursor, _BATCH)
+        reading.addCallback(lambda page: self._replay_page(state, replay, page))
+        reading.addErrback(failed).addErrback(
+            lambda failure: _log.failure("A replay failed", failure)
+        )
+
+    def _retry_pages(self) -> None:
+        self._retry_call = None
+        failed, self._failed = self._failed, []
+        for state, replay in failed:
+            if state.joining.get(replay.token) is replay:
+                self._read_page(state, replay)
+
+    def _resume_replay(self, state: _Channel, token: int) -> None:
+        replay = state.joining.get(token)
+        if not isinstance(replay, _Replay):
+            return
+        replay.resumed = True
+        if replay.paused:
+            replay.paused = False
+            self._read_page(state, replay)
+
+    def _unpark(self, state: _Channel) -> None:
+        """The reader has checked ``state``: the replays waiting for it go on."""
+        for replay in list(state.joining.values()):
+            if (
+                isinstance(replay, _Replay)
+                and replay.parked
+                and state.joining.get(replay.token) is replay
+                and not self._try_join(state, replay)
+            ):
+                self._read_page(state, replay)
+
+    def _read_snapshot(
+        self,
+        link: RedisLink,
+        state: _Channel,
+        after: _EventId | None,
+        count: int,
+        want: str = "",
+    ) -> Deferred[_Snapshot]:
+        """
+        Read the channel's epoch and stream state and (if ``after`` is
+        given) a page of entries after it, in one script, so that nothing
+        is trimmed or added between them.
+
+        :param want: Read the entries only if the epoch is this one.
+        """
+        reading = _run_script(
+            link,
+            _SNAPSHOT,
+            (state.key, state.epoch_key),
+            (
+                self._ttl_ms,
+                want,
+                "" if after is None else _format_id(after),
+                count,
+                _PAGE_BYTES,
+            ),
+        )
+        return reading.addCallback(_snapshot)
 
     def _shared_snapshot(self, state: _Channel) -> Deferred[_Snapshot]:
         """
         The channel's state (no entries), read once for every subscriber
         that asks during this reactor turn: a burst of new subscribers (a
-        deploy, a network blip) costs Redis one transaction per channel and
+        deploy, a network blip) costs Redis one script per channel and
         turn instead of one each.
-
-        It is read at the end of the turn, after every subscriber sharing it
-        has joined the fan-out, and the reader's next events are handled
-        only after that: so every event after the position it gives reaches
-        all of them, with no gap.
         """
         answer: Deferred[_Snapshot] = Deferred()
         if state.waiting is None:
@@ -1168,17 +1706,28 @@ class RedisBroker(Service):
                 else:
                     each.callback(result)
 
-        _read_snapshot(self._commands, state.key, None, 0).addBoth(answer)
+        self._read_snapshot(self._commands, state, None, 0).addBoth(answer)
 
     def _follow(self, state: _Channel, snapshot: _Snapshot) -> None:
         """Have the reader follow ``state`` from the snapshot on, if new."""
-        if state.position is not None or self._channels.get(state.name) is not state:
+        if self._channels.get(state.name) is not state:
             return
-        state.position = snapshot.last_generated if snapshot.exists else _ZERO
-        self._wake_reader()
+        if state.position is None:
+            state.position = snapshot.last_generated if snapshot.exists else _ZERO
+            state.epoch = snapshot.epoch
+            self._wake_reader()
+        elif snapshot.epoch != state.epoch and not state.check:
+            # The reader is behind this read, or this read behind the
+            # reader: the reader's own check tells which.
+            state.check = True
+            self._wake_reader()
 
     def _forget_if_idle(self, state: _Channel) -> None:
-        if not state.subscribers and self._channels.get(state.name) is state:
+        if (
+            not state.subscribers
+            and not state.joining
+            and self._channels.get(state.name) is state
+        ):
             del self._channels[state.name]
             self._by_key.pop(state.key.encode("utf-8"), None)
 
@@ -1191,9 +1740,6 @@ class RedisBroker(Service):
             _log.failure("A subscriber failed to take an event")
 
     def _offer(self, local: _Local, event_id: _EventId, published: Published) -> None:
-        if local.backlog is not None:
-            local.backlog.append((event_id, published))
-            return
         if local.floor is not None:
             if event_id <= local.floor:
                 return
@@ -1202,20 +1748,52 @@ class RedisBroker(Service):
 
     def _fan_out(self, state: _Channel, entries: Iterable[_Entry]) -> None:
         for text, event_id, fields in entries:
-            if state.position is None or event_id <= state.position:
+            position = state.position
+            if position is None or event_id <= position:
                 continue
+            if fields and fields[0] == _EPOCH_FIELD and len(fields) > 1:
+                self._marked(state, event_id, fields[1])
             state.position = event_id
-            published = self._decode(state.name, text, fields)
+            published = self._decode(state.name, f"{state.epoch}:{text}", fields)
             if published is None:
                 continue
             # The same Published, encoded once, goes to every local
             # subscriber, each with its own queue and slow-client policy.
             for local in list(state.subscribers.values()):
-                if local.backlog is None and local.floor is None:
-                    # Live and past its replay: nothing to check.
+                floor = local.floor
+                if floor is None:
                     self._call(local, published)
-                else:
-                    self._offer(local, event_id, published)
+                elif event_id > floor:
+                    local.floor = None
+                    self._call(local, published)
+
+    def _marked(self, state: _Channel, event_id: _EventId, value: Reply) -> None:
+        """An entry that made a new epoch: if not the one followed, switch."""
+        epoch = _text(value)
+        if epoch == state.epoch or not _EPOCH.fullmatch(epoch):
+            return
+        _log.warn(
+            "Channel {channel} has a new epoch {epoch} (was {old}): Redis lost "
+            "its history",
+            channel=state.name,
+            epoch=epoch,
+            old=state.epoch,
+        )
+        self._switch_epoch(state, epoch, _before(event_id))
+        self._unpark(state)
+
+    def _switch_epoch(self, state: _Channel, epoch: str, start: _EventId) -> None:
+        """
+        Follow ``state`` in ``epoch`` from ``start`` on; its subscribers
+        first get the loss event, whose id resumes from there.
+        """
+        state.epoch = epoch
+        state.position = start
+        loss = loss_event(state.name, state.text(start), "unknown")
+        for local in list(state.subscribers.values()):
+            # What their replays covered was in the old epoch.
+            local.floor = None
+            self._call(local, loss)
 
     def _decode(
         self, channel: str, event_id: str, fields: Sequence[Reply]
@@ -1237,9 +1815,37 @@ class RedisBroker(Service):
                 )
             return None
 
-    def _decode_all(self, channel: str, entries: list[_Entry]) -> list[Published]:
-        decoded = (self._decode(channel, text, fields) for text, _, fields in entries)
-        return [published for published in decoded if published is not None]
+    # Checking the followed channels
+
+    def _check_channels(self) -> None:
+        """
+        Refresh the TTL of the channels this process follows, and check
+        their epochs (a flush with no publish since is seen here).
+        """
+        self._check_call = self._clock.callLater(
+            self.check_interval, self._check_channels
+        )
+        if not self._commands.ready:
+            return
+        followed = [s for s in self._channels.values() if s.position is not None]
+        for start in range(0, len(followed), _REFRESH_BATCH):
+            batch = followed[start : start + _REFRESH_BATCH]
+            keys = [key for state in batch for key in (state.key, state.epoch_key)]
+            _run_script(self._commands, _REFRESH, keys, (self._ttl_ms,)).addCallback(
+                self._checked, batch
+            ).addErrback(_check_failed)
+
+    def _checked(self, reply: Reply, batch: list[_Channel]) -> None:
+        changed = False
+        for state, epoch in zip(batch, _list(reply), strict=True):
+            if (
+                self._channels.get(state.name) is state
+                and state.position is not None
+                and (epoch is None or _text(epoch) != state.epoch)
+            ):
+                state.check = changed = True
+        if changed:
+            self._wake_reader()
 
     # The reader
 
@@ -1376,60 +1982,103 @@ class RedisBroker(Service):
             self._fan_out(state, batch)
 
     async def _catch_up(self, states: list[_Channel]) -> None:
-        # One transaction per stream, all sent at once (pipelined).
+        # One script per stream, all sent at once (pipelined).
         reads = [
-            (state, position, _read_snapshot(self._reader, state.key, position, _BATCH))
+            (
+                state,
+                position,
+                self._read_snapshot(self._reader, state, position, _BATCH),
+            )
             for state in states
             if (position := state.position) is not None
         ]
+        rotate: list[_Channel] = []
         try:
             for state, position, reading in reads:
-                self._caught_up(state, position, await reading)
+                if self._caught_up(state, position, await reading):
+                    rotate.append(state)
         finally:
             for _, _, reading in reads:
                 reading.addErrback(lambda _: None)
+        for state in rotate:
+            await _run_script(
+                self._reader,
+                _ROTATE,
+                (state.key, state.epoch_key),
+                (state.epoch, self._ttl_ms),
+            )
+            # The next check sees the new epoch, and goes on from there.
+            state.check = True
 
     def _caught_up(
         self, state: _Channel, position: _EventId, snapshot: _Snapshot
-    ) -> None:
+    ) -> bool:
+        """
+        Go on with ``state`` from a check of its stream.
+
+        :returns: Whether Redis holds less of the stream than this process
+            read, under the same epoch: it lost writes (a failover to a
+            replica that missed them), and the epoch must change so that
+            the ids given out before are refused.
+        """
         if state.position != position:
-            return
-        state.check = len(snapshot.entries) >= _BATCH
-        if not snapshot.exists:
-            return
-        if snapshot.last_generated < position:
-            # Redis came back with less than this process had read (a
-            # restart without persistence, or from an older snapshot).
+            return False
+        state.check = snapshot.more
+        if snapshot.epoch != state.epoch:
+            start = _restart_point(snapshot, position, state.epoch)
             _log.warn(
-                "Stream {key} restarted before {position}: Redis lost data",
+                "Channel {channel} has a new epoch {epoch} (was {old}): Redis "
+                "lost its history; going on from {start}",
+                channel=state.name,
+                epoch=snapshot.epoch,
+                old=state.epoch,
+                start=_format_id(start),
+            )
+            self._switch_epoch(state, snapshot.epoch, start)
+            if start == position:
+                self._fan_out(state, snapshot.entries)
+            else:
+                state.check = True  # read again from the new start
+            self._unpark(state)
+            return False
+        if (snapshot.last_generated if snapshot.exists else _ZERO) < position:
+            _log.warn(
+                "Stream {key} ends before {position}, which this process read: "
+                "Redis lost data; a new epoch follows",
                 key=state.key,
                 position=_format_id(position),
             )
-            state.position = snapshot.last_generated
-            return
+            return True
         if snapshot.lost_after(position):
-            lost_up_to = max(
-                snapshot.max_deleted,
-                _before(snapshot.first) if snapshot.first else snapshot.last_generated,
-            )
+            lost_up_to = snapshot.lost_up_to()
             _log.warn(
                 "Events of channel {channel} after {position} were trimmed "
                 "before this process read them",
                 channel=state.name,
                 position=_format_id(position),
             )
-            loss = _loss_event(state.name, lost_up_to)
+            loss = loss_event(state.name, state.text(lost_up_to), "trimmed")
             for local in list(state.subscribers.values()):
                 self._offer(local, lost_up_to, loss)
             # Resuming from the loss event's id is exact: it is just
             # before the first entry left.
             state.position = max(position, lost_up_to)
         self._fan_out(state, snapshot.entries)
+        self._unpark(state)
+        return False
+
+
+#: The largest stream id: there is nothing after it to read.
+_LAST_ID: _EventId = (2**64 - 1, 2**64 - 1)
 
 
 def _before(value: _EventId) -> _EventId:
     ms, seq = value
     return (ms, seq - 1) if seq else (ms - 1, 2**64 - 1) if ms else _ZERO
+
+
+def _text_id(epoch: str, position: _EventId) -> str:
+    return f"{epoch}:{position[0]}-{position[1]}"
 
 
 def _field(value: Reply) -> bytes | str:
@@ -1442,3 +2091,11 @@ def _unblock_failed(failure: Failure) -> None:
     # Refused (ACL) or the command connection is down: the reader's XREAD
     # ends by itself after block_ms.
     _log.debug("CLIENT UNBLOCK failed: {error}", error=failure.getErrorMessage())
+
+
+def _check_failed(failure: Failure) -> None:
+    # Redis is down: the reader checks every channel when it reconnects.
+    _log.debug(
+        "Checking the followed channels failed: {error}",
+        error=failure.getErrorMessage(),
+    )
