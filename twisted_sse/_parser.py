@@ -32,6 +32,8 @@ DEFAULT_MAX_EVENT_DATA_BYTES: Final = 16 * 1024 * 1024
 
 _BOM = b"\xef\xbb\xbf"
 _EOL = re.compile(b"\r\n|\r|\n")
+_COLON = ord(":")
+_SPACE = ord(" ")
 
 
 class LimitExceeded(Exception):
@@ -111,10 +113,13 @@ class EventParser:
         self._max_data = max_event_bytes
         self._id_buffer = last_event_id
         self._type = ""
-        # The data buffer: each data line's value and an LF, as raw bytes
-        # (CR and LF never occur inside a multi-byte UTF-8 sequence, so
-        # decoding it whole at dispatch equals decoding line by line).
-        self._data = bytearray()
+        # The data buffer, as raw bytes without the spec's trailing LF, None
+        # when empty: the first data line's value as it is, a bytearray from
+        # the second one.  Bytes hold no more memory than was sent (a list
+        # of lines would cost a pointer and an object per empty line), and
+        # decoding them whole at dispatch equals decoding line by line, as
+        # LF never occurs inside a multi-byte UTF-8 sequence.
+        self._data: bytes | bytearray | None = None
         self._line = bytearray()
         # A leading BOM is removed once per stream, even when split across
         # chunks: hold back up to two bytes that may still become one.
@@ -130,7 +135,7 @@ class EventParser:
         How many bytes of the stream the parser holds: the unfinished line
         and the data of the unfinished event.
         """
-        return len(self._line) + len(self._data) + len(self._head or b"")
+        return len(self._line) + len(self._data or b"") + len(self._head or b"")
 
     def feed(self, chunk: bytes) -> list[MessageEvent]:
         """
@@ -160,31 +165,35 @@ class EventParser:
             if chunk[:1] == b"\n":
                 chunk = chunk[1:]
         events: list[MessageEvent] = []
+        max_line = self._max_line
+        process = self._process_line
         try:
             start = 0
             for match in _EOL.finditer(chunk):
                 end = match.start()
-                if len(self._line) + end - start > self._max_line:
-                    raise self._line_too_long()
                 if self._line:
+                    if len(self._line) + end - start > max_line:
+                        raise self._line_too_long()
                     self._line += chunk[start:end]
                     line = bytes(self._line)
                     self._line.clear()
+                elif end - start > max_line:
+                    raise self._line_too_long()
                 else:
                     line = chunk[start:end]
                 start = match.end()
-                event = self._process_line(line)
+                event = process(line)
                 if event is not None:
                     events.append(event)
             # Checked before buffering, so a line that never ends is dropped
             # as soon as it is too long, not when (if ever) it ends.
-            if len(self._line) + len(chunk) - start > self._max_line:
+            if len(self._line) + len(chunk) - start > max_line:
                 raise self._line_too_long()
         except LimitExceeded as error:
             self._broken = error
             error.events = events
             self._line = bytearray()
-            self._data = bytearray()
+            self._data = None
             self._type = ""
             raise
         self._line += chunk[start:]
@@ -200,7 +209,7 @@ class EventParser:
         discarded, never dispatched.
         """
         self._line = bytearray()
-        self._data = bytearray()
+        self._data = None
         self._type = ""
         self._head = None
         self._skip_lf = False
@@ -218,23 +227,29 @@ class EventParser:
         # in a value become U+FFFD when it is decoded.
         if not line:
             return self._dispatch()
-        if line[:1] == b":":
+        if line[0] == _COLON:
             return None
         name, colon, value = line.partition(b":")
-        if colon and value[:1] == b" ":
+        if colon and value and value[0] == _SPACE:
             value = value[1:]
         if name == b"data":
-            # What the data would be with this line: the LF that ends the
-            # buffer now joins it to the new value.
-            if len(self._data) + len(value) > self._max_data:
+            data = self._data
+            # The data with this line: the LF of the spec's buffer joins it.
+            size = len(value) if data is None else len(data) + 1 + len(value)
+            if size > self._max_data:
                 raise LimitExceeded(
                     "an event's data longer than max_event_bytes "
                     f"({self._max_data} bytes)",
                     self._max_data,
                     "max_event_bytes",
                 )
-            self._data += value
-            self._data += b"\n"
+            if data is None:
+                self._data = value
+            else:
+                if not isinstance(data, bytearray):
+                    data = self._data = bytearray(data)
+                data += b"\n"
+                data += value
         elif name == b"event":
             self._type = value.decode("utf-8", "replace")
         elif name == b"id":
@@ -248,15 +263,15 @@ class EventParser:
 
     def _dispatch(self) -> MessageEvent | None:
         self.last_event_id = self._id_buffer
-        if not self._data:
+        if self._data is None:
             self._type = ""
             return None
         event = MessageEvent(
             type=self._type or "message",
-            data=self._data[:-1].decode("utf-8", "replace"),
+            data=self._data.decode("utf-8", "replace"),
             last_event_id=self.last_event_id,
             origin=self._origin,
         )
-        self._data = bytearray()
+        self._data = None
         self._type = ""
         return event
