@@ -31,6 +31,14 @@ from ._broker import (
     MemoryBroker,
     valid_channel,
 )
+from ._guard import (
+    DEFAULT_BACKLOG,
+    DEFAULT_FD_RESERVE,
+    DEFAULT_HEADER_TIMEOUT,
+    ConnectionGuard,
+    check_backlog,
+    raise_fd_limit,
+)
 from ._hub import (
     DEFAULT_MAX_EVENT_BYTES,
     WWW_AUTHENTICATE,
@@ -102,12 +110,21 @@ def _positive_int(name: str) -> Any:
 def endpoint_description(port: str) -> str:
     """
     Turn ``--port`` into an endpoint description: a bare port number means
-    TCP on all interfaces (``serverFromString`` refuses bare numbers).
+    TCP on all interfaces (``serverFromString`` refuses bare numbers), with
+    a listen backlog of :data:`~twisted_sse._guard.DEFAULT_BACKLOG` rather
+    than Twisted's 50, for the reconnect burst after a restart.  A
+    description is kept as it is, with its own backlog or Twisted's.
     """
     port = port.strip()
     if port.isdigit():
-        return f"tcp:{port}"
+        return f"tcp:{port}:backlog={DEFAULT_BACKLOG}"
     return port
+
+
+#: Endpoint types whose listening port hands connections straight to the
+#: site, which may then refuse one by answering ``None`` to
+#: ``buildProtocol`` (Twisted's TLS wrapper cannot take that).
+_UNWRAPPED_ENDPOINTS = frozenset({"tcp", "tcp6", "unix", "systemd"})
 
 
 class Options(usage.Options):
@@ -165,6 +182,26 @@ class Options(usage.Options):
             "Over HTTP/2 it cuts streams whose client sends nothing for that "
             "long.",
             _non_negative_float("timeout"),
+        ],
+        [
+            "header-timeout",
+            None,
+            DEFAULT_HEADER_TIMEOUT,
+            "Seconds a connection has to send a complete request head, from "
+            "its start or from the end of its previous response (0 "
+            "disables). Clients that began one get 408, the others are just "
+            "closed. Open streams and request bodies are not affected.",
+            _non_negative_float("header-timeout"),
+        ],
+        [
+            "fd-reserve",
+            None,
+            DEFAULT_FD_RESERVE,
+            "File descriptors kept free: when fewer are left, connections "
+            "that have not sent a request head are closed, oldest first (0: "
+            "only when accept fails for want of descriptors). The soft limit "
+            "is raised to the hard one at start-up.",
+            _non_negative_int("fd-reserve"),
         ],
         [
             "publish-token",
@@ -491,23 +528,72 @@ class _Site(Site):
     """
 
     def __init__(
-        self, resource: Any, *, max_body: int, hub: Hub | None = None, **options: Any
+        self,
+        resource: Any,
+        *,
+        max_body: int,
+        hub: Hub | None = None,
+        guard: ConnectionGuard | None = None,
+        **options: Any,
     ) -> None:
         super().__init__(resource, **options)  # type: ignore[no-untyped-call]
         self.max_body = max_body
         #: The hub whose publish rules judge a request body on its head.
         self.hub = hub
         self.requestFactory = _Request
+        #: The request-head deadline and descriptor budget of the connections.
+        self.guard = guard if guard is not None and guard.available else None
 
     def getContentFile(self, length: int | None) -> BytesIO:
         """A body for a new request (Twisted's ``Request.gotLength`` hook)."""
         return _CappedBody(self.max_body + 1)
+
+    def protocol(self) -> Any:
+        """
+        A new HTTP protocol (``Factory.buildProtocol`` calls this): Twisted's,
+        on a channel that reports its request heads to the guard if any.
+        """
+        if self.guard is not None:
+            return self.guard.build_protocol()
+        return Site.protocol(self)
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """
+        A channel for a connection just accepted, once the guard has made
+        room for it; ``None`` (close it at once) when no descriptor is left.
+        """
+        if self.guard is not None and not self.guard.admit():
+            return None
+        return super().buildProtocol(addr)  # type: ignore[no-untyped-call]
+
+    def startFactory(self) -> None:
+        """Start the guard with the site (when its port starts listening)."""
+        super().startFactory()
+        if self.guard is not None:
+            self.guard.start()
+
+    def stopFactory(self) -> None:
+        """Stop the guard with the site."""
+        if self.guard is not None:
+            self.guard.stop()
+        super().stopFactory()
 
 
 def _fail(code: int, message: str) -> NoReturn:
     # One line and an exit code: a traceback helps nobody who mistyped a port.
     sys.stderr.write(f"twistd sse: {message}\n")
     raise SystemExit(code)
+
+
+def _select_cap(reactor: Any) -> int | None:
+    """
+    ``FD_SETSIZE`` for the select reactor (``twistd --reactor select``),
+    which cannot watch descriptors from it on: the limit is not raised
+    beyond it.
+    """
+    from twisted.internet.selectreactor import SelectReactor
+
+    return 1024 if isinstance(reactor, SelectReactor) else None
 
 
 def makeService(options: Options) -> IService:
@@ -559,10 +645,20 @@ def makeService(options: Options) -> IService:
             else None
         ),
     )
+    guard = ConnectionGuard(
+        reactor,
+        header_timeout=options["header-timeout"],
+        fd_limit=raise_fd_limit(cap=_select_cap(reactor)),
+        fd_reserve=options["fd-reserve"],
+        refuse=options["endpoint"].split(":", 1)[0].strip().lower()
+        in _UNWRAPPED_ENDPOINTS,
+    )
+    check_backlog(options["endpoint"])
     site = _Site(
         app.resource(),
         max_body=options["max-event-bytes"],
         hub=app.hub,
+        guard=guard,
         timeout=options["timeout"] or None,
         logFormatter=access_log_formatter,
     )
