@@ -8,12 +8,12 @@ backlog), driven through the site with Twisted's fakes.
 from __future__ import annotations
 
 import types
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import LogEvent, Logger, LogPublisher
+from twisted.logger import ILogObserver, LogEvent, Logger, LogPublisher
 from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -78,6 +78,11 @@ class _Transport(StringTransport):
         super().abortConnection()
 
 
+def _logger(events: list[LogEvent]) -> Logger:
+    """A logger whose events go to ``events``."""
+    return Logger(observer=cast(ILogObserver, events.append))
+
+
 class Connection:
     """One client of the site: its protocol and its transport."""
 
@@ -105,7 +110,8 @@ class Connection:
 
     @property
     def output(self) -> bytes:
-        return self.transport.value()
+        value: bytes = self.transport.value()
+        return value
 
 
 class Harness:
@@ -116,9 +122,7 @@ class Harness:
         self.events: list[LogEvent] = []
         self.aborts: list[str] = []
         options.setdefault("count_fds", lambda: None)
-        self.guard = ConnectionGuard(
-            self.clock, log=Logger(observer=self.events.append), **options
-        )
+        self.guard = ConnectionGuard(self.clock, log=_logger(self.events), **options)
         self.site = _Site(
             _tree(), max_body=1000, guard=self.guard, reactor=self.clock, timeout=None
         )
@@ -467,7 +471,7 @@ class UnavailableTests(SynchronousTestCase):
         self.patch(_guard, "_PROXY", None)
         self.patch(_guard, "http", types.SimpleNamespace())
         events: list[LogEvent] = []
-        self.patch(_guard, "_log", Logger(observer=events.append))
+        self.patch(_guard, "_log", _logger(events))
         guard = ConnectionGuard(MemoryReactorClock(), count_fds=lambda: None)
         self.assertFalse(guard.available)
         self.assertIn("builds its HTTP channels differently", events[0]["log_format"])
@@ -508,7 +512,7 @@ class FDLimitTests(SynchronousTestCase):
             cap,
             getrlimit=lambda which: (soft, hard),
             setrlimit=setrlimit,
-            log=Logger(observer=events.append),
+            log=_logger(events),
         )
         return limit, calls, events
 
@@ -577,7 +581,7 @@ class BacklogTests(SynchronousTestCase):
     def test_capped_logged(self) -> None:
         """A backlog over net.core.somaxconn is logged as capped to it."""
         events: list[LogEvent] = []
-        log = Logger(observer=events.append)
+        log = _logger(events)
         self.assertEqual(
             check_backlog("tcp:3000:backlog=1024", read_somaxconn=lambda: 128, log=log),
             128,
