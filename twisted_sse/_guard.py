@@ -282,9 +282,11 @@ class ConnectionGuard:
         """
         Make room for a connection just accepted (its descriptor is open):
         when fewer than ``fd_reserve`` descriptors are left, close the
-        oldest connections waiting for a request head.  ``False`` means
-        close this one at once: no descriptor is left and none can be freed
-        before the next ``accept``.
+        oldest connections waiting for a request head.  ``False`` (only
+        with ``refuse``) means close this one at once: it took one of the
+        last :data:`EMERGENCY_MARGIN` descriptors (at most half the
+        reserve), and those being freed are only released on the reactor's
+        next turn, after the next ``accept``.
         """
         limit = self.fd_limit
         if limit is None:
