@@ -15,8 +15,11 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections import deque
 from types import TracebackType
-from typing import Union
+from typing import Any, Union
+
+from twisted.internet.defer import Deferred
 
 #: Where the shared Redis of the tests is.  Tests use their own database
 #: number and key prefix, and delete only their own keys.
@@ -264,3 +267,412 @@ class RedisServer:
     ) -> None:
         self.kill()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+# A fake Redis, for unit tests of the broker's logic
+
+
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def _base36(number: int) -> str:
+    text = ""
+    while True:
+        number, digit = divmod(number, 36)
+        text = _DIGITS[digit] + text
+        if not number:
+            return text
+
+
+class _FakeStream:
+    """A Redis stream: entries in id order, and what XINFO STREAM tells."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[tuple[int, int], list[bytes]]] = []
+        self.last_generated = (0, 0)
+        self.entries_added = 0
+        self.max_deleted = (0, 0)
+
+    def add(self, now_ms: int, fields: list[bytes], maxlen: int) -> tuple[int, int]:
+        ms, seq = self.last_generated
+        new = (ms, seq + 1) if now_ms <= ms else (now_ms, 0)
+        self.entries.append((new, fields))
+        self.last_generated = new
+        self.entries_added += 1
+        # MAXLEN ~ keeps at least maxlen; the fake keeps exactly that many.
+        del self.entries[: max(0, len(self.entries) - maxlen)]
+        return new
+
+    def after(self, position: tuple[int, int]) -> list[Any]:
+        return [
+            [_format(entry_id), list(fields)]
+            for entry_id, fields in self.entries
+            if entry_id > position
+        ]
+
+
+def _format(entry_id: tuple[int, int]) -> bytes:
+    return b"%d-%d" % entry_id
+
+
+def _parse(text: bytes | str) -> tuple[int, int]:
+    raw = text.decode() if isinstance(text, bytes) else text
+    ms, _, seq = raw.partition("-")
+    return int(ms), int(seq)
+
+
+class FakeRedis:
+    """
+    Just enough of Redis for :class:`~twisted_sse.RedisBroker`: its four
+    scripts (run by sha or source, mirrored in Python), ``XREAD BLOCK``
+    (answered when an entry arrives, ``CLIENT UNBLOCK`` or the clock says
+    so), ``CLIENT ID``, ``TYPE``, ``SCRIPT LOAD``.  Entry ids come from the
+    clock; a restart or ``FLUSHALL`` is :meth:`flush`.
+
+    Commands run when sent.  Their replies come at once, or, while
+    :attr:`lagging`, when :meth:`answer` says, in order per connection:
+    as on a network, where a reader may be behind or ahead of a replay.
+    """
+
+    def __init__(self, clock: Any) -> None:
+        from twisted_sse import _redis
+
+        self.clock = clock
+        self.streams: dict[bytes, _FakeStream] = {}
+        self.hashes: dict[bytes, dict[bytes, bytes]] = {}
+        self.strings: dict[bytes, bytes] = {}
+        #: Blocked XREADs: the answer, keys, ids, count and client id.
+        self.blocked: list[
+            tuple[Any, list[bytes], list[tuple[int, int]], int, int]
+        ] = []
+        self.commands: list[tuple[Any, ...]] = []
+        #: The ids the publish script gave, in order, heard or not.
+        self.published: list[str] = []
+        self._epochs = 0
+        self._scripts = {script.sha: script for script in _redis._SCRIPTS} | {
+            script.source: script for script in _redis._SCRIPTS
+        }
+        self._handlers = {
+            _redis._PUBLISH: self._publish,
+            _redis._SNAPSHOT: self._snapshot,
+            _redis._ROTATE: self._rotate,
+            _redis._REFRESH: self._refresh,
+        }
+        self.loaded: set[str] = set()
+        #: Whether replies wait for answer().
+        self.lagging = False
+        #: Replies not given yet, per client: the Deferred and the result.
+        self.replies: dict[int, deque[tuple[Any, Any]]] = {}
+        #: Milliseconds the clock of Redis is off by.
+        self.skew_ms = 0
+
+    def flush(self, skew_ms: int = 0) -> None:
+        """
+        Lose everything, as a restart without persistence does; on a host
+        whose clock is ``skew_ms`` off, if given.
+        """
+        self.streams.clear()
+        self.hashes.clear()
+        self.strings.clear()
+        self.loaded.clear()
+        self.skew_ms += skew_ms
+
+    def now_ms(self) -> int:
+        return int(self.clock.seconds() * 1000) + self.skew_ms
+
+    def _reply(self, client: int, answer: Deferred[Any], result: Any) -> Deferred[Any]:
+        if self.lagging or self.replies.get(client):
+            self.replies.setdefault(client, deque()).append((answer, result))
+        elif isinstance(result, Exception):
+            answer.errback(result)
+        else:
+            answer.callback(result)
+        return answer
+
+    def answer(self, client: int, count: int = 1) -> int:
+        """Give ``client`` up to ``count`` of its replies; how many there were."""
+        waiting = self.replies.get(client)
+        given = 0
+        while waiting and given < count:
+            answer, result = waiting.popleft()
+            given += 1
+            if isinstance(result, Exception):
+                answer.errback(result)
+            else:
+                answer.callback(result)
+        return given
+
+    def answer_all(self) -> None:
+        """Give every reply, and those that follow from them."""
+        self.lagging = False
+        while any(self.replies.values()):
+            for client in list(self.replies):
+                self.answer(client, 1)
+
+    def new_epoch(self) -> bytes:
+        # Like the script's: increasing, never given twice.
+        self._epochs += 1
+        return _base36(10**9 + self._epochs).encode()
+
+    def epoch(self, key: bytes) -> bytes | None:
+        return self.hashes.get(key + b"#epoch", {}).get(b"e")
+
+    def _key(self, value: Any) -> bytes:
+        return value if isinstance(value, bytes) else str(value).encode()
+
+    def execute(self, *args: Any, client: int = 0) -> Any:
+        """Run one command for ``client``; a Deferred firing with its reply."""
+        from twisted.internet.defer import Deferred
+
+        def succeed(result: Any) -> Deferred[Any]:
+            return self._reply(client, Deferred(), result)
+
+        self.commands.append(args)
+        name = str(args[0]).upper()
+        if name in ("EVALSHA", "EVAL"):
+            script = self._scripts.get(str(args[1]))
+            if script is None or (name == "EVALSHA" and script.sha not in self.loaded):
+                from twisted_sse._redis import RedisCommandError
+
+                raise RedisCommandError("NOSCRIPT No matching script.")
+            self.loaded.add(script.sha)
+            count = int(args[2])
+            keys = [self._key(key) for key in args[3 : 3 + count]]
+            rest = [self._key(arg) for arg in args[3 + count :]]
+            return succeed(self._handlers[script](keys, rest))
+        if name == "SCRIPT":
+            script = self._scripts[str(args[2])]
+            self.loaded.add(script.sha)
+            return succeed(script.sha.encode())
+        if name == "CLIENT" and str(args[1]).upper() == "ID":
+            return succeed(client)
+        if name == "CLIENT":
+            self.unblock(int(args[2]))
+            return succeed(1)
+        if name == "TYPE":
+            key = self._key(args[1])
+            if key in self.streams:
+                return succeed("stream")
+            return succeed("string" if key in self.strings else "none")
+        if name == "XREAD":
+            index = [str(arg).upper() for arg in args].index("STREAMS")
+            count = int(args[2])
+            block = int(args[4])
+            pairs = args[index + 1 :]
+            keys = [self._key(key) for key in pairs[: len(pairs) // 2]]
+            ids = [_parse(self._key(id)) for id in pairs[len(pairs) // 2 :]]
+            reply = self._xread(keys, ids, count)
+            if reply is not None:
+                return succeed(reply)
+            answer: Deferred[Any] = Deferred()
+            timer = self.clock.callLater(block / 1000, self._timeout, answer)
+            self.blocked.append((answer, keys, ids, count, client))
+            answer.addBoth(
+                lambda result: (timer.cancel() if timer.active() else None, result)[1]
+            )
+            return answer
+        raise AssertionError(f"the fake Redis has no {args[0]!r}")
+
+    def _xread(
+        self, keys: list[bytes], ids: list[tuple[int, int]], count: int
+    ) -> list[Any] | None:
+        for key in keys:
+            if key in self.strings:
+                from twisted_sse._redis import RedisCommandError
+
+                raise RedisCommandError("WRONGTYPE Operation against a key")
+        reply = []
+        for key, position in zip(keys, ids, strict=True):
+            stream = self.streams.get(key)
+            entries = stream.after(position)[:count] if stream else []
+            if entries:
+                reply.append([key, entries])
+        return reply or None
+
+    def _timeout(self, answer: Any) -> None:
+        for each in list(self.blocked):
+            if each[0] is answer:
+                self.blocked.remove(each)
+                self._reply(each[4], answer, None)
+
+    def unblock(self, client: int) -> None:
+        """End ``client``'s blocked XREAD with nothing (CLIENT UNBLOCK)."""
+        for each in list(self.blocked):
+            if each[4] == client:
+                self.blocked.remove(each)
+                self._reply(client, each[0], None)
+
+    def disconnect(self, client: int) -> None:
+        """``client``'s connection is gone: what it waits for fails."""
+        from twisted_sse import BrokerUnavailable
+
+        lost = BrokerUnavailable("lost the connection to Redis")
+        waiting = [each[0] for each in self.blocked if each[4] == client]
+        self.blocked = [each for each in self.blocked if each[4] != client]
+        waiting += [answer for answer, _ in self.replies.pop(client, ())]
+        for answer in waiting:
+            answer.errback(lost)
+
+    def _wake(self) -> None:
+        blocked, self.blocked = self.blocked, []
+        for each in blocked:
+            answer, keys, ids, count, client = each
+            try:
+                reply = self._xread(keys, ids, count)
+            except Exception as error:
+                self._reply(client, answer, error)
+                continue
+            if reply is None:
+                self.blocked.append(each)
+            else:
+                self._reply(client, answer, reply)
+
+    def xadd(self, key: bytes, fields: list[bytes], maxlen: int = 10**9) -> bytes:
+        """A foreign publisher's XADD."""
+        stream = self.streams.setdefault(key, _FakeStream())
+        entry_id = stream.add(self.now_ms(), fields, maxlen)
+        self._wake()
+        return _format(entry_id)
+
+    # The scripts, as the Lua in twisted_sse._redis does them.
+
+    def _publish(self, keys: list[bytes], args: list[bytes]) -> bytes:
+        stream_key, meta_key = keys
+        meta = self.hashes.setdefault(meta_key, {})
+        fields = list(args[2:])
+        epoch = meta.get(b"e")
+        if epoch is None:
+            epoch = meta[b"e"] = self.new_epoch()
+            fields = [b"sse-epoch", epoch, *fields]
+        elif meta.pop(b"m", None) is not None:
+            fields = [b"sse-epoch", epoch, *fields]
+        stream = self.streams.setdefault(stream_key, _FakeStream())
+        entry_id = stream.add(self.now_ms(), fields, int(args[0]))
+        self._wake()
+        event_id = epoch + b":" + _format(entry_id)
+        self.published.append(event_id.decode())
+        return event_id
+
+    def _snapshot(self, keys: list[bytes], args: list[bytes]) -> list[Any]:
+        stream_key, meta_key = keys
+        want, after = args[1], args[2]
+        count, budget = int(args[3]), int(args[4])
+        meta = self.hashes.setdefault(meta_key, {})
+        epoch = meta.get(b"e")
+        if epoch is None:
+            epoch = meta[b"e"] = self.new_epoch()
+            meta[b"m"] = b"1"
+        stream = self.streams.get(stream_key)
+        if stream is None:
+            return [epoch, meta.get(b"p"), 0, b"0-0", None, 0, 0, b"0-0", 0, []]
+        entries: list[Any] = []
+        more = 0
+        if after and (not want or want == epoch):
+            entries = stream.after(_parse(after))[:count]
+            more = int(len(entries) >= count)
+            size = 0
+            for index, (_, fields) in enumerate(entries):
+                size += sum(len(value) for value in fields)
+                if size >= budget and index < len(entries) - 1:
+                    del entries[index + 1 :]
+                    more = 1
+                    break
+        first = _format(stream.entries[0][0]) if stream.entries else None
+        return [
+            epoch,
+            meta.get(b"p"),
+            1,
+            _format(stream.last_generated),
+            first,
+            len(stream.entries),
+            stream.entries_added,
+            _format(stream.max_deleted),
+            more,
+            entries,
+        ]
+
+    def _rotate(self, keys: list[bytes], args: list[bytes]) -> bytes | None:
+        meta = self.hashes.setdefault(keys[1], {})
+        epoch = meta.get(b"e")
+        if epoch != args[0]:
+            return epoch
+        new = meta[b"e"] = self.new_epoch()
+        meta[b"p"] = args[0]
+        meta[b"m"] = b"1"
+        return new
+
+    def _refresh(self, keys: list[bytes], args: list[bytes]) -> list[Any]:
+        return [
+            self.hashes.get(keys[i + 1], {}).get(b"e") for i in range(0, len(keys), 2)
+        ]
+
+
+class FakeLink:
+    """A :class:`~twisted_sse.RedisLink` on a :class:`FakeRedis`."""
+
+    timeout = 5.0
+    _clients = 0
+
+    def __init__(
+        self,
+        redis: FakeRedis,
+        on_ready: Any = None,
+        on_lost: Any = None,
+    ) -> None:
+        self.redis = redis
+        FakeLink._clients += 1
+        self.client = FakeLink._clients
+        self.ready = False
+        self._on_ready = on_ready
+        self._on_lost = on_lost
+
+    def start(self) -> None:
+        # As RedisLink does, the scripts are loaded first.
+        self.redis.loaded.update(script.sha for script in self.redis._handlers)
+        self.ready = True
+        if self._on_ready is not None:
+            self._on_ready()
+
+    def stop(self) -> Any:
+        from twisted.internet.defer import succeed
+
+        self.lose()
+        return succeed(None)
+
+    def lose(self) -> None:
+        """The connection is lost (Redis went away)."""
+        if not self.ready:
+            return
+        self.ready = False
+        self.redis.disconnect(self.client)
+        if self._on_lost is not None:
+            self._on_lost()
+
+    def drop(self) -> None:
+        self.lose()
+        self.start()
+
+    def execute(self, *args: Any, timeout: float | None = None) -> Any:
+        from twisted.internet.defer import fail
+
+        from twisted_sse import BrokerUnavailable
+
+        if not self.ready:
+            return fail(BrokerUnavailable("Redis is not connected"))
+        try:
+            return self.redis.execute(*args, client=self.client)
+        except Exception as error:
+            return fail(error)
+
+
+def fake_broker(clock: Any, redis: FakeRedis, **options: Any) -> Any:
+    """A started RedisBroker on ``redis``, its time from ``clock``."""
+    from twisted_sse import RedisAddress, RedisBroker
+
+    broker = RedisBroker(clock, RedisAddress("fake.invalid", 1), **options)
+    broker._commands = FakeLink(redis)  # type: ignore[assignment]
+    broker._reader = FakeLink(  # type: ignore[assignment]
+        redis, on_ready=broker._reader_ready, on_lost=broker._reader_lost
+    )
+    broker.startService()
+    return broker

@@ -22,8 +22,9 @@ and a client resuming from an old id would silently skip what was lost.
 So, as Centrifugo does, each channel has an *epoch* kept beside its stream,
 in the hash ``sse:<channel>#epoch`` (``#`` cannot occur in a channel
 name): field ``e`` is a token made from Redis's clock in microseconds (base
-36), new whenever the hash is created, and ``p`` the epoch it replaced when
-a process rotated it.  Event ids are ``<epoch>:<stream entry id>``, e.g.
+36), new whenever the hash is created, ``p`` the epoch it replaced when a
+process rotated it, and ``m`` is set until the epoch's first entry is
+written.  Event ids are ``<epoch>:<stream entry id>``, e.g.
 ``kq3x9b1c0a:1765000000123-0``, and so are the positions given to new
 subscribers, an empty channel's included (``kq3x9b1c0a:0-0``).  A client
 resuming with an id of another epoch is told ``history_lost = "unknown"``
@@ -36,10 +37,10 @@ atomically with what uses it: publishing is one script that reads (or
 creates) the epoch, ``XADD``\\ s the entry (``MAXLEN ~ <history>``) and
 sets both keys' TTL; reading a stream's state and a page of it is one
 script that reads (or creates) the epoch, the stream's ``XINFO`` and up to
-a page of entries.  The entry a publish adds when it creates the epoch
-carries it in a first field ``sse-epoch``, so that readers that follow the
-channel see at once, without reading the epoch per event, that Redis lost
-the channel and started a new one.
+a page of entries.  The first entry published in an epoch carries it in a
+first field ``sse-epoch``, so that readers that follow the channel see at
+once, without reading the epoch per event, that Redis lost the channel and
+started a new one.
 
 A process's reader learns that a channel's epoch changed in three ways:
 that marked entry (a flush or expiry followed by a publish); the check of
@@ -819,19 +820,24 @@ end
 """
 
 #: Publish: KEYS stream, epoch; ARGV MAXLEN, TTL in ms (0: none), the
-#: fields.  Returns ``<epoch>:<entry id>``.  The entry that creates the
-#: epoch carries it first, for the readers of the channel (see the module
-#: docstring).
+#: fields.  Returns ``<epoch>:<entry id>``.  The first entry of an epoch
+#: (``m`` is set until it is written) carries the epoch first, for the
+#: readers of the channel (see the module docstring).
 _PUBLISH = _script("""
 local stream, meta = KEYS[1], KEYS[2]
 local ttl = tonumber(ARGV[2])
-local epoch = redis.call('HGET', meta, 'e')
+local known = redis.call('HMGET', meta, 'e', 'm')
+local epoch = known[1]
 local id
-if epoch then
+if epoch and not known[2] then
   id = redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 3))
 else
-  epoch = new_epoch()
-  redis.call('HSET', meta, 'e', epoch)
+  if epoch then
+    redis.call('HDEL', meta, 'm')
+  else
+    epoch = new_epoch()
+    redis.call('HSET', meta, 'e', epoch)
+  end
   id = redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], '*',
                   'sse-epoch', epoch, unpack(ARGV, 3))
 end
@@ -848,7 +854,8 @@ return epoch .. ':' .. id
 #: A stream's state and (if ARGV[3], an id, is not empty) a page of
 #: entries after that id: KEYS stream, epoch; ARGV TTL in ms, the epoch
 #: the entries are wanted in ('' for any), the id, the page's most entries
-#: and bytes.  Reads the epoch, creating it if none; refreshes the TTLs.
+#: and bytes.  Reads the epoch, creating it if none (its first entry to be
+#: marked); refreshes the TTLs.
 #: Returns {epoch, previous epoch, exists, last-generated-id, first entry
 #: id, length, entries-added, max-deleted-entry-id, more, entries}.
 _SNAPSHOT = _script("""
@@ -860,7 +867,7 @@ local known = redis.call('HMGET', meta, 'e', 'p')
 local epoch = known[1]
 if not epoch then
   epoch = new_epoch()
-  redis.call('HSET', meta, 'e', epoch)
+  redis.call('HSET', meta, 'e', epoch, 'm', 1)
 end
 local exists = redis.call('EXISTS', stream)
 if ttl > 0 then
@@ -906,7 +913,7 @@ local meta = KEYS[2]
 local epoch = redis.call('HGET', meta, 'e')
 if epoch ~= ARGV[1] then return epoch end
 local new = new_epoch()
-redis.call('HSET', meta, 'e', new, 'p', epoch)
+redis.call('HSET', meta, 'e', new, 'p', epoch, 'm', 1)
 if tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', meta, ARGV[2]) end
 return new
 """)
@@ -1770,7 +1777,8 @@ class RedisBroker(Service):
     def _marked(self, state: _Channel, event_id: _EventId, value: Reply) -> None:
         """An entry that made a new epoch: if not the one followed, switch."""
         epoch = _text(value)
-        if epoch == state.epoch or not _EPOCH.fullmatch(epoch):
+        if not _newer(epoch, state.epoch):
+            # The mark of this epoch, or of an older one, read again.
             return
         _log.warn(
             "Channel {channel} has a new epoch {epoch} (was {old}): Redis lost "
@@ -2075,6 +2083,18 @@ _LAST_ID: _EventId = (2**64 - 1, 2**64 - 1)
 def _before(value: _EventId) -> _EventId:
     ms, seq = value
     return (ms, seq - 1) if seq else (ms - 1, 2**64 - 1) if ms else _ZERO
+
+
+def _newer(epoch: str, than: str) -> bool:
+    """
+    Whether epoch token ``epoch`` was made after ``than``: they are Redis's
+    clock in microseconds, in base 36.
+    """
+    if not _EPOCH.fullmatch(epoch):
+        return False
+    if not _EPOCH.fullmatch(than):
+        return True
+    return int(epoch, 36) > int(than, 36)
 
 
 def _text_id(epoch: str, position: _EventId) -> str:
