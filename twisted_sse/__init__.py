@@ -7,13 +7,18 @@ The public API; everything else lives in private modules.
 from typing import TYPE_CHECKING, Any
 
 from ._broker import (
+    DEFAULT_CHANNEL_TTL,
     DEFAULT_HISTORY,
     DEFAULT_HISTORY_BYTES,
+    DEFAULT_HISTORY_TOTAL,
+    MAX_KEY_LENGTH,
     BrokerUnavailable,
     IBroker,
     MemoryBroker,
     Published,
     Subscription,
+    check_publish,
+    loss_event,
     publish_from_thread,
     valid_channel,
 )
@@ -22,16 +27,19 @@ from ._client import (
     DEFAULT_MAX_BACKOFF,
     DEFAULT_RECONNECTION_TIME,
     MAX_REDIRECTS,
+    MAX_RESPONSE_HEADER_BYTES,
+    MAX_RESPONSE_HEADERS,
     EventSource,
     EventSourceError,
     IdleTimeout,
     ReadyState,
 )
-from ._event import Event, MessageEvent, encode_comment, encode_retry
+from ._event import MAX_RETRY, Event, MessageEvent, encode_comment, encode_retry
 from ._hub import (
     DEFAULT_MAX_EVENT_BYTES,
     HISTORY_LOST_EVENT,
     HISTORY_LOST_HEADER,
+    MAX_JSON_DEPTH,
     Authorizer,
     ChannelResource,
     Hub,
@@ -39,7 +47,12 @@ from ._hub import (
 )
 from ._logs import access_log_formatter, json_log_observer
 from ._metrics import MetricsResource, SSECollector
-from ._parser import EventParser
+from ._parser import (
+    DEFAULT_MAX_EVENT_DATA_BYTES,
+    DEFAULT_MAX_LINE_BYTES,
+    EventParser,
+    LimitExceeded,
+)
 from ._redis import RedisAddress, RedisBroker, parse_redis_url
 from ._service import EventStreamService
 from ._stream import (
@@ -72,16 +85,25 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "DEFAULT_CHANNEL_TTL",
     "DEFAULT_HEARTBEAT",
     "DEFAULT_HISTORY",
     "DEFAULT_HISTORY_BYTES",
+    "DEFAULT_HISTORY_TOTAL",
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_MAX_BACKOFF",
     "DEFAULT_MAX_EVENT_BYTES",
+    "DEFAULT_MAX_EVENT_DATA_BYTES",
+    "DEFAULT_MAX_LINE_BYTES",
     "DEFAULT_RECONNECTION_TIME",
     "HISTORY_LOST_EVENT",
     "HISTORY_LOST_HEADER",
+    "MAX_JSON_DEPTH",
+    "MAX_KEY_LENGTH",
     "MAX_REDIRECTS",
+    "MAX_RESPONSE_HEADERS",
+    "MAX_RESPONSE_HEADER_BYTES",
+    "MAX_RETRY",
     "Authorizer",
     "BrokerUnavailable",
     "ChannelResource",
@@ -96,6 +118,7 @@ __all__ = [
     "Hub",
     "IBroker",
     "IdleTimeout",
+    "LimitExceeded",
     "MemoryBroker",
     "MessageEvent",
     "MetricsResource",
@@ -113,10 +136,12 @@ __all__ = [
     "__version__",
     "access_log_formatter",
     "bearer_token_authorizer",
+    "check_publish",
     "counter",
     "encode_comment",
     "encode_retry",
     "json_log_observer",
+    "loss_event",
     "parse_redis_url",
     "publish_from_thread",
     "valid_channel",

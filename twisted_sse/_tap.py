@@ -611,7 +611,12 @@ def makeService(options: Options) -> IService:
     )
     broker: IBroker
     if options["redis"] is not None:
-        broker = RedisBroker(reactor, options["redis"], history=options["history"])
+        broker = RedisBroker(
+            reactor,
+            options["redis"],
+            history=options["history"],
+            channel_ttl=options["channel-ttl"],
+        )
     else:
         broker = MemoryBroker(
             history=options["history"],
