@@ -35,6 +35,8 @@ from zope.interface import implementer
 from twisted_sse import Event, EventStreamResource, MessageEvent, counter
 from twisted_sse._client import (
     DEFAULT_IDLE_TIMEOUT,
+    ITERATOR_QUEUE_BYTES,
+    ITERATOR_QUEUE_EVENTS,
     MAX_REDIRECTS,
     MAX_RESPONSE_HEADER_BYTES,
     MAX_RESPONSE_HEADERS,
@@ -1086,6 +1088,62 @@ class APITests(SynchronousTestCase):
         gate.callback(None)
         self.assertEqual(seen, ["1", "2", "3"])
         harness.source.close()
+        self.successResultOf(done)
+
+    def test_lagging_loop_pauses_reading(self) -> None:
+        """
+        An ``async for`` that lags stops the client reading (bounded memory,
+        and the server's own slow-client policy decides), then reading
+        resumes once it has caught up halfway; the idle watchdog does not
+        count the pause as a dead server.
+        """
+        harness = Harness(idle_timeout=45)
+        gate: Deferred[None] = Deferred()
+        seen: list[str] = []
+
+        async def consume() -> None:
+            async for event in harness.source:
+                seen.append(event.data)
+                if event.data == "0":
+                    await gate
+
+        done = Deferred.fromCoroutine(consume())
+        harness.start()
+        response = harness.open()
+        bound = ITERATOR_QUEUE_EVENTS
+        for n in range(bound):
+            response.send(b"data: %d\n\n" % n)
+        self.assertEqual(response.transport.producerState, "producing")
+        response.send(b"data: %d\n\n" % bound)
+        self.assertEqual(response.transport.producerState, "paused")
+        harness.clock.advance(100)
+        self.assertEqual(len(harness.agent.requests), 1)
+        gate.callback(None)
+        self.assertEqual(seen, [str(n) for n in range(bound + 1)])
+        self.assertEqual(response.transport.producerState, "producing")
+        response.send(b"data: last\n\n")
+        self.assertEqual(seen[-1], "last")
+        harness.source.close()
+        self.successResultOf(done)
+
+    def test_lagging_loop_pauses_on_bytes(self) -> None:
+        """Large events pause reading by their size too."""
+        harness = Harness()
+        gate: Deferred[None] = Deferred()
+
+        async def consume() -> None:
+            async for _ in harness.source:
+                await gate
+
+        done = Deferred.fromCoroutine(consume())
+        harness.start()
+        response = harness.open()
+        big = b"x" * (1024 * 1024)
+        for _ in range(ITERATOR_QUEUE_BYTES // len(big) + 1):
+            response.send(b"data: " + big + b"\n\n")
+        self.assertEqual(response.transport.producerState, "paused")
+        harness.source.close()
+        gate.callback(None)
         self.successResultOf(done)
 
     def test_close_in_loop(self) -> None:

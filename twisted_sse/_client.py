@@ -85,6 +85,8 @@ __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_MAX_BACKOFF",
     "DEFAULT_RECONNECTION_TIME",
+    "ITERATOR_QUEUE_BYTES",
+    "ITERATOR_QUEUE_EVENTS",
     "MAX_REDIRECTS",
     "MAX_RESPONSE_HEADERS",
     "MAX_RESPONSE_HEADER_BYTES",
@@ -107,6 +109,12 @@ DEFAULT_IDLE_TIMEOUT: Final = 45.0
 #: Seconds that the backoff after failed attempts never exceeds (unless the
 #: server's own ``retry:`` asks for longer).
 DEFAULT_MAX_BACKOFF: Final = 60.0
+
+#: Events, and characters of their data, that may wait for one ``async for``
+#: loop before the client stops reading the stream until the loop catches up
+#: (to half of either).
+ITERATOR_QUEUE_EVENTS: Final = 1000
+ITERATOR_QUEUE_BYTES: Final = 16 * 1024 * 1024
 
 #: Redirects followed before the connection fails (the Fetch standard's limit).
 MAX_REDIRECTS: Final = 20
@@ -489,6 +497,8 @@ class _Attempt:
     # Whether the stream dispatched an event: only that ends a run of
     # failed attempts.
     delivered: bool = False
+    # Whether reading the body is paused for an ``async for`` that lags.
+    paused: bool = False
 
 
 class _BodyReceiver(Protocol):
@@ -515,6 +525,8 @@ class _EventIterator:
     def __init__(self, source: EventSource) -> None:
         self._source = source
         self._events: deque[MessageEvent] = deque()
+        # Characters of data queued: with the count, what pauses reading.
+        self._bytes = 0
         self._waiter: Deferred[MessageEvent | None] | None = None
         self._done = False
         self._error: EventSourceError | None = None
@@ -524,7 +536,11 @@ class _EventIterator:
 
     async def __anext__(self) -> MessageEvent:
         if self._events:
-            return self._events.popleft()
+            queued = self._events.popleft()
+            self._bytes -= len(queued.data)
+            if not self.full(low=True):
+                self._source._iterator_drained()
+            return queued
         if not self._done:
             self._waiter = Deferred()
             # While it waits, nothing but the source may hold the loop: a
@@ -549,6 +565,18 @@ class _EventIterator:
             waiter.callback(event)
         else:
             self._events.append(event)
+            self._bytes += len(event.data)
+
+    def full(self, low: bool = False) -> bool:
+        """
+        Whether this loop lags so far behind that reading should pause
+        (or, with ``low``, not yet resume: below half the bound it does).
+        """
+        divisor = 2 if low else 1
+        return (
+            len(self._events) >= ITERATOR_QUEUE_EVENTS // divisor
+            or self._bytes >= ITERATOR_QUEUE_BYTES // divisor
+        )
 
     def _finish(self, error: EventSourceError | None) -> None:
         self._done = True
@@ -927,6 +955,12 @@ class EventSource:
             if self._attempt is not attempt:
                 return
             iterator._put(event)
+            if iterator.full() and not attempt.paused and attempt.body is not None:
+                # An ``async for`` lags: stop reading (the server's socket
+                # fills, and it applies its own slow-client policy) rather
+                # than queue without bound.
+                attempt.paused = True
+                attempt.body.pauseProducing()
 
     def _body_ended(self, attempt: _Attempt, reason: Failure) -> None:
         if self._attempt is not attempt:
@@ -1000,9 +1034,22 @@ class EventSource:
                 self._idle_timeout, self._idle, attempt
             )
 
+    def _iterator_drained(self) -> None:
+        attempt = self._attempt
+        if attempt is None or not attempt.paused or attempt.body is None:
+            return
+        if any(iterator.full(low=True) for iterator in self._iterators):
+            return
+        attempt.paused = False
+        attempt.body.resumeProducing()
+
     def _idle(self, attempt: _Attempt) -> None:
         self._idle_call = None
         if self._attempt is not attempt:
+            return
+        if attempt.paused:
+            # Silent because we stopped reading, not because the server did.
+            self._arm_watchdog(attempt)
             return
         self._attempt = None
         self._abandon(attempt)
