@@ -945,13 +945,20 @@ def _run_script(
     (it restarted, or its scripts were flushed), one ``EVAL`` more.
     """
 
-    def again(failure: Failure) -> Deferred[Reply]:
-        if failure.check(RedisCommandError) and "NOSCRIPT" in str(failure.value):
-            return link.execute("EVAL", script.source, len(keys), *keys, *args)
-        return fail(failure)
-
     sent = link.execute("EVALSHA", script.sha, len(keys), *keys, *args)
-    return sent.addErrback(again)
+    return sent.addErrback(_script_again, link, script, keys, args)
+
+
+def _script_again(
+    failure: Failure,
+    link: RedisLink,
+    script: _Script,
+    keys: Sequence[Arg],
+    args: Sequence[Arg],
+) -> Deferred[Reply]:
+    if failure.check(RedisCommandError) and "NOSCRIPT" in str(failure.value):
+        return link.execute("EVAL", script.source, len(keys), *keys, *args)
+    return fail(failure)
 
 
 # A stream's state
@@ -1247,10 +1254,18 @@ class RedisBroker(Service):
     are refused the same way; open subscriptions stay and resume, from the
     last stream id this process handled, when Redis is back.
 
-    Event ids are ``<epoch>:<stream entry id>``; see the module docstring
-    for the epoch, and for what Redis must be told about memory: the
-    history is bounded per channel by ``history`` events, channels by
-    ``channel_ttl``, and Redis as a whole by its ``maxmemory``.
+    Event ids are ``<epoch>:<stream entry id>``; see the module docstring.
+
+    Memory: the history is bounded per channel by ``history`` events (each
+    at most the publisher's event size), channels by ``channel_ttl``, and
+    Redis as a whole by its ``maxmemory`` (with ``noeviction``, a full
+    Redis refuses publishes: visible, nothing lost silently).  There is no
+    per-channel byte bound as the memory broker has: counting bytes exactly
+    would take the trimming out of ``XADD MAXLEN ~`` into the publish
+    script (reading the oldest entries' sizes as it trims), other programs'
+    ``XADD``\\ s would escape the count, and a stream trimmed below
+    ``history`` entries would let a reader that fell behind skip trimmed
+    entries unseen (its check relies on at least ``history`` being kept).
 
     :param reactor: Provides ``IReactorTCP`` and ``IReactorTime``.
     :param address: Where Redis is (see :func:`parse_redis_url`).
