@@ -1643,10 +1643,11 @@ class RedisBroker(Service):
                 self._retry_call = self._clock.callLater(_RETRY_PAGE, self._retry_pages)
 
         reading = self._read_snapshot(self._commands, state, replay.cursor, _BATCH)
-        reading.addCallback(lambda page: self._replay_page(state, replay, page))
-        reading.addErrback(failed).addErrback(
-            lambda failure: _log.failure("A replay failed", failure)
-        )
+        # A failed read is tried again; a failure while delivering is not
+        # (it would deliver twice), only logged.
+        reading.addCallbacks(
+            lambda page: self._replay_page(state, replay, page), failed
+        ).addErrback(lambda failure: _log.failure("A replay failed", failure))
 
     def _retry_pages(self) -> None:
         self._retry_call = None
