@@ -490,7 +490,8 @@ class ConnectionGuard:
 
 
 # --- Twisted private names --------------------------------------------------
-# The only place in this project that uses them.  Twisted's Site builds its
+# Besides the stream's direct writer (``_stream``), the only place in this
+# project that uses them.  Twisted's Site builds its
 # channels with the private http._genericHTTPChannelProtocolFactory: an
 # http._GenericHTTPChannelProtocol proxy around an HTTPChannel, which swaps
 # the channel for an H2Connection when ALPN picks h2.  The guard needs its own
