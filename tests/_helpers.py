@@ -1,6 +1,6 @@
 """
 Small pieces several test modules share: a broker subscriber that records
-what it is given, the context-manager half of the test's own clients, and a
+what it is given (and one that paces a replay), the context-manager half of the test's own clients, and a
 raw HTTP client for the real-socket tests.
 """
 
@@ -15,7 +15,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
-from twisted_sse import Published
+from twisted_sse import Published, Subscription
 from twisted_sse.testing import parse_events
 
 
@@ -39,6 +39,30 @@ class Collector:
         """The data of the events delivered, as a client would parse them."""
         events = parse_events(b"".join(published.frame for published in self.got))
         return [event.data for event in events]
+
+
+class Pacer(Collector):
+    """
+    A subscriber with room for ``room`` events at a time: it answers
+    ``False`` (no room) for the last one, as the hub's handoff does for a
+    client that has not read yet (see ``IBroker.subscribe``).
+    """
+
+    def __init__(self, room: int) -> None:
+        super().__init__()
+        self.room = room
+        self.left = room
+
+    def __call__(self, published: Published) -> bool:
+        super().__call__(published)
+        self.left -= 1
+        return self.left > 0
+
+    def take(self, subscription: Subscription, room: int | None = None) -> None:
+        """The client read everything (and may now take ``room``): go on."""
+        self.room = self.room if room is None else room
+        self.left = self.room
+        subscription.resume_replay()
 
 
 class Closing:

@@ -29,7 +29,7 @@ from twisted_sse._broker import (
 )
 from twisted_sse._event import Event
 
-from ._helpers import Collector
+from ._helpers import Collector, Pacer
 
 
 class BrokerTestCase(SynchronousTestCase):
@@ -466,25 +466,6 @@ class SubscribeNowTests(BrokerTestCase):
         self.assertEqual(broker.subscriber_count("news"), 0)
 
 
-class _Pacer(Collector):
-    """A subscriber with room for ``room`` events at a time."""
-
-    def __init__(self, room: int) -> None:
-        super().__init__()
-        self.room = room
-        self.left = room
-
-    def __call__(self, published: Published) -> bool:
-        super().__call__(published)
-        self.left -= 1
-        return self.left > 0
-
-    def take(self, subscription: Subscription) -> None:
-        """The client read everything: room again."""
-        self.left = self.room
-        subscription.resume_replay()
-
-
 class PacedReplayTests(BrokerTestCase):
     """A replay goes only as fast as its subscriber takes it."""
 
@@ -493,7 +474,7 @@ class PacedReplayTests(BrokerTestCase):
         broker = MemoryBroker(epoch=5)
         for n in range(1, 11):
             self.publish(broker, "a", str(n))
-        pacer = _Pacer(3)
+        pacer = Pacer(3)
         subscription = broker.subscribe_now("a", pacer, "5-0")
         self.addCleanup(subscription.cancel)
         self.assertEqual(pacer.data, ["1", "2", "3"])
@@ -527,7 +508,7 @@ class PacedReplayTests(BrokerTestCase):
         broker = MemoryBroker(epoch=5, channel_ttl=0)
         self.publish(broker, "a", "1")
         self.publish(broker, "a", "2")
-        pacer = _Pacer(1)
+        pacer = Pacer(1)
         subscription = broker.subscribe_now("a", pacer, "5-0")
         self.assertEqual(broker.subscriber_count("a"), 1)
         subscription.cancel()
@@ -541,7 +522,7 @@ class PacedReplayTests(BrokerTestCase):
         broker = MemoryBroker(epoch=5, history=5)
         for n in range(1, 6):
             self.publish(broker, "a", str(n))
-        pacer = _Pacer(2)
+        pacer = Pacer(2)
         subscription = broker.subscribe_now("a", pacer, "5-0")
         self.addCleanup(subscription.cancel)
         self.assertEqual(pacer.ids, ["5-1", "5-2"])
@@ -590,7 +571,7 @@ class PacedReplayTests(BrokerTestCase):
         for n in range(1, before + 1):
             self.publish(broker, "a", str(n))
         resume = min(resume, before)
-        pacer = _Pacer(1)
+        pacer = Pacer(1)
         subscription = broker.subscribe_now("a", pacer, f"5-{resume}")
         published = before
         for room, publishes in steps:
