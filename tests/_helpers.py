@@ -1,7 +1,7 @@
 """
 Small pieces several test modules share: a broker subscriber that records
-what it is given (and one that paces a replay), the context-manager half of the test's own clients, and a
-raw HTTP client for the real-socket tests.
+what it is given (and one that paces a replay), the context-manager half of
+the test's own clients, and a raw HTTP client for the real-socket tests.
 """
 
 from __future__ import annotations
