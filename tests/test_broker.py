@@ -638,11 +638,7 @@ class BoundTests(BrokerTestCase):
         self.assertLess(len(kept), 64 * 1024 // 100 + 1)
         self.assertEqual(
             broker.total_bytes,
-            sum(
-                len(published.frame)
-                for state in broker._channels.values()
-                for published in state.history
-            ),
+            _history_bytes(broker),
         )
 
     def test_channel_ttl(self) -> None:
@@ -661,11 +657,7 @@ class BoundTests(BrokerTestCase):
         self.assertEqual(sorted(broker.channel_names()), ["kept", "other", "watched"])
         self.assertEqual(
             broker.total_bytes,
-            sum(
-                len(published.frame)
-                for state in broker._channels.values()
-                for published in state.history
-            ),
+            _history_bytes(broker),
         )
         # A subscriber keeps its channel; once it leaves, the TTL runs.
         subscription.cancel()
@@ -731,3 +723,12 @@ class CheckPublishTests(SynchronousTestCase):
     def test_accepted(self) -> None:
         """A good publish passes."""
         check_publish("a.b:c@d-e_f", Event(data="x"), "k" * 256)
+
+
+def _history_bytes(broker: MemoryBroker) -> int:
+    """The bytes of every frame the broker keeps, counted afresh."""
+    return sum(
+        len(published.frame)
+        for channel in broker.channel_names()
+        for published in broker._channels[channel].history
+    )
