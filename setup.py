@@ -30,7 +30,7 @@ setup(
         "attrs>=23.1.0",
         "zope.interface>=6.0",
         "prometheus_client>=0.17",
-        "txredisapi>=1.4.10",
+        "hiredis>=3.0",
     ],
     extras_require={
         "tls": ["Twisted[tls]>=24.3.0"],

@@ -335,7 +335,7 @@ class FakeRedis:
     """
 
     def __init__(self, clock: Any) -> None:
-        from twisted_sse import _redis
+        from twisted_sse._redis import _scripts
 
         self.clock = clock
         self.streams: dict[bytes, _FakeStream] = {}
@@ -349,14 +349,14 @@ class FakeRedis:
         #: The ids the publish script gave, in order, heard or not.
         self.published: list[str] = []
         self._epochs = 0
-        self._scripts = {script.sha: script for script in _redis._SCRIPTS} | {
-            script.source: script for script in _redis._SCRIPTS
+        self._scripts = {script.sha: script for script in _scripts.SCRIPTS} | {
+            script.source: script for script in _scripts.SCRIPTS
         }
         self._handlers = {
-            _redis._PUBLISH: self._publish,
-            _redis._SNAPSHOT: self._snapshot,
-            _redis._ROTATE: self._rotate,
-            _redis._REFRESH: self._refresh,
+            _scripts.PUBLISH: self._publish,
+            _scripts.SNAPSHOT: self._snapshot,
+            _scripts.ROTATE: self._rotate,
+            _scripts.REFRESH: self._refresh,
         }
         self.loaded: set[str] = set()
         #: Whether replies wait for answer().
@@ -432,7 +432,7 @@ class FakeRedis:
         if name in ("EVALSHA", "EVAL"):
             script = self._scripts.get(str(args[1]))
             if script is None or (name == "EVALSHA" and script.sha not in self.loaded):
-                from twisted_sse._redis import RedisCommandError
+                from twisted_sse._redis._protocol import RedisCommandError
 
                 raise RedisCommandError("NOSCRIPT No matching script.")
             self.loaded.add(script.sha)
@@ -478,7 +478,7 @@ class FakeRedis:
     ) -> list[Any] | None:
         for key in keys:
             if key in self.strings:
-                from twisted_sse._redis import RedisCommandError
+                from twisted_sse._redis._protocol import RedisCommandError
 
                 raise RedisCommandError("WRONGTYPE Operation against a key")
         reply = []
@@ -608,7 +608,7 @@ class FakeRedis:
 
 
 class FakeLink:
-    """A :class:`~twisted_sse.RedisLink` on a :class:`FakeRedis`."""
+    """A ``RedisLink`` (``twisted_sse._redis._link``) on a :class:`FakeRedis`."""
 
     timeout = 5.0
     _clients = 0

@@ -25,8 +25,6 @@ from typing import Any
 import pytest
 import pytest_twisted
 from attrs import frozen
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
@@ -40,9 +38,8 @@ from zope.interface import implementer
 from twisted_sse import Event, RedisAddress, RedisBroker, parse_redis_url
 from twisted_sse._app import SSEApp
 from twisted_sse._broker import BrokerUnavailable, Published
-from twisted_sse._redis import (
-    _RespParser,
-    _Snapshot,
+from twisted_sse._redis._entries import (
+    Snapshot,
     event_fields,
     published_from_fields,
 )
@@ -334,99 +331,24 @@ def test_option_broker_refused() -> None:
 
 def test_lost_after() -> None:
     """Trimming is seen from the first entry left and the entries added."""
-    untrimmed = _Snapshot(True, (9, 0), first=(1, 0), length=5, entries_added=5)
+    untrimmed = Snapshot(True, (9, 0), first=(1, 0), length=5, entries_added=5)
     assert not untrimmed.lost_after((0, 0))
-    trimmed = _Snapshot(True, (9, 0), first=(5, 3), length=5, entries_added=50)
+    trimmed = Snapshot(True, (9, 0), first=(5, 3), length=5, entries_added=50)
     assert trimmed.lost_after((0, 0))
     assert trimmed.lost_after((5, 1))
     # The entry just before the first one left: nothing after it is gone.
     assert not trimmed.lost_after((5, 2))
     assert not trimmed.lost_after((5, 3))
     assert not trimmed.lost_after((7, 0))
-    emptied = _Snapshot(True, (9, 0), first=None, length=0, entries_added=3)
+    emptied = Snapshot(True, (9, 0), first=None, length=0, entries_added=3)
     assert emptied.lost_after((8, 0))
     assert not emptied.lost_after((9, 0))
-    deleted = _Snapshot(
+    deleted = Snapshot(
         True, (9, 0), first=(1, 0), length=4, entries_added=5, max_deleted=(6, 0)
     )
     assert deleted.lost_after((5, 0))
     assert not deleted.lost_after((6, 0))
-    assert not _Snapshot(False).lost_after((0, 0))
-
-
-def _resp(value: Any) -> bytes:
-    if value is None:
-        return b"$-1\r\n"
-    if isinstance(value, bytes):
-        return b"$%d\r\n%s\r\n" % (len(value), value)
-    if isinstance(value, int):
-        return b":%d\r\n" % value
-    if isinstance(value, _Status):
-        return b"+%s\r\n" % value.text.encode()
-    if isinstance(value, _Error):
-        return b"-%s\r\n" % value.text.encode()
-    return b"*%d\r\n" % len(value) + b"".join(_resp(item) for item in value)
-
-
-@frozen
-class _Status:
-    text: str
-
-
-@frozen
-class _Error:
-    text: str
-
-
-_line = st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=20)
-_replies = st.recursive(
-    st.none()
-    | st.binary(max_size=40)
-    | st.integers(-(2**63), 2**63 - 1)
-    | st.builds(_Status, _line)
-    | st.builds(_Error, _line),
-    lambda children: st.lists(children, max_size=5),
-    max_leaves=30,
-)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, _Status):
-        return value.text
-    if isinstance(value, _Error):
-        return ("error", value.text)
-    if isinstance(value, list):
-        return [_plain(item) for item in value]
-    return value
-
-
-@given(st.lists(_replies, min_size=1, max_size=5), st.data())
-@settings(max_examples=300, deadline=None)
-def test_resp_parser_chunks(replies: list[Any], data: st.DataObject) -> None:
-    """However the bytes are cut, the parser gives the same replies."""
-    wire = b"".join(_resp(reply) for reply in replies)
-    cuts = sorted(
-        data.draw(st.lists(st.integers(0, len(wire)), max_size=10), label="cuts")
-    )
-    parser = _RespParser(lambda text: ValueError(text))
-    parsed: list[Any] = []
-    for start, end in zip([0, *cuts], [*cuts, len(wire)], strict=True):
-        parsed += parser.feed(wire[start:end])
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, ValueError):
-            return ("error", str(value))
-        if isinstance(value, list):
-            return [plain(item) for item in value]
-        return value
-
-    assert [plain(reply) for reply in parsed] == [_plain(r) for r in replies]
-
-
-def test_resp_parser_refuses_garbage() -> None:
-    """Bytes that are not RESP2 raise ValueError (the connection is dropped)."""
-    with pytest.raises(ValueError):
-        _RespParser(ValueError).feed(b"HTTP/1.1 400 Bad Request\r\n")
+    assert not Snapshot(False).lost_after((0, 0))
 
 
 def test_provides_ibroker() -> None:
@@ -1269,7 +1191,7 @@ async def test_stop_leaves_nothing(redis: SharedRedis) -> None:
     await broker.subscribe("news", Collector())
     await broker.publish("news", Event(data="x"))
     ports = [
-        link._protocol.transport.getHost().port
+        link.local_address.port  # type: ignore[union-attr]
         for link in (broker._commands, broker._reader)
     ]
     await broker.stop()
@@ -1284,10 +1206,8 @@ async def test_stop_leaves_nothing(redis: SharedRedis) -> None:
 
 
 def test_module_imports_no_reactor() -> None:
-    """Importing twisted_sse installs no reactor (txredisapi is imported late)."""
+    """Importing twisted_sse, Redis broker included, installs no reactor."""
     code = (
-        "import sys, twisted_sse; "
-        "assert 'twisted.internet.reactor' not in sys.modules; "
-        "assert 'txredisapi' not in sys.modules"
+        "import sys, twisted_sse; assert 'twisted.internet.reactor' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

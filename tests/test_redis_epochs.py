@@ -504,7 +504,7 @@ async def test_replay_memory_bounded(on_shared: Make) -> None:
     never read: the process holds about a page each plus what they took,
     not ten copies of the history.
     """
-    from twisted_sse import _redis
+    from twisted_sse._redis import _broker
 
     broker = on_shared(history=100_000)
     await ready(broker)
@@ -528,5 +528,5 @@ async def test_replay_memory_bounded(on_shared: Make) -> None:
     taken = sum(holder.size for holder in holders)
     # A page each being read, and what each took: twice that, at most, and
     # less than one copy of the history (measured: 5.5 MB, for 20 MB).
-    bound = 2 * (10 * _redis._PAGE_BYTES + taken)
+    bound = 2 * (10 * _broker.PAGE_BYTES + taken)
     assert peak < bound < history

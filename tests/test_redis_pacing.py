@@ -1,5 +1,5 @@
 """
-Tests for the logic of L{twisted_sse._redis.RedisBroker} on a fake Redis
+Tests for the logic of L{twisted_sse.RedisBroker} on a fake Redis
 (L{tests._redis_tools.FakeRedis}, which runs the broker's scripts as the Lua
 does) and a L{Clock}: paced replays, epochs, what is checked at publish and
 when, and the periodic check of followed channels.  The scripts themselves
@@ -20,7 +20,6 @@ from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublish
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from twisted_sse import _redis
 from twisted_sse._broker import (
     HISTORY_LOST_EVENT,
     MAX_KEY_LENGTH,
@@ -30,12 +29,10 @@ from twisted_sse._broker import (
     check_publish,
 )
 from twisted_sse._event import MAX_RETRY, Event
-from twisted_sse._redis import (
-    RedisBroker,
-    _restart_point,
-    _Snapshot,
-    published_from_fields,
-)
+from twisted_sse._redis import _broker, _entries, _scripts
+from twisted_sse._redis._address import RedisAddress
+from twisted_sse._redis._broker import RedisBroker
+from twisted_sse._redis._entries import Snapshot, published_from_fields, restart_point
 
 from ._helpers import Collector
 from ._redis_tools import FakeRedis, fake_broker
@@ -70,11 +67,11 @@ def _entry(event_id: str) -> tuple[int, int]:
 
 
 @contextmanager
-def _pages(entries: int, size: int = _redis._PAGE_BYTES) -> Iterator[None]:
+def _pages(entries: int, size: int = _broker.PAGE_BYTES) -> Iterator[None]:
     """Replay pages (and reader batches) of at most ``entries``, ``size`` bytes."""
     with (
-        mock.patch.object(_redis, "_BATCH", entries),
-        mock.patch.object(_redis, "_PAGE_BYTES", size),
+        mock.patch.object(_broker, "BATCH", entries),
+        mock.patch.object(_broker, "PAGE_BYTES", size),
     ):
         yield
 
@@ -120,7 +117,7 @@ class FakeRedisTestCase(SynchronousTestCase):
 
     def page_reads(self) -> list[tuple[Any, ...]]:
         """The snapshot scripts run with a page (an id to read after)."""
-        sha = _redis._SNAPSHOT.sha
+        sha = _scripts.SNAPSHOT.sha
         return [
             args
             for args in self.redis.commands
@@ -313,7 +310,7 @@ class PacedReplayTests(FakeRedisTestCase):
         self.assertEqual(loss.key, HISTORY_LOST_EVENT)
         self.assertIn(b'"reason": "trimmed"', loss.frame)
         # Just before 6, the oldest kept: resuming from it is exact.
-        self.assertEqual(_entry(loss.id), _redis._before(_entry(ids[5])))
+        self.assertEqual(_entry(loss.id), _entries.before(_entry(ids[5])))
         self.assertEqual(pacer.ids[3:], ids[5:])
         resumed, again = self.subscribe(broker, "a", None, loss.id)
         self.assertIsNone(again.history_lost)
@@ -636,11 +633,11 @@ class EpochTests(FakeRedisTestCase):
 
     def test_old_mark_ignored(self) -> None:
         """The mark of an older epoch, read again, switches nothing."""
-        self.assertTrue(_redis._newer("b", "a"))
-        self.assertFalse(_redis._newer("a", "b"))
-        self.assertFalse(_redis._newer("a", "a"))
-        self.assertFalse(_redis._newer("NOT AN EPOCH", "a"))
-        self.assertTrue(_redis._newer("a", ""))
+        self.assertTrue(_entries.newer("b", "a"))
+        self.assertFalse(_entries.newer("a", "b"))
+        self.assertFalse(_entries.newer("a", "a"))
+        self.assertFalse(_entries.newer("NOT AN EPOCH", "a"))
+        self.assertTrue(_entries.newer("a", ""))
 
     def test_restart_point(self) -> None:
         """
@@ -648,17 +645,17 @@ class EpochTests(FakeRedisTestCase):
         goes on past it or was rotated from its epoch, else from the start;
         never before what was trimmed.
         """
-        grown = _Snapshot(True, (9, 0), first=(1, 0), length=5, entries_added=5)
-        self.assertEqual(_restart_point(grown, (4, 0), "old"), (4, 0))
-        remade = _Snapshot(True, (3, 0), first=(1, 0), length=3, entries_added=3)
-        self.assertEqual(_restart_point(remade, (4, 0), "old"), (0, 0))
-        rotated = _Snapshot(
+        grown = Snapshot(True, (9, 0), first=(1, 0), length=5, entries_added=5)
+        self.assertEqual(restart_point(grown, (4, 0), "old"), (4, 0))
+        remade = Snapshot(True, (3, 0), first=(1, 0), length=3, entries_added=3)
+        self.assertEqual(restart_point(remade, (4, 0), "old"), (0, 0))
+        rotated = Snapshot(
             True, (3, 0), first=(1, 0), length=3, entries_added=3, previous="old"
         )
-        self.assertEqual(_restart_point(rotated, (4, 0), "old"), (3, 0))
-        trimmed = _Snapshot(True, (3, 0), first=(2, 5), length=3, entries_added=9)
-        self.assertEqual(_restart_point(trimmed, (4, 0), "old"), (2, 4))
-        self.assertEqual(_restart_point(_Snapshot(False), (4, 0), "old"), (0, 0))
+        self.assertEqual(restart_point(rotated, (4, 0), "old"), (3, 0))
+        trimmed = Snapshot(True, (3, 0), first=(2, 5), length=3, entries_added=9)
+        self.assertEqual(restart_point(trimmed, (4, 0), "old"), (2, 4))
+        self.assertEqual(restart_point(Snapshot(False), (4, 0), "old"), (0, 0))
 
 
 @implementer(ILogObserver)
@@ -768,7 +765,7 @@ class ScriptTests(FakeRedisTestCase):
         self.publish(broker, "a", "x")
         (command,) = self.redis.commands[sent:]
         self.assertEqual(
-            command[:5], ("EVALSHA", _redis._PUBLISH.sha, 2, "sse:a", "sse:a#epoch")
+            command[:5], ("EVALSHA", _scripts.PUBLISH.sha, 2, "sse:a", "sse:a#epoch")
         )
         self.assertEqual(command[5:7], (50, 90_000))
 
@@ -794,7 +791,7 @@ class ChannelTTLTests(FakeRedisTestCase):
     """A process keeps the channels it follows alive, in batches."""
 
     def refreshes(self) -> list[tuple[Any, ...]]:
-        sha = _redis._REFRESH.sha
+        sha = _scripts.REFRESH.sha
         return [args for args in self.redis.commands if args[:2] == ("EVALSHA", sha)]
 
     def test_followed_channels_refreshed(self) -> None:
@@ -834,7 +831,7 @@ class ChannelTTLTests(FakeRedisTestCase):
     def test_negative_ttl_refused(self) -> None:
         """A negative channel_ttl is refused."""
         with self.assertRaises(ValueError):
-            RedisBroker(self.clock, _redis.RedisAddress("h"), channel_ttl=-1)
+            RedisBroker(self.clock, RedisAddress("h"), channel_ttl=-1)
 
     def test_stop_leaves_no_timer(self) -> None:
         """stop() cancels the periodic check and any replay retry."""

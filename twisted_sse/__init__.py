@@ -55,7 +55,8 @@ from ._parser import (
     EventParser,
     LimitExceeded,
 )
-from ._redis import RedisAddress, RedisBroker, parse_redis_url
+from ._redis._address import RedisAddress, parse_redis_url
+from ._redis._broker import RedisBroker
 from ._service import EventStreamService
 from ._stream import (
     DEFAULT_HEARTBEAT,

@@ -46,7 +46,8 @@ from ._hub import (
     bearer_token_authorizer,
 )
 from ._logs import access_log_formatter
-from ._redis import RedisBroker, parse_redis_url
+from ._redis._address import parse_redis_url
+from ._redis._broker import RedisBroker
 from ._service import EventStreamService
 from ._stream import (
     DEFAULT_HEARTBEAT,

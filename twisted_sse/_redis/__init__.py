@@ -1,0 +1,83 @@
+"""
+The Redis broker: :class:`~twisted_sse.IBroker` over Redis Streams, so that
+any number of server processes share channels, ids and history.
+
+One stream per channel (``sse:<channel>``) holds the events as fields
+(``data``, ``event``, ``retry``, ``comment``, ``key``).  Each process keeps
+two connections: one for commands (publish, replay) and one for a single
+reader loop that ``XREAD BLOCK``\\ s on the streams of every channel with
+local subscribers, from the last id it has handled in each, and hands each
+entry, encoded once, to every local subscriber.  Because the reader always
+resumes from the last id it has seen, an outage of Redis or of the network
+loses nothing that Redis still holds, and what Redis trimmed in the
+meantime is announced as a ``history-lost`` event.
+
+Epochs: telling a lost history from a short one
+-----------------------------------------------
+
+Stream entry ids alone cannot tell that Redis lost a channel: after a
+restart without persistence, a ``FLUSHALL``, an expiry or a failover to a
+replica that missed writes, new entries get ids larger than the old ones,
+and a client resuming from an old id would silently skip what was lost.
+So, as Centrifugo does, each channel has an *epoch* kept beside its stream,
+in the hash ``sse:<channel>#epoch`` (``#`` cannot occur in a channel
+name): field ``e`` is a token made from Redis's clock in microseconds (base
+36), new whenever the hash is created, ``p`` the epoch it replaced when a
+process rotated it, and ``m`` is set until the epoch's first entry is
+written.  Event ids are ``<epoch>:<stream entry id>``, e.g.
+``kq3x9b1c0a:1765000000123-0``, and so are the positions given to new
+subscribers, an empty channel's included (``kq3x9b1c0a:0-0``).  A client
+resuming with an id of another epoch is told ``history_lost = "unknown"``
+(an id without an epoch, from before epochs, too; garbage is
+``"malformed"``).
+
+Every command that may create the epoch is one Lua script (``EVALSHA``,
+``EVAL`` when Redis answers ``NOSCRIPT``), so the epoch is created
+atomically with what uses it: publishing is one script that reads (or
+creates) the epoch, ``XADD``\\ s the entry (``MAXLEN ~ <history>``) and
+sets both keys' TTL; reading a stream's state and a page of it is one
+script that reads (or creates) the epoch, the stream's ``XINFO`` and up to
+a page of entries.  The first entry published in an epoch carries it in a
+first field ``sse-epoch``, so that readers that follow the channel see at
+once, without reading the epoch per event, that Redis lost the channel and
+started a new one.
+
+A process's reader learns that a channel's epoch changed in three ways:
+that marked entry (a flush or expiry followed by a publish); the check of
+every channel after it reconnects (a restart or failover); and a periodic
+check of the epochs of the channels it follows (a flush with no publish
+since).  Its local subscribers then get a ``history-lost`` event (reason
+``"unknown"``) whose id is in the new epoch and resumes exactly, followed
+by the channel's new events.  When a reader finds that Redis holds less of
+a stream than it has read, under the same epoch (a failover to a replica
+that missed writes), it rotates the epoch (a compare-and-set script that
+records the old one as ``p``), so that the ids given out before are
+refused; every process then continues after what is left.
+
+Channels are forgotten after ``channel_ttl`` of idleness: every publish
+sets the TTL of the stream and of its epoch, in the same script, and each
+process refreshes the TTL of the channels it follows (every third of the
+TTL, one script for up to 500 channels), so a channel goes only when no
+process has a subscriber on it and nobody published for the TTL.
+
+A resuming subscriber's replay is paced (see
+:meth:`~twisted_sse.IBroker.subscribe`): it is read in pages (a bounded
+number of entries and bytes, with the stream's state, in one script) and
+kept as a cursor between them; the subscriber joins the live fan-out only
+when its replay reaches the position of the process's reader.
+
+The modules, in the order they import each other:
+
+* ``_address``: :class:`~twisted_sse.RedisAddress` and
+  :func:`~twisted_sse.parse_redis_url`;
+* ``_protocol``: one connection on hiredis (commands packed by
+  ``hiredis.pack_command``, replies parsed by ``hiredis.Reader`` and
+  matched to a FIFO of Deferreds, reply timeouts);
+* ``_link``: :class:`~twisted_sse._redis._link.RedisLink`, a connection
+  kept open by Twisted's ``ClientService`` and prepared (AUTH, SELECT,
+  the version check, the scripts) before use;
+* ``_scripts``: the Lua scripts and how they are run;
+* ``_entries``: stream entries, stream state and event ids, read from
+  replies;
+* ``_broker``: :class:`~twisted_sse.RedisBroker`.
+"""
