@@ -676,3 +676,81 @@ def fake_broker(clock: Any, redis: FakeRedis, **options: Any) -> Any:
     )
     broker.startService()
     return broker
+
+
+# In-memory connections, for unit tests of the protocol and the link
+
+
+class ClosingTransport:
+    """
+    A ``StringTransport`` that tells its protocol when it is closed (at
+    once, where a reactor would on its next turn) and records
+    ``TCP_NODELAY``.
+    """
+
+    def __init__(self) -> None:
+        from twisted.internet.testing import StringTransport
+
+        self._written = StringTransport()
+        self.protocol: Any = None
+        self.closed: str | None = None
+        self.no_delay = False
+
+    def write(self, data: bytes) -> None:
+        self._written.write(data)
+
+    def writeSequence(self, data: Any) -> None:
+        self._written.writeSequence(data)
+
+    def value(self) -> bytes:
+        """All bytes written."""
+        written: bytes = self._written.value()
+        return written
+
+    def clear(self) -> None:
+        self._written.clear()
+
+    def getHost(self) -> Any:
+        return self._written.getHost()
+
+    def getPeer(self) -> Any:
+        return self._written.getPeer()
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.no_delay = enabled
+
+    def loseConnection(self) -> None:
+        self._close("lost", "ConnectionDone")
+
+    def abortConnection(self) -> None:
+        self._close("aborted", "ConnectionAborted")
+
+    def _close(self, how: str, error: str) -> None:
+        from twisted.internet import error as errors
+        from twisted.python.failure import Failure
+
+        if self.closed is not None:
+            return
+        self.closed = how
+        if self.protocol is not None:
+            self.protocol.connectionLost(Failure(getattr(errors, error)()))
+
+
+def connect(protocol: Any) -> ClosingTransport:
+    """Connect ``protocol`` to a new :class:`ClosingTransport`."""
+    transport = ClosingTransport()
+    transport.protocol = protocol
+    protocol.makeConnection(transport)
+    return transport
+
+
+def commands_in(data: bytes) -> list[list[bytes]]:
+    """The commands in bytes a client wrote (RESP arrays of bulk strings)."""
+    import hiredis
+
+    reader = hiredis.Reader()
+    reader.feed(data)
+    commands: list[list[bytes]] = []
+    while (command := reader.gets()) is not False:
+        commands.append(command)
+    return commands
