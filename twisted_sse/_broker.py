@@ -257,19 +257,22 @@ class _Channel:
     left_at: float = 0.0
 
 
-class _Forgets(Protocol):
-    def _forget_if_idle(self, state: Any) -> None: ...
+class Forgets(Protocol):
+    """A broker that a :class:`TokenSubscription` tells when it leaves."""
+
+    def forget_if_idle(self, state: Any) -> None:
+        """Drop the state of a channel that has nothing left to keep."""
 
 
 @define(eq=False)
-class _TokenSubscription(Subscription):
+class TokenSubscription(Subscription):
     """
     A subscription that is also its own cancel handle (one object per
     subscriber, not a subscription plus a callable), for a broker that
     keeps its subscribers in a channel state's ``subscribers`` by token.
     """
 
-    _broker: _Forgets | None = field(default=None, repr=False)
+    _broker: Forgets | None = field(default=None, repr=False)
     _state: Any = field(default=None, repr=False)
     _token: int = field(default=0, repr=False)
 
@@ -278,11 +281,11 @@ class _TokenSubscription(Subscription):
         state, self._state = self._state, None
         if state is not None and self._broker is not None:
             state.subscribers.pop(self._token, None)
-            self._broker._forget_if_idle(state)
+            self._broker.forget_if_idle(state)
 
 
 @define(eq=False)
-class _ReplayingSubscription(_TokenSubscription):
+class _ReplayingSubscription(TokenSubscription):
     """
     A memory-broker subscription whose replay is under way: it holds a
     cursor (the sequence number of the last event delivered), not the
@@ -466,7 +469,11 @@ class MemoryBroker:
             found = self._channels[name] = _Channel(name, epoch, position=f"{epoch}-0")
         return found
 
-    def _forget_if_idle(self, channel: _Channel) -> None:
+    def forget_if_idle(self, channel: Any) -> None:
+        """
+        A subscription of ``channel`` ended: forget the channel if it has
+        no subscriber and never had an event, else start its TTL.
+        """
         if channel.subscribers or channel.replays:
             return
         if not channel.last_seq:
@@ -635,7 +642,7 @@ class MemoryBroker:
                 state.replays[token] = replaying
                 replaying._run()
                 return replaying
-            subscription = _TokenSubscription(
+            subscription = TokenSubscription(
                 channel,
                 history_lost=lost,
                 position=state.position,
@@ -644,7 +651,7 @@ class MemoryBroker:
                 token=token,
             )
         else:
-            subscription = _TokenSubscription(
+            subscription = TokenSubscription(
                 channel, position=state.position, broker=self, state=state, token=token
             )
         state.subscribers[token] = deliver

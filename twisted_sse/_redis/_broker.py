@@ -29,7 +29,7 @@ from .._broker import (
     IBroker,
     Published,
     Subscription,
-    _TokenSubscription,
+    TokenSubscription,
     check_publish,
     loss_event,
     parse_event_id,
@@ -160,7 +160,7 @@ class _Channel:
 
 
 @define(eq=False)
-class _RedisSubscription(_TokenSubscription):
+class _RedisSubscription(TokenSubscription):
     """A Redis broker subscription: its own cancel handle and replay pacer."""
 
     def cancel(self) -> None:
@@ -410,7 +410,7 @@ class RedisBroker(Service):
             snapshot = await self._shared_snapshot(state)
         except BaseException:
             state.joining.pop(token, None)
-            self._forget_if_idle(state)
+            self.forget_if_idle(state)
             raise
         if state.joining.pop(token, None) is None:
             return subscription  # cancelled meanwhile
@@ -443,7 +443,7 @@ class RedisBroker(Service):
                 )
         except BaseException:
             state.joining.pop(token, None)
-            self._forget_if_idle(state)
+            self.forget_if_idle(state)
             raise
         if state.joining.get(token) is not replay:
             return subscription  # cancelled meanwhile
@@ -678,7 +678,8 @@ class RedisBroker(Service):
             state.check = True
             self._wake_reader()
 
-    def _forget_if_idle(self, state: _Channel) -> None:
+    def forget_if_idle(self, state: _Channel) -> None:
+        """A subscription of ``state`` ended: stop following it if idle."""
         if (
             not state.subscribers
             and not state.joining
