@@ -1,7 +1,9 @@
 """
-Tests for L{twisted_sse.__main__}: the C{twisted-sse} command's options, and
-C{listen} run in memory on a fake agent and a L{Clock}.  The real process,
-socket and reactor are exercised by L{tests.test_client_interop}.
+Tests for L{twisted_sse.__main__}: the C{twisted-sse} command's options, the
+strict parsing of URLs, C{listen} run in memory on a fake agent and a
+L{Clock}, and C{check} on fake connections.  The real process, socket and
+reactor are exercised by L{tests.test_client_interop} and
+L{tests.test_check_process}.
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -19,8 +23,12 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseFailed
 
+from tests.test_check import STREAM_HEAD, Net, chunk
 from tests.test_client import URL, FakeAgent, FakeRequest
-from twisted_sse.__main__ import build_parser, listen, main
+from twisted_sse.__main__ import build_parser, check, listen, main, strict_url
+from twisted_sse._exchange import Connector
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
 class Output(io.StringIO):
@@ -226,9 +234,9 @@ class ListenTests(SynchronousTestCase):
         self.assertIn("text/plain", listener.err.getvalue())
 
     def test_bad_url(self) -> None:
-        """A URL that is not http(s) exits 1 with one line on stderr."""
+        """A URL that is not http(s) exits 2 with one line on stderr."""
         listener = Listener("ftp://example.com/")
-        self.assertEqual(self.successResultOf(listener.done), 1)
+        self.assertEqual(self.successResultOf(listener.done), 2)
         self.assertEqual(len(listener.err.lines()), 1)
         self.assertEqual(listener.agent.requests, [])
 
@@ -339,3 +347,215 @@ class ListenTests(SynchronousTestCase):
         self.assertEqual(len(delays), 4)
         self.assertEqual(delays, sorted(delays))
         self.assertGreaterEqual(delays[0], 1.5)
+
+
+#: URLs every command refuses, and a word of what it says about each.
+BAD_URLS = {
+    "http://exa mple/": "space",
+    "http://[::1/": "unclosed '['",
+    "http://[::g]/": "not an IPv6 address",
+    "http://example.com:65536/": "65536 is not between 1 and 65535",
+    "http://example.com:0/": "0 is not between 1 and 65535",
+    "http://example.com:80x/": "not a number",
+    "ftp://example.com/": "'ftp' is not http or https",
+    "example.com/events": "must start with http:// or https://",
+    "http:///events": "no host",
+    "http://user:pw@example.com/": "credentials",
+    "http://exa_mple!.com/": "not a valid host name",
+    "http://256.1.1.1/": "not a valid IPv4 address",
+    "http://a\tb/": "control character",
+}
+
+
+class StrictURLTests(SynchronousTestCase):
+    """Every command refuses a bad URL at once: one line, exit 2."""
+
+    def test_refused(self) -> None:
+        """Each bad URL is a usage error naming the problem, for each command."""
+        for url, words in BAD_URLS.items():
+            for argv in [
+                ["listen", url],
+                ["check", url],
+                ["check", URL, "--publish", url],
+            ]:
+                code, err = usage(*argv)
+                self.assertEqual(code, 2, argv)
+                lines = err.splitlines()
+                self.assertEqual(len(lines), 1, err)
+                self.assertTrue(lines[0].startswith("twisted-sse: bad "), err)
+                self.assertIn(words, lines[0])
+
+    def test_accepted(self) -> None:
+        """Names, IPv4 and IPv6 literals, IDNA, ports and queries are fine."""
+        for url in [
+            "http://example.com/events",
+            "HTTPS://Example.COM:8443/a/b?c=d&e#f",
+            "http://127.0.0.1:1/",
+            "http://[::1]:65535/x",
+            "http://bücher.example/",
+            "http://my_service:8080/",
+            "http://localhost.",
+        ]:
+            self.assertEqual(strict_url(url), url)
+
+    def test_listen_does_not_retry(self) -> None:
+        """listen with a URL it cannot use makes no request."""
+        listener = Listener("http://exa mple/")
+        self.assertEqual(self.successResultOf(listener.done), 2)
+        self.assertEqual(listener.agent.requests, [])
+        self.assertEqual(listener.clock.getDelayedCalls(), [])
+
+    def test_origin(self) -> None:
+        """--origin must be an origin: scheme, host and port only."""
+        for origin in ["https://app.example/page", "app.example", "https://a b"]:
+            code, err = usage("check", URL, "--origin", origin)
+            self.assertEqual(code, 2, origin)
+            self.assertEqual(len(err.splitlines()), 1, err)
+
+    def test_bad_event_id(self) -> None:
+        """An event id with a line break is a usage error."""
+        self.assertEqual(usage("listen", URL, "--last-event-id", "a\nb")[0], 2)
+
+
+class CheckOptionTests(SynchronousTestCase):
+    """check's options."""
+
+    def test_defaults(self) -> None:
+        """10 s of watching, 30 s of silence allowed, a table, HTTP/2 offered."""
+        options = build_parser().parse_args(["check", URL])
+        self.assertEqual(
+            (
+                options.duration,
+                options.idle,
+                options.json,
+                options.header,
+                options.origin,
+                options.publish,
+                options.token,
+                options.http1_1,
+                options.cacert,
+            ),
+            (10.0, 30.0, False, [], None, None, None, False, None),
+        )
+
+    def test_bad_values(self) -> None:
+        """Times must be positive numbers; headers well formed; --token needs
+        --publish."""
+        for argv in [
+            ["--duration", "0"],
+            ["--duration", "x"],
+            ["--idle", "-1"],
+            ["--idle", "inf"],
+            ["-H", "NoColon"],
+            ["--token", "t"],
+            ["--bogus"],
+        ]:
+            self.assertEqual(usage("check", URL, *argv)[0], 2, argv)
+
+    def test_headers(self) -> None:
+        """-H and --header both add a header."""
+        options = build_parser().parse_args(
+            ["check", URL, "-H", "Authorization: Bearer a", "--header", "X-A: b"]
+        )
+        self.assertEqual(options.header, [("Authorization", "Bearer a"), ("X-A", "b")])
+
+    def test_bad_cacert(self) -> None:
+        """A --cacert file that cannot be read is a usage error."""
+        code, err = usage("check", URL, "--cacert", "/nonexistent/ca.pem")
+        self.assertEqual(code, 2)
+        self.assertIn("--cacert", err)
+
+    def test_every_option_documented(self) -> None:
+        """Every option of every command has an entry under its program in cli.rst."""
+        text = (DOCS / "reference" / "cli.rst").read_text("utf-8")
+        (commands,) = [
+            action
+            for action in build_parser()._actions
+            if isinstance(action, argparse._SubParsersAction)
+        ]
+        for name, parser in commands.choices.items():
+            start = text.index(f".. program:: twisted-sse {name}")
+            end = text.find(".. program::", start + 1)
+            section = text[start : end if end != -1 else None]
+            for action in parser._actions:
+                for option in action.option_strings:
+                    if option in ("-h", "--help"):
+                        continue
+                    self.assertRegex(
+                        section,
+                        rf"(?m)^\.\. option:: [^\n]*{re.escape(option)}(?![\w.-])",
+                        f"{name} {option} has no '.. option::' entry",
+                    )
+
+
+class Checker:
+    """check on fake connections and a clock."""
+
+    def __init__(self, *argv: str, tty: bool = False) -> None:
+        self.options = build_parser().parse_args(["check", *argv])
+        self.clock = Clock()
+        self.net = Net(self.clock)
+        self.out = Output()
+        self.out.isatty = lambda: tty  # type: ignore[method-assign]
+        self.err = Output()
+        connector = Connector(self.clock, endpoint_for=self.net.endpoint)
+        self.done: Deferred[int] = Deferred.fromCoroutine(
+            check(self.clock, self.options, self.out, self.err, connector)
+        )
+
+    def serve(self, *data: bytes) -> None:
+        """Answer the stream request with ``data``, then HEAD with a head."""
+        ((_, stream, _),) = self.net.requests("GET")
+        for piece in data:
+            stream.dataReceived(piece)
+        ((_, head, _),) = self.net.requests("HEAD")
+        head.dataReceived(STREAM_HEAD)
+
+    def finish(self, case: SynchronousTestCase) -> int:
+        """Run the clock to the end of the watch; the exit status."""
+        self.clock.pump([0.25] * 16)
+        return int(case.successResultOf(self.done))
+
+
+class CheckTests(SynchronousTestCase):
+    """What check prints, and its exit status."""
+
+    def test_table(self) -> None:
+        """A healthy stream: a table of checks, exit 0, no colour off a terminal."""
+        checker = Checker(URL, "--duration", "2")
+        checker.serve(STREAM_HEAD + chunk(b"retry: 1000\n\n"))
+        self.assertEqual(checker.finish(self), 0)
+        text = checker.out.getvalue()
+        self.assertTrue(text.startswith(f"twisted-sse check {URL}\n"), text)
+        self.assertRegex(text, r"(?m)^  PASS  status +200 OK$")
+        self.assertIn("OK: 0 failed", text)
+        self.assertNotIn("\x1b[", text)
+        self.assertEqual(checker.err.getvalue(), "")
+
+    def test_colour_on_a_terminal(self) -> None:
+        """On a terminal the statuses are coloured."""
+        checker = Checker(URL, "--duration", "2", tty=True)
+        checker.serve(STREAM_HEAD + chunk(b"retry: 1000\n\n"))
+        checker.finish(self)
+        self.assertIn("\x1b[32mPASS\x1b[0m", checker.out.getvalue())
+
+    def test_json_and_failure(self) -> None:
+        """--json prints one document; a failed check exits 1."""
+        checker = Checker(URL, "--duration", "2", "--json")
+        checker.serve(
+            STREAM_HEAD.replace(b"text/event-stream", b"text/plain")
+            + chunk(b"data: x\n\n")
+        )
+        self.assertEqual(checker.finish(self), 1)
+        document = json.loads(checker.out.getvalue())
+        self.assertEqual((document["url"], document["result"]), (URL, "fail"))
+        statuses = {item["name"]: item["status"] for item in document["checks"]}
+        self.assertEqual(statuses["content-type"], "fail")
+        self.assertEqual(statuses["status"], "pass")
+
+    def test_no_answer(self) -> None:
+        """A server that never answers: exit 1 once the watch is over."""
+        checker = Checker(URL, "--duration", "2")
+        self.assertNoResult(checker.done)
+        self.assertEqual(checker.finish(self), 1)
+        self.assertRegex(checker.out.getvalue(), r"FAIL  status +no response in 2.0 s")

@@ -1,6 +1,13 @@
 """
 The ``twisted-sse`` command (also ``python -m twisted_sse``).
 
+``twisted-sse check URL`` watches the stream at ``URL`` for a while (with a
+``HEAD``, a resume, and optionally a CORS preflight and test events
+published beside it) and judges what it saw against what browsers and
+proxies need, check by check: a table, or one JSON document with
+``--json``.  Exit status: 0 when no check fails, 1 when one does, 2 on a
+usage error.
+
 ``twisted-sse listen URL`` connects an :class:`~twisted_sse.EventSource` to
 ``URL`` and prints one JSON object per event on stdout, one per line
 (``type``, ``data``, ``lastEventId``, ``origin``), flushed as it comes, so it
@@ -15,18 +22,24 @@ backing off.
 Exit status: 0 when the server stops the stream (204), after ``--max-events``
 events or ``--timeout`` seconds, or when stdout is closed; 1, with one line
 on stderr, when the connection fails for good (another status, a wrong
-Content-Type, a bad URL); 2 on a usage error.
+Content-Type); 2 on a usage error.
+
+Every command refuses a URL that is not an absolute ``http`` or ``https``
+URL with a valid host and port at once, with one line on stderr naming the
+problem and exit status 2, before anything connects.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import re
 import sys
 from collections.abc import Sequence
-from typing import TextIO
+from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import react
@@ -34,19 +47,111 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.iweb import IAgent
 
+from ._check import judge, render_text
 from ._client import (
+    _URL,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_RECONNECTION_TIME,
     EventSource,
     EventSourceError,
     ReadyState,
 )
+from ._exchange import Connector
+from ._observe import Plan, observe
 from ._parser import DEFAULT_MAX_EVENT_DATA_BYTES, DEFAULT_MAX_LINE_BYTES, LimitExceeded
 
-__all__ = ["build_parser", "listen", "main"]
+__all__ = ["build_parser", "check", "listen", "main", "strict_url"]
 
 _PROG = "twisted-sse"
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", re.ASCII)
+# What an ASCII host name may hold (letters, digits, hyphens, dots, and the
+# underscores of some internal names).
+_HOST = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?", re.ASCII)
+
+#: ``twisted-sse check``'s defaults: seconds to watch, and the longest
+#: silence that common proxies and load balancers let pass.
+DEFAULT_DURATION = 10.0
+DEFAULT_IDLE = 30.0
+#: Where ``twisted-sse check --publish`` reads its token when ``--token`` is
+#: not given (the variable ``twistd sse`` reads it from too).
+TOKEN_VARIABLE = "TWISTED_SSE_PUBLISH_TOKEN"
+
+
+def strict_url(text: str) -> str:
+    """
+    Check that ``text`` is an absolute ``http`` or ``https`` URL that can be
+    connected to as it is: no space or control character, a valid host (a
+    name, an IPv4 address, or an IPv6 address in brackets), a port from 1
+    to 65535, no credentials.
+
+    :returns: ``text``.
+    :raises ValueError: naming the problem.
+    """
+    if any(char.isspace() or ord(char) < 32 or ord(char) == 127 for char in text):
+        raise ValueError("a space or control character in the URL")
+    scheme, separator, rest = text.partition("://")
+    if not separator:
+        raise ValueError("not an absolute URL: it must start with http:// or https://")
+    if scheme.lower() not in ("http", "https"):
+        raise ValueError(f"the scheme {scheme!r} is not http or https")
+    netloc = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if "@" in netloc:
+        raise ValueError(
+            "credentials in the URL are not supported; send an Authorization header"
+        )
+    if netloc.startswith("["):
+        literal, bracket, rest = netloc[1:].partition("]")
+        if not bracket:
+            raise ValueError("an unclosed '[' in the host")
+        try:
+            ipaddress.IPv6Address(literal)
+        except ValueError:
+            raise ValueError(f"{literal!r} is not an IPv6 address") from None
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"{rest!r} after the IPv6 address")
+        port = rest[1:] if rest else None
+    else:
+        host, colon, port_text = netloc.rpartition(":")
+        if not colon:
+            host, port_text = netloc, ""
+        port = port_text if colon else None
+        _check_host(host)
+    if port:
+        if not (port.isdigit() and port.isascii()):
+            raise ValueError(f"the port {port!r} is not a number")
+        if not 1 <= int(port) <= 65535:
+            raise ValueError(f"the port {int(port)} is not between 1 and 65535")
+    _URL.parse(text)
+    return text
+
+
+def _check_host(host: str) -> None:
+    if not host:
+        raise ValueError("no host in the URL")
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise ValueError(f"{host!r} is not a valid host name") from None
+    if not _HOST.fullmatch(host) or len(host) > 253:
+        raise ValueError(f"{host!r} is not a valid host name")
+    labels = host.rstrip(".").split(".")
+    if any(len(label) > 63 for label in labels):
+        raise ValueError(f"{host!r} has a label longer than 63 characters")
+    # As browsers do: a host whose last label is a number is an IPv4 address.
+    if labels[-1].isdigit() or labels[-1].lower().startswith("0x"):
+        try:
+            ipaddress.IPv4Address(host.rstrip("."))
+        except ValueError:
+            raise ValueError(f"{host!r} is not a valid IPv4 address") from None
+
+
+def _origin(text: str) -> str:
+    strict_url(text)
+    parts = urlsplit(text)
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError("an origin is scheme://host[:port], with no path")
+    return text.rstrip("/")
 
 
 def _header(text: str) -> tuple[str, str]:
@@ -103,9 +208,16 @@ def _non_negative_seconds(text: str) -> float:
     return _seconds(text, allow_zero=True)
 
 
+def _event_id(text: str) -> str:
+    if any(char in text for char in "\r\n\0"):
+        raise argparse.ArgumentTypeError("an event id cannot hold CR, LF or NUL")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     """
-    The command line parser: one subcommand per action (``listen`` so far).
+    The command line parser: one subcommand per action (``check`` and
+    ``listen``).
 
     :returns: A parser whose namespaces have ``command`` set.
     """
@@ -113,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=_PROG, description="Server-Sent Events tools for Twisted."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_check(commands)
     listen_parser = commands.add_parser(
         "listen",
         help="print the events of a stream as JSON lines",
@@ -126,10 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     listen_parser.add_argument(
         "--last-event-id",
         metavar="ID",
+        type=_event_id,
         default="",
         help="resume after this event id (sent as Last-Event-ID)",
     )
     listen_parser.add_argument(
+        "-H",
         "--header",
         metavar="'NAME: VALUE'",
         type=_header,
@@ -186,6 +301,180 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_check(commands: Any) -> None:
+    check_parser = commands.add_parser(
+        "check",
+        help="check that an endpoint streams as browsers and proxies need",
+        description=(
+            "Watch the event stream at URL for a while and judge what it does: "
+            "the status and headers, how events are framed and delivered, "
+            "heartbeats, resuming with Last-Event-ID, HEAD, and CORS and "
+            "publishing when asked.  Exit status 0 when no check fails, 1 when "
+            "one does, 2 on a usage error."
+        ),
+    )
+    check_parser.add_argument("url", metavar="URL", help="the http(s) URL to check")
+    check_parser.add_argument(
+        "--json", action="store_true", help="print one JSON document, not a table"
+    )
+    check_parser.add_argument(
+        "--duration",
+        metavar="S",
+        type=_positive_seconds,
+        default=DEFAULT_DURATION,
+        help="seconds to watch the stream (default: %(default)g)",
+    )
+    check_parser.add_argument(
+        "--idle",
+        metavar="S",
+        type=_positive_seconds,
+        default=DEFAULT_IDLE,
+        help=(
+            "the longest silence allowed, what proxies and load balancers in "
+            "front let pass (default: %(default)g)"
+        ),
+    )
+    check_parser.add_argument(
+        "--origin",
+        metavar="ORIGIN",
+        help="check CORS for a page on this origin (scheme://host[:port])",
+    )
+    check_parser.add_argument(
+        "-H",
+        "--header",
+        metavar="'NAME: VALUE'",
+        type=_header,
+        action="append",
+        default=[],
+        help="an extra request header for the stream and HEAD; repeatable",
+    )
+    check_parser.add_argument(
+        "--publish",
+        metavar="URL",
+        help=(
+            'POST test events ({"data": ...} as JSON) to this URL and '
+            "time their arrival on the stream"
+        ),
+    )
+    check_parser.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help=(
+            "the bearer token for --publish (default: the "
+            f"{TOKEN_VARIABLE} environment variable)"
+        ),
+    )
+    check_parser.add_argument(
+        "--http1.1",
+        dest="http1_1",
+        action="store_true",
+        help="speak HTTP/1.1 over TLS, without offering HTTP/2",
+    )
+    check_parser.add_argument(
+        "--cacert",
+        metavar="FILE",
+        help="trust the certificates in this PEM file, not the system's",
+    )
+
+
+def _usage_problem(options: argparse.Namespace) -> str | None:
+    """What is wrong with the URLs of ``options``, or ``None``."""
+    urls = [("URL", options.url)]
+    if options.command == "check" and options.publish is not None:
+        urls.append(("--publish", options.publish))
+    for name, value in urls:
+        try:
+            strict_url(value)
+        except ValueError as e:
+            return f"bad {name} {value!r}: {e}"
+    if options.command == "check":
+        if options.origin is not None:
+            try:
+                options.origin = _origin(options.origin)
+            except ValueError as e:
+                return f"bad --origin {options.origin!r}: {e}"
+        if options.token is not None and options.publish is None:
+            return "--token needs --publish"
+    return None
+
+
+def _trust(path: str) -> Any:
+    """The certificates of a PEM file, as a trust root for TLS."""
+    from twisted.internet.ssl import Certificate, trustRootFromCertificates
+
+    with open(path, "rb") as pem:
+        text = pem.read()
+    blocks = re.findall(
+        rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", text, re.DOTALL
+    )
+    if not blocks:
+        raise ValueError(f"no certificate in {path}")
+    return trustRootFromCertificates([Certificate.loadPEM(block) for block in blocks])
+
+
+def _colour(out: TextIO) -> bool:
+    if os.environ.get("NO_COLOR"):
+        return False
+    isatty = getattr(out, "isatty", None)
+    return bool(isatty and isatty())
+
+
+async def check(
+    reactor: Any,
+    options: argparse.Namespace,
+    out: TextIO,
+    err: TextIO,
+    connector: Connector | None = None,
+) -> int:
+    """
+    Run ``twisted-sse check``.
+
+    :param reactor: The reactor to run on (time and TCP).
+    :param options: Parsed by :func:`build_parser`.
+    :param out: Where the report goes.
+    :param err: Where usage errors go.
+    :param connector: Opens the connections (by default TCP and TLS on
+        ``reactor``, trusting ``--cacert`` or the system's certificates).
+    :returns: The exit status: 0, 1 if a check failed, 2 on a usage error.
+    """
+    problem = _usage_problem(options)
+    if problem is not None:
+        _say(err, problem)
+        return 2
+    if connector is None:
+        trust = None
+        if options.cacert is not None:
+            try:
+                trust = _trust(options.cacert)
+            except (OSError, ValueError) as e:
+                _say(err, f"bad --cacert: {e}")
+                return 2
+        connector = Connector(reactor, trust=trust, http2=not options.http1_1)
+    token = options.token
+    if token is None and options.publish is not None:
+        token = os.environ.get(TOKEN_VARIABLE)
+    plan = Plan(
+        url=options.url,
+        duration=options.duration,
+        idle=options.idle,
+        headers=tuple(options.header),
+        origin=options.origin,
+        publish_url=options.publish,
+        token=token,
+    )
+    report = judge(await observe(reactor, plan, connector))
+    if options.json:
+        text = json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n"
+    else:
+        text = render_text(report, colour=_colour(out))
+    try:
+        out.write(text)
+        out.flush()
+    except BrokenPipeError:
+        pass
+    return report.exit_code
+
+
 async def listen(
     reactor: IReactorTime,
     options: argparse.Namespace,
@@ -203,6 +492,10 @@ async def listen(
     :param agent: The agent to connect with (a default one if ``None``).
     :returns: The exit status.
     """
+    problem = _usage_problem(options)
+    if problem is not None:
+        _say(err, problem)
+        return 2
     try:
         source = EventSource(
             options.url,
@@ -282,7 +575,8 @@ def _say(err: TextIO, message: str) -> None:
 
 
 async def _run(reactor: IReactorTime, options: argparse.Namespace) -> None:
-    code = await listen(reactor, options, sys.stdout, sys.stderr)
+    command = check if options.command == "check" else listen
+    code = await command(reactor, options, sys.stdout, sys.stderr)
     if code:
         raise SystemExit(code)
 
@@ -300,6 +594,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = build_parser().parse_args(argv)
     except SystemExit as e:  # --help, or a usage error (2)
         return e.code if isinstance(e.code, int) else 2
+    problem = _usage_problem(options)
+    if problem is not None:
+        _say(sys.stderr, problem)
+        return 2
     code = 1
     try:
         react(_run, (options,))
