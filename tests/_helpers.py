@@ -13,6 +13,7 @@ from typing import Any, Self
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
 from twisted_sse import Published, Subscription
@@ -139,3 +140,26 @@ async def connect_raw(port: int, request: bytes) -> RawClient:
     endpoint = TCP4ClientEndpoint(_reactor(), "127.0.0.1", port)
     await endpoint.connect(Factory.forProtocol(lambda: client))
     return client
+
+
+def global_reactor() -> Any:
+    """The global reactor, imported only when a real-reactor test runs."""
+    from twisted.internet import reactor
+
+    return reactor
+
+
+async def sleep(seconds: float) -> None:
+    await deferLater(global_reactor(), seconds, lambda: None)
+
+
+async def until(
+    predicate: Callable[[], object], what: str, timeout: float = 10.0
+) -> None:
+    """Wait (on the reactor) until ``predicate()`` is true."""
+    reactor = global_reactor()
+    deadline = reactor.seconds() + timeout
+    while not predicate():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await sleep(0.01)

@@ -28,7 +28,6 @@ from attrs import frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
-from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -48,29 +47,7 @@ from twisted_sse.testing import parse_events
 
 from . import _helpers
 from . import _redis_tools as tools
-
-
-def _reactor() -> Any:
-    from twisted.internet import reactor
-
-    return reactor
-
-
-async def sleep(seconds: float) -> None:
-    await deferLater(_reactor(), seconds, lambda: None)
-
-
-async def until(
-    predicate: Callable[[], object], what: str, timeout: float = 10.0
-) -> None:
-    """Wait (on the reactor) until ``predicate()`` is true."""
-    reactor = _reactor()
-    deadline = reactor.seconds() + timeout
-    while not predicate():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await sleep(0.01)
-
+from ._helpers import sleep, until
 
 # Fixtures
 
@@ -149,7 +126,9 @@ async def brokers(redis: SharedRedis) -> AsyncIterator[Make]:
 
     def make(address: RedisAddress | None = None, **options: Any) -> RedisBroker:
         options.setdefault("prefix", redis.prefix)
-        broker = RedisBroker(_reactor(), address or redis.address, **options)
+        broker = RedisBroker(
+            _helpers.global_reactor(), address or redis.address, **options
+        )
         broker.startService()
         made.append(broker)
         return broker
@@ -357,7 +336,7 @@ def test_provides_ibroker() -> None:
 
     from twisted_sse._broker import IBroker
 
-    broker = RedisBroker(_reactor(), RedisAddress("127.0.0.1", 1))
+    broker = RedisBroker(_helpers.global_reactor(), RedisAddress("127.0.0.1", 1))
     assert verifyObject(IBroker, broker)
     assert not broker.available
 
@@ -829,12 +808,14 @@ class Partition(Factory):
         near, far = _Side(), _Side()
         near.peer, far.peer = far, near
         self.sides += [near, far]
-        _reactor().connectTCP("127.0.0.1", self.target, _Dial(near, far))
+        _helpers.global_reactor().connectTCP("127.0.0.1", self.target, _Dial(near, far))
         return near
 
     def open(self) -> None:
         """Forward (again, on the same port)."""
-        self.listening = _reactor().listenTCP(self.port, self, interface="127.0.0.1")
+        self.listening = _helpers.global_reactor().listenTCP(
+            self.port, self, interface="127.0.0.1"
+        )
         self.port = self.listening.getHost().port
 
     async def cut(self) -> None:
@@ -926,7 +907,9 @@ async def _request(
         f"Content-Length: {len(body)}\r\n{headers}\r\n".encode()
         + body
     )
-    await connectProtocol(TCP4ClientEndpoint(_reactor(), "127.0.0.1", port), client)
+    await connectProtocol(
+        TCP4ClientEndpoint(_helpers.global_reactor(), "127.0.0.1", port), client
+    )
     await client.lost
     head, _, rest = client.data.partition(b"\r\n\r\n")
     code = int(head.split()[1])
@@ -953,7 +936,7 @@ async def test_redis_restart_over_http(server: tools.RedisServer) -> None:
     /healthz says down; Redis back, empty: the same streams are told that
     history was lost (an id they resume from exactly), then get new events.
     """
-    reactor = _reactor()
+    reactor = _helpers.global_reactor()
     broker = RedisBroker(reactor, RedisAddress("127.0.0.1", server.port), timeout=1)
     app = SSEApp(reactor, broker=broker, heartbeat=0.2, publish_token="T")
     port = reactor.listenTCP(0, Site(app.resource()), interface="127.0.0.1")
@@ -1029,7 +1012,7 @@ async def _stream(port: int, last_event_id: str) -> _helpers.RawClient:
         b"GET /channels/news HTTP/1.1\r\nHost: x\r\n"
         + f"Last-Event-ID: {last_event_id}\r\n\r\n".encode()
     )
-    endpoint = TCP4ClientEndpoint(_reactor(), "127.0.0.1", port)
+    endpoint = TCP4ClientEndpoint(_helpers.global_reactor(), "127.0.0.1", port)
     await connectProtocol(endpoint, stream)
     await until(lambda: b"\r\n\r\n" in stream.data, "the headers")
     return stream
@@ -1038,7 +1021,7 @@ async def _stream(port: int, last_event_id: str) -> _helpers.RawClient:
 @pytest_twisted.ensureDeferred
 async def test_http_resume_over_redis(brokers: Make) -> None:
     """Over HTTP: a trimmed Last-Event-ID gets the loss signal, a kept one the rest."""
-    reactor = _reactor()
+    reactor = _helpers.global_reactor()
     broker = brokers(history=10)
     await ready(broker)
     ids = [await broker.publish("news", Event(data=str(n))) for n in range(300)]
@@ -1074,7 +1057,7 @@ async def test_http_resume_over_redis(brokers: Make) -> None:
 @pytest_twisted.ensureDeferred
 async def test_starts_before_redis(server: tools.RedisServer) -> None:
     """A broker started while Redis is down connects when it comes up."""
-    reactor = _reactor()
+    reactor = _helpers.global_reactor()
     server.kill()
     broker = RedisBroker(reactor, RedisAddress("127.0.0.1", server.port))
     broker.startService()
@@ -1098,7 +1081,7 @@ async def test_starts_before_redis(server: tools.RedisServer) -> None:
 @pytest_twisted.ensureDeferred
 async def test_frozen_redis(server: tools.RedisServer) -> None:
     """A Redis that stops answering fails publishes after the timeout."""
-    reactor = _reactor()
+    reactor = _helpers.global_reactor()
     broker = RedisBroker(
         reactor, RedisAddress("127.0.0.1", server.port), timeout=0.5, block_ms=200
     )
@@ -1128,7 +1111,7 @@ async def test_frozen_redis(server: tools.RedisServer) -> None:
 async def test_password_and_database(server: tools.RedisServer) -> None:
     """AUTH and SELECT come from the URL; a wrong password never connects."""
     tools.command(server.port, "CONFIG", "SET", "requirepass", "s3cret")
-    reactor = _reactor()
+    reactor = _helpers.global_reactor()
     base = f"127.0.0.1:{server.port}/5"
     good = RedisBroker(reactor, parse_redis_url(f"redis://:s3cret@{base}"))
     bad = RedisBroker(reactor, parse_redis_url(f"redis://:wrong@{base}"))
@@ -1157,7 +1140,7 @@ async def test_tls(tmp_path: Path) -> None:
 
     key, certificate = self_signed(tmp_path)
     with tools.RedisServer(tls=(str(key), str(certificate))) as server:
-        reactor = _reactor()
+        reactor = _helpers.global_reactor()
         url = f"rediss://localhost:{server.tls_port}/0"
         trusted = RedisBroker(
             reactor, parse_redis_url(f"{url}?ssl_ca_certs={certificate}")
@@ -1183,7 +1166,7 @@ async def test_tls(tmp_path: Path) -> None:
 @pytest_twisted.ensureDeferred
 async def test_stop_leaves_nothing(redis: SharedRedis) -> None:
     """stop() closes both connections and leaves no timer behind."""
-    reactor = _reactor()
+    reactor = _helpers.global_reactor()
     before = set(reactor.getDelayedCalls())
     broker = RedisBroker(reactor, redis.address, prefix=redis.prefix)
     broker.startService()

@@ -18,36 +18,14 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet.defer import gatherResults
-from twisted.internet.task import deferLater
 
 from twisted_sse import Event, RedisAddress, RedisBroker
-from twisted_sse._broker import HISTORY_LOST_EVENT, Published, Subscription
+from twisted_sse._broker import HISTORY_LOST_EVENT, Published
 from twisted_sse.testing import parse_events
 
 from . import _helpers
 from . import _redis_tools as tools
-
-
-def _reactor() -> Any:
-    from twisted.internet import reactor
-
-    return reactor
-
-
-async def sleep(seconds: float) -> None:
-    await deferLater(_reactor(), seconds, lambda: None)
-
-
-async def until(
-    predicate: Callable[[], object], what: str, timeout: float = 10.0
-) -> None:
-    """Wait (on the reactor) until ``predicate()`` is true."""
-    reactor = _reactor()
-    deadline = reactor.seconds() + timeout
-    while not predicate():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await sleep(0.01)
+from ._helpers import sleep, until
 
 
 def _need(reason: str | None) -> None:
@@ -68,24 +46,8 @@ class Collector(_helpers.Collector):
         return [p for p in self.got if p.key == HISTORY_LOST_EVENT]
 
 
-class Pacer(Collector):
-    """A subscriber with room for ``room`` events at a time."""
-
-    def __init__(self, room: int) -> None:
-        super().__init__()
-        self.room = room
-        self.left = room
-
-    def __call__(self, published: Published) -> bool:
-        super().__call__(published)
-        self.left -= 1
-        return self.left > 0
-
-    def take(self, subscription: Subscription, room: int | None = None) -> None:
-        """The client read everything: room again."""
-        self.room = self.room if room is None else room
-        self.left = self.room
-        subscription.resume_replay()
+class Pacer(Collector, _helpers.Pacer):
+    """A paced subscriber (see ``_helpers.Pacer``) that can be waited on."""
 
 
 @pytest.fixture
@@ -106,7 +68,7 @@ async def on_server(server: tools.RedisServer) -> AsyncIterator[Make]:
 
     def make(**options: Any) -> RedisBroker:
         broker = RedisBroker(
-            _reactor(), RedisAddress("127.0.0.1", server.port), **options
+            _helpers.global_reactor(), RedisAddress("127.0.0.1", server.port), **options
         )
         broker.startService()
         made.append(broker)
@@ -135,7 +97,7 @@ async def on_shared(shared: tuple[RedisAddress, str]) -> AsyncIterator[Make]:
 
     def make(**options: Any) -> RedisBroker:
         options.setdefault("prefix", prefix)
-        broker = RedisBroker(_reactor(), address, **options)
+        broker = RedisBroker(_helpers.global_reactor(), address, **options)
         broker.startService()
         made.append(broker)
         return broker

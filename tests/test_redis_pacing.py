@@ -34,27 +34,8 @@ from twisted_sse._redis._address import RedisAddress
 from twisted_sse._redis._broker import RedisBroker
 from twisted_sse._redis._entries import Snapshot, published_from_fields, restart_point
 
-from ._helpers import Collector
+from ._helpers import Collector, Pacer
 from ._redis_tools import FakeRedis, fake_broker
-
-
-class _Pacer(Collector):
-    """A subscriber with room for ``room`` events at a time."""
-
-    def __init__(self, room: int) -> None:
-        super().__init__()
-        self.room = room
-        self.left = room
-
-    def __call__(self, published: Published) -> bool:
-        super().__call__(published)
-        self.left -= 1
-        return self.left > 0
-
-    def take(self, subscription: Subscription) -> None:
-        """The client read everything: room again."""
-        self.left = self.room
-        subscription.resume_replay()
 
 
 def _epoch(event_id: str) -> str:
@@ -134,7 +115,7 @@ class PacedReplayTests(FakeRedisTestCase):
         start = self.position(broker, "a")
         for n in range(1, 11):
             self.publish(broker, "a", str(n))
-        pacer = _Pacer(3)
+        pacer = Pacer(3)
         with _pages(4):
             _, subscription = self.subscribe(broker, "a", pacer, start)
             self.assertEqual(pacer.data, ["1", "2", "3"])
@@ -161,7 +142,7 @@ class PacedReplayTests(FakeRedisTestCase):
         broker = self.broker()
         start = self.position(broker, "a")
         ids = [self.publish(broker, "a", str(n)) for n in range(10)]
-        pacer = _Pacer(2)
+        pacer = Pacer(2)
         with _pages(5):
             _, subscription = self.subscribe(broker, "a", pacer, start)
             reads = len(self.page_reads())
@@ -182,7 +163,7 @@ class PacedReplayTests(FakeRedisTestCase):
         start = self.position(broker, "a")
         for n in range(30):
             self.publish(broker, "a", str(n))
-        pacer = _Pacer(10)
+        pacer = Pacer(10)
         with _pages(10):
             _, subscription = self.subscribe(broker, "a", pacer, start)
             self.assertEqual(len(self.page_reads()), 1)
@@ -198,7 +179,7 @@ class PacedReplayTests(FakeRedisTestCase):
         start = self.position(broker, "a")
         for _ in range(20):
             self.publish(broker, "a", "x" * 100)
-        pacer = _Pacer(1)
+        pacer = Pacer(1)
         with _pages(1000, size=250):
             _, subscription = self.subscribe(broker, "a", pacer, start)
             first = self.page_reads()
@@ -216,7 +197,7 @@ class PacedReplayTests(FakeRedisTestCase):
         broker = self.broker()
         start = self.position(broker, "a")
         ids = [self.publish(broker, "a", str(n)) for n in range(5)]
-        pacer = _Pacer(1)
+        pacer = Pacer(1)
         with _pages(2):
             _, subscription = self.subscribe(broker, "a", pacer, start)
             ids += [self.publish(broker, "a", str(n)) for n in range(5, 25)]
@@ -259,7 +240,7 @@ class PacedReplayTests(FakeRedisTestCase):
         start = self.position(broker, "a")
         self.publish(broker, "a", "1")
         self.publish(broker, "a", "2")
-        pacer = _Pacer(1)
+        pacer = Pacer(1)
         _, subscription = self.subscribe(broker, "a", pacer, start)
         self.assertEqual(broker.subscriber_count("a"), 1)
         subscription.cancel()
@@ -300,7 +281,7 @@ class PacedReplayTests(FakeRedisTestCase):
         broker = self.broker(history=5)
         start = self.position(broker, "a")
         ids = [self.publish(broker, "a", str(n)) for n in range(1, 6)]
-        pacer = _Pacer(2)
+        pacer = Pacer(2)
         _, subscription = self.subscribe(broker, "a", pacer, start)
         self.assertEqual(pacer.ids, ids[:2])
         ids += [self.publish(broker, "a", str(n)) for n in range(6, 11)]
@@ -407,7 +388,7 @@ class PacedReplayTests(FakeRedisTestCase):
             first.cancel()
             publish(before)
             resume_id = [first.position, *redis.published][min(resume, before)]
-            pacer = _Pacer(1)
+            pacer = Pacer(1)
             subscription = self.successResultOf(broker.subscribe("a", pacer, resume_id))
             # Replies come when the round says: the reader and the replay
             # each may be behind the other.
@@ -616,7 +597,7 @@ class EpochTests(FakeRedisTestCase):
         start = self.position(broker, "a")
         for n in range(5):
             self.publish(broker, "a", str(n))
-        pacer = _Pacer(2)
+        pacer = Pacer(2)
         _, subscription = self.subscribe(broker, "a", pacer, start)
         self.redis.flush()
         self.clock.advance(1)
@@ -733,7 +714,7 @@ class CheckedOnceTests(FakeRedisTestCase):
             self.clock.advance(0.001)
             self.redis.xadd(key, fields)
             good.append(self.publish(broker, "a", f"good {len(good)}"))
-        pacers = [_Pacer(1) for _ in range(2)]
+        pacers = [Pacer(1) for _ in range(2)]
         with _pages(1):
             live, _ = self.subscribe(broker, "a")
             for pacer in pacers:
@@ -839,7 +820,7 @@ class ChannelTTLTests(FakeRedisTestCase):
         start = self.position(broker, "a")
         self.publish(broker, "a", "x")
         self.publish(broker, "a", "y")
-        pacer = _Pacer(1)
+        pacer = Pacer(1)
         _, subscription = self.subscribe(broker, "a", pacer, start)
         broker._commands.lose()
         pacer.take(subscription)  # the page read fails: retried later
