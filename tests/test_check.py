@@ -327,6 +327,21 @@ class DeliveryTests(JudgementTests):
         )
         self.judged(check_delivery, obs, "fail", "20 of 20")
 
+    def test_stall_in_a_fast_stream(self) -> None:
+        """
+        A stream of an event every 5 ms that stalls once is not buffering:
+        only the backlog that came at once is a burst.
+        """
+        events = steady(100, every=0.005)
+        backlog = tuple(Arrival(at=1.2, data=str(n), read=500) for n in range(10))
+        after = tuple(
+            Arrival(at=1.2 + n * 0.005, data=str(n), read=501 + n)
+            for n in range(1, 100)
+        )
+        events += backlog + after
+        obs = observed(stream=stream(events=events, reads=reads_of(events)))
+        self.judged(check_delivery, obs, "warn", "11 of 209 events", "1 burst")
+
     def test_one_small_burst_warns(self) -> None:
         """A burst among many single events only warns."""
         events = steady(10) + tuple(

@@ -347,20 +347,24 @@ def check_frames(obs: Observations) -> Check:
 
 def _bursts(stream: StreamObservation) -> list[tuple[int, float]]:
     """
-    The bursts of a stream: runs of at least :data:`BURST_EVENTS` events
-    that arrived together (in one read, or :data:`BURST_GAP` apart) after
-    at least :data:`BURST_SILENCE` without a byte of the body.  Before the
-    first byte, the silence counts from the request, not the head: a
-    buffering proxy holds the head too.
+    The bursts of a stream: at least :data:`BURST_EVENTS` events that
+    arrived together (in the read of the first, or within
+    :data:`BURST_GAP` of it) after at least :data:`BURST_SILENCE` without
+    a byte of the body.  Before the first byte, the silence counts from the
+    request, not the head: a buffering proxy holds the head too.
+
+    A burst is what came with its first event, not a chain of events each
+    close to the one before: a steady fast stream after one stall of the
+    checker is a burst (its backlog) and the rest, not one long burst.
 
     :returns: ``(events, silence before)`` of each.
     """
     reads = [at for at, _ in stream.reads]
     groups: list[list[Arrival]] = []
     for event in stream.events:
-        last = groups[-1][-1] if groups else None
-        if last is not None and (
-            event.read == last.read or event.at - last.at <= BURST_GAP
+        first = groups[-1][0] if groups else None
+        if first is not None and (
+            event.read == first.read or event.at - first.at <= BURST_GAP
         ):
             groups[-1].append(event)
         else:

@@ -13,6 +13,7 @@ recorder's to bound.  HTTP/2 uses the ``h2`` package (``Twisted[http2]``).
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
@@ -597,7 +598,8 @@ class Connector:
     :ivar reactor: A reactor with TCP and time.
     :ivar trust: The certificates to trust over TLS (the platform's if
         ``None``).
-    :ivar http2: Whether to offer HTTP/2 over TLS.
+    :ivar http2: Whether to offer HTTP/2 over TLS (when the ``h2`` package
+        is installed).
     :ivar endpoint_for: How to reach a URL's host; a TCP or TLS endpoint on
         ``reactor`` by default (tests give their own).
     """
@@ -617,7 +619,9 @@ class Connector:
             self.reactor, host, url.port, timeout=CONNECT_TIMEOUT
         )
         if url.scheme == "https":
-            protocols = [b"h2", b"http/1.1"] if self.http2 else [b"http/1.1"]
+            # Offered only when it can be spoken: h2 is an optional extra.
+            h2 = self.http2 and importlib.util.find_spec("h2") is not None
+            protocols = [b"h2", b"http/1.1"] if h2 else [b"http/1.1"]
             options = optionsForClientTLS(
                 host, trustRoot=self.trust, acceptableProtocols=protocols
             )
