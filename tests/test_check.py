@@ -87,6 +87,7 @@ def stream(**kwargs: Any) -> StreamObservation:
         "longest_silence": 0.5,
         "end": "window",
         "ended_at": 3.0,
+        "lines": 6,
     }
     defaults.update(kwargs)
     defaults.setdefault("event_count", len(defaults.get("events", ())))
@@ -167,8 +168,17 @@ class StatusTests(JudgementTests):
 
     def test_no_response(self) -> None:
         """No head in the watch fails, naming a buffering proxy as a cause."""
-        obs = observed(stream=stream(head=None, error="no response in 3.0 s"))
+        obs = observed(
+            stream=stream(head=None, error="no response in 3.0 s"), head_request=None
+        )
         self.judged(check_status, obs, "fail", "no response in 3.0 s", "buffering")
+
+    def test_no_response_but_head(self) -> None:
+        """No head for the GET while HEAD was answered: buffering, plainly."""
+        obs = observed(stream=stream(head=None, error="no response in 3.0 s"))
+        self.judged(
+            check_status, obs, "fail", "HEAD was answered in 10 ms", "buffering proxy"
+        )
 
     def test_error(self) -> None:
         """A connection error is the reason."""
@@ -282,6 +292,8 @@ class StreamTests(JudgementTests):
         self.judged(check_frames, obs, "fail", "an id with a NUL (4 times)")
         obs = observed(stream=stream(issues=issues[:1]))
         self.judged(check_frames, obs, "warn", "unknown field")
+        obs = observed(stream=stream(lines=0))
+        self.judged(check_frames, obs, "skip", "no whole line")
 
     def test_heartbeat(self) -> None:
         """A silence of --idle or more fails, named; shorter passes."""

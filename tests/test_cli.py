@@ -460,10 +460,21 @@ class CheckOptionTests(SynchronousTestCase):
         self.assertEqual(options.header, [("Authorization", "Bearer a"), ("X-A", "b")])
 
     def test_bad_cacert(self) -> None:
-        """A --cacert file that cannot be read is a usage error."""
-        code, err = usage("check", URL, "--cacert", "/nonexistent/ca.pem")
-        self.assertEqual(code, 2)
-        self.assertIn("--cacert", err)
+        """
+        A --cacert file that is missing, or holds no certificate or a broken
+        one, is a usage error, found before the reactor runs.
+        """
+        junk = self.mktemp()
+        Path(junk).write_text(
+            "-----BEGIN CERTIFICATE-----\nzz\n-----END CERTIFICATE-----\n"
+        )
+        empty = self.mktemp()
+        Path(empty).write_text("nothing here\n")
+        for path in ["/nonexistent/ca.pem", junk, empty]:
+            code, err = usage("check", URL, "--cacert", path)
+            self.assertEqual(code, 2, path)
+            self.assertEqual(len(err.splitlines()), 1, err)
+            self.assertIn("bad --cacert", err)
 
     def test_every_option_documented(self) -> None:
         """Every option of every command has an entry under its program in cli.rst."""

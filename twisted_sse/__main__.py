@@ -378,7 +378,11 @@ def _add_check(commands: Any) -> None:
 
 
 def _usage_problem(options: argparse.Namespace) -> str | None:
-    """What is wrong with the URLs of ``options``, or ``None``."""
+    """
+    What is wrong with ``options`` that the parser cannot see (a URL, the
+    ``--origin``, a ``--cacert`` file), or ``None``: found before the
+    reactor runs.
+    """
     urls = [("URL", options.url)]
     if options.command == "check" and options.publish is not None:
         urls.append(("--publish", options.publish))
@@ -395,6 +399,11 @@ def _usage_problem(options: argparse.Namespace) -> str | None:
                 return f"bad --origin {options.origin!r}: {e}"
         if options.token is not None and options.publish is None:
             return "--token needs --publish"
+        if options.cacert is not None:
+            try:
+                _trust(options.cacert)
+            except (OSError, ValueError) as e:
+                return f"bad --cacert: {e}"
     return None
 
 
@@ -409,7 +418,11 @@ def _trust(path: str) -> Any:
     )
     if not blocks:
         raise ValueError(f"no certificate in {path}")
-    return trustRootFromCertificates([Certificate.loadPEM(block) for block in blocks])
+    try:
+        certificates = [Certificate.loadPEM(block) for block in blocks]
+    except Exception as e:  # OpenSSL's errors
+        raise ValueError(f"a certificate in {path} cannot be read") from e
+    return trustRootFromCertificates(certificates)
 
 
 def _colour(out: TextIO) -> bool:

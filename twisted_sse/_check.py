@@ -116,7 +116,15 @@ def check_status(obs: Observations) -> Check:
     stream = obs.stream
     if stream is None or stream.head is None:
         error = (stream.error if stream else None) or "no response"
-        if error.startswith("no response in"):
+        answered = obs.head_request
+        if not error.startswith("no response in"):
+            pass
+        elif answered is not None and answered.head is not None:
+            error += (
+                f", though HEAD was answered in {_seconds(answered.head_at or 0.0)}: "
+                "something between holds the streamed response (a buffering proxy)"
+            )
+        else:
             error += (
                 ": the server sent no status line (a server that never answers, "
                 "or a proxy buffering the whole response)"
@@ -328,6 +336,8 @@ def check_frames(obs: Observations) -> Check:
     if not stream.readable and not stream.issues:
         return make("skip", _UNREADABLE)
     details = {"lines": stream.lines, "events": stream.event_count}
+    if not stream.lines and not stream.issues:
+        return make("skip", "no whole line arrived")
     levels: tuple[Status, ...] = ("fail", "warn")
     for level in levels:
         found = [issue for issue in stream.issues if issue.level == level]
@@ -776,10 +786,10 @@ class Report:
         }
 
     def to_json(self) -> dict[str, object]:
-        """The report as one JSON-ready document."""
+        """The report as one JSON-ready document (seconds to 0.1 ms)."""
         obs = self.observations
         stream = obs.stream
-        return {
+        document: dict[str, object] = {
             "url": obs.url,
             "final_url": stream.final_url if stream else obs.url,
             "duration": obs.window,
@@ -797,6 +807,20 @@ class Report:
                 for check in self.checks
             ],
         }
+        rounded = _rounded(document)
+        assert isinstance(rounded, dict)
+        return rounded
+
+
+def _rounded(value: object) -> object:
+    """``value`` with every float in it rounded to 0.1 ms."""
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, dict):
+        return {key: _rounded(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_rounded(item) for item in value]
+    return value
 
 
 def judge(obs: Observations) -> Report:

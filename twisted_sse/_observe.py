@@ -131,7 +131,8 @@ class StreamObservation:
     :ivar trailing_silence: The silence at the end.
     :ivar events: The events (the first :data:`MAX_RECORDS`).
     :ivar event_count: How many events arrived.
-    :ivar byte_count: How many bytes of body arrived (decoded).
+    :ivar byte_count: How many bytes of body arrived (without the HTTP/1.1
+        chunking, before any decompression).
     :ivar issues: What is wrong in the bytes.
     :ivar lines: How many lines were read.
     :ivar retry: The last valid ``retry`` value.
@@ -572,8 +573,8 @@ class _StreamRecorder(Recorder):
             self.first_byte_at = now
         self._silence(now)
         self.read_count += 1
+        self.byte_count += len(data)
         if not self.readable:
-            self.byte_count += len(data)
             return None
         try:
             pieces = self._decode(data)
@@ -581,10 +582,8 @@ class _StreamRecorder(Recorder):
             self.readable = False
             self.parser.note("decode", "fail", f"the compressed body is corrupt: {e}")
             return None
-        size = sum(len(piece) for piece in pieces)
-        self.byte_count += size
         if len(self.reads) < MAX_RECORDS:
-            self.reads.append((now, size))
+            self.reads.append((now, len(data)))
         for piece in pieces:
             try:
                 events = self.parser.feed(piece)
