@@ -12,6 +12,8 @@ import argparse
 import io
 import json
 import re
+import shutil
+import tempfile
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
@@ -464,13 +466,13 @@ class CheckOptionTests(SynchronousTestCase):
         A --cacert file that is missing, or holds no certificate or a broken
         one, is a usage error, found before the reactor runs.
         """
-        junk = self.mktemp()
-        Path(junk).write_text(
-            "-----BEGIN CERTIFICATE-----\nzz\n-----END CERTIFICATE-----\n"
-        )
-        empty = self.mktemp()
-        Path(empty).write_text("nothing here\n")
-        for path in ["/nonexistent/ca.pem", junk, empty]:
+        directory = Path(tempfile.mkdtemp(prefix="twisted-sse-cli-"))
+        self.addCleanup(shutil.rmtree, directory, True)
+        junk = directory / "junk.pem"
+        junk.write_text("-----BEGIN CERTIFICATE-----\nzz\n-----END CERTIFICATE-----\n")
+        empty = directory / "empty.pem"
+        empty.write_text("nothing here\n")
+        for path in ["/nonexistent/ca.pem", str(junk), str(empty)]:
             code, err = usage("check", URL, "--cacert", path)
             self.assertEqual(code, 2, path)
             self.assertEqual(len(err.splitlines()), 1, err)
