@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from twisted_sse import _guard
+from twisted_sse import _twisted
 from twisted_sse._guard import (
     ABORT_GRACE,
     DEFAULT_BACKLOG,
@@ -467,11 +467,11 @@ class UnavailableTests(SynchronousTestCase):
         Without Twisted's HTTP/1.1-or-h2 proxy class, the guard says so and
         the site keeps Twisted's own channels.
         """
-        self.patch(_guard, "_PROXY_CHECKED", False)
-        self.patch(_guard, "_PROXY", None)
-        self.patch(_guard, "http", types.SimpleNamespace())
+        self.patch(_twisted, "_PROXY_CHECKED", False)
+        self.patch(_twisted, "_PROXY", None)
+        self.patch(_twisted, "http", types.SimpleNamespace())
         events: list[LogEvent] = []
-        self.patch(_guard, "_log", _logger(events))
+        self.patch(_twisted, "_log", _logger(events))
         guard = ConnectionGuard(MemoryReactorClock(), count_fds=lambda: None)
         self.assertFalse(guard.available)
         self.assertIn("builds its HTTP channels differently", events[0]["log_format"])

@@ -33,7 +33,7 @@ from twisted.web.server import Site
 from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
 
-from twisted_sse import Event, EventParser, EventStream, EventStreamService, _stream
+from twisted_sse import Event, EventParser, EventStream, EventStreamService, _registry
 from twisted_sse._app import SSEApp
 from twisted_sse._broker import (
     BrokerUnavailable,
@@ -47,7 +47,8 @@ from twisted_sse._hub import (
     Hub,
     bearer_token_authorizer,
 )
-from twisted_sse._stream import SlowClientPolicy, StreamRegistry
+from twisted_sse._registry import StreamRegistry
+from twisted_sse._stream import SlowClientPolicy
 from twisted_sse._tap import LINGER, Options, _CappedBody, _Site
 from twisted_sse.testing import SSETestClient, SSETestResponse
 
@@ -1678,12 +1679,12 @@ class DrainTests(SynchronousTestCase):
         self.step_until(lambda: bool(fired), 10)
         self.assertEqual(len(self.ended), 20)
         # 20 streams at DRAIN_RATE per second need 20 / DRAIN_RATE seconds.
-        self.assertLessEqual(max(self.ended), 20 / _stream.DRAIN_RATE)
+        self.assertLessEqual(max(self.ended), 20 / _registry.DRAIN_RATE)
         self.assertGreater(len(set(self.ended)), 15)
 
     def test_ends_within_window(self) -> None:
         """However many streams, the last one ends within the window."""
-        self.patch(_stream, "DRAIN_RATE", 2.0)
+        self.patch(_registry, "DRAIN_RATE", 2.0)
         fired: list[float] = []
         self.hub.registry.drain(3.0).addCallback(
             lambda _: fired.append(self.hub.clock.seconds())
@@ -1738,7 +1739,7 @@ class DrainTests(SynchronousTestCase):
 
     def test_service(self) -> None:
         """stopService drains the streams, then closes the port, then fires."""
-        self.patch(_stream, "DRAIN_RATE", 5.0)
+        self.patch(_registry, "DRAIN_RATE", 5.0)
         port = _Port()
         port.clock = self.hub.clock
         service = EventStreamService(

@@ -37,6 +37,7 @@ from ._client import (
     ReadyState,
 )
 from ._event import MAX_RETRY, Event, MessageEvent, encode_comment, encode_retry
+from ._heartbeat import DEFAULT_HEARTBEAT, Heartbeat
 from ._hub import (
     DEFAULT_MAX_EVENT_BYTES,
     HISTORY_LOST_EVENT,
@@ -57,18 +58,10 @@ from ._parser import (
 )
 from ._redis._address import RedisAddress, parse_redis_url
 from ._redis._broker import RedisBroker
+from ._registry import StreamRegistry
+from ._resource import EventStreamResource, StreamResource, counter
 from ._service import EventStreamService
-from ._stream import (
-    DEFAULT_HEARTBEAT,
-    EventStream,
-    EventStreamResource,
-    Heartbeat,
-    SlowClientPolicy,
-    StreamHandler,
-    StreamRegistry,
-    StreamResource,
-    counter,
-)
+from ._stream import EventStream, SlowClientPolicy, StreamHandler
 
 if TYPE_CHECKING:
     from ._app import SSEApp

@@ -15,15 +15,11 @@ from twisted.web.pages import notFound
 from twisted.web.resource import IResource
 
 from ._broker import IBroker, MemoryBroker
+from ._heartbeat import DEFAULT_HEARTBEAT, Heartbeat
 from ._hub import Hub
 from ._metrics import MetricsResource, SSECollector
-from ._stream import (
-    DEFAULT_HEARTBEAT,
-    EventStreamResource,
-    Heartbeat,
-    StreamRegistry,
-    counter,
-)
+from ._registry import StreamRegistry
+from ._resource import EventStreamResource, counter
 
 __all__ = ["SSEApp"]
 

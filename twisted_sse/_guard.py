@@ -35,10 +35,10 @@ from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import ILogObserver, LogEvent, Logger, LogPublisher
-from twisted.python.failure import Failure
-from twisted.web import http
 from twisted.web.http import HTTPChannel
 from zope.interface import implementer
+
+from ._twisted import guarded_protocol_class
 
 try:
     import resource
@@ -158,6 +158,14 @@ class GuardedChannel(HTTPChannel):
             self.guard._awaiting_head(self)
         super().requestDone(request)  # type: ignore[no-untyped-call]
 
+    def switched_to_h2(self) -> None:
+        """ALPN switched the connection to HTTP/2: it has its own timer."""
+        self.guard._upgraded(self)
+
+    def connection_closed(self) -> None:
+        """The connection ended (over HTTP/1.x or HTTP/2)."""
+        self.guard._closed(self)
+
 
 @implementer(ILogObserver)
 class ConnectionGuard:
@@ -215,7 +223,7 @@ class ConnectionGuard:
         self.episodes = 0
         self._count_fds = count_fds
         self._log = log
-        self._proxy = _guarded_protocol_class()
+        self._proxy = guarded_protocol_class()
         #: Connections (counted) from their start to their end.
         self._open = 0
         #: Descriptors the process holds besides its client connections.
@@ -237,7 +245,7 @@ class ConnectionGuard:
         """
         Whether this Twisted lets the guard see request heads; when it does
         not, the site keeps Twisted's own channels and the guard does
-        nothing (see :func:`_guarded_protocol_class`).
+        nothing (see :func:`~twisted_sse._twisted.guarded_protocol_class`).
         """
         return self._proxy is not None
 
@@ -487,86 +495,6 @@ class ConnectionGuard:
         self._evicting.add(channel)
         # No answer, no lingering: the descriptor is what is wanted.
         transport.abortConnection()
-
-
-# --- Twisted private names --------------------------------------------------
-# Besides the stream's direct writer (``_stream``), the only place in this
-# project that uses them.  Twisted's Site builds its
-# channels with the private http._genericHTTPChannelProtocolFactory: an
-# http._GenericHTTPChannelProtocol proxy around an HTTPChannel, which swaps
-# the channel for an H2Connection when ALPN picks h2.  The guard needs its own
-# channel class in that proxy, and to see the swap (the old channel is then
-# dropped without connectionLost) and the connection's end.  Checked once,
-# at the first ConnectionGuard; when the check fails, the guard is
-# unavailable and the site keeps Twisted's channels (a warning says so).
-
-_PROXY_CHECKED = False
-_PROXY: Any = None
-
-
-def _guarded_protocol_class() -> Any:
-    """
-    A subclass of Twisted's ``_GenericHTTPChannelProtocol`` that reports the
-    switch to HTTP/2 and the end of the connection to the guard of its
-    :class:`GuardedChannel`; ``None`` if this Twisted has no such class or
-    it does not behave as expected.
-    """
-    global _PROXY_CHECKED, _PROXY
-    if _PROXY_CHECKED:
-        return _PROXY
-    _PROXY_CHECKED = True
-    base = getattr(http, "_GenericHTTPChannelProtocol", None)
-    try:
-        probe = HTTPChannel()
-        usable = (
-            isinstance(base, type)
-            and getattr(base(probe), "_channel", None) is probe
-            and callable(getattr(base, "dataReceived", None))
-            and callable(getattr(base, "connectionLost", None))
-        )
-    except Exception:
-        usable = False
-    if not usable:
-        _log.warn(
-            "This Twisted ({version}) builds its HTTP channels differently: "
-            "no request-head deadline, and no closing of connections without "
-            "a request head when file descriptors run short",
-            version=_twisted_version(),
-        )
-        return None
-
-    class GuardedProtocol(base):  # type: ignore[misc,valid-type]
-        """Twisted's HTTP/1.1-or-h2 proxy, around a :class:`GuardedChannel`."""
-
-        _watching = True
-
-        def __init__(self, channel: GuardedChannel) -> None:
-            super().__init__(channel)
-            self._guarded = channel
-
-        def dataReceived(self, data: bytes) -> None:
-            if not self._watching:
-                return super().dataReceived(data)  # type: ignore[no-any-return]
-            # The first bytes are where Twisted switches to HTTP/2.
-            self._watching = False
-            super().dataReceived(data)
-            if self._channel is not self._guarded:
-                self._guarded.guard._upgraded(self._guarded)
-
-        def connectionLost(self, reason: Failure) -> None:
-            try:
-                super().connectionLost(reason)
-            finally:
-                self._guarded.guard._closed(self._guarded)
-
-    _PROXY = GuardedProtocol
-    return _PROXY
-
-
-def _twisted_version() -> str:
-    import twisted
-
-    return str(getattr(twisted, "__version__", "?"))
 
 
 # --- Start-up ---------------------------------------------------------------

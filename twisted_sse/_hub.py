@@ -36,15 +36,11 @@ from ._broker import (
     valid_channel,
 )
 from ._event import Event
-from ._stream import (
-    DEFAULT_HEARTBEAT,
-    EventStream,
-    Heartbeat,
-    SlowClientPolicy,
-    StreamRegistry,
-    StreamResource,
-    _default_clock,
-)
+from ._heartbeat import DEFAULT_HEARTBEAT, Heartbeat
+from ._registry import StreamRegistry
+from ._resource import StreamResource, default_clock
+from ._stream import EventStream, SlowClientPolicy
+from ._twisted import forget_notification
 
 __all__ = [
     "DEFAULT_MAX_EVENT_BYTES",
@@ -209,7 +205,7 @@ class _Handoff:
         self._limit_bytes = self.backlog_bytes + self._max_bytes
         # The stream calls stream_resumed and stream_closed: no callback
         # objects per subscriber.
-        stream._feeder = self
+        stream.feeder = self
         self._pump()
 
     def stream_resumed(self) -> None:
@@ -312,7 +308,7 @@ class Hub:
         if publish_token is not None and not publish_token:
             raise ValueError("publish_token must not be empty (use None to disable)")
         self.broker = broker
-        self.clock = clock if clock is not None else _default_clock()
+        self.clock = clock if clock is not None else default_clock()
         self.registry = registry if registry is not None else StreamRegistry(self.clock)
         self.heartbeat = (
             heartbeat_timer
@@ -628,7 +624,7 @@ class ChannelResource(StreamResource):
                     self.channel, subscription.position, subscription.history_lost
                 ).frame
             )
-        if finished is not None and _forget_notification(request, finished):
+        if finished is not None and forget_notification(request, finished):
             # Nothing finished the request while it waited: the stream now
             # learns of its end itself (on the direct path, without a
             # Deferred of its own).
@@ -646,8 +642,9 @@ class ChannelResource(StreamResource):
             cached = self._opening = (position, frame)
         return cached[1]
 
-    def _stream_closed(self, stream: EventStream) -> None:
-        super()._stream_closed(stream)
+    def stream_closed(self, stream: EventStream) -> None:
+        """Forget ``stream``, and the channel's resource with its last stream."""
+        super().stream_closed(stream)
         live = self.hub._live
         if not self.streams and live.get(self.channel) is self:
             del live[self.channel]
@@ -795,18 +792,6 @@ def _make_event(**fields: Any) -> Event:
         return Event(**fields)
     except ValueError as error:
         raise _BadRequest(400, str(error)) from None
-
-
-def _forget_notification(request: Any, finished: Deferred[None]) -> bool:
-    """
-    Take ``finished``, which the hub asked for and gave no callbacks, out of
-    ``request``'s notifications; whether it could.
-    """
-    notifications = getattr(request, "notifications", None)
-    if not isinstance(notifications, list) or finished not in notifications:
-        return False
-    notifications.remove(finished)
-    return True
 
 
 def _abandon(finished: Deferred[None]) -> None:

@@ -24,7 +24,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 from twisted.web.resource import Resource
 
-from ._stream import StreamRegistry
+from ._registry import StreamRegistry
 
 __all__ = ["MetricsResource", "SSECollector"]
 

@@ -21,7 +21,7 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from twisted.web.server import Site
 
-from ._stream import StreamRegistry
+from ._registry import StreamRegistry
 
 __all__ = ["EventStreamService"]
 

@@ -39,6 +39,7 @@ from ._guard import (
     check_backlog,
     raise_fd_limit,
 )
+from ._heartbeat import DEFAULT_HEARTBEAT
 from ._hub import (
     DEFAULT_MAX_EVENT_BYTES,
     WWW_AUTHENTICATE,
@@ -48,13 +49,12 @@ from ._hub import (
 from ._logs import access_log_formatter
 from ._redis._address import parse_redis_url
 from ._redis._broker import RedisBroker
+from ._registry import StreamRegistry
 from ._service import EventStreamService
 from ._stream import (
-    DEFAULT_HEARTBEAT,
     DEFAULT_MAX_QUEUE_BYTES,
     DEFAULT_MAX_QUEUE_EVENTS,
     SlowClientPolicy,
-    StreamRegistry,
 )
 
 __all__ = ["Options", "makeService"]

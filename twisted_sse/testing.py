@@ -67,8 +67,10 @@ from twisted.web.resource import IResource
 from twisted.web.server import Site
 
 from ._event import MessageEvent
+from ._heartbeat import Heartbeat
 from ._parser import EventParser
-from ._stream import Heartbeat, StreamRegistry, StreamResource
+from ._registry import StreamRegistry
+from ._resource import StreamResource
 
 __all__ = [
     "Checkable",

@@ -1,0 +1,390 @@
+"""
+The event-stream resources: :class:`StreamResource`, what every one shares
+(headers, first frame, HEAD, CORS, 405, admission, the bookkeeping of open
+streams), :class:`EventStreamResource`, which hands each stream to a
+handler, and :func:`counter`, the seed's handler.
+
+:class:`EventStreamResource` is an ordinary
+:class:`~twisted.web.resource.IResource` (so it works when returned from a
+Klein route, mounted with ``putChild`` in a plain
+:class:`~twisted.web.server.Site`, or served by ``twistd``); each GET it
+renders becomes an :class:`~twisted_sse.EventStream` that the resource's
+handler feeds.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import time
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from ._event import Event, encode_comment
+from ._heartbeat import DEFAULT_HEARTBEAT, Heartbeat
+from ._registry import StreamRegistry
+from ._stream import (
+    DEFAULT_MAX_QUEUE_BYTES,
+    DEFAULT_MAX_QUEUE_EVENTS,
+    EventStream,
+    SlowClientPolicy,
+    StreamHandler,
+    client_ip,
+)
+
+__all__ = [
+    "EventStreamResource",
+    "StreamResource",
+    "counter",
+    "default_clock",
+]
+
+_log = Logger()
+
+_OPEN_FRAME = encode_comment()
+
+
+def _info(format: str, **fields: object) -> None:
+    """
+    ``_log.info(format, **fields)``, for the two lines every stream logs,
+    without what :meth:`twisted.logger.Logger.emit` adds to building the
+    event: it checks the level against every ``LogLevel`` (a sort), for each
+    event, which made logging a tenth of what opening a stream costs.
+    """
+    fields["log_logger"] = _log
+    fields["log_level"] = LogLevel.info
+    fields["log_namespace"] = _log.namespace
+    fields["log_source"] = _log.source
+    fields["log_format"] = format
+    fields["log_time"] = time.time()
+    trace = fields.get("log_trace")
+    if trace is not None:
+        trace.append((_log, _log.observer))  # type: ignore[attr-defined]
+    _log.observer(fields)
+
+
+def _access_log(request: Any) -> None:
+    """Write ``request``'s line to its site's access log, as ``finish`` would."""
+    log = getattr(getattr(request, "site", None), "log", None)
+    if log is None:
+        return
+    try:
+        log(request)
+    except Exception:
+        _log.failure("Writing the access log failed")
+
+
+def default_clock() -> IReactorTime:
+    """The global reactor, imported on first use."""
+    from twisted.internet import reactor
+
+    return reactor
+
+
+class StreamResource(Resource):
+    """
+    What every event-stream resource shares: the response headers, the
+    first frame, HEAD, the CORS preflight, 405 for other methods, admission
+    and the bookkeeping of open streams.  Subclasses decide what feeds a
+    stream (:class:`EventStreamResource`: a handler; the hub: a channel).
+
+    :param clock: The time source; the global reactor if ``None``.
+    :param retry: Milliseconds sent as the first frame's ``retry:``.
+    :param heartbeat: Seconds of silence before a heartbeat comment; ``0``
+        disables.  Ignored when ``heartbeat_timer`` is given.
+    :param heartbeat_timer: A :class:`Heartbeat` shared with other resources.
+    :param allow_origin: The ``Access-Control-Allow-Origin`` value, or
+        ``None`` to send no CORS headers.
+    :param max_queue_events: Frames a non-reading client may have queued.
+    :param max_queue_bytes: Bytes a non-reading client may have queued.
+    :param policy: What happens when that queue is full.
+    :param registry: A :class:`StreamRegistry` shared by the server's
+        resources, for connection limits and a graceful drain.
+
+    :ivar streams: The set of this resource's open streams (read it; a
+        stream leaves it when it closes).  Broadcasting to a resource's
+        clients is writing one encoded frame to each.
+    """
+
+    isLeaf = True
+    #: Methods answered; others get 405 with ``Allow``.
+    allowed_methods: tuple[bytes, ...] = (b"GET", b"HEAD", b"OPTIONS")
+
+    def __init__(
+        self,
+        *,
+        clock: IReactorTime | None = None,
+        retry: int | None = None,
+        heartbeat: float = DEFAULT_HEARTBEAT,
+        heartbeat_timer: Heartbeat | None = None,
+        allow_origin: str | None = None,
+        max_queue_events: int = DEFAULT_MAX_QUEUE_EVENTS,
+        max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
+        policy: SlowClientPolicy = SlowClientPolicy.DISCONNECT,
+        registry: StreamRegistry | None = None,
+    ) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        if retry is not None:
+            Event(retry=retry)  # validates: a ValueError names the field
+        if allow_origin is not None and ("\r" in allow_origin or "\n" in allow_origin):
+            raise ValueError(f"allow_origin must be one line: {allow_origin!r}")
+        if max_queue_events < 1 or max_queue_bytes < 1:
+            raise ValueError("max_queue_events and max_queue_bytes must be >= 1")
+        self.clock = clock if clock is not None else default_clock()
+        self.retry = retry
+        self.heartbeat = (
+            heartbeat_timer
+            if heartbeat_timer is not None
+            else Heartbeat(self.clock, heartbeat)
+        )
+        self.allow_origin = allow_origin
+        self.max_queue_events = max_queue_events
+        self.max_queue_bytes = max_queue_bytes
+        self.policy = policy
+        self.registry = registry
+        self.streams: set[EventStream] = set()
+        self.first_frame = (
+            Event(retry=retry).encode() if retry is not None else _OPEN_FRAME
+        )
+        self._allow = b", ".join(self.allowed_methods)
+
+    def close_all(self, retry: int | None = None) -> None:
+        """
+        End every open stream cleanly (see :meth:`EventStream.close`).
+
+        :param retry: A ``retry:`` hint in milliseconds for each client.
+        """
+        for stream in list(self.streams):
+            stream.close(retry)
+
+    # Building blocks for subclasses
+
+    def set_cors_headers(self, request: Any) -> None:
+        """Set ``Access-Control-Allow-Origin`` (and ``Vary``) if configured."""
+        if self.allow_origin is not None:
+            request.setHeader(b"Access-Control-Allow-Origin", self.allow_origin)
+            if self.allow_origin != "*":
+                request.setHeader(b"Vary", b"Origin")
+
+    def set_stream_headers(self, request: Any) -> None:
+        """Set the status and headers of an event-stream response."""
+        request.setResponseCode(200)
+        request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-cache")
+        request.setHeader(b"X-Accel-Buffering", b"no")
+        if request.clientproto == b"HTTP/1.1" and not request.responseHeaders.hasHeader(
+            b"Connection"
+        ):
+            # What the seed sends.  Never over HTTP/2, which forbids it; never
+            # over HTTP/1.0 or when Twisted already answers "close".
+            request.setHeader(b"Connection", b"keep-alive")
+        self.set_cors_headers(request)
+
+    def refusal(self, request: Any) -> str | None:
+        """
+        Why the registry does not admit ``request`` (see
+        :meth:`StreamRegistry.admit`), or ``None`` if it does.
+        """
+        if self.registry is None:
+            return None
+        return self.registry.admit(request)
+
+    def send_away(self, request: Any, reason: str) -> None:
+        """
+        Answer ``request`` so that an ``EventSource`` comes back later: a
+        ``200`` event stream holding only a jittered ``retry:`` and a comment
+        saying why, ended with the terminating chunk (an event stream never
+        has a ``Content-Length``); then close the connection, so that the
+        client does not hold the very slot a limit protects while it waits.
+        A ``503`` would make a browser give up for good.
+        """
+        registry = self.registry or StreamRegistry(self.clock)
+        retry = registry.jittered_retry()
+        transport = None
+        if request.clientproto != b"HTTP/2":
+            transport = getattr(request.channel, "transport", None)
+            request.setHeader(b"Connection", b"close")
+        self.set_stream_headers(request)
+        request.write(Event(retry=retry, comment=reason.replace("\n", " ")).encode())
+        request.finish()
+        if transport is not None:
+            transport.loseConnection()
+
+    def open_stream(
+        self,
+        request: Any,
+        *frames: bytes,
+        finished: Deferred[None] | None = None,
+    ) -> EventStream:
+        """
+        Turn ``request`` into an open :class:`EventStream`: the headers and
+        ``frames`` (the first frame by default) go out at once, and the
+        stream is tracked until it ends.
+
+        :param finished: ``request.notifyFinish()``, if the caller already
+            asked for it (it need not be asked twice).
+        """
+        self.set_stream_headers(request)
+        stream = EventStream(
+            request,
+            self.clock,
+            max_queue_events=self.max_queue_events,
+            max_queue_bytes=self.max_queue_bytes,
+            policy=self.policy,
+        )
+        stream.owner = self
+        streams = self.streams
+        streams.add(stream)
+        if len(streams) == 1:
+            # The first stream since the set was last empty (and unwatched).
+            self.heartbeat.watch(streams)
+        peer = client_ip(request)
+        _info("Stream opened for {peer}", peer=peer, **self.log_fields(request))
+        if self.registry is not None:
+            self.registry.track(stream, peer)
+        stream.start(b"".join(frames) if frames else self.first_frame, finished)
+        return stream
+
+    def stream_closed(self, stream: EventStream) -> None:
+        """
+        Forget ``stream``, one of this resource's, which just closed, and
+        log its end (the stream calls it first of all its close callbacks).
+        """
+        streams = self.streams
+        streams.discard(stream)
+        if not streams:
+            self.heartbeat.unwatch(streams)
+        if self.registry is not None:
+            self.registry.forget(stream)
+        _info(
+            "Stream closed for {peer} ({reason}) after {duration:.1f} s",
+            peer=client_ip(stream.request),
+            reason=stream.close_reason,
+            duration=self.clock.seconds() - stream.opened_at,
+            frames=stream.frames,
+            dropped=stream.dropped,
+            **stream.log_fields,
+        )
+        if stream.close_reason != "closed":
+            # Twisted writes a request's access-log line when it finishes; a
+            # stream whose client left, or that was cut off, never finishes.
+            _access_log(stream.request)
+
+    def log_fields(self, request: Any) -> dict[str, object]:
+        """Structured fields that name a stream in the logs (its path)."""
+        return {"path": request.path.decode("utf-8", "replace")}
+
+    # Rendering
+
+    def render_HEAD(self, request: Any) -> bytes:
+        """Answer the headers a GET would get, and finish."""
+        self.set_stream_headers(request)
+        return b""
+
+    def render_OPTIONS(self, request: Any) -> bytes:
+        """Answer a CORS preflight."""
+        request.setResponseCode(204)
+        request.setHeader(b"Allow", self._allow)
+        self.set_cors_headers(request)
+        if self.allow_origin is not None:
+            request.setHeader(b"Access-Control-Allow-Methods", self._allow)
+            request.setHeader(
+                b"Access-Control-Allow-Headers",
+                b"Last-Event-ID, Cache-Control, Authorization, Content-Type",
+            )
+            request.setHeader(b"Access-Control-Max-Age", b"86400")
+        return b""
+
+    def render(self, request: Any) -> bytes | int:
+        """Dispatch by method; unknown methods get 405 with ``Allow``."""
+        method = request.method
+        if method in self.allowed_methods:
+            handler = getattr(self, "render_" + method.decode("ascii"))
+            result: bytes | int = handler(request)
+            return result
+        request.setResponseCode(405)
+        request.setHeader(b"Allow", self._allow)
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        return b"405 Method Not Allowed: this resource answers %s\n" % self._allow
+
+
+class EventStreamResource(StreamResource):
+    """
+    Serve a ``text/event-stream``: each GET becomes an :class:`EventStream`
+    given to ``handler``.
+
+    The response has ``Content-Type: text/event-stream; charset=utf-8``,
+    ``Cache-Control: no-cache``, ``X-Accel-Buffering: no`` (so nginx does not
+    buffer it), an optional ``Access-Control-Allow-Origin``, never a
+    ``Content-Length``, and no ``Connection`` header over HTTP/2, where it is
+    forbidden.  The headers and a first frame (``retry:`` when ``retry`` is
+    set, else an empty comment) are written at once, so clients and proxies
+    see the stream open.
+
+    HEAD answers the headers and finishes; OPTIONS answers a CORS preflight
+    that allows the ``Last-Event-ID`` header; any other method but GET gets
+    405 with ``Allow``.
+
+    :param handler: Called with each new stream.
+
+    The keyword arguments are those of :class:`StreamResource`.
+    """
+
+    def __init__(self, handler: StreamHandler, **options: Any) -> None:
+        super().__init__(**options)
+        self.handler = handler
+
+    def render_GET(self, request: Any) -> bytes | int:
+        """Open a stream and hand it to the handler."""
+        refused = self.refusal(request)
+        if refused is not None:
+            self.send_away(request, refused)
+            return NOT_DONE_YET
+        stream = self.open_stream(request)
+        try:
+            result = self.handler(stream)
+        except Exception:
+            _handler_failed(Failure(), stream)
+        else:
+            if isinstance(result, Deferred):
+                result.addErrback(_handler_failed, stream)
+            elif inspect.iscoroutine(result):
+                Deferred.fromCoroutine(result).addErrback(_handler_failed, stream)
+        return NOT_DONE_YET
+
+
+def _handler_failed(failure: Failure, stream: EventStream) -> None:
+    _log.failure("Stream handler failed; ending the stream", failure)
+    stream.close()
+
+
+def counter(interval: float = 1.0, start: int = 1) -> Callable[[EventStream], None]:
+    """
+    A stream handler that sends ``data: 1``, ``data: 2``, ... every
+    ``interval`` seconds, counting from ``start`` for each connection: the
+    seed example's stream, driven by a
+    :class:`~twisted.internet.task.LoopingCall` on the stream's clock.
+
+    :param interval: Seconds between events; must be positive.
+    """
+    if not interval > 0:
+        raise ValueError(
+            f"interval must be a positive number of seconds, not {interval!r}"
+        )
+
+    def handle(stream: EventStream) -> None:
+        numbers = itertools.count(start)
+        loop = LoopingCall(lambda: stream.send(Event(data=str(next(numbers)))))
+        loop.clock = stream.clock
+        loop.start(interval, now=False)
+        stream.on_close(loop.stop)
+
+    return handle
