@@ -148,11 +148,19 @@ class InteropTests(SynchronousTestCase):
         self.assertEqual((run.code, run.stdout), (1, ""))
         self.assertEqual(len(run.error_lines), 1, run.stderr)
 
-    def test_bad_url_exits_1(self) -> None:
-        """A URL that is not http(s) exits 1 with exactly one line on stderr."""
-        for url in ["ftp://127.0.0.1/", "not a url"]:
+    def test_bad_url_exits_2(self) -> None:
+        """
+        A URL that is not http(s), or cannot be parsed, is a usage error:
+        exit 2 at once with exactly one line on stderr, no retry loop.
+        """
+        for url in [
+            "ftp://127.0.0.1/",
+            "not a url",
+            "http://exa mple/",
+            "http://[::1/",
+        ]:
             run = twisted_sse("listen", url)
-            self.assertEqual((run.code, run.stdout), (1, ""), url)
+            self.assertEqual((run.code, run.stdout), (2, ""), url)
             self.assertEqual(len(run.error_lines), 1, run.stderr)
 
     def test_usage_errors_exit_2(self) -> None:
