@@ -741,6 +741,12 @@ class LintTests(SynchronousTestCase):
         (issue,) = parser.issues.values()
         self.assertEqual((issue.count, issue.message[:6]), (5, "line 1"))
 
+    def test_kinds_bounded(self) -> None:
+        """Made-up field names without end are noted as a bounded set."""
+        parser = self.lint(b"".join(b"f%d: x\n" % n for n in range(1000)))
+        self.assertLessEqual(len(parser.issues), 21)
+        self.assertEqual(sum(issue.count for issue in parser.issues.values()), 1000)
+
     def test_unfinished_and_lone_cr(self) -> None:
         """An event cut by the end warns; lone CRs are counted."""
         parser = self.lint(b"data: a\r\rdata: b\r", end=True)

@@ -13,6 +13,7 @@ recorder's to bound.  HTTP/2 uses the ``h2`` package (``Twisted[http2]``).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import re
 from collections.abc import Callable, Sequence
@@ -489,7 +490,11 @@ class _H2:
         self.ended = False
 
     def send(self, request: _Request) -> None:
+        from h2.settings import SettingCodes
+
         self.h2.initiate_connection()
+        # No server push: pushed streams would only take up the window.
+        self.h2.update_settings({SettingCodes.ENABLE_PUSH: 0})
         self.stream_id = self.h2.get_next_available_stream_id()
         headers = [
             (b":method", request.method.encode("ascii")),
@@ -530,6 +535,14 @@ class _H2:
             return
         recorder = self.connection.exchange.recorder
         for event in events:
+            if isinstance(event, h2.events.DataReceived) and (
+                event.stream_id != self.stream_id and event.flow_controlled_length
+            ):
+                # Data of another stream still counts against the connection.
+                with contextlib.suppress(Exception):
+                    self.h2.acknowledge_received_data(
+                        event.flow_controlled_length, event.stream_id or 0
+                    )
             if getattr(event, "stream_id", self.stream_id) != self.stream_id:
                 continue
             stop: str | None = None

@@ -51,6 +51,9 @@ __all__ = [
 MAX_RECORDS: Final = 10000
 #: Characters of an event's data kept.
 DATA_KEPT: Final = 1024
+#: Kinds of issue noted one by one in a stream's lines; the rest are
+#: counted together.
+MAX_ISSUES: Final = 20
 #: Bytes of a short response's body (a publish's answer) kept.
 BODY_KEPT: Final = 65536
 #: Seconds a HEAD, preflight or publish may take.
@@ -401,12 +404,16 @@ class _LintParser(EventParser):
         self._ended_in_cr = False
 
     def note(self, key: str, level: Level, message: str) -> None:
-        """Note an issue; a repeat only counts."""
+        """Note an issue; a repeat only counts, and so do kinds past the
+        first :data:`MAX_ISSUES` (a server may make up field names)."""
+        if key not in self.issues and len(self.issues) >= MAX_ISSUES:
+            key, message = "more", "and issues of other kinds"
         known = self.issues.get(key)
         if known is None:
             self.issues[key] = Issue(level, message)
         else:
-            self.issues[key] = Issue(known.level, known.message, known.count + 1)
+            worst: Level = "fail" if "fail" in (level, known.level) else "warn"
+            self.issues[key] = Issue(worst, known.message, known.count + 1)
 
     def feed(self, chunk: bytes) -> list[Any]:
         crs = chunk.count(b"\r") - chunk.count(b"\r\n")
