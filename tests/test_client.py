@@ -1090,6 +1090,23 @@ class APITests(SynchronousTestCase):
         harness.source.close()
         self.successResultOf(done)
 
+    def test_unusable_urls_refused(self) -> None:
+        """
+        A URL that could never be connected to is a ValueError naming the
+        problem when the EventSource is made, not a retry loop.
+        """
+        for url, problem in [
+            ("http://exa mple/", "a space or control character"),
+            ("http://[::1/", "an unclosed '['"),
+            ("http://example.com:99999/", "not between 1 and 65535"),
+            ("http://example.com:0/", "not between 1 and 65535"),
+            ("ftp://example.com/", "is not http or https"),
+            ("example.com/events", "not an absolute URL"),
+        ]:
+            with self.assertRaises(ValueError) as caught:
+                EventSource(url, agent=FakeAgent(), reactor=Clock())
+            self.assertIn(problem, str(caught.exception))
+
     def test_lagging_loop_pauses_reading(self) -> None:
         """
         An ``async for`` that lags stops the client reading (bounded memory,

@@ -32,7 +32,6 @@ problem and exit status 2, before anything connects.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import os
 import re
@@ -49,12 +48,12 @@ from twisted.web.iweb import IAgent
 
 from ._check import judge, render_text
 from ._client import (
-    _URL,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_RECONNECTION_TIME,
     EventSource,
     EventSourceError,
     ReadyState,
+    strict_url,
 )
 from ._exchange import Connector
 from ._observe import Plan, observe
@@ -66,7 +65,6 @@ _PROG = "twisted-sse"
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", re.ASCII)
 # What an ASCII host name may hold (letters, digits, hyphens, dots, and the
 # underscores of some internal names).
-_HOST = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?", re.ASCII)
 
 #: ``twisted-sse check``'s defaults: seconds to watch, and the longest
 #: silence that common proxies and load balancers let pass.
@@ -75,75 +73,6 @@ DEFAULT_IDLE = 30.0
 #: Where ``twisted-sse check --publish`` reads its token when ``--token`` is
 #: not given (the variable ``twistd sse`` reads it from too).
 TOKEN_VARIABLE = "TWISTED_SSE_PUBLISH_TOKEN"
-
-
-def strict_url(text: str) -> str:
-    """
-    Check that ``text`` is an absolute ``http`` or ``https`` URL that can be
-    connected to as it is: no space or control character, a valid host (a
-    name, an IPv4 address, or an IPv6 address in brackets), a port from 1
-    to 65535, no credentials.
-
-    :returns: ``text``.
-    :raises ValueError: naming the problem.
-    """
-    if any(char.isspace() or ord(char) < 32 or ord(char) == 127 for char in text):
-        raise ValueError("a space or control character in the URL")
-    scheme, separator, rest = text.partition("://")
-    if not separator:
-        raise ValueError("not an absolute URL: it must start with http:// or https://")
-    if scheme.lower() not in ("http", "https"):
-        raise ValueError(f"the scheme {scheme!r} is not http or https")
-    netloc = re.split(r"[/?#]", rest, maxsplit=1)[0]
-    if "@" in netloc:
-        raise ValueError(
-            "credentials in the URL are not supported; send an Authorization header"
-        )
-    if netloc.startswith("["):
-        literal, bracket, rest = netloc[1:].partition("]")
-        if not bracket:
-            raise ValueError("an unclosed '[' in the host")
-        try:
-            ipaddress.IPv6Address(literal)
-        except ValueError:
-            raise ValueError(f"{literal!r} is not an IPv6 address") from None
-        if rest and not rest.startswith(":"):
-            raise ValueError(f"{rest!r} after the IPv6 address")
-        port = rest[1:] if rest else None
-    else:
-        host, colon, port_text = netloc.rpartition(":")
-        if not colon:
-            host, port_text = netloc, ""
-        port = port_text if colon else None
-        _check_host(host)
-    if port:
-        if not (port.isdigit() and port.isascii()):
-            raise ValueError(f"the port {port!r} is not a number")
-        if not 1 <= int(port) <= 65535:
-            raise ValueError(f"the port {int(port)} is not between 1 and 65535")
-    _URL.parse(text)
-    return text
-
-
-def _check_host(host: str) -> None:
-    if not host:
-        raise ValueError("no host in the URL")
-    if not host.isascii():
-        try:
-            host = host.encode("idna").decode("ascii")
-        except UnicodeError:
-            raise ValueError(f"{host!r} is not a valid host name") from None
-    if not _HOST.fullmatch(host) or len(host) > 253:
-        raise ValueError(f"{host!r} is not a valid host name")
-    labels = host.rstrip(".").split(".")
-    if any(len(label) > 63 for label in labels):
-        raise ValueError(f"{host!r} has a label longer than 63 characters")
-    # As browsers do: a host whose last label is a number is an IPv4 address.
-    if labels[-1].isdigit() or labels[-1].lower().startswith("0x"):
-        try:
-            ipaddress.IPv4Address(host.rstrip("."))
-        except ValueError:
-            raise ValueError(f"{host!r} is not a valid IPv4 address") from None
 
 
 def _origin(text: str) -> str:

@@ -35,6 +35,7 @@ a request head.
 
 from __future__ import annotations
 
+import ipaddress
 import random as _random
 import re
 import weakref
@@ -94,6 +95,7 @@ __all__ = [
     "EventSourceError",
     "IdleTimeout",
     "ReadyState",
+    "strict_url",
 ]
 
 _log = Logger()
@@ -182,6 +184,82 @@ class EventSourceError(Exception):
 
 class IdleTimeout(Exception):
     """A connection was silent for longer than the idle timeout."""
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?", re.ASCII)
+
+
+def strict_url(text: str) -> str:
+    """
+    Check that ``text`` is an absolute ``http`` or ``https`` URL that can be
+    connected to as it is: no control character, no space before the path
+    (a space in the path or query is percent-encoded, as browsers do), a
+    valid host (a name, an IPv4 address, or an IPv6 address in brackets), a
+    port from 1 to 65535, no credentials.  :class:`EventSource` and every
+    ``twisted-sse`` command check their URL with it.
+
+    :returns: ``text``.
+    :raises ValueError: naming the problem.
+    """
+    if any(ord(char) < 32 or ord(char) == 127 for char in text):
+        raise ValueError("a space or control character in the URL")
+    scheme, separator, rest = text.partition("://")
+    if not separator:
+        raise ValueError("not an absolute URL: it must start with http:// or https://")
+    if scheme.lower() not in ("http", "https"):
+        raise ValueError(f"the scheme {scheme!r} is not http or https")
+    netloc = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if any(char.isspace() for char in scheme + netloc):
+        raise ValueError("a space or control character in the URL")
+    if "@" in netloc:
+        raise ValueError(
+            "credentials in the URL are not supported; send an Authorization header"
+        )
+    if netloc.startswith("["):
+        literal, bracket, rest = netloc[1:].partition("]")
+        if not bracket:
+            raise ValueError("an unclosed '[' in the host")
+        try:
+            ipaddress.IPv6Address(literal)
+        except ValueError:
+            raise ValueError(f"{literal!r} is not an IPv6 address") from None
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"{rest!r} after the IPv6 address")
+        port = rest[1:] if rest else None
+    else:
+        host, colon, port_text = netloc.rpartition(":")
+        if not colon:
+            host, port_text = netloc, ""
+        port = port_text if colon else None
+        _check_host(host)
+    if port:
+        if not (port.isdigit() and port.isascii()):
+            raise ValueError(f"the port {port!r} is not a number")
+        if not 1 <= int(port) <= 65535:
+            raise ValueError(f"the port {int(port)} is not between 1 and 65535")
+    _URL.parse(text)
+    return text
+
+
+def _check_host(host: str) -> None:
+    if not host:
+        raise ValueError("no host in the URL")
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise ValueError(f"{host!r} is not a valid host name") from None
+    if not _HOST_NAME.fullmatch(host) or len(host) > 253:
+        raise ValueError(f"{host!r} is not a valid host name")
+    labels = host.rstrip(".").split(".")
+    if any(len(label) > 63 for label in labels):
+        raise ValueError(f"{host!r} has a label longer than 63 characters")
+    # As browsers do: a host whose last label is a number is an IPv4 address.
+    if labels[-1].isdigit() or labels[-1].lower().startswith("0x"):
+        try:
+            ipaddress.IPv4Address(host.rstrip("."))
+        except ValueError:
+            raise ValueError(f"{host!r} is not a valid IPv4 address") from None
 
 
 @frozen
@@ -699,7 +777,7 @@ class EventSource:
             ``last_event_id`` is malformed, a time is negative, or a cap is
             less than 1.
         """
-        self._url = _URL.parse(url)
+        self._url = _URL.parse(strict_url(url))
         self._headers = _check_headers(headers)
         if any(char in last_event_id for char in "\r\n\0"):
             raise ValueError("last_event_id must not contain CR, LF or NUL")
