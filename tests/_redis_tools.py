@@ -669,10 +669,11 @@ def fake_broker(clock: Any, redis: FakeRedis, **options: Any) -> Any:
     """A started RedisBroker on ``redis``, its time from ``clock``."""
     from twisted_sse import RedisAddress, RedisBroker
 
-    broker = RedisBroker(clock, RedisAddress("fake.invalid", 1), **options)
-    broker._commands = FakeLink(redis)  # type: ignore[assignment]
-    broker._reader = FakeLink(  # type: ignore[assignment]
-        redis, on_ready=broker._reader_ready, on_lost=broker._reader_lost
+    def make_link(name: str, on_ready: Any, on_lost: Any) -> Any:
+        return FakeLink(redis, on_ready, on_lost)
+
+    broker = RedisBroker.with_links(
+        clock, RedisAddress("fake.invalid", 1), make_link, **options
     )
     broker.startService()
     return broker

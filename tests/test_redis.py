@@ -1175,7 +1175,7 @@ async def test_stop_leaves_nothing(redis: SharedRedis) -> None:
     await broker.publish("news", Event(data="x"))
     ports = [
         link.local_address.port  # type: ignore[union-attr]
-        for link in (broker._commands, broker._reader)
+        for link in (broker._commands, broker._reader.link)
     ]
     await broker.stop()
     await sleep(0.01)

@@ -29,7 +29,7 @@ from twisted_sse._broker import (
     check_publish,
 )
 from twisted_sse._event import MAX_RETRY, Event
-from twisted_sse._redis import _broker, _entries, _scripts
+from twisted_sse._redis import _broker, _channels, _entries, _reader, _scripts
 from twisted_sse._redis._address import RedisAddress
 from twisted_sse._redis._broker import RedisBroker
 from twisted_sse._redis._entries import Snapshot, published_from_fields, restart_point
@@ -52,7 +52,8 @@ def _pages(entries: int, size: int = _broker.PAGE_BYTES) -> Iterator[None]:
     """Replay pages (and reader batches) of at most ``entries``, ``size`` bytes."""
     with (
         mock.patch.object(_broker, "BATCH", entries),
-        mock.patch.object(_broker, "PAGE_BYTES", size),
+        mock.patch.object(_reader, "BATCH", entries),
+        mock.patch.object(_channels, "PAGE_BYTES", size),
     ):
         yield
 
@@ -201,13 +202,13 @@ class PacedReplayTests(FakeRedisTestCase):
         with _pages(2):
             _, subscription = self.subscribe(broker, "a", pacer, start)
             ids += [self.publish(broker, "a", str(n)) for n in range(5, 25)]
-            token = next(iter(broker._channels["a"].joining))
-            replay = broker._channels["a"].joining[token]
-            self.assertNotIn(token, broker._channels["a"].subscribers)
+            token = next(iter(broker._reader.channels["a"].joining))
+            replay = broker._reader.channels["a"].joining[token]
+            self.assertNotIn(token, broker._reader.channels["a"].subscribers)
             self.assertEqual(replay.cursor, _entry(ids[0]))  # type: ignore[union-attr]
             pacer.room = 1000
             pacer.take(subscription)
-            self.assertIn(token, broker._channels["a"].subscribers)
+            self.assertIn(token, broker._reader.channels["a"].subscribers)
             ids.append(self.publish(broker, "a", "live"))
         self.assertEqual(pacer.ids, ids)
 
@@ -372,7 +373,7 @@ class PacedReplayTests(FakeRedisTestCase):
         redis = FakeRedis(clock)
         broker: RedisBroker = fake_broker(clock, redis, history=history, channel_ttl=30)
         commands = broker._commands.client  # type: ignore[attr-defined]
-        reader = broker._reader.client  # type: ignore[attr-defined]
+        reader = broker._reader.link.client  # type: ignore[attr-defined]
 
         def publish(n: int) -> None:
             for _ in range(n):
@@ -401,10 +402,10 @@ class PacedReplayTests(FakeRedisTestCase):
                     # A restart (or failover) on a host whose clock is
                     # behind the last ids: the connections drop, too.
                     redis.flush(skew_ms=-5)
-                    broker._reader.drop()
+                    broker._reader.link.drop()
                     broker._commands.drop()
                 elif trouble == "reconnect":
-                    broker._reader.drop()
+                    broker._reader.link.drop()
                 elif trouble == "check":
                     clock.advance(broker.check_interval)
                 for action in order:
@@ -530,7 +531,7 @@ class EpochTests(FakeRedisTestCase):
         got, _ = self.subscribe(broker, "a")
         self.publish(broker, "a", "before")
         self.redis.flush()
-        broker._reader.drop()
+        broker._reader.link.drop()
         self.assertEqual(got.got[-1].key, HISTORY_LOST_EVENT)
         new = self.publish(broker, "a", "after")
         self.assertEqual(got.ids[-1], new)
@@ -571,8 +572,8 @@ class EpochTests(FakeRedisTestCase):
         del stream.entries[3:]
         stream.last_generated = stream.entries[-1][0]
         stream.entries_added = 3
-        broker._reader.drop()
-        other._reader.drop()
+        broker._reader.link.drop()
+        other._reader.link.drop()
         for collector in (got, on_other):
             self.assertEqual(collector.ids[:5], ids)
             loss = collector.got[5]

@@ -79,5 +79,11 @@ The modules, in the order they import each other:
 * ``_scripts``: the Lua scripts and how they are run;
 * ``_entries``: stream entries, stream state and event ids, read from
   replies;
-* ``_broker``: :class:`~twisted_sse.RedisBroker`.
+* ``_channels``: the state of a followed channel (its local subscribers,
+  the replays on their way to them) and the script that reads a stream's
+  state;
+* ``_reader``: :class:`~twisted_sse._redis._reader.Reader`, the reader
+  loop (``XREAD``, catch-up, fan-out, epoch switches, periodic checks);
+* ``_broker``: :class:`~twisted_sse.RedisBroker` (publish, subscribe, the
+  paced replays, the life cycle), which composes the reader.
 """

@@ -42,7 +42,7 @@ from .._broker import BrokerUnavailable
 from ._address import RedisAddress, endpoint
 from ._protocol import COMMAND_TIMEOUT, Arg, RedisCommandError, RedisProtocol, Reply
 
-__all__ = ["MIN_REDIS", "RedisLink", "retry_delay"]
+__all__ = ["MIN_REDIS", "MakeLink", "RedisLink", "retry_delay"]
 
 _log = Logger()
 
@@ -294,6 +294,13 @@ class RedisLink:
                 await send("SCRIPT", "LOAD", script)
             except RedisCommandError as error:
                 _log.debug("SCRIPT LOAD refused: {error}", error=str(error))
+
+
+#: Makes a :class:`RedisLink` from its client name and its ``on_ready`` and
+#: ``on_lost`` callbacks (the rest, where and how, is the maker's).
+MakeLink = Callable[
+    [str, Callable[[], object] | None, Callable[[], object] | None], RedisLink
+]
 
 
 @implementer(IStreamClientEndpoint)
