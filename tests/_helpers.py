@@ -1,23 +1,40 @@
 """
 Small pieces several test modules share: a broker subscriber that records
 what it is given (and one that paces a replay), the context-manager half of
-the test's own clients, and a raw HTTP client for the real-socket tests.
+the test's own clients, a raw HTTP client for the real-socket tests, a hub
+served on a clock (:class:`HubFixture`), and a counter resource with its
+client (:class:`CounterCase`).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from random import Random
 from types import TracebackType
 from typing import Any, Self
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
 
-from twisted_sse import Published, Subscription
-from twisted_sse.testing import parse_events
+from twisted_sse import (
+    Event,
+    EventStream,
+    EventStreamResource,
+    Published,
+    StreamRegistry,
+    Subscription,
+    counter,
+)
+from twisted_sse._broker import IBroker, MemoryBroker
+from twisted_sse._hub import Hub
+from twisted_sse.testing import SSETestClient, SSETestResponse, parse_events
 
 
 class Collector:
@@ -163,3 +180,136 @@ async def until(
         if reactor.seconds() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await sleep(0.01)
+
+
+EPOCH = 1700000000000
+TOKEN = "s3cret-token"
+
+
+def ids(response: SSETestResponse) -> list[str]:
+    """The ids of the response's events."""
+    return [event.last_event_id for event in response.events]
+
+
+def data(response: SSETestResponse) -> list[str]:
+    """The data of the response's events."""
+    return [event.data for event in response.events]
+
+
+class ClientAddress(Resource):
+    """
+    Takes the client's address from ``X-Test-Client`` (as a proxy-aware
+    site would from ``X-Forwarded-For``), since the test client always
+    connects from 127.0.0.1.
+    """
+
+    def __init__(self, child: Resource) -> None:
+        super().__init__()
+        self.child = child
+
+    def getChildWithDefault(self, path: bytes, request: Any) -> Resource:
+        host = request.getHeader(b"X-Test-Client")
+        if host is not None:
+            request.client = IPv4Address("TCP", host.decode("ascii"), 1234)
+        request.prepath.pop()
+        request.postpath.insert(0, path)
+        return self.child
+
+
+class HubFixture:
+    """A hub on a clock, served under ``/channels``, and a client for it."""
+
+    def __init__(
+        self,
+        testcase: SynchronousTestCase,
+        broker: IBroker | None = None,
+        registry: StreamRegistry | None = None,
+        history: int = 1000,
+        history_bytes: int = 16 * 1024 * 1024,
+        **hub_options: Any,
+    ) -> None:
+        self.clock = Clock()
+        self.memory = MemoryBroker(
+            history=history, history_bytes=history_bytes, epoch=EPOCH
+        )
+        self.broker = broker if broker is not None else self.memory
+        self.registry = (
+            registry
+            if registry is not None
+            else StreamRegistry(self.clock, random=Random(4))
+        )
+        hub_options.setdefault("publish_token", TOKEN)
+        self.hub = Hub(
+            self.broker, clock=self.clock, registry=self.registry, **hub_options
+        )
+        root = Resource()
+        root.putChild(b"channels", self.hub.resource())
+        self.client = SSETestClient(ClientAddress(root), self.clock)
+        testcase.addCleanup(self.check, testcase)
+
+    def check(self, testcase: SynchronousTestCase) -> None:
+        self.client.disconnect_all()
+        self.client.assert_clean(
+            self.registry, self.hub.heartbeat, brokers=[self.memory], testcase=testcase
+        )
+
+    def subscribe(
+        self,
+        channel: str = "news",
+        last_event_id: str | None = None,
+        headers: dict[str, str] | None = None,
+        query: str = "",
+    ) -> SSETestResponse:
+        return self.client.get(
+            f"/channels/{channel}{query}", headers, last_event_id=last_event_id
+        )
+
+    def post(
+        self,
+        body: bytes,
+        channel: str = "news",
+        content_type: str | None = "application/json",
+        token: str | None = TOKEN,
+        authorization: str | None = None,
+    ) -> SSETestResponse:
+        headers = {}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        if authorization is not None:
+            headers["Authorization"] = authorization
+        elif token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        return self.client.request("POST", f"/channels/{channel}", headers, body)
+
+    def post_json(self, channel: str = "news", **fields: Any) -> SSETestResponse:
+        return self.post(json.dumps(fields).encode(), channel)
+
+    def publish(self, data: str, channel: str = "news", **fields: Any) -> str:
+        result: list[str] = []
+        self.hub.publish(channel, Event(data=data, **fields)).addCallback(result.append)
+        return result[0]
+
+
+def silent(stream: EventStream) -> None:
+    """A handler that sends nothing."""
+
+
+class Keeper:
+    """A handler that keeps its streams for the test to drive."""
+
+    def __init__(self) -> None:
+        self.streams: list[EventStream] = []
+
+    def __call__(self, stream: EventStream) -> None:
+        self.streams.append(stream)
+
+
+class CounterCase(SynchronousTestCase):
+    """A counter resource (one event a second) on a clock, and a client for it."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.resource = EventStreamResource(
+            counter(1), retry=1000, clock=self.clock, heartbeat=15
+        )
+        self.client = SSETestClient(self.resource, clock=self.clock)

@@ -13,27 +13,22 @@ import gc
 import json
 import os
 from collections.abc import Callable
-from random import Random
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.application.service import MultiService
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
-from twisted.web.server import Site
-from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
 
-from twisted_sse import Event, EventParser, EventStream, EventStreamService, _registry
+from twisted_sse import Event, EventParser
 from twisted_sse._app import SSEApp
 from twisted_sse._broker import (
     BrokerUnavailable,
@@ -47,23 +42,11 @@ from twisted_sse._hub import (
     Hub,
     bearer_token_authorizer,
 )
-from twisted_sse._registry import StreamRegistry
 from twisted_sse._stream import SlowClientPolicy
 from twisted_sse._tap import LINGER, Options, _CappedBody, _Site
 from twisted_sse.testing import SSETestClient, SSETestResponse
 
-EPOCH = 1700000000000
-TOKEN = "s3cret-token"
-
-
-def ids(response: SSETestResponse) -> list[str]:
-    """The ids of the response's events."""
-    return [event.last_event_id for event in response.events]
-
-
-def data(response: SSETestResponse) -> list[str]:
-    """The data of the response's events."""
-    return [event.data for event in response.events]
+from ._helpers import EPOCH, TOKEN, HubFixture, data, ids
 
 
 def first_frame_id(response: SSETestResponse) -> str:
@@ -71,100 +54,6 @@ def first_frame_id(response: SSETestResponse) -> str:
     parser = EventParser()
     parser.feed(response.raw.split(b"\n\n", 1)[0] + b"\n\n")
     return parser.last_event_id
-
-
-class _ClientAddress(Resource):
-    """
-    Takes the client's address from ``X-Test-Client`` (as a proxy-aware
-    site would from ``X-Forwarded-For``), since the test client always
-    connects from 127.0.0.1.
-    """
-
-    def __init__(self, child: Resource) -> None:
-        super().__init__()
-        self.child = child
-
-    def getChildWithDefault(self, path: bytes, request: Any) -> Resource:
-        host = request.getHeader(b"X-Test-Client")
-        if host is not None:
-            request.client = IPv4Address("TCP", host.decode("ascii"), 1234)
-        request.prepath.pop()
-        request.postpath.insert(0, path)
-        return self.child
-
-
-class HubFixture:
-    """A hub on a clock, served under ``/channels``, and a client for it."""
-
-    def __init__(
-        self,
-        testcase: SynchronousTestCase,
-        broker: IBroker | None = None,
-        registry: StreamRegistry | None = None,
-        history: int = 1000,
-        history_bytes: int = 16 * 1024 * 1024,
-        **hub_options: Any,
-    ) -> None:
-        self.clock = Clock()
-        self.memory = MemoryBroker(
-            history=history, history_bytes=history_bytes, epoch=EPOCH
-        )
-        self.broker = broker if broker is not None else self.memory
-        self.registry = (
-            registry
-            if registry is not None
-            else StreamRegistry(self.clock, random=Random(4))
-        )
-        hub_options.setdefault("publish_token", TOKEN)
-        self.hub = Hub(
-            self.broker, clock=self.clock, registry=self.registry, **hub_options
-        )
-        root = Resource()
-        root.putChild(b"channels", self.hub.resource())
-        self.client = SSETestClient(_ClientAddress(root), self.clock)
-        testcase.addCleanup(self.check, testcase)
-
-    def check(self, testcase: SynchronousTestCase) -> None:
-        self.client.disconnect_all()
-        self.client.assert_clean(
-            self.registry, self.hub.heartbeat, brokers=[self.memory], testcase=testcase
-        )
-
-    def subscribe(
-        self,
-        channel: str = "news",
-        last_event_id: str | None = None,
-        headers: dict[str, str] | None = None,
-        query: str = "",
-    ) -> SSETestResponse:
-        return self.client.get(
-            f"/channels/{channel}{query}", headers, last_event_id=last_event_id
-        )
-
-    def post(
-        self,
-        body: bytes,
-        channel: str = "news",
-        content_type: str | None = "application/json",
-        token: str | None = TOKEN,
-        authorization: str | None = None,
-    ) -> SSETestResponse:
-        headers = {}
-        if content_type is not None:
-            headers["Content-Type"] = content_type
-        if authorization is not None:
-            headers["Authorization"] = authorization
-        elif token is not None:
-            headers["Authorization"] = f"Bearer {token}"
-        return self.client.request("POST", f"/channels/{channel}", headers, body)
-
-    def post_json(self, channel: str = "news", **fields: Any) -> SSETestResponse:
-        return self.post(json.dumps(fields).encode(), channel)
-
-    def publish(self, data: str, channel: str = "news", **fields: Any) -> str:
-        result: list[str] = []
-        self.hub.publish(channel, Event(data=data, **fields)).addCallback(result.append)
-        return result[0]
 
 
 def answer(response: SSETestResponse) -> dict[str, Any]:
@@ -1153,110 +1042,14 @@ class AuthorizerTests(SynchronousTestCase):
         self.assertEqual(hub.subscribe("c", headers=a).code, 403)
 
 
-# Flow control
+# Fan-out
 
 
-class FlowControlTests(SynchronousTestCase):
-    """A client that stops reading never costs unbounded memory nor delays."""
-
-    def test_disconnect_slow_only(self) -> None:
-        """Under disconnect, the slow client is cut; the others get everything."""
-        hub = HubFixture(self, max_queue_events=10)
-        slow, fast = hub.subscribe(), hub.subscribe()
-        slow.pause_reading()
-        for n in range(10):
-            hub.publish(str(n))
-        self.assertTrue(slow.connected)
-        hub.publish("10")
-        self.assertFalse(slow.connected)
-        self.assertFalse(slow.finished)  # cut, not ended: it reconnects
-        self.assertEqual(data(fast), [str(n) for n in range(11)])
-        self.assertEqual(hub.memory.subscriber_count("news"), 1)
-        self.assertEqual(len(hub.registry.streams), 1)
-
-    def test_disconnect_by_bytes(self) -> None:
-        """The queue's byte bound cuts a slow client too."""
-        hub = HubFixture(self, max_queue_bytes=1000)
-        slow = hub.subscribe()
-        slow.pause_reading()
-        hub.publish("x" * 600)
-        self.assertTrue(slow.connected)
-        hub.publish("x" * 600)
-        self.assertFalse(slow.connected)
-
-    def test_slow_resumes(self) -> None:
-        """A client that reads again before the queue fills gets all, in order."""
-        hub = HubFixture(self, max_queue_events=10)
-        client = hub.subscribe()
-        client.pause_reading()
-        for n in range(10):
-            hub.publish(str(n))
-        self.assertEqual(client.events, [])
-        client.resume_reading()
-        self.assertEqual(data(client), [str(n) for n in range(10)])
-
-    def test_disconnected_client_resumes(self) -> None:
-        """A client cut for not reading resumes with Last-Event-ID, losing nothing."""
-        hub = HubFixture(self, max_queue_events=3)
-        slow = hub.subscribe()
-        hub.publish("0")
-        slow.pause_reading()
-        for n in range(1, 6):
-            hub.publish(str(n))
-        self.assertFalse(slow.connected)
-        again = hub.subscribe(last_event_id=slow.last_event_id)
-        self.assertEqual(data(slow) + data(again), [str(n) for n in range(6)])
-
-    def test_drop_oldest(self) -> None:
-        """Under drop-oldest, the newest events wait; older ones are dropped."""
-        hub = HubFixture(self, policy=SlowClientPolicy.DROP_OLDEST, max_queue_events=3)
-        slow, fast = hub.subscribe(), hub.subscribe()
-        slow.pause_reading()
-        for n in range(10):
-            hub.publish(str(n))
-        self.assertTrue(slow.connected)
-        slow.resume_reading()
-        self.assertEqual(data(slow), ["7", "8", "9"])
-        self.assertEqual(ids(slow), [f"{EPOCH}-{n}" for n in (8, 9, 10)])
-        self.assertEqual(len(data(fast)), 10)
-        hub.publish("10")
-        self.assertEqual(data(slow)[-1], "10")
-
-    def test_latest_by_key(self) -> None:
-        """Under latest, the newest queued event per publish key is kept."""
-        hub = HubFixture(self, policy=SlowClientPolicy.LATEST, max_queue_events=10)
-        slow = hub.subscribe()
-        slow.pause_reading()
-        for n, key in enumerate(["EUR", "USD", "EUR", "JPY", "USD", "EUR"]):
-            response = hub.post_json(data=f"{key} {n}", event="price", key=key)
-            self.assertEqual(response.code, 200)
-        slow.resume_reading()
-        # Ids still increase: a newer value takes the place at the end.
-        self.assertEqual(data(slow), ["JPY 3", "USD 4", "EUR 5"])
-        self.assertEqual(ids(slow), [f"{EPOCH}-{n}" for n in (4, 5, 6)])
-
-    def test_latest_by_type(self) -> None:
-        """Without a key, latest conflates by event type."""
-        hub = HubFixture(self, policy=SlowClientPolicy.LATEST)
-        slow = hub.subscribe()
-        slow.pause_reading()
-        for n in range(5):
-            hub.publish(f"a{n}", event="a")
-            hub.publish(f"b{n}", event="b")
-        hub.publish("m")
-        slow.resume_reading()
-        self.assertEqual(data(slow), ["a4", "b4", "m"])
-
-    def test_latest_bounded(self) -> None:
-        """Under latest, many distinct keys still fit in the bound."""
-        hub = HubFixture(self, policy=SlowClientPolicy.LATEST, max_queue_events=5)
-        slow = hub.subscribe()
-        slow.pause_reading()
-        for n in range(20):
-            hub.publish(str(n), event=f"type{n}")
-        self.assertTrue(slow.connected)
-        slow.resume_reading()
-        self.assertEqual(data(slow), ["15", "16", "17", "18", "19"])
+class FanOutTests(SynchronousTestCase):
+    """
+    A channel's own slow-client policy, and one encoding of each event
+    shared by every subscriber.
+    """
 
     def test_channel_policy(self) -> None:
         """A channel's own policy overrides the server-wide one."""
@@ -1275,28 +1068,6 @@ class FlowControlTests(SynchronousTestCase):
         self.assertTrue(ticker.connected)
         ticker.resume_reading()
         self.assertEqual(data(ticker), ["4"])
-
-    def test_memory_bounded(self) -> None:
-        """However much is published, a slow client's queue stays in bounds."""
-        hub = HubFixture(
-            self,
-            policy=SlowClientPolicy.DROP_OLDEST,
-            max_queue_events=100,
-            max_queue_bytes=20_000,
-            history=10,
-        )
-        slow = hub.subscribe()
-        slow.pause_reading()
-        (stream,) = hub.registry.streams
-        worst = 0
-        for n in range(3000):
-            hub.publish(f"{n:04d}" + "z" * 1000)
-            worst = max(worst, stream.queued_bytes)
-            self.assertLessEqual(stream.queued, 100)
-        self.assertLessEqual(worst, 20_000)
-        self.assertGreater(stream.dropped, 2900)
-        # Nothing reached the transport while it was paused.
-        self.assertEqual(slow.raw, f"retry: 1000\nid: {EPOCH}-0\n\n".encode())
 
     def test_same_bytes_to_every_subscriber(self) -> None:
         """Each event is written as the very same bytes object to every stream."""
@@ -1342,64 +1113,6 @@ def _recording(
         return send(frame)
 
     return record
-
-
-# Heartbeats
-
-
-class HeartbeatTests(SynchronousTestCase):
-    """One shared timer keeps every idle stream alive."""
-
-    def test_one_timer(self) -> None:
-        """Many streams on many channels share one delayed call."""
-        hub = HubFixture(self)
-        for n in range(30):
-            hub.subscribe(f"channel{n % 3}")
-        active = [call for call in hub.clock.getDelayedCalls() if call.active()]
-        self.assertEqual(len(active), 1)
-
-    def test_idle_streams_only(self) -> None:
-        """Idle streams get a comment; streams that just wrote get none."""
-        hub = HubFixture(self, heartbeat=15)
-        busy, idle = hub.subscribe("busy"), hub.subscribe("idle")
-        hub.client.advance(14)
-        hub.publish("x", "busy")
-        hub.client.advance(1)
-        self.assertEqual(idle.comments, [""])
-        self.assertEqual(busy.comments, [])
-        self.assertEqual(idle.events, [])
-
-    def test_interval(self) -> None:
-        """An idle stream gets one heartbeat per interval of silence."""
-        hub = HubFixture(self, heartbeat=15)
-        response = hub.subscribe()
-        hub.client.advance(60)
-        self.assertEqual(len(response.comments), 4)
-
-    def test_stops_with_last_stream(self) -> None:
-        """The timer stops when the last stream closes."""
-        hub = HubFixture(self)
-        responses = [hub.subscribe() for _ in range(3)]
-        for response in responses:
-            response.disconnect()
-        self.assertFalse(hub.hub.heartbeat.running)
-        self.assertEqual(hub.clock.getDelayedCalls(), [])
-
-    def test_stream_added_alone_and_in_a_resource(self) -> None:
-        """
-        Streams watched one by one and a resource's watched set share the
-        timer; it runs until both are empty.
-        """
-        hub = HubFixture(self, heartbeat=10)
-        heartbeat = hub.hub.heartbeat
-        response = hub.subscribe()
-        extra = EventStream(DummyRequest([b""]), hub.clock, heartbeat=heartbeat)
-        heartbeat.add(extra)
-        response.disconnect()
-        self.assertTrue(heartbeat.running)
-        extra._release("closed")
-        self.assertFalse(heartbeat.running)
-        self.assertEqual(hub.clock.getDelayedCalls(), [])
 
 
 class ChannelResourceSharingTests(SynchronousTestCase):
@@ -1509,260 +1222,6 @@ class SynchronousSubscribeTests(SynchronousTestCase):
         self.assertEqual(response.code, 500)
         self.assertEqual(hub.memory.subscriber_count("news"), 0)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
-
-
-# Admission
-
-
-class AdmissionTests(SynchronousTestCase):
-    """Over a connection limit, clients get 200, a jittered retry: and an end."""
-
-    def make(self, **limits: Any) -> HubFixture:
-        self.clock_registry = StreamRegistry(
-            Clock(), busy_retry=2000, random=Random(7), **limits
-        )
-        return HubFixture(self, registry=self.clock_registry)
-
-    def assert_sent_away(self, response: SSETestResponse) -> None:
-        """The response tells an EventSource to come back later."""
-        self.assertEqual(response.code, 200)
-        self.assertEqual(
-            response.header("Content-Type"), "text/event-stream; charset=utf-8"
-        )
-        self.assertTrue(response.finished)
-        self.assertEqual(response.events, [])
-        assert response.retry is not None
-        self.assertTrue(2000 <= response.retry <= 4000, response.retry)
-        # An event stream never has a length: the body ends with the
-        # terminating chunk, and the connection closes to free its slot.
-        self.assertIsNone(response.header("Content-Length"))
-        self.assertEqual(response.header("Transfer-Encoding"), "chunked")
-        self.assertEqual(response.header("Connection"), "close")
-        self.assertFalse(response.connected)
-
-    def test_total(self) -> None:
-        """Over max_connections, a client is sent away; under it, admitted."""
-        hub = self.make(max_connections=2)
-        first = hub.subscribe("a", headers={"X-Test-Client": "10.0.0.1"})
-        hub.subscribe("b", headers={"X-Test-Client": "10.0.0.2"})
-        third = hub.subscribe("c", headers={"X-Test-Client": "10.0.0.3"})
-        self.assert_sent_away(third)
-        self.assertIn("too many connections", third.comments)
-        self.assertEqual(hub.registry.refused["total"], 1)
-        first.disconnect()
-        self.assertTrue(hub.subscribe("c").connected)
-
-    def test_per_ip(self) -> None:
-        """Over max_connections_per_ip from one address, sent away; others not."""
-        hub = self.make(max_connections_per_ip=2)
-        one = {"X-Test-Client": "10.0.0.1"}
-        two = {"X-Test-Client": "10.0.0.2"}
-        kept = [hub.subscribe(headers=one), hub.subscribe(headers=one)]
-        refused = hub.subscribe(headers=one)
-        self.assert_sent_away(refused)
-        self.assertIn("too many connections from this address", refused.comments)
-        self.assertTrue(hub.subscribe(headers=two).connected)
-        kept[0].disconnect()
-        self.assertTrue(hub.subscribe(headers=one).connected)
-
-    def test_jitter(self) -> None:
-        """Refused clients get retry values spread over [busy, 2 * busy]."""
-        hub = self.make(max_connections=1)
-        hub.subscribe()
-        retries = set()
-        for _ in range(30):
-            response = hub.subscribe()
-            self.assert_sent_away(response)
-            retries.add(response.retry)
-        self.assertGreater(len(retries), 10)
-
-    def test_not_503(self) -> None:
-        """A refusal is never a 5xx: EventSource would give up for good."""
-        hub = self.make(max_connections=1)
-        hub.subscribe()
-        self.assertEqual(hub.subscribe().code, 200)
-
-    def test_rechecked_after_authorizer(self) -> None:
-        """Admission holds even when the authoriser answers later."""
-        decisions: list[Deferred[bool]] = []
-
-        def later(request: Any, channel: str) -> Deferred[bool]:
-            decisions.append(Deferred())
-            return decisions[-1]
-
-        registry = StreamRegistry(Clock(), max_connections=1, busy_retry=2000)
-        hub = HubFixture(self, registry=registry, authorizer=later)
-        first, second = hub.subscribe(), hub.subscribe()
-        for decided in decisions:
-            decided.callback(True)
-        self.assertTrue(first.connected)
-        self.assert_sent_away(second)
-        self.assertEqual(len(registry.streams), 1)
-        self.assertEqual(hub.memory.subscriber_count("news"), 1)
-
-    def test_publishing_not_limited(self) -> None:
-        """Connection limits apply to streams, not to publishing."""
-        hub = self.make(max_connections=1)
-        hub.subscribe()
-        self.assertEqual(hub.post_json(data="x").code, 200)
-
-
-# Draining
-
-
-@implementer(IListeningPort)
-class _Port:
-    """A listening port that records when it stops."""
-
-    def __init__(self) -> None:
-        self.stopped_at: float | None = None
-        self.clock: Clock | None = None
-
-    def startListening(self) -> None:
-        pass
-
-    def stopListening(self) -> Deferred[None]:
-        assert self.clock is not None
-        self.stopped_at = self.clock.seconds()
-        return succeed(None)
-
-    def getHost(self) -> IPv4Address:
-        return IPv4Address("TCP", "127.0.0.1", 3000)
-
-
-@implementer(IStreamServerEndpoint)
-class _Endpoint:
-    """An endpoint that listens on a _Port."""
-
-    def __init__(self, port: _Port) -> None:
-        self.port = port
-
-    def listen(self, factory: Any) -> Deferred[IListeningPort]:
-        return succeed(self.port)
-
-
-class DrainTests(SynchronousTestCase):
-    """On stop, every stream ends cleanly, spread over the drain window."""
-
-    def setUp(self) -> None:
-        self.hub = HubFixture(self)
-        self.responses = [self.hub.subscribe(f"channel{n % 4}") for n in range(20)]
-        self.ended: list[float] = []
-        for stream in self.hub.registry.streams:
-            stream.on_close(lambda: self.ended.append(self.hub.clock.seconds()))
-
-    def step_until(self, done: Callable[[], bool], limit: float) -> None:
-        """Move time in small steps until ``done()``."""
-        while not done() and self.hub.clock.seconds() < limit:
-            self.hub.client.advance(0.05)
-
-    def test_retry_hints_spread(self) -> None:
-        """Each stream ends cleanly with a retry hint spread over the window."""
-        fired: list[None] = []
-        self.hub.registry.drain(5.0, retry=1000).addCallback(fired.append)
-        self.step_until(lambda: bool(fired), 10)
-        self.assertEqual(fired, [None])
-        for response in self.responses:
-            self.assertTrue(response.finished)  # the terminating chunk
-            self.assertFalse(response.connected)
-            assert response.retry is not None
-            self.assertTrue(1000 <= response.retry <= 6000, response.retry)
-        hints = sorted(r.retry or 0 for r in self.responses)
-        # The clients come back spread over the window, not all at once.
-        self.assertGreater(len(set(hints)), 15)
-        self.assertGreater(hints[-1] - hints[0], 2000)
-
-    def test_ends_spread(self) -> None:
-        """The ends are spread in time too, at the drain rate."""
-        fired: list[None] = []
-        self.hub.registry.drain(5.0).addCallback(fired.append)
-        self.step_until(lambda: bool(fired), 10)
-        self.assertEqual(len(self.ended), 20)
-        # 20 streams at DRAIN_RATE per second need 20 / DRAIN_RATE seconds.
-        self.assertLessEqual(max(self.ended), 20 / _registry.DRAIN_RATE)
-        self.assertGreater(len(set(self.ended)), 15)
-
-    def test_ends_within_window(self) -> None:
-        """However many streams, the last one ends within the window."""
-        self.patch(_registry, "DRAIN_RATE", 2.0)
-        fired: list[float] = []
-        self.hub.registry.drain(3.0).addCallback(
-            lambda _: fired.append(self.hub.clock.seconds())
-        )
-        self.step_until(lambda: bool(fired), 10)
-        self.assertEqual(len(self.ended), 20)
-        self.assertLessEqual(max(self.ended), 3.0)
-        self.assertGreater(max(self.ended) - min(self.ended), 1.5)
-        self.assertGreaterEqual(fired[0], max(self.ended))
-        self.assertLess(fired[0], 4.0)
-
-    def test_fires_after_last(self) -> None:
-        """The drain's Deferred fires only once every stream has ended."""
-        fired: list[float] = []
-        self.hub.registry.drain(2.0).addCallback(
-            lambda _: fired.append(self.hub.clock.seconds())
-        )
-        self.step_until(lambda: bool(fired), 10)
-        self.assertEqual(len(self.ended), 20)
-        self.assertGreaterEqual(fired[0], max(self.ended))
-
-    def test_new_streams_sent_away(self) -> None:
-        """While draining, new subscribers are sent away with a retry."""
-        self.hub.registry.drain(2.0)
-        late = self.hub.subscribe()
-        self.assertEqual(late.code, 200)
-        self.assertTrue(late.finished)
-        self.assertIn("the server is shutting down", late.comments)
-        self.step_until(lambda: not self.hub.registry.streams, 10)
-
-    def test_zero(self) -> None:
-        """With no window, every stream ends at once."""
-        fired: list[None] = []
-        self.hub.registry.drain(0).addCallback(fired.append)
-        self.hub.client.flush()
-        self.assertTrue(all(response.finished for response in self.responses))
-        self.hub.client.advance(1)
-        self.assertEqual(fired, [None])
-
-    def test_drain_during_authorizer(self) -> None:
-        """A stream still being authorised when the drain begins never opens."""
-        decided: Deferred[bool] = Deferred()
-        self.hub.hub.authorizer = lambda request, channel: decided
-        pending = self.hub.subscribe()
-        fired: list[None] = []
-        self.hub.registry.drain(1.0).addCallback(fired.append)
-        decided.callback(True)
-        self.assertTrue(pending.finished)
-        self.assertIn("the server is shutting down", pending.comments)
-        self.step_until(lambda: bool(fired), 10)
-        self.assertEqual(self.hub.registry.streams, set())
-
-    def test_service(self) -> None:
-        """stopService drains the streams, then closes the port, then fires."""
-        self.patch(_registry, "DRAIN_RATE", 5.0)
-        port = _Port()
-        port.clock = self.hub.clock
-        service = EventStreamService(
-            _Endpoint(port),
-            Site(Resource()),
-            self.hub.registry,
-            self.hub.clock,
-            drain=3.0,
-        )
-        parent = MultiService()
-        service.setServiceParent(parent)
-        parent.privilegedStartService()
-        parent.startService()
-        stopped: list[float] = []
-        parent.stopService().addCallback(
-            lambda _: stopped.append(self.hub.clock.seconds())
-        )
-        self.step_until(lambda: bool(stopped), 10)
-        self.assertEqual(len(self.ended), 20)
-        assert port.stopped_at is not None
-        self.assertGreaterEqual(port.stopped_at, max(self.ended))
-        self.assertLessEqual(max(self.ended), 3.0)
-        self.assertEqual(stopped, [port.stopped_at])
 
 
 # twistd options

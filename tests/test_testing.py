@@ -6,7 +6,7 @@ L{twisted_sse.EventStreamResource} served by a real C{twisted.web} Site.
 from __future__ import annotations
 
 from klein import Klein
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
@@ -28,24 +28,11 @@ from twisted_sse import (
 from twisted_sse._broker import MemoryBroker, Published
 from twisted_sse.testing import (
     SSETestClient,
-    SSETestResponse,
     assert_no_leaks,
     parse_events,
 )
 
-
-def _silent(stream: EventStream) -> None:
-    """A handler that sends nothing."""
-
-
-class _Keeper:
-    """A handler that keeps its streams for the test to drive."""
-
-    def __init__(self) -> None:
-        self.streams: list[EventStream] = []
-
-    def __call__(self, stream: EventStream) -> None:
-        self.streams.append(stream)
+from ._helpers import CounterCase, Keeper, data, silent
 
 
 class _RawResource(Resource):
@@ -94,86 +81,7 @@ class _ProducerResource(Resource):
         return NOT_DONE_YET
 
 
-def _data(response: SSETestResponse) -> list[str]:
-    return [event.data for event in response.events]
-
-
-class _Fixture(SynchronousTestCase):
-    def setUp(self) -> None:
-        self.clock = Clock()
-        self.resource = EventStreamResource(
-            counter(1), retry=1000, clock=self.clock, heartbeat=15
-        )
-        self.client = SSETestClient(self.resource, clock=self.clock)
-
-
-class HeaderTests(_Fixture):
-    """The response head, as the client reads it off the wire."""
-
-    def test_stream_headers(self) -> None:
-        """A GET answers 200 with the event-stream headers, chunked, unsized."""
-        response = self.client.get("/")
-        self.assertEqual(response.code, 200)
-        self.assertEqual(response.version, b"HTTP/1.1")
-        self.assertEqual(
-            response.header("content-type"), "text/event-stream; charset=utf-8"
-        )
-        self.assertEqual(response.header("Cache-Control"), "no-cache")
-        self.assertEqual(response.header("X-Accel-Buffering"), "no")
-        self.assertEqual(response.header("Connection"), "keep-alive")
-        self.assertEqual(response.header("Transfer-Encoding"), "chunked")
-        self.assertIsNone(response.header("Content-Length"))
-        self.assertIsNone(response.header("Access-Control-Allow-Origin"))
-        self.assertFalse(response.finished)
-        self.assertTrue(response.connected)
-
-    def test_allow_origin(self) -> None:
-        """A configured origin is sent as Access-Control-Allow-Origin."""
-        resource = EventStreamResource(
-            _silent, clock=self.clock, allow_origin="https://app.example"
-        )
-        client = SSETestClient(resource, clock=self.clock)
-        response = client.get("/", {"Origin": "https://app.example"})
-        self.assertEqual(
-            response.header("Access-Control-Allow-Origin"), "https://app.example"
-        )
-        response.disconnect()
-        client.assert_clean(testcase=self)
-
-    def test_request_headers_reach_the_server(self) -> None:
-        """The request carries EventSource's headers and Last-Event-ID."""
-        keeper = _Keeper()
-        client = SSETestClient(
-            EventStreamResource(keeper, clock=self.clock), clock=self.clock
-        )
-        response = client.get("/", {"X-Token": "t"}, last_event_id="41")
-        request = keeper.streams[0].request
-        self.assertEqual(request.getHeader(b"accept"), b"text/event-stream")
-        self.assertEqual(request.getHeader(b"last-event-id"), b"41")
-        self.assertEqual(request.getHeader(b"x-token"), b"t")
-        self.assertEqual(request.getHeader(b"host"), b"localhost")
-        self.assertEqual(response.last_event_id, "41")
-        response.disconnect()
-
-    def test_http10_is_not_chunked(self) -> None:
-        """Over HTTP/1.0 the body is sent raw and ends with the connection."""
-        keeper = _Keeper()
-        client = SSETestClient(
-            EventStreamResource(keeper, clock=self.clock, retry=5), clock=self.clock
-        )
-        response = client.request("GET", "/", http_version="HTTP/1.0")
-        keeper.streams[0].send(Event(data="x"))
-        self.assertIsNone(response.header("Transfer-Encoding"))
-        self.assertFalse(response.finished)
-        keeper.streams[0].close()
-        self.assertTrue(response.finished)
-        self.assertFalse(response.connected)
-        self.assertEqual(response.wire.split(b"\r\n\r\n", 1)[1], response.raw)
-        self.assertEqual(_data(response), ["x"])
-        client.assert_clean(testcase=self)
-
-
-class StreamTests(_Fixture):
+class StreamTests(CounterCase):
     """Events, heartbeats and the end of a stream."""
 
     def test_first_frame_at_once(self) -> None:
@@ -189,7 +97,7 @@ class StreamTests(_Fixture):
         response = self.client.get("/")
         for expected in (["1"], ["1", "2"], ["1", "2", "3"]):
             self.client.advance(1)
-            self.assertEqual(_data(response), expected)
+            self.assertEqual(data(response), expected)
         self.assertEqual(
             response.events[0],
             MessageEvent(type="message", data="1", origin="http://localhost"),
@@ -203,17 +111,17 @@ class StreamTests(_Fixture):
         """advance(3) fires a 1 s timer three times; clock.advance(3) once."""
         stepped = self.client.get("/")
         self.client.advance(3)
-        self.assertEqual(_data(stepped), ["1", "2", "3"])
+        self.assertEqual(data(stepped), ["1", "2", "3"])
         jumped = self.client.get("/")
         self.clock.advance(3)
-        self.assertEqual(_data(jumped), ["1"])
+        self.assertEqual(data(jumped), ["1"])
         self.client.disconnect_all()
 
     def test_events_arrive_when_the_clock_moves_directly(self) -> None:
         """Writes reach the response without any call to the client."""
         response = self.client.get("/")
         self.clock.advance(1)
-        self.assertEqual(_data(response), ["1"])
+        self.assertEqual(data(response), ["1"])
         response.disconnect()
 
     def test_next_event_waits(self) -> None:
@@ -248,7 +156,7 @@ class StreamTests(_Fixture):
     def test_heartbeat_after_silence(self) -> None:
         """A silent stream gets a comment after 15 s, not before."""
         resource = EventStreamResource(
-            _silent, retry=1000, clock=self.clock, heartbeat=15
+            silent, retry=1000, clock=self.clock, heartbeat=15
         )
         client = SSETestClient(resource, clock=self.clock)
         response = client.get("/")
@@ -264,7 +172,7 @@ class StreamTests(_Fixture):
     def test_heartbeat_repeats_while_silent(self) -> None:
         """A silent stream never goes 15 s without a comment."""
         client = SSETestClient(
-            EventStreamResource(_silent, clock=self.clock, heartbeat=15), self.clock
+            EventStreamResource(silent, clock=self.clock, heartbeat=15), self.clock
         )
         response = client.get("/")
         for _ in range(8):
@@ -299,7 +207,7 @@ class StreamTests(_Fixture):
 
     def test_disconnect_fails_notify_finish(self) -> None:
         """The server's notifyFinish Deferred fails with the given reason."""
-        keeper = _Keeper()
+        keeper = Keeper()
         client = SSETestClient(
             EventStreamResource(keeper, clock=self.clock), clock=self.clock
         )
@@ -314,7 +222,7 @@ class StreamTests(_Fixture):
 
     def test_server_close_sends_terminating_chunk(self) -> None:
         """close() ends the chunked body cleanly; the client then hangs up."""
-        keeper = _Keeper()
+        keeper = Keeper()
         resource = EventStreamResource(keeper, clock=self.clock, retry=1000)
         client = SSETestClient(resource, clock=self.clock)
         response = client.get("/")
@@ -332,7 +240,7 @@ class StreamTests(_Fixture):
 
     def test_server_abort_cuts_the_body(self) -> None:
         """abort() closes the connection without the terminating chunk."""
-        keeper = _Keeper()
+        keeper = Keeper()
         client = SSETestClient(
             EventStreamResource(keeper, clock=self.clock), clock=self.clock
         )
@@ -351,9 +259,9 @@ class StreamTests(_Fixture):
         self.client.advance(3)
         self.assertEqual(response.events, [])
         response.resume_reading()
-        self.assertEqual(_data(response), ["1", "2", "3"])
+        self.assertEqual(data(response), ["1", "2", "3"])
         self.client.advance(1)
-        self.assertEqual(_data(response), ["1", "2", "3", "4"])
+        self.assertEqual(data(response), ["1", "2", "3", "4"])
         response.disconnect()
         self.client.assert_clean(testcase=self)
 
@@ -365,7 +273,7 @@ class StreamTests(_Fixture):
         response.pause_reading()
         response.resume_reading()
         self.assertEqual(resource.producer.calls, ["pause", "resume"])
-        self.assertEqual(_data(response), ["open"])
+        self.assertEqual(data(response), ["open"])
         response.disconnect()
 
     def test_hundred_clients_vanish(self) -> None:
@@ -380,102 +288,6 @@ class StreamTests(_Fixture):
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertFalse(self.resource.heartbeat.running)
         self.client.assert_clean(testcase=self)
-
-
-class HandlerTests(SynchronousTestCase):
-    """What a stream's handler may return, and what happens when it fails."""
-
-    def serve(self, handler: object) -> SSETestResponse:
-        self.clock = Clock()
-        resource = EventStreamResource(handler, clock=self.clock)  # type: ignore[arg-type]
-        self.client = SSETestClient(resource, clock=self.clock)
-        return self.client.get("/")
-
-    def assert_ended_and_logged(self, response: SSETestResponse) -> None:
-        self.assertTrue(response.finished)
-        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
-
-    def test_raises(self) -> None:
-        """A handler that raises: logged, and the stream ends cleanly."""
-
-        def handler(stream: EventStream) -> None:
-            raise ZeroDivisionError()
-
-        self.assert_ended_and_logged(self.serve(handler))
-
-    def test_deferred_fails(self) -> None:
-        """A handler whose Deferred fails later: logged, the stream ends."""
-        later: Deferred[None] = Deferred()
-        response = self.serve(lambda stream: later)
-        self.assertFalse(response.finished)
-        later.errback(ZeroDivisionError())
-        self.assert_ended_and_logged(response)
-
-    def test_coroutine(self) -> None:
-        """A coroutine function runs; its failure is logged, the stream ends."""
-        later: Deferred[None] = Deferred()
-
-        async def handler(stream: EventStream) -> None:
-            stream.send(Event(data="before"))
-            await later
-            raise ZeroDivisionError()
-
-        response = self.serve(handler)
-        self.assertEqual(_data(response), ["before"])
-        self.assertFalse(response.finished)
-        later.callback(None)
-        self.assert_ended_and_logged(response)
-
-    def test_other_results_ignored(self) -> None:
-        """Whatever else a handler returns is ignored."""
-        response = self.serve(lambda stream: 42)
-        self.assertFalse(response.finished)
-        self.assertEqual(self.flushLoggedErrors(), [])
-
-
-class MethodTests(_Fixture):
-    """HEAD, OPTIONS and other methods."""
-
-    def test_head(self) -> None:
-        """HEAD gets the stream's headers, no body, and opens no stream."""
-        response = self.client.request("HEAD", "/")
-        self.assertEqual(response.code, 200)
-        self.assertEqual(
-            response.header("Content-Type"), "text/event-stream; charset=utf-8"
-        )
-        self.assertTrue(response.finished)
-        self.assertEqual(response.raw, b"")
-        self.assertTrue(response.wire.endswith(b"\r\n\r\n"))
-        self.assertEqual(self.resource.streams, set())
-        self.client.assert_clean(testcase=self)
-
-    def test_post(self) -> None:
-        """POST gets 405 with Allow."""
-        response = self.client.request("POST", "/", body=b"x=1")
-        self.assertEqual(response.code, 405)
-        self.assertEqual(response.header("Allow"), "GET, HEAD, OPTIONS")
-        self.assertTrue(response.finished)
-        self.client.assert_clean(testcase=self)
-
-    def test_options_preflight(self) -> None:
-        """A CORS preflight allows the Last-Event-ID header."""
-        resource = EventStreamResource(_silent, clock=self.clock, allow_origin="*")
-        client = SSETestClient(resource, clock=self.clock)
-        response = client.request(
-            "OPTIONS",
-            "/",
-            {
-                "Origin": "https://app.example",
-                "Access-Control-Request-Method": "GET",
-                "Access-Control-Request-Headers": "last-event-id",
-            },
-        )
-        self.assertEqual(response.code, 204)
-        self.assertEqual(response.header("Access-Control-Allow-Origin"), "*")
-        allowed = response.header("Access-Control-Allow-Headers") or ""
-        self.assertIn("last-event-id", allowed.lower().replace(" ", "").split(","))
-        self.assertTrue(response.finished)
-        client.assert_clean(testcase=self)
 
 
 class TreeTests(SynchronousTestCase):
@@ -495,7 +307,7 @@ class TreeTests(SynchronousTestCase):
         response = client.get("/events")
         client.advance(2)
         self.assertEqual(response.code, 200)
-        self.assertEqual(_data(response), ["1", "2"])
+        self.assertEqual(data(response), ["1", "2"])
         self.assertEqual(client.get("/nothing").code, 404)
         response.disconnect()
         client.assert_clean(resource, testcase=self)
@@ -512,12 +324,12 @@ class TreeTests(SynchronousTestCase):
         self.assertEqual(
             response.header("Content-Type"), "text/event-stream; charset=utf-8"
         )
-        self.assertEqual(_data(response), ["1"])
+        self.assertEqual(data(response), ["1"])
         response.disconnect()
         client.assert_clean(resource, testcase=self)
 
 
-class LeakCheckTests(_Fixture):
+class LeakCheckTests(CounterCase):
     """The leak check fails when something outlived the test."""
 
     def test_open_stream(self) -> None:
@@ -551,7 +363,7 @@ class LeakCheckTests(_Fixture):
     def test_registry(self) -> None:
         """A stream still counted by a StreamRegistry fails the check."""
         registry = StreamRegistry(self.clock)
-        resource = EventStreamResource(_silent, clock=self.clock, registry=registry)
+        resource = EventStreamResource(silent, clock=self.clock, registry=registry)
         client = SSETestClient(resource, clock=self.clock)
         response = client.get("/")
         error = self.assertRaises(
@@ -577,7 +389,7 @@ class LeakCheckTests(_Fixture):
         )
         response = client.get("/")
         broker.publish("news", Event(data="hi"))
-        self.assertEqual(_data(response), ["hi"])
+        self.assertEqual(data(response), ["hi"])
         error = self.assertRaises(
             self.failureException,
             assert_no_leaks,
