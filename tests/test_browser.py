@@ -260,6 +260,9 @@ class ResumeTests(SynchronousTestCase):
             [[str(n), event_id] for n, event_id in zip(range(1, 8), ids, strict=True)],
         )
         self.assertEqual(seen["errors"], [0])
+        # The page's own stream may reconnect a moment after the recorder's:
+        # wait until it has every event before counting the resumes.
+        browser.wait(f"{text_of('channel-count')} === '7'")
         resumed = [
             head
             for head in proxy.requests()
@@ -271,7 +274,6 @@ class ResumeTests(SynchronousTestCase):
         # The recorder's and the page's reconnections both resumed after 3.
         self.assertEqual(len(resumed), 2, proxy.requests())
         # The page shows the reconnect and logs every event once.
-        browser.wait(f"{text_of('channel-count')} === '7'")
         self.assertEqual(browser.eval(text_of("channel-reconnects")), "1")
         self.assertEqual(browser.eval(text_of("counter-reconnects")), "1")
         logged = browser.eval(
