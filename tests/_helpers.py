@@ -9,6 +9,7 @@ client (:class:`CounterCase`).
 from __future__ import annotations
 
 import json
+import typing
 from collections.abc import Callable
 from random import Random
 from types import TracebackType
@@ -17,11 +18,13 @@ from typing import Any, Self
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.interfaces import IPullProducer, ITransport
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import Clock, deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
+from zope.interface import implementer
 
 from twisted_sse import (
     Event,
@@ -313,3 +316,34 @@ class CounterCase(SynchronousTestCase):
             counter(1), retry=1000, clock=self.clock, heartbeat=15
         )
         self.client = SSETestClient(self.resource, clock=self.clock)
+
+
+class Sending(typing.Protocol):
+    """A connection that counts the bytes it has sent."""
+
+    sent: int
+
+    @property
+    def transport(self) -> ITransport | None:
+        """Where its bytes go."""
+
+
+@implementer(IPullProducer)
+class Endless:
+    """
+    Writes ``piece`` to ``connection`` each time its socket can take more,
+    until stopped: a hostile server's endless line, event or head.
+    """
+
+    def __init__(self, connection: Sending, piece: bytes) -> None:
+        self.connection = connection
+        self.piece = piece
+
+    def resumeProducing(self) -> None:
+        transport = self.connection.transport
+        assert transport is not None
+        transport.write(self.piece)
+        self.connection.sent += len(self.piece)
+
+    def stopProducing(self) -> None:
+        pass

@@ -39,18 +39,17 @@ from twisted.internet.interfaces import (
     IConsumer,
     IDelayedCall,
     IListeningPort,
-    IPullProducer,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 
 from twisted_sse.__main__ import build_parser, check
 
 from ._certs import self_signed
+from ._helpers import Endless
 from ._process import Twistd
 from ._tools import require, require_module
 
@@ -77,23 +76,6 @@ def _reactor() -> Any:
 def chunk(data: bytes) -> bytes:
     """``data`` as one HTTP/1.1 chunk."""
     return b"%x\r\n%s\r\n" % (len(data), data)
-
-
-@implementer(IPullProducer)
-class _Endless:
-    """Writes ``piece`` each time the socket can take more, until stopped."""
-
-    def __init__(self, connection: Connection, piece: bytes) -> None:
-        self.connection = connection
-        self.piece = piece
-
-    def resumeProducing(self) -> None:
-        assert self.connection.transport is not None
-        self.connection.transport.write(self.piece)
-        self.connection.sent += len(self.piece)
-
-    def stopProducing(self) -> None:
-        pass
 
 
 class Connection(Protocol):
@@ -141,7 +123,7 @@ class Connection(Protocol):
         """Write ``piece`` for as long as the client reads."""
         assert self.transport is not None
         IConsumer(self.transport).registerProducer(
-            _Endless(self, piece), streaming=False
+            Endless(self, piece), streaming=False
         )
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:

@@ -23,20 +23,20 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.endpoints import TCP4ServerEndpoint, serverFromString
-from twisted.internet.interfaces import IConsumer, IListeningPort, IPullProducer
+from twisted.internet.interfaces import IConsumer, IListeningPort
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.ssl import Certificate
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 from twisted.web.client import BrowserLikePolicyForHTTPS
-from zope.interface import implementer
 
 from twisted_sse import EventParser, EventSource, MessageEvent, ReadyState, _client
 from twisted_sse._client import MAX_RESPONSE_HEADER_BYTES
 from twisted_sse._parser import LimitExceeded
 
 from ._certs import self_signed
+from ._helpers import Endless
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
@@ -68,23 +68,6 @@ async def sleep(seconds: float) -> None:
     await deferLater(_reactor(), seconds)
 
 
-@implementer(IPullProducer)
-class _Endless:
-    """Writes ``piece`` each time the socket can take more, until stopped."""
-
-    def __init__(self, connection: HostileConnection, piece: bytes) -> None:
-        self.connection = connection
-        self.piece = piece
-
-    def resumeProducing(self) -> None:
-        assert self.connection.transport is not None
-        self.connection.transport.write(self.piece)
-        self.connection.sent += len(self.piece)
-
-    def stopProducing(self) -> None:
-        pass
-
-
 class HostileConnection(Protocol):
     """One connection to a L{Hostile} server."""
 
@@ -108,7 +91,7 @@ class HostileConnection(Protocol):
         self.sent += len(self.server.head)
         if self.server.endless:
             IConsumer(self.transport).registerProducer(
-                _Endless(self, self.server.endless), streaming=False
+                Endless(self, self.server.endless), streaming=False
             )
         else:
             self.transport.loseConnection()
