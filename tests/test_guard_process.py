@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 from twisted.trial.unittest import SynchronousTestCase
@@ -223,6 +224,14 @@ class DescriptorTests(SynchronousTestCase):
             b"retry: 1000\n\ndata: 1\n\n",
         )
         self.assertEqual(server.output.decode().count("Short of file descriptors"), 1)
+        # /metrics counts the episode and the connections closed for it.
+        metrics = urllib.request.urlopen(
+            f"http://127.0.0.1:{server.port}/metrics", timeout=5
+        ).read()
+        self.assertIn(b"sse_fd_shortages_total 1.0", metrics)
+        evicted = re.search(rb"^sse_connections_evicted_total (\S+)$", metrics, re.M)
+        assert evicted is not None, metrics
+        self.assertGreaterEqual(float(evicted.group(1)), 32)
 
 
 def _somaxconn() -> int:

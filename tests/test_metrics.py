@@ -145,3 +145,26 @@ class BoundedSeriesTests(SynchronousTestCase):
         for subscriber in subscribers:
             subscriber.disconnect()
         client.disconnect_all()
+
+    def test_guard_totals(self) -> None:
+        """With a connection guard, its totals are counters in /metrics."""
+        clock = Clock()
+        app = SSEApp(clock, heartbeat=0)
+        client = SSETestClient(app.resource(), clock)
+        self.assertNotIn(("sse_connections_evicted_total", ()), scrape(client))
+        assert app.collector is not None
+        app.collector.guard = _Totals(evicted=40, refused=2, episodes=1)
+        samples = scrape(client)
+        self.assertEqual(samples[("sse_connections_evicted_total", ())], 40)
+        self.assertEqual(samples[("sse_connections_refused_total", ())], 2)
+        self.assertEqual(samples[("sse_fd_shortages_total", ())], 1)
+        client.disconnect_all()
+
+
+class _Totals:
+    """What the collector reads of a ConnectionGuard."""
+
+    def __init__(self, evicted: int, refused: int, episodes: int) -> None:
+        self.evicted = evicted
+        self.refused = refused
+        self.episodes = episodes

@@ -101,12 +101,15 @@ class SSEApp:
             **hub_options,
         )
         self._page = _page()
-        self.metrics: MetricsResource | None = (
-            MetricsResource(
-                SSECollector(self.registry, self.hub, self.broker, metrics_channels),
-                token=metrics_token,
-            )
+        #: What ``/metrics`` reports (``None`` when it is turned off).
+        self.collector: SSECollector | None = (
+            SSECollector(self.registry, self.hub, self.broker, metrics_channels)
             if metrics
+            else None
+        )
+        self.metrics: MetricsResource | None = (
+            MetricsResource(self.collector, token=metrics_token)
+            if self.collector is not None
             else None
         )
 

@@ -53,6 +53,9 @@ class SSECollector(Collector):
     :param broker: The broker (``available``, and ``errors`` if it counts
         them), or ``None``.
     :param channels: Channels that get their own ``channel`` label.
+
+    :ivar guard: The server's connection guard (its ``evicted``, ``refused``
+        and ``episodes`` totals), or ``None``; ``twistd sse`` sets it.
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class SSECollector(Collector):
         self.hub = hub
         self.broker = broker
         self.channels = frozenset(channels)
+        self.guard: Any = None
 
     def collect(self) -> Iterator[Metric]:
         """Yield the current metric families."""
@@ -149,6 +153,24 @@ class SSECollector(Collector):
                 "sse_events_replayed",
                 "History events replayed to resuming clients.",
                 value=hub.replayed,
+            )
+
+        guard = self.guard
+        if guard is not None:
+            yield CounterMetricFamily(
+                "sse_connections_evicted",
+                "Connections without a request head closed to free file descriptors.",
+                value=guard.evicted,
+            )
+            yield CounterMetricFamily(
+                "sse_connections_refused",
+                "Connections closed as soon as accepted, with no descriptor to spare.",
+                value=guard.refused,
+            )
+            yield CounterMetricFamily(
+                "sse_fd_shortages",
+                "Times the server ran short of file descriptors.",
+                value=guard.episodes,
             )
 
         broker = self.broker

@@ -660,6 +660,8 @@ def makeService(options: Options) -> IService:
         in _UNWRAPPED_ENDPOINTS,
     )
     check_backlog(options["endpoint"])
+    if app.collector is not None:
+        app.collector.guard = guard
     site = _Site(
         app.resource(),
         max_body=options["max-event-bytes"],
