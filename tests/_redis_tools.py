@@ -19,6 +19,7 @@ from collections import deque
 from types import TracebackType
 from typing import Any, Union
 
+import pytest
 from twisted.internet.defer import Deferred
 
 #: Where the shared Redis of the tests is.  Tests use their own database
@@ -755,3 +756,15 @@ def commands_in(data: bytes) -> list[list[bytes]]:
     while (command := reader.gets()) is not False:
         commands.append(command)
     return commands
+
+
+def need(reason: str | None) -> None:
+    """
+    Skip the test for ``reason`` (a missing Redis or redis-server), or fail
+    it when the suite must have Redis (``TWISTED_SSE_REQUIRE_REDIS=1``).
+    """
+    if reason is None:
+        return
+    if required():
+        pytest.fail(f"{reason}, and TWISTED_SSE_REQUIRE_REDIS=1")
+    pytest.skip(reason)

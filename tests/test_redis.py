@@ -86,18 +86,10 @@ class SharedRedis:
         return ids
 
 
-def _need(reason: str | None) -> None:
-    if reason is None:
-        return
-    if tools.required():
-        pytest.fail(f"{reason}, and TWISTED_SSE_REQUIRE_REDIS=1")
-    pytest.skip(reason)
-
-
 @pytest.fixture
 def redis() -> Iterator[SharedRedis]:
     """The shared Redis (skip or fail without one); our keys go afterwards."""
-    _need(tools.unavailable_reason())
+    tools.need(tools.unavailable_reason())
     shared = SharedRedis(
         RedisAddress(tools.REDIS_HOST, tools.REDIS_PORT, tools.REDIS_DB),
         tools.unique_prefix(),
@@ -106,14 +98,6 @@ def redis() -> Iterator[SharedRedis]:
     tools.delete_prefix(
         shared.address.port, shared.address.db, shared.prefix, shared.address.host
     )
-
-
-@pytest.fixture
-def server() -> Iterator[tools.RedisServer]:
-    """A private redis-server that the test may kill and restart."""
-    _need(tools.server_unavailable_reason())
-    with tools.RedisServer() as running:
-        yield running
 
 
 Make = Callable[..., RedisBroker]
@@ -1135,7 +1119,7 @@ async def test_password_and_database(server: tools.RedisServer) -> None:
 @pytest_twisted.ensureDeferred
 async def test_tls(tmp_path: Path) -> None:
     """rediss:// speaks TLS and checks the server's certificate."""
-    _need(tools.server_unavailable_reason())
+    tools.need(tools.server_unavailable_reason())
     from ._certs import self_signed
 
     key, certificate = self_signed(tmp_path)

@@ -28,14 +28,6 @@ from . import _redis_tools as tools
 from ._helpers import sleep, until
 
 
-def _need(reason: str | None) -> None:
-    if reason is None:
-        return
-    if tools.required():
-        pytest.fail(f"{reason}, and TWISTED_SSE_REQUIRE_REDIS=1")
-    pytest.skip(reason)
-
-
 class Collector(_helpers.Collector):
     """A subscriber that keeps what it is given, and can be waited on."""
 
@@ -48,14 +40,6 @@ class Collector(_helpers.Collector):
 
 class Pacer(Collector, _helpers.Pacer):
     """A paced subscriber (see ``_helpers.Pacer``) that can be waited on."""
-
-
-@pytest.fixture
-def server() -> Iterator[tools.RedisServer]:
-    """A private redis-server that the test may kill and restart."""
-    _need(tools.server_unavailable_reason())
-    with tools.RedisServer() as running:
-        yield running
 
 
 Make = Callable[..., RedisBroker]
@@ -82,7 +66,7 @@ async def on_server(server: tools.RedisServer) -> AsyncIterator[Make]:
 @pytest.fixture
 def shared() -> Iterator[tuple[RedisAddress, str]]:
     """The shared Redis and a key prefix of this test's (deleted after)."""
-    _need(tools.unavailable_reason())
+    tools.need(tools.unavailable_reason())
     address = RedisAddress(tools.REDIS_HOST, tools.REDIS_PORT, tools.REDIS_DB)
     prefix = tools.unique_prefix()
     yield address, prefix
