@@ -47,7 +47,6 @@ from twisted_sse._check import (
     judge,
     render_text,
 )
-from twisted_sse._client import _URL
 from twisted_sse._exchange import Connector, H1Reader, Head, HTTPError
 from twisted_sse._observe import (
     Arrival,
@@ -62,6 +61,7 @@ from twisted_sse._observe import (
     observe,
     timestamp_in,
 )
+from twisted_sse._url import URL as _URL
 
 URL = "http://example.com/events"
 SSE = (

@@ -18,7 +18,6 @@ from typing import Final, Literal
 
 from attrs import field, frozen
 
-from ._client import _mime_essence
 from ._exchange import Head
 from ._observe import (
     ACCEPT_ENCODING,
@@ -27,6 +26,7 @@ from ._observe import (
     Observations,
     StreamObservation,
 )
+from ._url import mime_essence
 
 __all__ = ["CHECKS", "Check", "Report", "judge", "render_text"]
 
@@ -88,7 +88,7 @@ def _opened(obs: Observations) -> tuple[StreamObservation, Head] | None:
 
 
 def _essence(head: Head) -> str | None:
-    return _mime_essence(value.encode("latin-1") for value in head.get("content-type"))
+    return mime_essence(value.encode("latin-1") for value in head.get("content-type"))
 
 
 def _is_stream(obs: Observations) -> tuple[StreamObservation, Head] | None:

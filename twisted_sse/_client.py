@@ -35,17 +35,14 @@ a request head.
 
 from __future__ import annotations
 
-import ipaddress
 import random as _random
-import re
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import IntEnum
 from typing import Final
-from urllib.parse import quote, urljoin, urlsplit
 
-from attrs import define, frozen
+from attrs import define
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import (
@@ -81,6 +78,7 @@ from ._parser import (
     EventParser,
     LimitExceeded,
 )
+from ._url import URL, check_headers, mime_essence, strict_url
 
 __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
@@ -134,7 +132,6 @@ MAX_RESPONSE_HEADER_BYTES: Final = 16384
 MAX_RESPONSE_HEADERS: Final = 500
 
 _REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 # The wait after the n-th failed attempt in a row doubles from at least this
 # many seconds, so that a server sending ``retry: 0`` cannot make a client
 # that fails to connect spin.
@@ -142,14 +139,6 @@ _BACKOFF_FLOOR = 1.0
 # Up to this fraction of the backoff is taken off at random, so that clients
 # dropped together do not come back together.
 _JITTER = 0.25
-
-# RFC 9110 token: what a header name or a MIME type/subtype may be.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", re.ASCII)
-_MIME_ESSENCE = re.compile(
-    r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+)/([!#$%&'*+\-.^_`|~0-9A-Za-z]+)", re.ASCII
-)
-# What may stay unescaped in the path and query of a request URI.
-_URI_SAFE = "/?:@!$&'()*+,;=-._~%[]"
 
 
 class ReadyState(IntEnum):
@@ -184,197 +173,6 @@ class EventSourceError(Exception):
 
 class IdleTimeout(Exception):
     """A connection was silent for longer than the idle timeout."""
-
-
-_HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?", re.ASCII)
-
-
-def strict_url(text: str) -> str:
-    """
-    Check that ``text`` is an absolute ``http`` or ``https`` URL that can be
-    connected to as it is: no control character, no space before the path
-    (a space in the path or query is percent-encoded, as browsers do), a
-    valid host (a name, an IPv4 address, or an IPv6 address in brackets), a
-    port from 1 to 65535, no credentials.  :class:`EventSource` and every
-    ``twisted-sse`` command check their URL with it.
-
-    :returns: ``text``.
-    :raises ValueError: naming the problem.
-    """
-    if any(ord(char) < 32 or ord(char) == 127 for char in text):
-        raise ValueError("a space or control character in the URL")
-    scheme, separator, rest = text.partition("://")
-    if not separator:
-        raise ValueError("not an absolute URL: it must start with http:// or https://")
-    if scheme.lower() not in ("http", "https"):
-        raise ValueError(f"the scheme {scheme!r} is not http or https")
-    netloc = re.split(r"[/?#]", rest, maxsplit=1)[0]
-    if any(char.isspace() for char in scheme + netloc):
-        raise ValueError("a space or control character in the URL")
-    if "@" in netloc:
-        raise ValueError(
-            "credentials in the URL are not supported; send an Authorization header"
-        )
-    if netloc.startswith("["):
-        literal, bracket, rest = netloc[1:].partition("]")
-        if not bracket:
-            raise ValueError("an unclosed '[' in the host")
-        try:
-            ipaddress.IPv6Address(literal)
-        except ValueError:
-            raise ValueError(f"{literal!r} is not an IPv6 address") from None
-        if rest and not rest.startswith(":"):
-            raise ValueError(f"{rest!r} after the IPv6 address")
-        port = rest[1:] if rest else None
-    else:
-        host, colon, port_text = netloc.rpartition(":")
-        if not colon:
-            host, port_text = netloc, ""
-        port = port_text if colon else None
-        _check_host(host)
-    if port:
-        if not (port.isdigit() and port.isascii()):
-            raise ValueError(f"the port {port!r} is not a number")
-        if not 1 <= int(port) <= 65535:
-            raise ValueError(f"the port {int(port)} is not between 1 and 65535")
-    _URL.parse(text)
-    return text
-
-
-def _check_host(host: str) -> None:
-    if not host:
-        raise ValueError("no host in the URL")
-    if not host.isascii():
-        try:
-            host = host.encode("idna").decode("ascii")
-        except UnicodeError:
-            raise ValueError(f"{host!r} is not a valid host name") from None
-    if not _HOST_NAME.fullmatch(host) or len(host) > 253:
-        raise ValueError(f"{host!r} is not a valid host name")
-    labels = host.rstrip(".").split(".")
-    if any(len(label) > 63 for label in labels):
-        raise ValueError(f"{host!r} has a label longer than 63 characters")
-    # As browsers do: a host whose last label is a number is an IPv4 address.
-    if labels[-1].isdigit() or labels[-1].lower().startswith("0x"):
-        try:
-            ipaddress.IPv4Address(host.rstrip("."))
-        except ValueError:
-            raise ValueError(f"{host!r} is not a valid IPv4 address") from None
-
-
-@frozen
-class _URL:
-    """An absolute ``http``/``https`` URL, ready for the wire."""
-
-    scheme: str
-    host: str  # lower case, IDNA-encoded; IPv6 literals in brackets
-    port: int
-    target: str  # path and query, percent-encoded ASCII
-
-    @classmethod
-    def parse(cls, text: str, base: _URL | None = None) -> _URL:
-        """
-        Parse ``text``, relative to ``base`` if given.
-
-        :raises ValueError: if it is not an absolute http(s) URL with a host.
-        """
-        if base is not None:
-            text = urljoin(base.text, text)
-        text = text.strip()
-        try:
-            parts = urlsplit(text)
-            port = parts.port
-        except ValueError as e:
-            raise ValueError(f"bad URL {text!r}: {e}") from None
-        scheme = parts.scheme.lower()
-        if scheme not in _DEFAULT_PORTS:
-            raise ValueError(f"not an http or https URL: {text!r}")
-        hostname = parts.hostname
-        if not hostname:
-            raise ValueError(f"no host in URL: {text!r}")
-        if parts.username is not None or parts.password is not None:
-            raise ValueError(
-                "credentials in the URL are not supported; "
-                "send an Authorization header instead"
-            )
-        if ":" in hostname:
-            host = f"[{hostname}]"
-        else:
-            try:
-                host = hostname.encode("idna").decode("ascii")
-            except UnicodeError:
-                raise ValueError(f"bad host in URL: {text!r}") from None
-        target = quote(parts.path or "/", safe=_URI_SAFE)
-        if parts.query:
-            target += "?" + quote(parts.query, safe=_URI_SAFE)
-        return cls(scheme, host, port or _DEFAULT_PORTS[scheme], target)
-
-    @property
-    def origin(self) -> str:
-        """``scheme://host[:port]``, the port only when it is not the default."""
-        if self.port == _DEFAULT_PORTS[self.scheme]:
-            return f"{self.scheme}://{self.host}"
-        return f"{self.scheme}://{self.host}:{self.port}"
-
-    @property
-    def text(self) -> str:
-        """The URL as text."""
-        return self.origin + self.target
-
-
-def _split_header_list(value: str) -> list[str]:
-    # Split on commas outside double-quoted strings (Fetch, "get, decode, and
-    # split"), so that a quoted parameter cannot smuggle in a second type.
-    pieces: list[str] = []
-    current: list[str] = []
-    quoted = escaped = False
-    for char in value:
-        if quoted:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                quoted = False
-        elif char == '"':
-            quoted = True
-        elif char == ",":
-            pieces.append("".join(current))
-            current = []
-            continue
-        current.append(char)
-    pieces.append("".join(current))
-    return pieces
-
-
-def _mime_essence(values: Iterable[bytes]) -> str | None:
-    """
-    The essence (``type/subtype``, lower case, parameters dropped) of the
-    MIME type that Content-Type header values name, as the Fetch standard's
-    "extract a MIME type" finds it: the last valid type wins.
-
-    :param values: The raw Content-Type header values.
-    :returns: The essence, or ``None`` if no value is a valid MIME type.
-    """
-    essence = None
-    for raw in values:
-        for piece in _split_header_list(raw.decode("latin-1")):
-            candidate = piece.split(";", 1)[0].strip(" \t\r\n")
-            if _MIME_ESSENCE.fullmatch(candidate) and candidate != "*/*":
-                essence = candidate.lower()
-    return essence
-
-
-def _check_headers(
-    headers: Mapping[str, str] | Iterable[tuple[str, str]],
-) -> tuple[tuple[str, str], ...]:
-    pairs = tuple(headers.items() if isinstance(headers, Mapping) else headers)
-    for name, value in pairs:
-        if not _TOKEN.fullmatch(name):
-            raise ValueError(f"bad header name: {name!r}")
-        if any(char in value for char in "\r\n\0"):
-            raise ValueError(f"header {name} has a CR, LF or NUL in its value")
-    return pairs
 
 
 def _default_reactor() -> IReactorTime:
@@ -568,7 +366,7 @@ def _limit_exceeded(failure: Failure) -> LimitExceeded | None:
 class _Attempt:
     """One connection attempt: the request, then the body it opened."""
 
-    url: _URL
+    url: URL
     request: Deferred[IResponse] | None = None
     body: IPushProducer | None = None
     parser: EventParser | None = None
@@ -777,8 +575,8 @@ class EventSource:
             ``last_event_id`` is malformed, a time is negative, or a cap is
             less than 1.
         """
-        self._url = _URL.parse(strict_url(url))
-        self._headers = _check_headers(headers)
+        self._url = URL.parse(strict_url(url))
+        self._headers = check_headers(headers)
         if any(char in last_event_id for char in "\r\n\0"):
             raise ValueError("last_event_id must not contain CR, LF or NUL")
         if reconnection_time < 0 or idle_timeout < 0 or max_backoff < 0:
@@ -943,7 +741,7 @@ class EventSource:
                 )
             redirects += 1
             try:
-                target = _URL.parse(locations[-1].decode("utf-8", "replace"), url)
+                target = URL.parse(locations[-1].decode("utf-8", "replace"), url)
             except ValueError as e:
                 raise EventSourceError(
                     f"bad redirect: {e}", response.code, url.text
@@ -968,7 +766,7 @@ class EventSource:
             self._fail(EventSourceError(message, response.code, url))
             return
         content_type = response.headers.getRawHeaders(b"content-type") or []
-        if _mime_essence(content_type) != "text/event-stream":
+        if mime_essence(content_type) != "text/event-stream":
             _discard(response)
             named = b", ".join(content_type).decode("latin-1") or "missing"
             self._fail(

@@ -35,12 +35,8 @@ from zope.interface import implementer
 if TYPE_CHECKING:
     from twisted.internet._sslverify import IOpenSSLTrustRoot
 
-from ._client import (
-    _URL,
-    MAX_REDIRECTS,
-    MAX_RESPONSE_HEADER_BYTES,
-    MAX_RESPONSE_HEADERS,
-)
+from ._client import MAX_REDIRECTS, MAX_RESPONSE_HEADER_BYTES, MAX_RESPONSE_HEADERS
+from ._url import URL
 
 __all__ = [
     "CONNECT_TIMEOUT",
@@ -329,7 +325,7 @@ class Recorder:
 @frozen
 class _Request:
     method: str
-    url: _URL
+    url: URL
     headers: tuple[tuple[str, str], ...]
     body: bytes = b""
 
@@ -620,9 +616,9 @@ class Connector:
     reactor: Any
     trust: IOpenSSLTrustRoot | None = None  # an OpenSSL trust root
     http2: bool = True
-    endpoint_for: Callable[[_URL], IStreamClientEndpoint] | None = None
+    endpoint_for: Callable[[URL], IStreamClientEndpoint] | None = None
 
-    def _endpoint(self, url: _URL) -> IStreamClientEndpoint:
+    def _endpoint(self, url: URL) -> IStreamClientEndpoint:
         if self.endpoint_for is not None:
             return self.endpoint_for(url)
         from twisted.internet.ssl import optionsForClientTLS
@@ -644,7 +640,7 @@ class Connector:
     def request(
         self,
         method: str,
-        url: _URL,
+        url: URL,
         headers: Sequence[tuple[str, str]],
         recorder: Recorder,
         body: bytes = b"",
@@ -678,7 +674,7 @@ class Fetch:
         self,
         connector: Connector,
         method: str,
-        url: _URL,
+        url: URL,
         headers: Sequence[tuple[str, str]],
         recorder: Recorder,
         *,
@@ -701,7 +697,7 @@ class Fetch:
         self._location: str | None = None
         self._request(url)
 
-    def _request(self, url: _URL) -> None:
+    def _request(self, url: URL) -> None:
         self.url = url
         self._location = None
         exchange = self._exchange = self._connector.request(
@@ -724,7 +720,7 @@ class Fetch:
             self._recorder.end(f"more than {MAX_REDIRECTS} redirects")
         else:
             try:
-                target = _URL.parse(location, self.url)
+                target = URL.parse(location, self.url)
             except ValueError as e:
                 self._recorder.end(f"a bad redirect: {e}")
             else:

@@ -24,7 +24,6 @@ from attrs import define, frozen
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from ._client import _URL, _mime_essence
 from ._exchange import Connector, Fetch, Head, Recorder
 from ._parser import (
     DEFAULT_MAX_EVENT_DATA_BYTES,
@@ -32,6 +31,7 @@ from ._parser import (
     EventParser,
     LimitExceeded,
 )
+from ._url import URL, mime_essence
 
 __all__ = [
     "Arrival",
@@ -517,7 +517,7 @@ class _StreamRecorder(Recorder):
         self,
         clock: IReactorTime,
         start: float,
-        url: _URL,
+        url: URL,
         last_event_id: str = "",
         on_open: Callable[[], object] | None = None,
         on_event: Callable[[Arrival], object] | None = None,
@@ -554,7 +554,7 @@ class _StreamRecorder(Recorder):
     def head(self, head: Head) -> str | None:
         self.head_ = head
         self.head_at = self.last_byte = self.now()
-        essence = _mime_essence(
+        essence = mime_essence(
             value.encode("latin-1") for value in head.get("content-type")
         )
         if head.status != 200 or essence != "text/event-stream":
@@ -771,8 +771,8 @@ class _Watch:
         self.reactor = reactor
         self.plan = plan
         self.connector = connector
-        self.url = _URL.parse(plan.url)
-        self.publish_url = _URL.parse(plan.publish_url) if plan.publish_url else None
+        self.url = URL.parse(plan.url)
+        self.publish_url = URL.parse(plan.publish_url) if plan.publish_url else None
         self.start = float(reactor.seconds())
         self.nonce = f"{self.start:.6f}"
         self.finished: Deferred[None] = Deferred()
@@ -937,7 +937,7 @@ class _Watch:
             )
             self.publish_calls.append(call)
 
-    def _publish(self, url: _URL, number: int) -> None:
+    def _publish(self, url: URL, number: int) -> None:
         if self.over:
             return
         data = json.dumps(
