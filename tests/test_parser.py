@@ -740,6 +740,50 @@ class EndTests(SynchronousTestCase):
         self.assertEqual((parser.last_event_id, parser.retry), ("1", 5))
 
 
+class ProcessLineTests(SynchronousTestCase):
+    """
+    EventParser.process_line is the hook that sees every line.
+    """
+
+    def test_override_sees_each_line(self) -> None:
+        """
+        An override gets each line once, in order, without its line end or
+        the leading BOM, however the chunks split, and its events are fed.
+        """
+
+        class Lines(EventParser):
+            def __init__(self) -> None:
+                super().__init__()
+                self.seen: list[bytes] = []
+
+            def process_line(self, line: bytes) -> MessageEvent | None:
+                self.seen.append(line)
+                return super().process_line(line)
+
+        stream = BOM + b"id: 1\r\ndata: a\r\rdata: b\n\n: hi\n"
+        for size in (1, 2, len(stream)):
+            parser = Lines()
+            chunks = [stream[i : i + size] for i in range(0, len(stream), size)]
+            self.assertEqual(
+                parse(*chunks, parser=parser),
+                [message("a", last_event_id="1"), message("b", last_event_id="1")],
+            )
+            self.assertEqual(
+                parser.seen,
+                [b"id: 1", b"data: a", b"", b"data: b", b"", b": hi"],
+                size,
+            )
+
+    def test_direct_call(self) -> None:
+        """
+        Called directly, a field line returns nothing and a blank line
+        dispatches what the lines before it gathered.
+        """
+        parser = EventParser()
+        self.assertIsNone(parser.process_line(b"data: x"))
+        self.assertEqual(parser.process_line(b""), message("x"))
+
+
 class OriginTests(SynchronousTestCase):
     """
     Events carry the origin the parser was made with.

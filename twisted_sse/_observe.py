@@ -424,11 +424,11 @@ class _LintParser(EventParser):
             self._ended_in_cr = chunk[-1:] == b"\r"
         return super().feed(chunk)
 
-    def _process_line(self, line: bytes) -> Any:
+    def process_line(self, line: bytes) -> Any:
         self.lines += 1
         number = self.lines
         if not line:
-            event = super()._process_line(line)
+            event = super().process_line(line)
             if event is not None:
                 self.own_ids.append(self._block_id)
             self._block_id = None
@@ -450,7 +450,7 @@ class _LintParser(EventParser):
             )
         if line[:1] != b":" and not line.startswith(_BOM):
             self._lint_field(line, number)
-        return super()._process_line(line)
+        return super().process_line(line)
 
     def _lint_field(self, line: bytes, number: int) -> None:
         name, _, value = line.partition(b":")

@@ -166,7 +166,7 @@ class EventParser:
                 chunk = chunk[1:]
         events: list[MessageEvent] = []
         max_line = self._max_line
-        process = self._process_line
+        process = self.process_line
         try:
             start = 0
             for match in _EOL.finditer(chunk):
@@ -221,7 +221,21 @@ class EventParser:
             "max_line_bytes",
         )
 
-    def _process_line(self, line: bytes) -> MessageEvent | None:
+    def process_line(self, line: bytes) -> MessageEvent | None:
+        """
+        Interpret one line: a field sets the event being gathered, a blank
+        line dispatches it.  :meth:`feed` calls it for every line it
+        completes, and a subclass that must see each line (a linter, a
+        recorder) overrides it and calls the parent's; the plain parser pays
+        nothing for the hook.
+
+        :param line: The line, without its line end (nor the stream's
+            leading BOM); :meth:`feed` has checked it against
+            ``max_line_bytes``, a direct call skips that cap.
+        :returns: The event a blank line dispatches, or ``None``.
+        :raises: ``LimitExceeded`` if a ``data`` line takes the event's data
+            past ``max_event_bytes``.
+        """
         # Field names are ASCII and a colon never occurs inside a multi-byte
         # UTF-8 sequence, so the line is split before decoding; invalid bytes
         # in a value become U+FFFD when it is decoded.
