@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import gc
 import re
-from collections.abc import Iterable
+import weakref
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from hypothesis import given, settings
@@ -1213,11 +1214,14 @@ class APITests(SynchronousTestCase):
         self.assertEqual(seen, [message("1")])
 
     def test_abandoned_loop_forgotten(self) -> None:
-        """A loop left with break stops collecting events."""
+        """A loop left with break is forgotten: the source no longer holds it."""
         harness = Harness()
+        loops: list[weakref.ref[AsyncIterator[MessageEvent]]] = []
 
         async def first() -> None:
-            async for _ in harness.source:
+            iterator = aiter(harness.source)
+            loops.append(weakref.ref(iterator))
+            async for _ in iterator:
                 break
 
         done = Deferred.fromCoroutine(first())
@@ -1226,9 +1230,10 @@ class APITests(SynchronousTestCase):
         self.successResultOf(done)
         del done
         gc.collect()
-        self.assertEqual(len(harness.source._iterators), 0)
+        [loop] = loops
+        self.assertIsNone(loop())
         response.send(b"data: 2\n\n")
-        self.assertEqual(len(harness.source._waiting), 0)
+        self.assertEqual(harness.events, [message("1"), message("2")])
 
     def test_iteration_after_close(self) -> None:
         """A loop started after close() ends at once."""

@@ -31,8 +31,15 @@ from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 from twisted.web.client import BrowserLikePolicyForHTTPS
 
-from twisted_sse import EventParser, EventSource, MessageEvent, ReadyState, _client
-from twisted_sse._client import MAX_RESPONSE_HEADER_BYTES
+from twisted_sse import (
+    MAX_RESPONSE_HEADER_BYTES,
+    EventParser,
+    EventSource,
+    MessageEvent,
+    ReadyState,
+    _agent,
+    _client,
+)
 from twisted_sse._parser import LimitExceeded
 
 from ._certs import self_signed
@@ -159,7 +166,7 @@ class SpyParser(EventParser):
             self.most = max(self.most, self.buffered)
 
 
-class SpyHead(_client._HeadLimit):
+class SpyHead(_agent.HeadLimit):
     """The response head counter, recording what it let through."""
 
     made: list[SpyHead] = []
@@ -170,9 +177,9 @@ class SpyHead(_client._HeadLimit):
         SpyHead.made.append(self)
 
     def dataReceived(self, data: bytes) -> None:
-        dropped = self._error is not None
+        dropped = self.exceeded is not None
         super().dataReceived(data)
-        if not dropped and self._error is None:
+        if not dropped and self.exceeded is None:
             self.forwarded += len(data)
 
 
@@ -182,7 +189,7 @@ def spies(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     SpyParser.made = []
     SpyHead.made = []
     monkeypatch.setattr(_client, "EventParser", SpyParser)
-    monkeypatch.setattr(_client, "_HeadLimit", SpyHead)
+    monkeypatch.setattr(_agent, "HeadLimit", SpyHead)
     yield
 
 
@@ -382,7 +389,7 @@ def tls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[Path, Path]:
     key, cert = self_signed(tmp_path)
     trust = Certificate.loadPEM(cert.read_bytes())
     monkeypatch.setattr(
-        _client,
+        _agent,
         "BrowserLikePolicyForHTTPS",
         lambda: BrowserLikePolicyForHTTPS(trustRoot=trust),
     )

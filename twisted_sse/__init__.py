@@ -6,6 +6,7 @@ The public API; everything else lives in private modules.
 
 from typing import TYPE_CHECKING, Any
 
+from ._agent import MAX_RESPONSE_HEADER_BYTES, MAX_RESPONSE_HEADERS
 from ._broker import (
     DEFAULT_CHANNEL_TTL,
     DEFAULT_HISTORY,
@@ -26,17 +27,13 @@ from ._client import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_BACKOFF,
     DEFAULT_RECONNECTION_TIME,
-    ITERATOR_QUEUE_BYTES,
-    ITERATOR_QUEUE_EVENTS,
-    MAX_REDIRECTS,
-    MAX_RESPONSE_HEADER_BYTES,
-    MAX_RESPONSE_HEADERS,
     EventSource,
     EventSourceError,
     IdleTimeout,
     ReadyState,
 )
 from ._event import MAX_RETRY, Event, MessageEvent, encode_comment, encode_retry
+from ._fetch import MAX_REDIRECTS
 from ._heartbeat import DEFAULT_HEARTBEAT, Heartbeat
 from ._hub import (
     DEFAULT_MAX_EVENT_BYTES,
@@ -48,6 +45,7 @@ from ._hub import (
     Hub,
     bearer_token_authorizer,
 )
+from ._iterator import ITERATOR_QUEUE_BYTES, ITERATOR_QUEUE_EVENTS
 from ._logs import access_log_formatter, json_log_observer
 from ._metrics import MetricsResource, SSECollector
 from ._parser import (

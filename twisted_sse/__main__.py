@@ -53,11 +53,11 @@ from ._client import (
     EventSource,
     EventSourceError,
     ReadyState,
-    strict_url,
 )
 from ._exchange import Connector
 from ._observe import Plan, observe
 from ._parser import DEFAULT_MAX_EVENT_DATA_BYTES, DEFAULT_MAX_LINE_BYTES, LimitExceeded
+from ._url import strict_url
 
 __all__ = ["build_parser", "check", "listen", "main", "strict_url"]
 

@@ -20,58 +20,37 @@ It runs the connection as the WHATWG HTML standard says a client must
   retried as a failed attempt;
 - ``close()`` is final: nothing is delivered after it.
 
-Redirects are followed here rather than by
-:class:`~twisted.web.client.RedirectAgent`, which keeps every non-sensitive
-header (``X-Api-Key``, say) across origins and does not say which URL it
-ended at.
-
-Twisted's HTTP client caps each line of a response head (16 KiB) but not
-their number: a server sending headers without end fills the client's
-memory.  The default agent here stands a small counter between each
-connection and Twisted's protocol (through public endpoint APIs) that drops
-the connection once the head passes the limits Twisted's own server puts on
-a request head.
+The parts live in modules of their own: the request and its redirects in
+``_fetch``, the default agent that caps response heads in ``_agent``, a
+connection attempt in ``_attempt``, the backoff in ``_backoff``, the
+``async for`` loops in ``_iterator``.
 """
 
 from __future__ import annotations
 
 import random as _random
-import weakref
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from enum import IntEnum
 from typing import Final
 
-from attrs import define
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import (
-    IAddress,
-    IDelayedCall,
-    IProtocol,
-    IProtocolFactory,
-    IPushProducer,
-    IReactorTime,
-    IStreamClientEndpoint,
-    ITCPTransport,
-    ITransport,
-)
-from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import (
-    URI,
-    Agent,
-    BrowserLikePolicyForHTTPS,
-    ResponseFailed,
-    ResponseNeverReceived,
-)
-from twisted.web.error import SchemeNotSupported
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IAgentEndpointFactory, IResponse
-from zope.interface import implementer
+from twisted.web.iweb import IAgent
 
+from ._agent import (
+    MAX_RESPONSE_HEADER_BYTES,
+    MAX_RESPONSE_HEADERS,
+    default_agent,
+    discard,
+    limit_exceeded,
+)
+from ._attempt import Attempt, BodyReceiver
+from ._backoff import reconnect_delay
 from ._event import MessageEvent
+from ._fetch import MAX_REDIRECTS, Fetched, RedirectRefused, fetch
+from ._iterator import ITERATOR_QUEUE_BYTES, ITERATOR_QUEUE_EVENTS, EventIterator, Loops
 from ._parser import (
     DEFAULT_MAX_EVENT_DATA_BYTES,
     DEFAULT_MAX_LINE_BYTES,
@@ -109,36 +88,6 @@ DEFAULT_IDLE_TIMEOUT: Final = 45.0
 #: Seconds that the backoff after failed attempts never exceeds (unless the
 #: server's own ``retry:`` asks for longer).
 DEFAULT_MAX_BACKOFF: Final = 60.0
-
-#: Events, and characters of their data, that may wait for one ``async for``
-#: loop before the client stops reading the stream until the loop catches up
-#: (to half of either).
-ITERATOR_QUEUE_EVENTS: Final = 1000
-ITERATOR_QUEUE_BYTES: Final = 16 * 1024 * 1024
-
-#: Redirects followed before the connection fails (the Fetch standard's limit).
-MAX_REDIRECTS: Final = 20
-
-#: The most bytes of response head (status line, headers, line ends, and
-#: those of any interim 1xx responses before it) the default agent reads
-#: before it drops the connection: Twisted's server's limit on a request
-#: head (``totalHeadersSize``), also Node's default.  Being no more than
-#: Twisted's client's limit on one line, it is always the one that trips.
-MAX_RESPONSE_HEADER_BYTES: Final = 16384
-
-#: The most response header lines (continuation lines included) the
-#: default agent reads before it drops the connection: Twisted's server's
-#: limit on request headers (``maxHeaders``).
-MAX_RESPONSE_HEADERS: Final = 500
-
-_REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
-# The wait after the n-th failed attempt in a row doubles from at least this
-# many seconds, so that a server sending ``retry: 0`` cannot make a client
-# that fails to connect spin.
-_BACKOFF_FLOOR = 1.0
-# Up to this fraction of the backoff is taken off at random, so that clients
-# dropped together do not come back together.
-_JITTER = 0.25
 
 
 class ReadyState(IntEnum):
@@ -179,288 +128,6 @@ def _default_reactor() -> IReactorTime:
     from twisted.internet import reactor
 
     return reactor
-
-
-def _discard(response: IResponse) -> None:
-    # An unread body keeps the connection paused forever: take it and drop
-    # the connection at once.
-    response.deliverBody(_Discard())
-
-
-class _Discard(Protocol):
-    def makeConnection(self, transport: ITransport) -> None:
-        producer = IPushProducer(transport, None)
-        if producer is not None:
-            producer.stopProducing()
-
-
-class _HeadLimit(Protocol):
-    """
-    Stands between a connection and the HTTP client protocol: counts the
-    response head as it passes, and drops the connection once it is longer
-    than C{max_bytes} or has more than C{max_lines} header lines.  After the
-    head, bytes pass through untouched.
-
-    It parses lines as Twisted's client parser does (LF ends a line, one CR
-    before it is dropped, an empty line ends a head, a 1xx head is followed
-    by another), so that the two agree on where the head ends.
-    """
-
-    def __init__(self, wrapped: IProtocol, max_bytes: int, max_lines: int) -> None:
-        self.wrapped = wrapped
-        self._max_bytes = max_bytes
-        self._max_lines = max_lines
-        self._in_head = True
-        self._head_bytes = 0
-        self._header_lines = 0
-        self._line = bytearray()
-        # The status line of the head being read; None before it.
-        self._status: bytes | None = None
-        self._error: LimitExceeded | None = None
-
-    def makeConnection(self, transport: ITransport) -> None:
-        self.transport = transport
-        # The HTTP protocol gets the real transport: only what it reads goes
-        # through here.
-        self.wrapped.makeConnection(transport)
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._error is not None:
-            return
-        if self._in_head:
-            self._error = self._scan(data)
-            if self._error is not None:
-                assert self.transport is not None
-                if ITCPTransport.providedBy(self.transport):
-                    ITCPTransport(self.transport).abortConnection()
-                else:
-                    self.transport.loseConnection()
-                return
-        self.wrapped.dataReceived(data)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self._error is not None:
-            reason = Failure(self._error)
-        self.wrapped.connectionLost(reason)
-
-    def _scan(self, data: bytes) -> LimitExceeded | None:
-        start = 0
-        while self._in_head:
-            newline = data.find(b"\n", start)
-            end = len(data) if newline < 0 else newline + 1
-            self._head_bytes += end - start
-            if self._head_bytes > self._max_bytes:
-                return LimitExceeded(
-                    f"response headers longer than {self._max_bytes} bytes",
-                    self._max_bytes,
-                )
-            if newline < 0:
-                self._line += data[start:]
-                return None
-            self._line += data[start:newline]
-            line = bytes(self._line).removesuffix(b"\r")
-            self._line.clear()
-            start = end
-            if self._status is None:
-                self._status = line
-            elif line:
-                self._header_lines += 1
-                if self._header_lines > self._max_lines:
-                    return LimitExceeded(
-                        f"more than {self._max_lines} response header lines",
-                        self._max_lines,
-                    )
-            else:
-                self._in_head = _interim(self._status)
-                self._status = None
-        return None
-
-
-def _interim(status: bytes) -> bool:
-    # Twisted's client skips a 1xx response and reads the next head.
-    parts = status.split(b" ", 2)
-    try:
-        return len(parts) > 1 and 100 <= int(parts[1]) < 200
-    except ValueError:
-        return False
-
-
-@implementer(IProtocolFactory)
-class _HeadLimitFactory:
-    """Builds the wrapped factory's protocols behind a L{_HeadLimit}."""
-
-    def __init__(self, wrapped: IProtocolFactory) -> None:
-        self._wrapped = wrapped
-
-    def doStart(self) -> None:
-        self._wrapped.doStart()
-
-    def doStop(self) -> None:
-        self._wrapped.doStop()
-
-    def buildProtocol(self, addr: IAddress) -> IProtocol | None:
-        protocol = self._wrapped.buildProtocol(addr)
-        if protocol is None:
-            return None
-        return _HeadLimit(protocol, MAX_RESPONSE_HEADER_BYTES, MAX_RESPONSE_HEADERS)
-
-
-@implementer(IStreamClientEndpoint)
-class _HeadLimitEndpoint:
-    """An endpoint whose connections' response heads are capped."""
-
-    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
-        self._endpoint = endpoint
-
-    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
-        connecting = self._endpoint.connect(_HeadLimitFactory(protocolFactory))
-
-        def unwrap(protocol: IProtocol) -> IProtocol:
-            # The agent talks to its own protocol, not to the counter.
-            assert isinstance(protocol, _HeadLimit)
-            return protocol.wrapped
-
-        return connecting.addCallback(unwrap)
-
-
-@implementer(IAgentEndpointFactory)
-class _HeadLimitEndpoints:
-    """
-    What L{Agent} connects through by default (TCP for http, TLS with
-    L{BrowserLikePolicyForHTTPS} for https), with the response head capped.
-    """
-
-    def __init__(self, reactor: IReactorTime) -> None:
-        self._reactor = reactor
-        self._tls = BrowserLikePolicyForHTTPS()
-
-    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
-        endpoint: IStreamClientEndpoint = HostnameEndpoint(
-            self._reactor, uri.host.decode("ascii"), uri.port
-        )
-        if uri.scheme == b"https":
-            creator = self._tls.creatorForNetloc(uri.host, uri.port)
-            endpoint = wrapClientTLS(creator, endpoint, self._reactor)
-        elif uri.scheme != b"http":
-            raise SchemeNotSupported(f"Unsupported scheme: {uri.scheme!r}")
-        return _HeadLimitEndpoint(endpoint)
-
-
-def _default_agent(reactor: IReactorTime) -> IAgent:
-    agent: IAgent = Agent.usingEndpointFactory(reactor, _HeadLimitEndpoints(reactor))
-    return agent
-
-
-def _limit_exceeded(failure: Failure) -> LimitExceeded | None:
-    """The L{LimitExceeded} that C{failure} is or wraps, if any."""
-    if isinstance(failure.value, LimitExceeded):
-        return failure.value
-    if isinstance(failure.value, ResponseFailed | ResponseNeverReceived):
-        for reason in failure.value.reasons:
-            if isinstance(reason, Failure) and isinstance(reason.value, LimitExceeded):
-                return reason.value
-    return None
-
-
-@define
-class _Attempt:
-    """One connection attempt: the request, then the body it opened."""
-
-    url: URL
-    request: Deferred[IResponse] | None = None
-    body: IPushProducer | None = None
-    parser: EventParser | None = None
-    # Whether the stream dispatched an event: only that ends a run of
-    # failed attempts.
-    delivered: bool = False
-    # Whether reading the body is paused for an ``async for`` that lags.
-    paused: bool = False
-
-
-class _BodyReceiver(Protocol):
-    """Hands a response body to its :class:`EventSource`."""
-
-    def __init__(self, source: EventSource, attempt: _Attempt) -> None:
-        self._source = source
-        self._attempt = attempt
-
-    def makeConnection(self, transport: ITransport) -> None:
-        # The "transport" of a response body is only a push producer.
-        self._attempt.body = IPushProducer(transport, None)
-
-    def dataReceived(self, data: bytes) -> None:
-        self._source._data_received(self._attempt, data)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._source._body_ended(self._attempt, reason)
-
-
-class _EventIterator:
-    """One ``async for`` over an :class:`EventSource`."""
-
-    def __init__(self, source: EventSource) -> None:
-        self._source = source
-        self._events: deque[MessageEvent] = deque()
-        # Characters of data queued: with the count, what pauses reading.
-        self._bytes = 0
-        self._waiter: Deferred[MessageEvent | None] | None = None
-        self._done = False
-        self._error: EventSourceError | None = None
-
-    def __aiter__(self) -> _EventIterator:
-        return self
-
-    async def __anext__(self) -> MessageEvent:
-        if self._events:
-            queued = self._events.popleft()
-            self._bytes -= len(queued.data)
-            if not self.full(low=True):
-                self._source._iterator_drained()
-            return queued
-        if not self._done:
-            self._waiter = Deferred()
-            # While it waits, nothing but the source may hold the loop: a
-            # fire-and-forget coroutine would otherwise be garbage collected.
-            self._source._waiting.add(self)
-            try:
-                event = await self._waiter
-            finally:
-                self._waiter = None
-                self._source._waiting.discard(self)
-            if event is not None:
-                return event
-        if self._error is not None:
-            raise self._error
-        raise StopAsyncIteration
-
-    def _put(self, event: MessageEvent) -> None:
-        if self._done:
-            return
-        if self._waiter is not None:
-            waiter, self._waiter = self._waiter, None
-            waiter.callback(event)
-        else:
-            self._events.append(event)
-            self._bytes += len(event.data)
-
-    def full(self, low: bool = False) -> bool:
-        """
-        Whether this loop lags so far behind that reading should pause
-        (or, with ``low``, not yet resume: below half the bound it does).
-        """
-        divisor = 2 if low else 1
-        return (
-            len(self._events) >= ITERATOR_QUEUE_EVENTS // divisor
-            or self._bytes >= ITERATOR_QUEUE_BYTES // divisor
-        )
-
-    def _finish(self, error: EventSourceError | None) -> None:
-        self._done = True
-        self._error = error
-        self._events.clear()
-        if self._waiter is not None:
-            waiter, self._waiter = self._waiter, None
-            waiter.callback(None)
 
 
 class EventSource:
@@ -594,16 +261,13 @@ class EventSource:
         self._max_line_bytes = max_line_bytes
         self._max_event_bytes = max_event_bytes
         self._clock = reactor if reactor is not None else _default_reactor()
-        self._agent = agent if agent is not None else _default_agent(self._clock)
+        self._agent = agent if agent is not None else default_agent(self._clock)
         self._random = random
         self._ready_state = ReadyState.CONNECTING
         self._origin = self._url.origin
         self._listeners: dict[str, list[Callable[[MessageEvent], object]]] = {}
-        # Weak, so that a loop left with ``break`` is forgotten; a loop that
-        # waits for an event is also held in _waiting.
-        self._iterators: weakref.WeakSet[_EventIterator] = weakref.WeakSet()
-        self._waiting: set[_EventIterator] = set()
-        self._attempt: _Attempt | None = None
+        self._loops = Loops(self._resume_reading)
+        self._attempt: Attempt | None = None
         self._final_error: EventSourceError | None = None
         self._failures = 0
         self._idle_call: IDelayedCall | None = None
@@ -672,36 +336,39 @@ class EventSource:
         self._cancel_timers()
         if attempt is not None:
             self._abandon(attempt)
-        self._finish_iterators(None)
+        self._loops.finish(None)
 
-    def __aiter__(self) -> _EventIterator:
-        iterator = _EventIterator(self)
+    def __aiter__(self) -> EventIterator:
+        iterator = EventIterator(self._loops)
         if self._ready_state is ReadyState.CLOSED:
-            iterator._finish(self._final_error)
+            iterator.finish(self._final_error)
         else:
-            self._iterators.add(iterator)
+            self._loops.add(iterator)
         return iterator
 
     # Connecting
 
     def _connect(self) -> None:
         self._connect_call = None
-        attempt = _Attempt(self._url)
+        attempt = Attempt()
         self._attempt = attempt
         self._arm_watchdog(attempt)
-        request = Deferred.fromCoroutine(self._fetch(attempt))
+        request = Deferred.fromCoroutine(
+            fetch(self._agent, self._url, self._headers, self._last_event_id)
+        )
         attempt.request = request
 
-        def received(response: IResponse) -> None:
-            self._response_received(attempt, response)
+        def received(fetched: Fetched) -> None:
+            self._response_received(attempt, fetched)
 
         def failed(failure: Failure) -> None:
             if self._attempt is not attempt:
                 return  # abandoned: closed, or the watchdog gave up on it
-            if isinstance(failure.value, EventSourceError):
-                self._fail(failure.value)
+            if isinstance(failure.value, RedirectRefused):
+                refused = failure.value
+                self._fail(EventSourceError(str(refused), refused.status, refused.url))
                 return
-            exceeded = _limit_exceeded(failure)
+            exceeded = limit_exceeded(failure)
             # A head too long reaches here wrapped by the HTTP client.
             self._retry(attempt, failure if exceeded is None else Failure(exceeded))
 
@@ -709,56 +376,14 @@ class EventSource:
             lambda failure: _log.failure("Bug in EventSource", failure)
         )
 
-    def _request_headers(self, extra: Sequence[tuple[str, str]]) -> Headers:
-        headers = Headers()
-        for name, value in extra:
-            headers.addRawHeader(name.encode("ascii"), value.encode("utf-8"))
-        headers.setRawHeaders(b"Accept", [b"text/event-stream"])
-        headers.setRawHeaders(b"Cache-Control", [b"no-cache"])
-        if self._last_event_id:
-            headers.setRawHeaders(b"Last-Event-ID", [self._last_event_id.encode()])
-        else:
-            headers.removeHeader(b"Last-Event-ID")
-        return headers
-
-    async def _fetch(self, attempt: _Attempt) -> IResponse:
-        url = self._url
-        extra: Sequence[tuple[str, str]] = self._headers
-        redirects = 0
-        while True:
-            attempt.url = url
-            response = await self._agent.request(
-                b"GET", url.text.encode("ascii"), self._request_headers(extra)
-            )
-            locations = response.headers.getRawHeaders(b"location")
-            if response.code not in _REDIRECT_CODES or not locations:
-                # A redirect without a Location is the response itself.
-                return response
-            _discard(response)
-            if redirects == MAX_REDIRECTS:
-                raise EventSourceError(
-                    f"more than {MAX_REDIRECTS} redirects", response.code, url.text
-                )
-            redirects += 1
-            try:
-                target = URL.parse(locations[-1].decode("utf-8", "replace"), url)
-            except ValueError as e:
-                raise EventSourceError(
-                    f"bad redirect: {e}", response.code, url.text
-                ) from None
-            if target.origin != url.origin:
-                # Fetch: credentials never cross to another origin, and stay
-                # dropped if a later hop comes back.
-                extra = ()
-            url = target
-
-    def _response_received(self, attempt: _Attempt, response: IResponse) -> None:
+    def _response_received(self, attempt: Attempt, fetched: Fetched) -> None:
+        response = fetched.response
         if self._attempt is not attempt:
-            _discard(response)
+            discard(response)
             return
-        url = attempt.url.text
+        url = fetched.url.text
         if response.code != 200:
-            _discard(response)
+            discard(response)
             if response.code == 204:
                 message = "the server stopped the stream (HTTP 204)"
             else:
@@ -767,7 +392,7 @@ class EventSource:
             return
         content_type = response.headers.getRawHeaders(b"content-type") or []
         if mime_essence(content_type) != "text/event-stream":
-            _discard(response)
+            discard(response)
             named = b", ".join(content_type).decode("latin-1") or "missing"
             self._fail(
                 EventSourceError(
@@ -775,7 +400,7 @@ class EventSource:
                 )
             )
             return
-        origin = attempt.url.origin
+        origin = fetched.url.origin
         attempt.parser = EventParser(
             self._last_event_id,
             origin,
@@ -788,13 +413,19 @@ class EventSource:
         if self.on_open is not None:
             self._call(self.on_open)
         if self._attempt is not attempt:
-            _discard(response)  # closed by on_open
+            discard(response)  # closed by on_open
             return
-        response.deliverBody(_BodyReceiver(self, attempt))
+        response.deliverBody(
+            BodyReceiver(
+                attempt,
+                lambda data: self._data_received(attempt, data),
+                lambda reason: self._body_ended(attempt, reason),
+            )
+        )
 
     # Reading
 
-    def _data_received(self, attempt: _Attempt, data: bytes) -> None:
+    def _data_received(self, attempt: Attempt, data: bytes) -> None:
         if self._attempt is not attempt or attempt.parser is None:
             return
         self._arm_watchdog(attempt)
@@ -819,7 +450,7 @@ class EventSource:
             self._abandon(attempt)
             self._retry(attempt, Failure(exceeded))
 
-    def _dispatch(self, attempt: _Attempt, event: MessageEvent) -> None:
+    def _dispatch(self, attempt: Attempt, event: MessageEvent) -> None:
         callbacks = list(self._listeners.get(event.type, ()))
         if event.type == "message" and self.on_message is not None:
             callbacks.insert(0, self.on_message)
@@ -827,10 +458,10 @@ class EventSource:
             if self._attempt is not attempt:
                 return
             self._call(callback, event)
-        for iterator in list(self._iterators):
+        for iterator in self._loops:
             if self._attempt is not attempt:
                 return
-            iterator._put(event)
+            iterator.put(event)
             if iterator.full() and not attempt.paused and attempt.body is not None:
                 # An ``async for`` lags: stop reading (the server's socket
                 # fills, and it applies its own slow-client policy) rather
@@ -838,7 +469,7 @@ class EventSource:
                 attempt.paused = True
                 attempt.body.pauseProducing()
 
-    def _body_ended(self, attempt: _Attempt, reason: Failure) -> None:
+    def _body_ended(self, attempt: Attempt, reason: Failure) -> None:
         if self._attempt is not attempt:
             return
         if attempt.parser is not None:
@@ -847,20 +478,14 @@ class EventSource:
 
     # Reconnecting and failing
 
-    def _next_delay(self) -> float:
-        base = self.reconnection_time / 1000
-        if not self._failures:
-            return base
-        cap = max(self._max_backoff, base)
-        backoff = min(cap, max(base, _BACKOFF_FLOOR) * 2.0**self._failures)
-        return max(base, backoff * (1 - _JITTER * self._random()))
-
-    def _retry(self, attempt: _Attempt, reason: Failure) -> None:
+    def _retry(self, attempt: Attempt, reason: Failure) -> None:
         self._attempt = None
         self._cancel_timers()
         if not attempt.delivered or isinstance(reason.value, LimitExceeded):
             self._failures += 1
-        delay = self._next_delay()
+        delay = reconnect_delay(
+            self.reconnection_time, self._failures, self._max_backoff, self._random
+        )
         self._ready_state = ReadyState.CONNECTING
         self._reconnect_delay = delay
         self._connect_call = self._clock.callLater(delay, self._connect)
@@ -880,17 +505,11 @@ class EventSource:
         self._ready_state = ReadyState.CLOSED
         self._final_error = None if error.stopped else error
         _log.info("EventSource failed for good: {error}", error=str(error))
-        self._finish_iterators(self._final_error)
+        self._loops.finish(self._final_error)
         if self.on_error is not None:
             self._call(self.on_error, Failure(error))
 
-    def _finish_iterators(self, error: EventSourceError | None) -> None:
-        iterators = list(self._iterators)
-        self._iterators.clear()
-        for iterator in iterators:
-            iterator._finish(error)
-
-    def _abandon(self, attempt: _Attempt) -> None:
+    def _abandon(self, attempt: Attempt) -> None:
         # Called once the attempt is no longer current, so the errors and the
         # connectionLost that these provoke are ignored.
         if attempt.body is not None:
@@ -900,7 +519,7 @@ class EventSource:
 
     # Timers
 
-    def _arm_watchdog(self, attempt: _Attempt) -> None:
+    def _arm_watchdog(self, attempt: Attempt) -> None:
         if not self._idle_timeout:
             return
         if self._idle_call is not None and self._idle_call.active():
@@ -910,16 +529,17 @@ class EventSource:
                 self._idle_timeout, self._idle, attempt
             )
 
-    def _iterator_drained(self) -> None:
+    def _resume_reading(self) -> None:
+        # A loop took an event and is under half its bounds.
         attempt = self._attempt
         if attempt is None or not attempt.paused or attempt.body is None:
             return
-        if any(iterator.full(low=True) for iterator in self._iterators):
+        if self._loops.lagging():
             return
         attempt.paused = False
         attempt.body.resumeProducing()
 
-    def _idle(self, attempt: _Attempt) -> None:
+    def _idle(self, attempt: Attempt) -> None:
         self._idle_call = None
         if self._attempt is not attempt:
             return
