@@ -39,6 +39,8 @@ from twisted_sse._broker import IBroker, MemoryBroker
 from twisted_sse._hub import Hub
 from twisted_sse.testing import SSETestClient, SSETestResponse, parse_events
 
+from ._transports import TransportCase
+
 
 class Collector:
     """A broker subscriber (a ``deliver`` callable) that keeps what it gets."""
@@ -220,7 +222,10 @@ class ClientAddress(Resource):
 
 
 class HubFixture:
-    """A hub on a clock, served under ``/channels``, and a client for it."""
+    """
+    A hub on a clock, served under ``/channels``, and a client for it, over
+    the test case's ``transport`` (see ``tests/_transports.py``).
+    """
 
     def __init__(
         self,
@@ -247,7 +252,11 @@ class HubFixture:
         )
         root = Resource()
         root.putChild(b"channels", self.hub.resource())
-        self.client = SSETestClient(ClientAddress(root), self.clock)
+        self.client = SSETestClient(
+            ClientAddress(root),
+            self.clock,
+            transport=getattr(testcase, "transport", "memory"),
+        )
         testcase.addCleanup(self.check, testcase)
 
     def check(self, testcase: SynchronousTestCase) -> None:
@@ -290,6 +299,8 @@ class HubFixture:
     def publish(self, data: str, channel: str = "news", **fields: Any) -> str:
         result: list[str] = []
         self.hub.publish(channel, Event(data=data, **fields)).addCallback(result.append)
+        # The reactor's next turn: what the publish buffered or closed.
+        self.client.flush()
         return result[0]
 
 
@@ -307,15 +318,18 @@ class Keeper:
         self.streams.append(stream)
 
 
-class CounterCase(SynchronousTestCase):
-    """A counter resource (one event a second) on a clock, and a client for it."""
+class CounterCase(TransportCase):
+    """
+    A counter resource (one event a second) on a clock, and a client for it
+    over the case's ``transport``.
+    """
 
     def setUp(self) -> None:
         self.clock = Clock()
         self.resource = EventStreamResource(
             counter(1), retry=1000, clock=self.clock, heartbeat=15
         )
-        self.client = SSETestClient(self.resource, clock=self.clock)
+        self.client = self.client_for(self.resource, clock=self.clock)
 
 
 class Sending(typing.Protocol):

@@ -5,15 +5,16 @@ stream of a hub alive.
 
 from __future__ import annotations
 
-from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
+from tests._transports import TransportCase, over_both_transports
 from twisted_sse import EventStream
 
 from ._helpers import HubFixture
 
 
-class HeartbeatTests(SynchronousTestCase):
+@over_both_transports
+class HeartbeatTests(TransportCase):
     """One shared timer keeps every idle stream alive."""
 
     def test_one_timer(self) -> None:

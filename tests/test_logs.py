@@ -13,16 +13,15 @@ from typing import Any, cast
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
-from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 
+from tests._transports import TransportCase, over_both_transports
 from twisted_sse import (
     EventStreamResource,
     access_log_formatter,
     counter,
     json_log_observer,
 )
-from twisted_sse.testing import SSETestClient
 
 
 class FakeRequest:
@@ -48,7 +47,8 @@ class FakeRequest:
         return values[0] if values else None
 
 
-class AccessLogTests(SynchronousTestCase):
+@over_both_transports
+class AccessLogTests(TransportCase):
     """The access log never records a token."""
 
     def test_combined_format(self) -> None:
@@ -86,7 +86,8 @@ class AccessLogTests(SynchronousTestCase):
         self.assertIn('/a?b=\\"c', line)
 
 
-class JSONLogTests(SynchronousTestCase):
+@over_both_transports
+class JSONLogTests(TransportCase):
     """twistd --logger twisted_sse.json_log_observer writes JSON lines."""
 
     def test_one_json_object_per_line(self) -> None:
@@ -101,7 +102,8 @@ class JSONLogTests(SynchronousTestCase):
         self.assertEqual(json.loads(lines[0])["who"], "world")
 
 
-class StreamLogTests(SynchronousTestCase):
+@over_both_transports
+class StreamLogTests(TransportCase):
     """Stream open and close are logged with structured fields."""
 
     def test_open_close_fields(self) -> None:
@@ -112,7 +114,7 @@ class StreamLogTests(SynchronousTestCase):
         self.addCleanup(globalLogPublisher.removeObserver, observer)
         clock = Clock()
         resource = EventStreamResource(counter(1), clock=clock, heartbeat=0)
-        client = SSETestClient(resource, clock=clock)
+        client = self.client_for(resource, clock=clock)
         response = client.get("/events?access_token=hidden")
         client.advance(2.5)
         response.disconnect()

@@ -14,11 +14,11 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
+from tests._transports import TransportCase, over_both_transports
 from twisted_sse import EventStreamService, _registry
 from twisted_sse._registry import StreamRegistry
 from twisted_sse.testing import SSETestResponse
@@ -28,7 +28,8 @@ from ._helpers import HubFixture
 # Admission
 
 
-class AdmissionTests(SynchronousTestCase):
+@over_both_transports
+class AdmissionTests(TransportCase):
     """Over a connection limit, clients get 200, a jittered retry: and an end."""
 
     def make(self, **limits: Any) -> HubFixture:
@@ -109,6 +110,7 @@ class AdmissionTests(SynchronousTestCase):
         first, second = hub.subscribe(), hub.subscribe()
         for decided in decisions:
             decided.callback(True)
+        hub.client.flush()
         self.assertTrue(first.connected)
         self.assert_sent_away(second)
         self.assertEqual(len(registry.streams), 1)
@@ -155,7 +157,8 @@ class _Endpoint:
         return succeed(self.port)
 
 
-class DrainTests(SynchronousTestCase):
+@over_both_transports
+class DrainTests(TransportCase):
     """On stop, every stream ends cleanly, spread over the drain window."""
 
     def setUp(self) -> None:
@@ -246,6 +249,7 @@ class DrainTests(SynchronousTestCase):
         fired: list[None] = []
         self.hub.registry.drain(1.0).addCallback(fired.append)
         decided.callback(True)
+        self.hub.client.flush()
         self.assertTrue(pending.finished)
         self.assertIn("the server is shutting down", pending.comments)
         self.step_until(lambda: bool(fired), 10)

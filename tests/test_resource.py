@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
 
+from tests._transports import TransportCase, over_both_transports
 from twisted_sse import Event, EventStream, EventStreamResource
-from twisted_sse.testing import SSETestClient, SSETestResponse
+from twisted_sse.testing import SSETestResponse
 
 from ._helpers import CounterCase, Keeper, data, silent
 
 
+@over_both_transports
 class HeaderTests(CounterCase):
     """The response head, as the client reads it off the wire."""
 
@@ -41,7 +42,7 @@ class HeaderTests(CounterCase):
         resource = EventStreamResource(
             silent, clock=self.clock, allow_origin="https://app.example"
         )
-        client = SSETestClient(resource, clock=self.clock)
+        client = self.client_for(resource, clock=self.clock)
         response = client.get("/", {"Origin": "https://app.example"})
         self.assertEqual(
             response.header("Access-Control-Allow-Origin"), "https://app.example"
@@ -52,7 +53,7 @@ class HeaderTests(CounterCase):
     def test_request_headers_reach_the_server(self) -> None:
         """The request carries EventSource's headers and Last-Event-ID."""
         keeper = Keeper()
-        client = SSETestClient(
+        client = self.client_for(
             EventStreamResource(keeper, clock=self.clock), clock=self.clock
         )
         response = client.get("/", {"X-Token": "t"}, last_event_id="41")
@@ -67,7 +68,7 @@ class HeaderTests(CounterCase):
     def test_http10_is_not_chunked(self) -> None:
         """Over HTTP/1.0 the body is sent raw and ends with the connection."""
         keeper = Keeper()
-        client = SSETestClient(
+        client = self.client_for(
             EventStreamResource(keeper, clock=self.clock, retry=5), clock=self.clock
         )
         response = client.request("GET", "/", http_version="HTTP/1.0")
@@ -75,6 +76,7 @@ class HeaderTests(CounterCase):
         self.assertIsNone(response.header("Transfer-Encoding"))
         self.assertFalse(response.finished)
         keeper.streams[0].close()
+        client.flush()
         self.assertTrue(response.finished)
         self.assertFalse(response.connected)
         self.assertEqual(response.wire.split(b"\r\n\r\n", 1)[1], response.raw)
@@ -82,16 +84,18 @@ class HeaderTests(CounterCase):
         client.assert_clean(testcase=self)
 
 
-class HandlerTests(SynchronousTestCase):
+@over_both_transports
+class HandlerTests(TransportCase):
     """What a stream's handler may return, and what happens when it fails."""
 
     def serve(self, handler: object) -> SSETestResponse:
         self.clock = Clock()
         resource = EventStreamResource(handler, clock=self.clock)  # type: ignore[arg-type]
-        self.client = SSETestClient(resource, clock=self.clock)
+        self.client = self.client_for(resource, clock=self.clock)
         return self.client.get("/")
 
     def assert_ended_and_logged(self, response: SSETestResponse) -> None:
+        self.client.flush()
         self.assertTrue(response.finished)
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
 
@@ -133,6 +137,7 @@ class HandlerTests(SynchronousTestCase):
         self.assertEqual(self.flushLoggedErrors(), [])
 
 
+@over_both_transports
 class MethodTests(CounterCase):
     """HEAD, OPTIONS and other methods."""
 
@@ -160,7 +165,7 @@ class MethodTests(CounterCase):
     def test_options_preflight(self) -> None:
         """A CORS preflight allows the Last-Event-ID header."""
         resource = EventStreamResource(silent, clock=self.clock, allow_origin="*")
-        client = SSETestClient(resource, clock=self.clock)
+        client = self.client_for(resource, clock=self.clock)
         response = client.request(
             "OPTIONS",
             "/",

@@ -13,7 +13,14 @@ from ._helpers import EPOCH, HubFixture, data, ids
 
 
 class FlowControlTests(SynchronousTestCase):
-    """A client that stops reading never costs unbounded memory nor delays."""
+    """
+    A client that stops reading never costs unbounded memory nor delays.
+
+    The queue and its policies are the same over both writers; these tests
+    pause the stream the moment its client stops reading (the ``"memory"``
+    transport).  How the direct writer gets paused over TCP is in
+    ``test_writer.py``.
+    """
 
     def test_disconnect_slow_only(self) -> None:
         """Under disconnect, the slow client is cut; the others get everything."""

@@ -10,13 +10,13 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseDone
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
+from tests._transports import TransportCase, over_both_transports
 from twisted_sse import (
     Event,
     EventStream,
@@ -27,7 +27,6 @@ from twisted_sse import (
 )
 from twisted_sse._broker import MemoryBroker, Published
 from twisted_sse.testing import (
-    SSETestClient,
     assert_no_leaks,
     parse_events,
 )
@@ -81,6 +80,7 @@ class _ProducerResource(Resource):
         return NOT_DONE_YET
 
 
+@over_both_transports
 class StreamTests(CounterCase):
     """Events, heartbeats and the end of a stream."""
 
@@ -158,7 +158,7 @@ class StreamTests(CounterCase):
         resource = EventStreamResource(
             silent, retry=1000, clock=self.clock, heartbeat=15
         )
-        client = SSETestClient(resource, clock=self.clock)
+        client = self.client_for(resource, clock=self.clock)
         response = client.get("/")
         client.advance(14.9)
         self.assertEqual(response.comments, [])
@@ -171,7 +171,7 @@ class StreamTests(CounterCase):
 
     def test_heartbeat_repeats_while_silent(self) -> None:
         """A silent stream never goes 15 s without a comment."""
-        client = SSETestClient(
+        client = self.client_for(
             EventStreamResource(silent, clock=self.clock, heartbeat=15), self.clock
         )
         response = client.get("/")
@@ -208,7 +208,7 @@ class StreamTests(CounterCase):
     def test_disconnect_fails_notify_finish(self) -> None:
         """The server's notifyFinish Deferred fails with the given reason."""
         keeper = Keeper()
-        client = SSETestClient(
+        client = self.client_for(
             EventStreamResource(keeper, clock=self.clock), clock=self.clock
         )
         response = client.get("/")
@@ -224,11 +224,12 @@ class StreamTests(CounterCase):
         """close() ends the chunked body cleanly; the client then hangs up."""
         keeper = Keeper()
         resource = EventStreamResource(keeper, clock=self.clock, retry=1000)
-        client = SSETestClient(resource, clock=self.clock)
+        client = self.client_for(resource, clock=self.clock)
         response = client.get("/")
         waiting = response.next_event()
         keeper.streams[0].send(Event(data="last"))
         keeper.streams[0].close()
+        client.flush()
         self.assertEqual(self.successResultOf(waiting).data, "last")
         self.assertTrue(response.finished)
         self.assertTrue(response.wire.endswith(b"\r\n0\r\n\r\n"))
@@ -241,11 +242,12 @@ class StreamTests(CounterCase):
     def test_server_abort_cuts_the_body(self) -> None:
         """abort() closes the connection without the terminating chunk."""
         keeper = Keeper()
-        client = SSETestClient(
+        client = self.client_for(
             EventStreamResource(keeper, clock=self.clock), clock=self.clock
         )
         response = client.get("/")
         keeper.streams[0].abort()
+        client.flush()
         self.assertFalse(response.finished)
         self.assertFalse(response.connected)
         self.assertFalse(response.wire.endswith(b"0\r\n\r\n"))
@@ -265,17 +267,6 @@ class StreamTests(CounterCase):
         response.disconnect()
         self.client.assert_clean(testcase=self)
 
-    def test_pause_reading_pauses_the_producer(self) -> None:
-        """pause_reading reaches the request's producer through the channel."""
-        resource = _ProducerResource()
-        client = SSETestClient(resource, clock=self.clock)
-        response = client.get("/")
-        response.pause_reading()
-        response.resume_reading()
-        self.assertEqual(resource.producer.calls, ["pause", "resume"])
-        self.assertEqual(data(response), ["open"])
-        response.disconnect()
-
     def test_hundred_clients_vanish(self) -> None:
         """100 clients cut off abruptly leave no timer or subscription."""
         responses = [self.client.get("/") for _ in range(100)]
@@ -290,7 +281,23 @@ class StreamTests(CounterCase):
         self.client.assert_clean(testcase=self)
 
 
-class TreeTests(SynchronousTestCase):
+class MemoryTransportTests(CounterCase):
+    """What only the ``"memory"`` transport does (``"tcp"``: test_writer.py)."""
+
+    def test_pause_reading_pauses_the_producer(self) -> None:
+        """pause_reading reaches the request's producer through the channel."""
+        resource = _ProducerResource()
+        client = self.client_for(resource, clock=self.clock)
+        response = client.get("/")
+        response.pause_reading()
+        response.resume_reading()
+        self.assertEqual(resource.producer.calls, ["pause", "resume"])
+        self.assertEqual(data(response), ["open"])
+        response.disconnect()
+
+
+@over_both_transports
+class TreeTests(TransportCase):
     """The resource served inside a larger tree."""
 
     def test_klein_route(self) -> None:
@@ -303,7 +310,7 @@ class TreeTests(SynchronousTestCase):
         def events(request: IRequest) -> EventStreamResource:
             return resource
 
-        client = SSETestClient.for_klein(app, clock)
+        client = self.client_for(app.resource(), clock)
         response = client.get("/events")
         client.advance(2)
         self.assertEqual(response.code, 200)
@@ -318,7 +325,7 @@ class TreeTests(SynchronousTestCase):
         resource = EventStreamResource(counter(1), clock=clock)
         root = Resource()
         root.putChild(b"events", resource)
-        client = SSETestClient(root, clock)
+        client = self.client_for(root, clock)
         response = client.get("/events")
         client.advance(1)
         self.assertEqual(
@@ -329,6 +336,7 @@ class TreeTests(SynchronousTestCase):
         client.assert_clean(resource, testcase=self)
 
 
+@over_both_transports
 class LeakCheckTests(CounterCase):
     """The leak check fails when something outlived the test."""
 
@@ -364,7 +372,7 @@ class LeakCheckTests(CounterCase):
         """A stream still counted by a StreamRegistry fails the check."""
         registry = StreamRegistry(self.clock)
         resource = EventStreamResource(silent, clock=self.clock, registry=registry)
-        client = SSETestClient(resource, clock=self.clock)
+        client = self.client_for(resource, clock=self.clock)
         response = client.get("/")
         error = self.assertRaises(
             self.failureException, assert_no_leaks, self, resources=[registry]
@@ -384,7 +392,7 @@ class LeakCheckTests(CounterCase):
             subscribed = broker.subscribe("news", deliver)
             subscribed.addCallback(lambda s: stream.on_close(s.cancel))
 
-        client = SSETestClient(
+        client = self.client_for(
             EventStreamResource(subscribe, clock=self.clock), clock=self.clock
         )
         response = client.get("/")
@@ -402,7 +410,7 @@ class LeakCheckTests(CounterCase):
 
     def test_malformed_response(self) -> None:
         """Bytes that are not HTTP are reported, not smoothed over."""
-        client = SSETestClient(_RawResource(b"HTTP/1.1 200 OK\r\nbad\r\n\r\n"))
+        client = self.client_for(_RawResource(b"HTTP/1.1 200 OK\r\nbad\r\n\r\n"))
         response = client.get("/")
         self.assertIn("bad header line", response.protocol_error or "")
         self.assertIsNone(response.code)
@@ -413,7 +421,8 @@ class LeakCheckTests(CounterCase):
         self.assertIn("malformed response", str(error))
 
 
-class ParseEventsTests(SynchronousTestCase):
+@over_both_transports
+class ParseEventsTests(TransportCase):
     """parse_events reads a whole body."""
 
     def test_parse_events(self) -> None:
