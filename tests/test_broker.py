@@ -8,17 +8,22 @@ test_hub_live.py.
 
 from __future__ import annotations
 
+import json
 import time
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from twisted_sse._broker import (
     DEFAULT_HISTORY,
     HISTORY_LOST_EVENT,
+    Deliver,
     IBroker,
     MemoryBroker,
     Published,
@@ -29,7 +34,7 @@ from twisted_sse._broker import (
 )
 from twisted_sse._event import Event
 
-from ._helpers import Collector, Pacer
+from ._helpers import Collector, HubFixture, Pacer, data, ids
 
 
 class BrokerTestCase(SynchronousTestCase):
@@ -50,6 +55,19 @@ class BrokerTestCase(SynchronousTestCase):
         )
         self.addCleanup(subscription.cancel)
         return collector, subscription
+
+    def subscribe_now(
+        self,
+        broker: MemoryBroker,
+        channel: str,
+        deliver: Deliver,
+        last_event_id: str | None = None,
+    ) -> Subscription:
+        """``broker.subscribe_now``, which the memory broker always answers."""
+        subscription = broker.subscribe_now(channel, deliver, last_event_id)
+        if subscription is None:
+            self.fail("the memory broker did not answer at once")
+        return subscription
 
 
 class InterfaceTests(SynchronousTestCase):
@@ -422,10 +440,10 @@ class SubscribeNowTests(BrokerTestCase):
     def test_same_as_subscribe(self) -> None:
         """It replays and goes live as subscribe does, and returns at once."""
         broker = MemoryBroker(epoch=7)
-        for data in "abc":
-            self.publish(broker, "news", data)
+        for text in "abc":
+            self.publish(broker, "news", text)
         collector = Collector()
-        subscription = broker.subscribe_now("news", collector, "7-1")
+        subscription = self.subscribe_now(broker, "news", collector, "7-1")
         self.addCleanup(subscription.cancel)
         self.publish(broker, "news", "d")
         self.assertEqual(collector.data, ["b", "c", "d"])
@@ -457,7 +475,7 @@ class SubscribeNowTests(BrokerTestCase):
         """The subscription is its own cancel handle, and is idempotent."""
         broker = MemoryBroker()
         collector = Collector()
-        subscription = broker.subscribe_now("news", collector)
+        subscription = self.subscribe_now(broker, "news", collector)
         self.assertEqual(broker.subscriber_count("news"), 1)
         subscription.cancel()
         subscription.cancel()
@@ -475,7 +493,7 @@ class PacedReplayTests(BrokerTestCase):
         for n in range(1, 11):
             self.publish(broker, "a", str(n))
         pacer = Pacer(3)
-        subscription = broker.subscribe_now("a", pacer, "5-0")
+        subscription = self.subscribe_now(broker, "a", pacer, "5-0")
         self.addCleanup(subscription.cancel)
         self.assertEqual(pacer.data, ["1", "2", "3"])
         self.assertEqual(subscription.replayed, 3)
@@ -509,7 +527,7 @@ class PacedReplayTests(BrokerTestCase):
         self.publish(broker, "a", "1")
         self.publish(broker, "a", "2")
         pacer = Pacer(1)
-        subscription = broker.subscribe_now("a", pacer, "5-0")
+        subscription = self.subscribe_now(broker, "a", pacer, "5-0")
         self.assertEqual(broker.subscriber_count("a"), 1)
         subscription.cancel()
         subscription.resume_replay()
@@ -523,7 +541,7 @@ class PacedReplayTests(BrokerTestCase):
         for n in range(1, 6):
             self.publish(broker, "a", str(n))
         pacer = Pacer(2)
-        subscription = broker.subscribe_now("a", pacer, "5-0")
+        subscription = self.subscribe_now(broker, "a", pacer, "5-0")
         self.addCleanup(subscription.cancel)
         self.assertEqual(pacer.ids, ["5-1", "5-2"])
         # Paused at 5-2; two more events trim 5-1 and 5-2, which it has.
@@ -572,7 +590,7 @@ class PacedReplayTests(BrokerTestCase):
             self.publish(broker, "a", str(n))
         resume = min(resume, before)
         pacer = Pacer(1)
-        subscription = broker.subscribe_now("a", pacer, f"5-{resume}")
+        subscription = self.subscribe_now(broker, "a", pacer, f"5-{resume}")
         published = before
         for room, publishes in steps:
             for _ in range(publishes):
@@ -732,3 +750,156 @@ def _history_bytes(broker: MemoryBroker) -> int:
         for channel in broker.channel_names()
         for published in broker._channels[channel].history
     )
+
+
+@implementer(IBroker)
+class _OwnBroker:
+    """
+    A broker as a user might write one, over a store of their own: it
+    provides IBroker and inherits nothing of ours.  Ids are sequence
+    numbers, the history is every event, and replays are not paced (the
+    hub then holds what the client has not taken yet).
+    """
+
+    available = True
+
+    def __init__(self, at_once: bool) -> None:
+        self.at_once = at_once
+        self.events: dict[str, list[Published]] = {}
+        self.subscribers: dict[str, list[Deliver]] = {}
+
+    def publish(
+        self, channel: str, event: Event, key: str | None = None
+    ) -> Deferred[str]:
+        try:
+            check_publish(channel, event, key)
+        except ValueError as error:
+            return fail(error)
+        history = self.events.setdefault(channel, [])
+        event_id = str(len(history) + 1)
+        frame = Event(data=event.data, event=event.event, id=event_id).encode()
+        published = Published(channel, event_id, frame, key or "message")
+        history.append(published)
+        for deliver in list(self.subscribers.get(channel, ())):
+            deliver(published)
+        return succeed(event_id)
+
+    def subscribe(
+        self, channel: str, deliver: Deliver, last_event_id: str | None = None
+    ) -> Deferred[Subscription]:
+        try:
+            return succeed(self.subscription(channel, deliver, last_event_id))
+        except ValueError as error:
+            return fail(error)
+
+    def subscribe_now(
+        self, channel: str, deliver: Deliver, last_event_id: str | None = None
+    ) -> Subscription | None:
+        if not self.at_once:
+            return None
+        return self.subscription(channel, deliver, last_event_id)
+
+    def subscription(
+        self, channel: str, deliver: Deliver, last_event_id: str | None
+    ) -> Subscription:
+        if not valid_channel(channel):
+            raise ValueError(f"invalid channel name: {channel!r}")
+        history = self.events.setdefault(channel, [])
+        start, lost = len(history), None
+        if last_event_id:
+            if last_event_id.isdigit() and int(last_event_id) <= len(history):
+                start = int(last_event_id)
+            else:
+                lost = "unknown"
+        for published in history[start:]:
+            deliver(published)
+        subscribers = self.subscribers.setdefault(channel, [])
+        subscribers.append(deliver)
+        return Subscription(
+            channel,
+            replayed=len(history) - start,
+            history_lost=lost,
+            position=str(len(history)),
+            cancel=lambda: subscribers.remove(deliver),
+        )
+
+    def stop(self) -> Deferred[None]:
+        return succeed(None)
+
+
+class OwnBrokerTests(SynchronousTestCase):
+    """A broker written against IBroker alone serves the hub as ours do."""
+
+    at_once = False
+
+    def setUp(self) -> None:
+        self.broker = _OwnBroker(self.at_once)
+        self.hub = HubFixture(self, broker=self.broker, max_queue_events=3)
+
+    def test_provides_ibroker(self) -> None:
+        """The test's broker is an IBroker and none of ours."""
+        self.assertTrue(verifyObject(IBroker, self.broker))
+        self.assertNotIsInstance(self.broker, MemoryBroker)
+
+    def test_subscribe(self) -> None:
+        """A subscriber learns the position, then gets what is published."""
+        self.hub.publish("before")
+        response = self.hub.subscribe()
+        self.assertEqual(response.code, 200)
+        self.assertIn(b"id: 1\n", response.raw)
+        self.hub.publish("a")
+        self.hub.publish("b")
+        self.assertEqual(data(response), ["a", "b"])
+        self.assertEqual(ids(response), ["2", "3"])
+
+    def test_resume(self) -> None:
+        """A resume replays the events after the id, in order, then live."""
+        for n in range(1, 11):
+            self.hub.publish(str(n))
+        response = self.hub.subscribe(last_event_id="4")
+        self.hub.publish("11")
+        self.assertEqual(data(response), [str(n) for n in range(5, 12)])
+        self.assertIsNone(response.header("SSE-History-Lost"))
+        self.assertEqual(self.hub.hub.resumes["exact"], 1)
+        self.assertEqual(self.hub.hub.replayed, 6)
+
+    def test_resume_lost(self) -> None:
+        """A resume the broker cannot make is told, with the position."""
+        self.hub.publish("a")
+        response = self.hub.subscribe(last_event_id="x-9")
+        self.assertEqual(response.header("SSE-History-Lost"), "unknown")
+        self.assertEqual([event.type for event in response.events], ["history-lost"])
+        self.assertEqual(response.last_event_id, "1")
+
+    def test_publish(self) -> None:
+        """POST publishes through the broker and answers its id."""
+        response = self.hub.subscribe()
+        posted = self.hub.post_json(data="hello")
+        self.assertEqual(posted.code, 200)
+        self.assertEqual(json.loads(posted.raw), {"id": "1"})
+        self.assertEqual(data(response), ["hello"])
+
+    def test_disconnect_cancels(self) -> None:
+        """A client that leaves is unsubscribed."""
+        response = self.hub.subscribe()
+        self.assertEqual(len(self.broker.subscribers["news"]), 1)
+        response.disconnect()
+        self.assertEqual(self.broker.subscribers["news"], [])
+
+
+class OwnBrokerAtOnceTests(OwnBrokerTests):
+    """One that answers subscribe_now opens its streams while rendering."""
+
+    at_once = True
+
+    def test_opened_while_rendering(self) -> None:
+        """The stream is open before render returns: no Deferred on the way."""
+
+        def deferred(*args: Any) -> Any:
+            self.fail("subscribed through the Deferred")
+
+        self.patch(self.broker, "subscribe", deferred)
+        response = self.hub.subscribe()
+        self.assertEqual(response.code, 200)
+        self.hub.publish("a")
+        self.assertEqual(data(response), ["a"])

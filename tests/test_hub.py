@@ -333,6 +333,11 @@ class _SlowBroker:
         self.waiting.append(lambda: later.callback(made[0]))
         return later
 
+    def subscribe_now(
+        self, channel: str, deliver: Any, last_event_id: Any = None
+    ) -> Subscription | None:
+        return None
+
     def stop(self) -> Deferred[None]:
         return succeed(None)
 
@@ -354,6 +359,11 @@ class _BrokenBroker:
 
     async def _fail(self) -> Any:
         raise BrokerUnavailable("redis is down")
+
+    def subscribe_now(
+        self, channel: str, deliver: Any, last_event_id: Any = None
+    ) -> Subscription | None:
+        return None
 
     def stop(self) -> Deferred[None]:
         return succeed(None)
@@ -1144,36 +1154,50 @@ class ChannelResourceSharingTests(SynchronousTestCase):
 
 
 class _DeferringMemoryBroker(MemoryBroker):
-    """An in-memory broker whose subscribe answers only when told to."""
+    """
+    An in-memory broker whose subscribe answers only when told to, and
+    that says so by answering ``None`` to ``subscribe_now``.
+    """
 
     def __init__(self) -> None:
         super().__init__(epoch=EPOCH)
-        self.waiting: list[tuple[Deferred[Subscription], Subscription]] = []
+        self.waiting: list[Callable[[], None]] = []
 
     def subscribe(
         self, channel: str, deliver: Any, last_event_id: str | None = None
     ) -> Deferred[Subscription]:
         answer: Deferred[Subscription] = Deferred()
-        self.waiting.append(
-            (answer, self.subscribe_now(channel, deliver, last_event_id))
-        )
+
+        def made(subscription: Subscription) -> None:
+            self.waiting.append(lambda: answer.callback(subscription))
+
+        super().subscribe(channel, deliver, last_event_id).addCallback(made)
         return answer
 
+    def subscribe_now(
+        self, channel: str, deliver: Any, last_event_id: str | None = None
+    ) -> Subscription | None:
+        return None
+
     def answer(self) -> None:
-        answer, subscription = self.waiting.pop(0)
-        answer.callback(subscription)
+        self.waiting.pop(0)()
 
 
 class SynchronousSubscribeTests(SynchronousTestCase):
     """
-    On the in-memory broker the stream opens while the request renders,
-    with no Deferred on the way; a subclass that changes how it subscribes
-    is used as it says.
+    On a broker that answers at once the stream opens while the request
+    renders, with no Deferred on the way; a broker that answers later says
+    so, and is waited for.
     """
 
     def test_open_while_rendering(self) -> None:
+        """The in-memory broker's subscriber is live before render returns."""
         hub = HubFixture(self)
-        self.assertIsNotNone(hub.hub._subscribe_now)
+
+        def deferred(*args: Any) -> Any:
+            self.fail("subscribed through the Deferred")
+
+        self.patch(hub.memory, "subscribe", deferred)
         response = hub.subscribe()
         self.assertEqual(response.code, 200)
         self.assertEqual(first_frame_id(response), f"{EPOCH}-0")
@@ -1185,10 +1209,10 @@ class SynchronousSubscribeTests(SynchronousTestCase):
         self.assertEqual(hub.memory.subscriber_count("news"), 0)
 
     def test_subclass_subscribe_honoured(self) -> None:
+        """A broker that answers subscribe_now with None is waited for."""
         broker = _DeferringMemoryBroker()
         hub = HubFixture(self, broker=broker)
         hub.memory = broker
-        self.assertIsNone(hub.hub._subscribe_now)
         response = hub.subscribe()
         self.assertIsNone(response.code)
         hub.publish("a")
@@ -1198,6 +1222,7 @@ class SynchronousSubscribeTests(SynchronousTestCase):
         self.assertEqual(data(response), ["a", "b"])
 
     def test_subclass_client_gone_before_answer(self) -> None:
+        """A client gone before a late answer leaves no subscriber."""
         broker = _DeferringMemoryBroker()
         hub = HubFixture(self, broker=broker)
         hub.memory = broker

@@ -149,6 +149,10 @@ class Subscription:
     """
     What :meth:`IBroker.subscribe` gives back.
 
+    A broker of your own makes one with ``cancel``, what stops its
+    deliveries (called once, by the first :meth:`cancel`); one that paces
+    its replays subclasses it, to go on in :meth:`resume_replay`.
+
     :ivar channel: The channel subscribed to.
     :ivar replayed: How many history events were delivered before live.
     :ivar history_lost: ``None`` when the resume was exact (or none was
@@ -184,10 +188,47 @@ class Subscription:
 
 class IBroker(Interface):
     """
-    Channels of events with ids, bounded history and fan-out.
+    Channels of events with ids, bounded history and fan-out: all that the
+    :class:`Hub` uses of a broker.
+
+    :class:`MemoryBroker` and :class:`RedisBroker` provide it, and so can a
+    broker of your own (over another store or message bus): declare it with
+    ``@implementer(IBroker)`` and give it every member below; the hub then
+    serves it as it serves ours, and a subscriber it answers at once opens
+    its stream as fast.  There is no base class to inherit.  What a broker
+    must guarantee, whatever it stores events in:
+
+    - **Ids.**  :meth:`publish` gives each event an id, a string that
+      increases in publish order within its channel and that the same
+      broker recognises when a client resumes after it, even after a
+      restart (never reused for another event: the in-memory broker starts
+      its ids with the time it started).
+    - **Order.**  Every subscriber of a channel gets its events in the order
+      they were published, each once, from one call of ``deliver`` at a
+      time on the reactor thread; and the frame it gets is the event
+      encoded with its id (``Published.frame``), the same bytes for every
+      subscriber.
+    - **Resumption.**  A subscription after ``last_event_id`` gets exactly
+      the events after it, or says why it cannot (``history_lost``) and
+      starts from the channel's position, which it reports
+      (``Subscription.position``).
+    - **Checks.**  Channel names, events and keys are checked with
+      :func:`check_publish` (the hub checks before calling, other
+      publishers may not), so every broker accepts and refuses the same.
+
+    A broker may also provide ``channel_names()`` and
+    ``subscriber_count(channel)`` (see
+    :class:`~twisted_sse.testing.SubscriptionCounter`), which
+    :func:`~twisted_sse.testing.assert_no_leaks` uses to find subscribers
+    left behind and ``/metrics`` to count channels, and ``total_bytes``,
+    the bytes of history it keeps; the hub does not use them.
     """
 
-    available: bool = Attribute("Whether publishing works right now.")
+    available: bool = Attribute(
+        "Whether publishing works right now (``/health`` and ``/metrics`` "
+        "report it; the hub does not ask before subscribing, it is told by "
+        "the failure)."
+    )
 
     def publish(channel: str, event: Event, key: str | None = None) -> Deferred[str]:
         """
@@ -197,7 +238,9 @@ class IBroker(Interface):
         :param key: The conflation key; the event type (or ``message``) if
             ``None``.
         :returns: A Deferred firing with the id, or failing with
-            :class:`BrokerUnavailable`.
+            :class:`BrokerUnavailable` (the hub answers ``503``) or
+            :class:`ValueError` for what :func:`check_publish` refuses
+            (``400``).
         """
 
     def subscribe(
@@ -219,16 +262,45 @@ class IBroker(Interface):
         return value is ignored.  If the history is trimmed past the
         cursor while the replay waits, the next event delivered is a
         :func:`loss_event` (reason ``"trimmed"``), and the replay goes on
-        from the oldest event kept.
+        from the oldest event kept.  (A broker that ignores ``False``
+        still works under the hub, which then holds the rest of the replay
+        in memory until the client takes it.)
+
+        ``deliver`` may be called before the Deferred fires: the hub keeps
+        those events and sends them first.  A ``deliver`` that raises is
+        the subscriber's fault: log it and go on with the others.
 
         :returns: A Deferred firing with the :class:`Subscription` once the
             resume point has been judged (its ``history_lost``) and the
             replay has begun; failing with :class:`ValueError` for an
-            invalid channel, or :class:`BrokerUnavailable`.
+            invalid channel, or :class:`BrokerUnavailable` (the hub sends
+            the client away to come back later).
+        """
+
+    def subscribe_now(
+        channel: str, deliver: Deliver, last_event_id: str | None = None
+    ) -> Subscription | None:
+        """
+        :meth:`subscribe` without the Deferred, when the broker can answer
+        at once: the hub asks this first, and a subscriber answered here
+        has its stream opened before its request's ``render`` returns, with
+        no Deferred on the way (a measurable share of the cost of opening a
+        connection).  ``None`` means the broker cannot answer at once (it
+        must wait for a network, say), and nothing is subscribed: the hub
+        then calls :meth:`subscribe`.  A broker that always waits returns
+        ``None``; one that changes how :meth:`subscribe` answers (a
+        subclass of ours that answers later, for instance) changes this
+        too.
+
+        What the subscription delivers, and when, is as :meth:`subscribe`
+        says: the replay has begun when this returns.
+
+        :raises ValueError: for an invalid channel name (the hub checks
+            names before it subscribes).
         """
 
     def stop() -> Deferred[None]:
-        """Release connections and timers."""
+        """Release connections and timers; fires once they are released."""
 
 
 @define(eq=False)
@@ -608,21 +680,26 @@ class MemoryBroker:
     ) -> Deferred[Subscription]:
         """See :meth:`IBroker.subscribe`."""
         try:
-            return succeed(self.subscribe_now(channel, deliver, last_event_id))
+            return succeed(self._subscribe(channel, deliver, last_event_id))
         except ValueError as error:
             return fail(error)
 
     def subscribe_now(
         self, channel: str, deliver: Deliver, last_event_id: str | None = None
-    ) -> Subscription:
+    ) -> Subscription | None:
         """
-        :meth:`subscribe` without the Deferred: this broker answers at once,
-        and the hub opens its subscribers' streams before their request's
-        ``render`` returns.  The replay has begun when this returns; it
-        goes on as :meth:`IBroker.subscribe` says.
+        See :meth:`IBroker.subscribe_now`: this broker always answers at
+        once, never ``None``.  A subclass whose :meth:`subscribe` answers
+        later overrides this too, to return ``None``: otherwise the hub
+        subscribes here, without its :meth:`subscribe`.
 
         :raises ValueError: for an invalid channel name.
         """
+        return self._subscribe(channel, deliver, last_event_id)
+
+    def _subscribe(
+        self, channel: str, deliver: Deliver, last_event_id: str | None
+    ) -> Subscription:
         self._sweep()
         state = self._channel(channel)
         token = self._next_token

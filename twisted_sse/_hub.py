@@ -28,7 +28,6 @@ from ._broker import (
     HISTORY_LOST_EVENT,
     BrokerUnavailable,
     IBroker,
-    MemoryBroker,
     Published,
     Subscription,
     check_publish,
@@ -324,15 +323,6 @@ class Hub:
         self.max_queue_events = max_queue_events
         self.max_queue_bytes = max_queue_bytes
         self.authorizer = authorizer
-        # The in-memory broker answers subscriptions at once: the hub then
-        # opens streams without a Deferred on the way (unless a subclass
-        # changed how it subscribes).
-        self._subscribe_now: Callable[..., Subscription] | None = (
-            broker.subscribe_now
-            if isinstance(broker, MemoryBroker)
-            and type(broker).subscribe is MemoryBroker.subscribe
-            else None
-        )
         # The channel resources with open streams, so that every subscriber
         # of a channel shares one (and its set of streams).
         self._live: dict[str, ChannelResource] = {}
@@ -493,19 +483,16 @@ class ChannelResource(StreamResource):
         if refused is not None:
             self.send_away(request, refused)
             return NOT_DONE_YET
-        # Without an authoriser, on the in-memory broker, the stream opens
-        # before this method returns.  Otherwise, `finished` fires once the
-        # client has gone (nothing finishes the request before the stream
-        # opens), and then it ends the stream.
+        # Without an authoriser, on a broker that answers at once, the
+        # stream opens before this method returns.  Otherwise, `finished`
+        # fires once the client has gone (nothing finishes the request
+        # before the stream opens), and then it ends the stream.
         authorizer = self.hub.authorizer
-        subscribe_now = self.hub._subscribe_now
-        if authorizer is None and subscribe_now is not None:
-            self._subscribe_now(request, subscribe_now)
-            return NOT_DONE_YET
-        finished = request.notifyFinish()
         if authorizer is None:
-            self._subscribe(request, finished)
+            if not self._subscribe_now(request):
+                self._subscribe(request, request.notifyFinish())
         else:
+            finished = request.notifyFinish()
             maybeDeferred(authorizer, request, self.channel).addCallback(
                 self._authorized, request, finished
             ).addErrback(self._subscribe_failed, request, finished)
@@ -528,17 +515,24 @@ class ChannelResource(StreamResource):
             else:
                 self._subscribe(request, finished)
 
-    def _subscribe_now(
-        self, request: Any, subscribe_now: Callable[..., Subscription]
-    ) -> None:
+    def _subscribe_now(self, request: Any) -> bool:
+        """
+        Subscribe and open the stream now if the broker answers at once
+        (:meth:`IBroker.subscribe_now`); ``False`` if it cannot.
+        """
         last_event_id = _last_event_id(request)
         handoff = _Handoff(self.max_queue_events, self.max_queue_bytes, self.hub)
-        subscription = subscribe_now(self.channel, handoff, last_event_id)
+        subscription = self.hub.broker.subscribe_now(
+            self.channel, handoff, last_event_id
+        )
+        if subscription is None:
+            return False
         try:
             self._go_live(request, None, subscription, handoff, bool(last_event_id))
         except Exception:
             subscription.cancel()
             self._subscribe_failed(Failure(), request, None)
+        return True
 
     def _subscribe(self, request: Any, finished: Deferred[None]) -> None:
         last_event_id = _last_event_id(request)

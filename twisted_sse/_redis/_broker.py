@@ -313,6 +313,10 @@ class RedisBroker(Service):
             return fail(ValueError(f"invalid channel name: {channel!r}"))
         if not self.available:
             return fail(BrokerUnavailable("Redis is not connected"))
+        if not last_event_id:
+            at_once = self.subscribe_now(channel, deliver)
+            if at_once is not None:
+                return succeed(at_once)
         state = self._reader.channels.get(channel)
         if state is None:
             state = self._reader.add(
@@ -327,13 +331,37 @@ class RedisBroker(Service):
             return Deferred.fromCoroutine(
                 self._resume(state, local, subscription, token, last_event_id)
             )
-        if state.position is not None:
-            # Followed: every event after the reader's position reaches
-            # this subscriber, and none before.
-            subscription.position = state.text(state.position)
-            state.subscribers[token] = local
-            return succeed(subscription)
         return Deferred.fromCoroutine(self._join(state, local, subscription, token))
+
+    def subscribe_now(
+        self, channel: str, deliver: Deliver, last_event_id: str | None = None
+    ) -> Subscription | None:
+        """
+        See :meth:`IBroker.subscribe_now`: a new subscriber (no
+        ``last_event_id``) of a channel this process follows is answered
+        at once, at the reader's position; any other needs Redis (``None``).
+
+        :raises ValueError: for an invalid channel name.
+        """
+        if not valid_channel(channel):
+            raise ValueError(f"invalid channel name: {channel!r}")
+        if last_event_id or not self.available:
+            return None
+        state = self._reader.channels.get(channel)
+        if state is None or state.position is None:
+            return None
+        # Followed: every event after the reader's position reaches this
+        # subscriber, and none before.
+        token = next(self._tokens)
+        subscription = _RedisSubscription(
+            channel,
+            position=state.text(state.position),
+            broker=self,
+            state=state,
+            token=token,
+        )
+        state.subscribers[token] = Local(deliver)
+        return subscription
 
     def channel_names(self) -> list[str]:
         """The channels that have local subscribers."""
