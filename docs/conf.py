@@ -43,7 +43,10 @@ author = "the twisted_sse authors"
 copyright = "the twisted_sse authors, MIT licence"
 version = release = twisted_sse.__version__
 
-extensions = ["sphinx.ext.autodoc", "myst_parser"]
+# The module graph of docs/explanation/design.rst, drawn from the source.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "_ext"))
+extensions = ["sphinx.ext.autodoc", "myst_parser", "modulegraph"]
+graphviz_output_format = "svg"
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
