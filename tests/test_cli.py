@@ -25,10 +25,10 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseFailed
 
-from tests.test_check import STREAM_HEAD, Net, chunk
+from tests._check_fakes import STREAM_HEAD, Net, chunk
 from tests.test_client import URL, FakeAgent, FakeRequest
 from twisted_sse.__main__ import build_parser, check, listen, main, strict_url
-from twisted_sse._exchange import Connector
+from twisted_sse._check import Connector
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

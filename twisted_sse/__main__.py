@@ -46,7 +46,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.iweb import IAgent
 
-from ._check import judge, render_text
+from ._check import Connector, Plan, judge, observe, render_text
 from ._client import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_RECONNECTION_TIME,
@@ -54,8 +54,6 @@ from ._client import (
     EventSourceError,
     ReadyState,
 )
-from ._exchange import Connector
-from ._observe import Plan, observe
 from ._parser import DEFAULT_MAX_EVENT_DATA_BYTES, DEFAULT_MAX_LINE_BYTES, LimitExceeded
 from ._url import strict_url
 
