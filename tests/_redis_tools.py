@@ -7,6 +7,7 @@ twisted_sse (for set-up, clean-up and as a "foreign publisher"), and private
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -367,6 +368,10 @@ class FakeRedis:
         #: Milliseconds the clock of Redis is off by.
         self.skew_ms = 0
 
+    def load_scripts(self) -> None:
+        """Load every script of the broker, as ``RedisLink`` does on connecting."""
+        self.loaded.update(script.sha for script in self._handlers)
+
     def flush(self, skew_ms: int = 0) -> None:
         """
         Lose everything, as a restart without persistence does; on a host
@@ -608,11 +613,14 @@ class FakeRedis:
         ]
 
 
+#: The client ids of the fake links, as Redis's CLIENT ID gives them.
+_CLIENT_IDS = itertools.count(1)
+
+
 class FakeLink:
     """A ``RedisLink`` (``twisted_sse._redis._link``) on a :class:`FakeRedis`."""
 
     timeout = 5.0
-    _clients = 0
 
     def __init__(
         self,
@@ -621,15 +629,14 @@ class FakeLink:
         on_lost: Any = None,
     ) -> None:
         self.redis = redis
-        FakeLink._clients += 1
-        self.client = FakeLink._clients
+        self.client = next(_CLIENT_IDS)
         self.ready = False
         self._on_ready = on_ready
         self._on_lost = on_lost
 
     def start(self) -> None:
         # As RedisLink does, the scripts are loaded first.
-        self.redis.loaded.update(script.sha for script in self.redis._handlers)
+        self.redis.load_scripts()
         self.ready = True
         if self._on_ready is not None:
             self._on_ready()

@@ -337,11 +337,8 @@ class HistoryTests(BrokerTestCase):
         broker = MemoryBroker(history=1000, history_bytes=10_000)
         for _ in range(2000):
             self.publish(broker, "news", "y" * 500)
-        channel = broker._channels["news"]
-        self.assertLessEqual(channel.history_bytes, 10_000)
-        self.assertEqual(
-            channel.history_bytes, sum(len(p.frame) for p in channel.history)
-        )
+        self.assertLessEqual(broker.total_bytes, 10_000)
+        self.assertEqual(broker.total_bytes, _history_bytes(broker))
 
     def test_no_history(self) -> None:
         """history=0 keeps nothing, yet resuming from the latest id is exact."""
@@ -748,7 +745,7 @@ def _history_bytes(broker: MemoryBroker) -> int:
     return sum(
         len(published.frame)
         for channel in broker.channel_names()
-        for published in broker._channels[channel].history
+        for published in broker.history_of(channel)
     )
 
 

@@ -25,7 +25,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 from zope.interface import implementer
 
 from twisted_sse import Event, EventParser
@@ -1129,6 +1129,7 @@ class ChannelResourceSharingTests(SynchronousTestCase):
     """Subscribers of one channel share its resource while any is open."""
 
     def test_shared_while_live(self) -> None:
+        """One resource serves a channel's streams until the last one ends."""
         hub = HubFixture(self)
         before = hub.hub.channel_resource("news")
         first, second = hub.subscribe(), hub.subscribe()
@@ -1137,11 +1138,12 @@ class ChannelResourceSharingTests(SynchronousTestCase):
         self.assertIs(hub.hub.channel_resource("news"), live)
         self.assertEqual(len(live.streams), 2)
         self.assertIsNot(hub.hub.channel_resource("sport"), live)
+        self.assertEqual(hub.hub.live_channels, ["news"])
         first.disconnect()
         self.assertIs(hub.hub.channel_resource("news"), live)
         second.disconnect()
         self.assertIsNot(hub.hub.channel_resource("news"), live)
-        self.assertEqual(hub.hub._live, {})
+        self.assertEqual(hub.hub.live_channels, [])
 
     def test_names_never_subscribed_are_not_kept(self) -> None:
         """Requests for many channel names leave nothing behind."""
@@ -1150,7 +1152,7 @@ class ChannelResourceSharingTests(SynchronousTestCase):
             response = hub.post_json(channel=f"c{n}", data="x")
             self.assertEqual(response.code, 200)
             hub.client.request("HEAD", f"/channels/c{n}")
-        self.assertEqual(hub.hub._live, {})
+        self.assertEqual(hub.hub.live_channels, [])
 
 
 class _DeferringMemoryBroker(MemoryBroker):
@@ -1363,6 +1365,21 @@ class TwistdSubscribeOptionsTests(SynchronousTestCase):
         self.assertEqual(app.events.policy, SlowClientPolicy.LATEST)
 
 
+class _BodySizes(Resource):
+    """In front of ``child``: keeps the size of each request body it passes."""
+
+    def __init__(self, child: IResource) -> None:
+        super().__init__()
+        self.child = child
+        self.sizes: list[int] = []
+
+    def getChildWithDefault(self, path: bytes, request: Any) -> IResource:
+        self.sizes.append(len(request.content.getvalue()))
+        request.prepath.pop()
+        request.postpath.insert(0, path)
+        return self.child
+
+
 class BodyCapTests(SynchronousTestCase):
     """
     twistd sse keeps a request's body only up to one byte more than the
@@ -1371,6 +1388,7 @@ class BodyCapTests(SynchronousTestCase):
     """
 
     def test_capped_body(self) -> None:
+        """A capped body keeps its first bytes and drops the rest."""
         body = _CappedBody(5)
         self.assertEqual(body.write(b"abc"), 3)
         self.assertEqual(body.write(memoryview(b"defgh")), 5)
@@ -1380,6 +1398,7 @@ class BodyCapTests(SynchronousTestCase):
         self.assertEqual(body.read(), b"abcde")
 
     def test_site_hands_out_capped_bodies(self) -> None:
+        """The site gives every request a body capped one byte past the limit."""
         site = _Site(Resource(), max_body=10)
         for length in (None, 0, 5, 10**9):
             content = site.getContentFile(length)
@@ -1389,20 +1408,12 @@ class BodyCapTests(SynchronousTestCase):
     def test_over_limit_through_the_site(self) -> None:
         """A large body gets the hub's 413; one at the limit is published."""
         hub = HubFixture(self, max_event_bytes=64)
-        client = SSETestClient(hub.client.resource, hub.clock)
-        client.site = _Site(hub.client.resource, max_body=64, reactor=hub.clock)
+        # What the hub is given of each body.
+        bodies = _BodySizes(hub.client.resource)
+        client = SSETestClient(bodies, hub.clock)
+        client.site = _Site(bodies, max_body=64, reactor=hub.clock)
         reader = hub.subscribe()
         self.assertEqual(reader.code, 200)
-        # What the hub is given of each body.
-        kept: list[int] = []
-        resource = hub.hub.channel_resource("news")
-        read_event = resource._read_event
-
-        def reading(request: Any) -> Any:
-            kept.append(len(request.content.getvalue()))
-            return read_event(request)
-
-        self.patch(resource, "_read_event", reading)
         at_limit = json.dumps({"data": "x" * 52}).encode()
         self.assertEqual(len(at_limit), 64)
         headers = {
@@ -1415,7 +1426,7 @@ class BodyCapTests(SynchronousTestCase):
         huge = client.request("POST", "/channels/news", headers, b"x" * 1_000_000)
         self.assertEqual(huge.code, 413)
         self.assertIn("larger than 64 bytes", answer(huge)["error"])
-        self.assertEqual(kept, [64, 65])
+        self.assertEqual(bodies.sizes, [64, 65])
         self.assertEqual(data(reader), ["x" * 52])
         client.disconnect_all()
 

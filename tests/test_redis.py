@@ -1159,7 +1159,7 @@ async def test_stop_leaves_nothing(redis: SharedRedis) -> None:
     await broker.publish("news", Event(data="x"))
     ports = [
         link.local_address.port  # type: ignore[union-attr]
-        for link in (broker._commands, broker._reader.link)
+        for link in (broker.commands, broker.reader.link)
     ]
     await broker.stop()
     await sleep(0.01)

@@ -202,13 +202,13 @@ class PacedReplayTests(FakeRedisTestCase):
         with _pages(2):
             _, subscription = self.subscribe(broker, "a", pacer, start)
             ids += [self.publish(broker, "a", str(n)) for n in range(5, 25)]
-            token = next(iter(broker._reader.channels["a"].joining))
-            replay = broker._reader.channels["a"].joining[token]
-            self.assertNotIn(token, broker._reader.channels["a"].subscribers)
+            token = next(iter(broker.reader.channels["a"].joining))
+            replay = broker.reader.channels["a"].joining[token]
+            self.assertNotIn(token, broker.reader.channels["a"].subscribers)
             self.assertEqual(replay.cursor, _entry(ids[0]))  # type: ignore[union-attr]
             pacer.room = 1000
             pacer.take(subscription)
-            self.assertIn(token, broker._reader.channels["a"].subscribers)
+            self.assertIn(token, broker.reader.channels["a"].subscribers)
             ids.append(self.publish(broker, "a", "live"))
         self.assertEqual(pacer.ids, ids)
 
@@ -372,8 +372,8 @@ class PacedReplayTests(FakeRedisTestCase):
         clock.advance(1_700_000_000)
         redis = FakeRedis(clock)
         broker: RedisBroker = fake_broker(clock, redis, history=history, channel_ttl=30)
-        commands = broker._commands.client  # type: ignore[attr-defined]
-        reader = broker._reader.link.client  # type: ignore[attr-defined]
+        commands = broker.commands.client  # type: ignore[attr-defined]
+        reader = broker.reader.link.client  # type: ignore[attr-defined]
 
         def publish(n: int) -> None:
             for _ in range(n):
@@ -402,10 +402,10 @@ class PacedReplayTests(FakeRedisTestCase):
                     # A restart (or failover) on a host whose clock is
                     # behind the last ids: the connections drop, too.
                     redis.flush(skew_ms=-5)
-                    broker._reader.link.drop()
-                    broker._commands.drop()
+                    broker.reader.link.drop()
+                    broker.commands.drop()
                 elif trouble == "reconnect":
-                    broker._reader.link.drop()
+                    broker.reader.link.drop()
                 elif trouble == "check":
                     clock.advance(broker.check_interval)
                 for action in order:
@@ -531,7 +531,7 @@ class EpochTests(FakeRedisTestCase):
         got, _ = self.subscribe(broker, "a")
         self.publish(broker, "a", "before")
         self.redis.flush()
-        broker._reader.link.drop()
+        broker.reader.link.drop()
         self.assertEqual(got.got[-1].key, HISTORY_LOST_EVENT)
         new = self.publish(broker, "a", "after")
         self.assertEqual(got.ids[-1], new)
@@ -572,8 +572,8 @@ class EpochTests(FakeRedisTestCase):
         del stream.entries[3:]
         stream.last_generated = stream.entries[-1][0]
         stream.entries_added = 3
-        broker._reader.link.drop()
-        other._reader.link.drop()
+        broker.reader.link.drop()
+        other.reader.link.drop()
         for collector in (got, on_other):
             self.assertEqual(collector.ids[:5], ids)
             loss = collector.got[5]
@@ -823,7 +823,7 @@ class ChannelTTLTests(FakeRedisTestCase):
         self.publish(broker, "a", "y")
         pacer = Pacer(1)
         _, subscription = self.subscribe(broker, "a", pacer, start)
-        broker._commands.lose()
+        broker.commands.lose()
         pacer.take(subscription)  # the page read fails: retried later
         self.assertEqual(len(self.clock.getDelayedCalls()), 3)
         self.successResultOf(broker.stop())

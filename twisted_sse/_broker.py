@@ -389,7 +389,7 @@ class _ReplayingSubscription(TokenSubscription):
         self._paused = False
         self._told_loss = False
         if not self._running:
-            self._run()
+            self.run()
 
     def trimmed(self, first_kept: int) -> None:
         """
@@ -401,14 +401,19 @@ class _ReplayingSubscription(TokenSubscription):
             return
         if self._told_loss:
             # Its client has not read the loss yet: one is enough for now,
-            # and another, exact one follows when it reads (_run).
+            # and another, exact one follows when it reads (run).
             self._cursor = first_kept - 1
             self._skipped = True
             return
         self._paused = False
-        self._run()
+        self.run()
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """
+        Deliver from the cursor until ``deliver`` has no room, the replay
+        reaches the channel's last event (then it is live, in the same
+        turn) or it is cancelled.
+        """
         state: _Channel = self._state
         deliver = self._deliver
         assert deliver is not None
@@ -523,6 +528,11 @@ class MemoryBroker:
         """How many subscriptions ``channel`` has."""
         found = self._channels.get(channel)
         return len(found.subscribers) + len(found.replays) if found else 0
+
+    def history_of(self, channel: str) -> list[Published]:
+        """The events kept for ``channel``, oldest first."""
+        found = self._channels.get(channel)
+        return list(found.history) if found else []
 
     def _now(self) -> float:
         if self._clock is None:
@@ -717,7 +727,7 @@ class MemoryBroker:
                     cursor=cursor,
                 )
                 state.replays[token] = replaying
-                replaying._run()
+                replaying.run()
                 return replaying
             subscription = TokenSubscription(
                 channel,

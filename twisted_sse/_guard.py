@@ -134,7 +134,7 @@ class GuardedChannel(HTTPChannel):
     def connectionMade(self) -> None:
         """Start the idle timer, and the deadline of the first head."""
         super().connectionMade()  # type: ignore[no-untyped-call]
-        self.guard._opened(self)
+        self.guard.channel_opened(self)
 
     def dataReceived(self, data: bytes) -> None:
         """Note that a head has begun (for the choice of answer at its deadline)."""
@@ -144,7 +144,7 @@ class GuardedChannel(HTTPChannel):
 
     def allHeadersReceived(self) -> None:
         """The head is complete: no deadline until the response ends."""
-        self.guard._head_received(self)
+        self.guard.head_received(self)
         super().allHeadersReceived()  # type: ignore[no-untyped-call]
 
     def requestDone(self, request: Any) -> None:
@@ -155,16 +155,16 @@ class GuardedChannel(HTTPChannel):
         again.)
         """
         if self.persistent:
-            self.guard._awaiting_head(self)
+            self.guard.awaits_head(self)
         super().requestDone(request)  # type: ignore[no-untyped-call]
 
     def switched_to_h2(self) -> None:
         """ALPN switched the connection to HTTP/2: it has its own timer."""
-        self.guard._upgraded(self)
+        self.guard.channel_upgraded(self)
 
     def connection_closed(self) -> None:
         """The connection ended (over HTTP/1.x or HTTP/2)."""
-        self.guard._closed(self)
+        self.guard.channel_closed(self)
 
 
 @implementer(ILogObserver)
@@ -344,14 +344,19 @@ class ConnectionGuard:
             self._baseline = max(self._baseline, self.fd_limit - self._open)
         self._make_room(error, accepted=0)
 
-    # The channels' side.
+    # The channels' side: what a GuardedChannel reports.
 
-    def _opened(self, channel: GuardedChannel) -> None:
+    def channel_opened(self, channel: GuardedChannel) -> None:
+        """``channel`` is connected: count it, and wait for its first head."""
         channel.counted = True
         self._open += 1
-        self._awaiting_head(channel)
+        self.awaits_head(channel)
 
-    def _awaiting_head(self, channel: GuardedChannel) -> None:
+    def awaits_head(self, channel: GuardedChannel) -> None:
+        """
+        ``channel`` waits for a request head (it is new, or its last
+        response ended): its deadline starts now, and it may be evicted.
+        """
         channel.awaiting_head = True
         channel.head_bytes = False
         waiting = self._waiting
@@ -360,16 +365,19 @@ class ConnectionGuard:
         if self.header_timeout is not None and self._timer is None:
             self._timer = self.clock.callLater(self.header_timeout, self._expire)
 
-    def _head_received(self, channel: GuardedChannel) -> None:
+    def head_received(self, channel: GuardedChannel) -> None:
+        """``channel``'s request head is complete: no deadline, no eviction."""
         channel.awaiting_head = False
         self._waiting.pop(channel, None)
 
-    def _upgraded(self, channel: GuardedChannel) -> None:
-        # HTTP/2 after ALPN: Twisted's H2Connection has its own idle timer;
-        # its streams are the connection's requests, never evicted.
-        self._head_received(channel)
+    def channel_upgraded(self, channel: GuardedChannel) -> None:
+        """``channel`` switched to HTTP/2 after ALPN: no longer watched."""
+        # Twisted's H2Connection has its own idle timer; its streams are
+        # the connection's requests, never evicted.
+        self.head_received(channel)
 
-    def _closed(self, channel: GuardedChannel) -> None:
+    def channel_closed(self, channel: GuardedChannel) -> None:
+        """``channel``'s connection ended (over HTTP/1.x or HTTP/2)."""
         if not channel.counted:
             return
         channel.counted = False

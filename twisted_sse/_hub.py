@@ -393,6 +393,23 @@ class Hub:
         live = self._live.get(channel)
         return live if live is not None else ChannelResource(self, channel)
 
+    def went_live(self, resource: ChannelResource) -> None:
+        """
+        ``resource`` opened a stream: it serves its channel's subscribers
+        from now on (see :meth:`channel_resource`), unless another does.
+        """
+        self._live.setdefault(resource.channel, resource)
+
+    def went_idle(self, resource: ChannelResource) -> None:
+        """``resource`` has no stream left: the next subscriber gets a new one."""
+        if self._live.get(resource.channel) is resource:
+            del self._live[resource.channel]
+
+    @property
+    def live_channels(self) -> list[str]:
+        """The channels with open streams, each served by one resource."""
+        return list(self._live)
+
     def resource(self) -> Resource:
         """
         A resource whose children are the channels, for a plain
@@ -625,7 +642,7 @@ class ChannelResource(StreamResource):
             finished = None
         stream = self.open_stream(request, *frames, finished=finished)
         handoff.attach(stream, subscription)
-        self.hub._live.setdefault(self.channel, self)
+        self.hub.went_live(self)
 
     def _opening_frame(self, position: str) -> bytes:
         # Subscribers arriving between two publishes share one position:
@@ -639,9 +656,8 @@ class ChannelResource(StreamResource):
     def stream_closed(self, stream: EventStream) -> None:
         """Forget ``stream``, and the channel's resource with its last stream."""
         super().stream_closed(stream)
-        live = self.hub._live
-        if not self.streams and live.get(self.channel) is self:
-            del live[self.channel]
+        if not self.streams:
+            self.hub.went_idle(self)
 
     def render_HEAD(self, request: Any) -> bytes:
         """Answer the headers a GET would get (400 for a bad name)."""

@@ -71,6 +71,28 @@ _CHECK_INTERVAL = 60.0
 _RETRY_PAGE = 1.0
 
 
+def _redis_links(reactor: Any, address: RedisAddress, timeout: float) -> MakeLink:
+    """Make ``RedisLink``\\ s to ``address``, with the broker's scripts."""
+    scripts = [script.source for script in SCRIPTS]
+
+    def make_link(
+        name: str,
+        on_ready: Callable[[], object] | None,
+        on_lost: Callable[[], object] | None,
+    ) -> RedisLink:
+        return RedisLink(
+            reactor,
+            address,
+            name,
+            on_ready=on_ready,
+            on_lost=on_lost,
+            timeout=timeout,
+            scripts=scripts,
+        )
+
+    return make_link
+
+
 @define(eq=False)
 class _RedisSubscription(TokenSubscription):
     """A Redis broker subscription: its own cancel handle and replay pacer."""
@@ -86,7 +108,7 @@ class _RedisSubscription(TokenSubscription):
         """Go on with the replay where ``deliver`` paused it."""
         state, broker = self._state, self._broker
         if state is not None and isinstance(broker, RedisBroker):
-            broker._resume_replay(state, self._token)
+            broker.resume_replay(state, self._token)
 
 
 @implementer(IBroker)
@@ -129,6 +151,10 @@ class RedisBroker(Service):
     :param channel_ttl: Seconds after which Redis forgets a channel (its
         stream and epoch) that nobody published on and no process followed
         meanwhile; 0 for never.  Use the same value on every process.
+    :param make_link: Makes the broker's two connections, from a client
+        name and the ``on_ready`` and ``on_lost`` callbacks; ``RedisLink``\\ s
+        to ``address`` (with ``timeout``) if ``None``.  Tests give links to
+        a fake Redis (see :meth:`with_links`).
     """
 
     def __init__(
@@ -141,62 +167,10 @@ class RedisBroker(Service):
         block_ms: int = BLOCK_MS,
         timeout: float = COMMAND_TIMEOUT,
         channel_ttl: float = DEFAULT_CHANNEL_TTL,
+        make_link: MakeLink | None = None,
     ) -> None:
-        scripts = [script.source for script in SCRIPTS]
-
-        def make_link(
-            name: str,
-            on_ready: Callable[[], object] | None,
-            on_lost: Callable[[], object] | None,
-        ) -> RedisLink:
-            return RedisLink(
-                reactor,
-                address,
-                name,
-                on_ready=on_ready,
-                on_lost=on_lost,
-                timeout=timeout,
-                scripts=scripts,
-            )
-
-        self._setup(
-            reactor,
-            address,
-            make_link,
-            history=history,
-            prefix=prefix,
-            block_ms=block_ms,
-            channel_ttl=channel_ttl,
-        )
-
-    @classmethod
-    def with_links(
-        cls, reactor: Any, address: RedisAddress, make_link: MakeLink, **options: Any
-    ) -> RedisBroker:
-        """
-        A broker whose two connections ``make_link`` makes, from a client
-        name and the ``on_ready`` and ``on_lost`` callbacks, instead of
-        ``RedisLink``\\ s to ``address``: tests give it links to a fake
-        Redis.
-
-        :param options: Those of the constructor, but ``timeout`` (the
-            links' own).
-        """
-        broker = cls.__new__(cls)
-        broker._setup(reactor, address, make_link, **options)
-        return broker
-
-    def _setup(
-        self,
-        reactor: Any,
-        address: RedisAddress,
-        make_link: MakeLink,
-        *,
-        history: int = DEFAULT_HISTORY,
-        prefix: str = DEFAULT_PREFIX,
-        block_ms: int = BLOCK_MS,
-        channel_ttl: float = DEFAULT_CHANNEL_TTL,
-    ) -> None:
+        if make_link is None:
+            make_link = _redis_links(reactor, address, timeout)
         if history < 0:
             raise ValueError(f"history must be >= 0 events, not {history!r}")
         if block_ms < 1:
@@ -230,6 +204,31 @@ class RedisBroker(Service):
         self._retry_call: IDelayedCall | None = None
         #: Replays whose last page read failed, to read again.
         self._failed: list[tuple[Channel, Replay]] = []
+
+    @classmethod
+    def with_links(
+        cls, reactor: Any, address: RedisAddress, make_link: MakeLink, **options: Any
+    ) -> RedisBroker:
+        """
+        A broker whose two connections ``make_link`` makes, from a client
+        name and the ``on_ready`` and ``on_lost`` callbacks, instead of
+        ``RedisLink``\\ s to ``address``: tests give it links to a fake
+        Redis.
+
+        :param options: Those of the constructor, but ``timeout`` (the
+            links' own).
+        """
+        return cls(reactor, address, make_link=make_link, **options)
+
+    @property
+    def commands(self) -> RedisLink:
+        """The connection for commands (publish, replay pages, checks)."""
+        return self._commands
+
+    @property
+    def reader(self) -> Reader:
+        """The reader: its connection, loop and the channels it follows."""
+        return self._reader
 
     # Life cycle
 
@@ -565,7 +564,12 @@ class RedisBroker(Service):
             if state.joining.get(replay.token) is replay:
                 self._read_page(state, replay)
 
-    def _resume_replay(self, state: Channel, token: int) -> None:
+    def resume_replay(self, state: Channel, token: int) -> None:
+        """
+        The subscriber ``token`` of ``state`` has room again (what its
+        :meth:`Subscription.resume_replay` calls): go on with its replay
+        if it is paused.
+        """
         replay = state.joining.get(token)
         if not isinstance(replay, Replay):
             return
