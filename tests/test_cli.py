@@ -26,7 +26,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseFailed
 
 from tests._check_fakes import STREAM_HEAD, Net, chunk
-from tests.test_client import URL, FakeAgent, FakeRequest
+from tests._client_fakes import URL, FakeAgent, FakeRequest
 from twisted_sse.__main__ import build_parser, check, listen, main, strict_url
 from twisted_sse._check import Connector
 

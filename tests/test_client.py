@@ -1,46 +1,30 @@
 """
 Tests for L{twisted_sse._client}: the connection rules a client must follow,
 driven by a fake agent whose responses and bodies the tests control, and a
-L{Clock} for reconnect timing.
+L{Clock} for reconnect timing.  What the source sends and the redirects it
+follows are tested in L{tests.test_fetch}, its default agent in
+L{tests.test_agent}, and C{async for} in L{tests.test_iterator}.
 """
 
 from __future__ import annotations
 
-import gc
 import re
-import weakref
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from treq.testing import RequestTraversalAgent
-from twisted.internet.address import IPv4Address
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.error import (
-    ConnectionAborted,
-    ConnectionLost,
-    ConnectionRefusedError,
-)
-from twisted.internet.interfaces import IProtocol
+from twisted.internet.error import ConnectionLost, ConnectionRefusedError
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
 from twisted.web.resource import Resource
-from zope.interface import implementer
 
 from twisted_sse import Event, EventStreamResource, MessageEvent, counter
 from twisted_sse._client import (
     DEFAULT_IDLE_TIMEOUT,
-    ITERATOR_QUEUE_BYTES,
-    ITERATOR_QUEUE_EVENTS,
-    MAX_REDIRECTS,
-    MAX_RESPONSE_HEADER_BYTES,
-    MAX_RESPONSE_HEADERS,
     EventSource,
     EventSourceError,
     IdleTimeout,
@@ -48,203 +32,19 @@ from twisted_sse._client import (
 )
 from twisted_sse._parser import LimitExceeded
 
-URL = "http://example.com/events"
-ORIGIN = "http://example.com"
-BOM = b"\xef\xbb\xbf"
-SSE = "text/event-stream"
-
-
-@implementer(IResponse)
-class FakeResponse:
-    """
-    An L{IResponse} whose body the test writes with L{send} and ends with
-    L{end}; data sent before C{deliverBody} is buffered, as Twisted does.
-    """
-
-    version = (b"HTTP", 1, 1)
-    phrase = b"Whatever"
-    length = UNKNOWN_LENGTH
-    request = None
-    previousResponse = None
-
-    def __init__(self, code: int, headers: Headers) -> None:
-        self.code = code
-        self.headers = headers
-        self.transport = StringTransport()
-        self.protocol: Any = None
-        self._buffer: list[bytes] = []
-        self._ended: Failure | None = None
-
-    def deliverBody(self, protocol: Any) -> None:
-        assert self.protocol is None, "deliverBody called twice"
-        self.protocol = protocol
-        protocol.makeConnection(self.transport)
-        for data in self._buffer:
-            protocol.dataReceived(data)
-        if self._ended is not None:
-            protocol.connectionLost(self._ended)
-
-    def setPreviousResponse(self, response: IResponse) -> None:
-        pass
-
-    def send(self, data: bytes) -> None:
-        """Deliver C{data} as the next body chunk."""
-        if self.protocol is None:
-            self._buffer.append(data)
-        else:
-            self.protocol.dataReceived(data)
-
-    def end(self, reason: Failure | None = None) -> None:
-        """End the body, cleanly by default."""
-        reason = reason if reason is not None else Failure(ResponseDone())
-        if self.protocol is None:
-            self._ended = reason
-        else:
-            self.protocol.connectionLost(reason)
-
-    @property
-    def stopped(self) -> bool:
-        """Whether the client dropped the connection."""
-        return bool(self.transport.producerState == "stopped")
-
-
-class FakeRequest:
-    """One request made through L{FakeAgent}, answered by the test."""
-
-    def __init__(self, method: bytes, uri: bytes, headers: Headers) -> None:
-        self.method = method
-        self.uri = uri
-        self.headers = headers
-        self.cancelled = False
-        self.late_response: FakeResponse | None = None
-        self.deferred: Deferred[IResponse] = Deferred(self._cancel)
-
-    def _cancel(self, deferred: Deferred[IResponse]) -> None:
-        self.cancelled = True
-        if self.late_response is not None:
-            # The response was already on its way: the cancel loses the race.
-            deferred.callback(self.late_response)
-
-    def header(self, name: str) -> str | None:
-        """The single value of header C{name}, or L{None}."""
-        values = self.headers.getRawHeaders(name.encode())
-        if values is None:
-            return None
-        assert len(values) == 1, values
-        return values[0].decode()
-
-    def respond(
-        self,
-        code: int = 200,
-        content_type: str | None = SSE,
-        headers: dict[str, str] | None = None,
-    ) -> FakeResponse:
-        """Answer with a response whose body is still open."""
-        raw = Headers()
-        if content_type is not None:
-            raw.addRawHeader(b"Content-Type", content_type.encode())
-        for name, value in (headers or {}).items():
-            raw.addRawHeader(name.encode(), value.encode())
-        response = FakeResponse(code, raw)
-        self.deferred.callback(response)
-        return response
-
-    def redirect(self, location: str, code: int = 302) -> FakeResponse:
-        """Answer with a redirect."""
-        return self.respond(code, None, {"Location": location})
-
-    def fail(self, error: Exception | None = None) -> None:
-        """Fail the request as a network error would."""
-        self.deferred.errback(error if error is not None else ConnectionRefusedError())
-
-
-@implementer(IAgent)
-class FakeAgent:
-    """An L{IAgent} that records requests and lets the test answer them."""
-
-    def __init__(self) -> None:
-        self.requests: list[FakeRequest] = []
-
-    def request(
-        self,
-        method: bytes,
-        uri: bytes,
-        headers: Headers | None = None,
-        bodyProducer: IBodyProducer | None = None,
-    ) -> Deferred[IResponse]:
-        request = FakeRequest(
-            method, uri, headers if headers is not None else Headers()
-        )
-        self.requests.append(request)
-        return request.deferred
-
-
-class Harness:
-    """An L{EventSource} on a fake agent and a clock, recording what it does."""
-
-    def __init__(self, url: str = URL, jitter: float = 0.0, **kwargs: Any) -> None:
-        self.clock = Clock()
-        self.agent = FakeAgent()
-        self.source = EventSource(
-            url, agent=self.agent, reactor=self.clock, random=lambda: jitter, **kwargs
-        )
-        self.events: list[MessageEvent] = []
-        self.errors: list[Failure] = []
-        self.opened = 0
-        self.source.on_message = self.events.append
-        self.source.on_error = self.errors.append
-        self.source.on_open = self._opened
-
-    def _opened(self) -> None:
-        self.opened += 1
-
-    @property
-    def last(self) -> FakeRequest:
-        """The latest request."""
-        return self.agent.requests[-1]
-
-    def start(self) -> FakeRequest:
-        """Let the source make its first request."""
-        self.clock.advance(0)
-        return self.last
-
-    def open(self, *chunks: bytes) -> FakeResponse:
-        """Answer the latest request with an open stream carrying C{chunks}."""
-        response = self.last.respond()
-        for chunk in chunks:
-            response.send(chunk)
-        return response
-
-    def requests_after(self, seconds: float) -> int:
-        """How many requests there are after C{seconds} more."""
-        self.clock.advance(seconds)
-        return len(self.agent.requests)
-
-
-def message(
-    data: str, type: str = "message", last_event_id: str = "", origin: str = ORIGIN
-) -> MessageEvent:
-    """The event the client should deliver."""
-    return MessageEvent(
-        type=type, data=data, last_event_id=last_event_id, origin=origin
-    )
-
-
-def error_of(failure: Failure) -> EventSourceError:
-    """The L{EventSourceError} that C{failure} wraps."""
-    assert isinstance(failure.value, EventSourceError), failure
-    return failure.value
-
-
-def collect(source: EventSource) -> tuple[list[MessageEvent], Deferred[None]]:
-    """Iterate C{source} in a coroutine; return what it yields and its result."""
-    seen: list[MessageEvent] = []
-
-    async def consume() -> None:
-        async for event in source:
-            seen.append(event)
-
-    return seen, Deferred.fromCoroutine(consume())
+from ._client_fakes import (
+    BOM,
+    ORIGIN,
+    SSE,
+    URL,
+    FakeAgent,
+    FakeResponse,
+    Harness,
+    collect,
+    error_of,
+    limit_of,
+    message,
+)
 
 
 class RequestTests(SynchronousTestCase):
@@ -258,45 +58,12 @@ class RequestTests(SynchronousTestCase):
         harness.start()
         self.assertEqual(len(harness.agent.requests), 1)
 
-    def test_method_and_uri(self) -> None:
-        """The request is a GET of the URL."""
-        request = Harness(URL + "?a=1").start()
-        self.assertEqual(
-            (request.method, request.uri), (b"GET", URL.encode() + b"?a=1")
-        )
-
     def test_uri_encoded(self) -> None:
         """A non-ASCII path and host are encoded for the wire."""
         request = Harness("http://bücher.example/é?q=ü v").start()
         self.assertEqual(
             request.uri, b"http://xn--bcher-kva.example/%C3%A9?q=%C3%BC%20v"
         )
-
-    def test_headers(self) -> None:
-        """Accept and Cache-Control are sent, and no Last-Event-ID when it is empty."""
-        request = Harness().start()
-        self.assertEqual(request.header("Accept"), SSE)
-        self.assertEqual(request.header("Cache-Control"), "no-cache")
-        self.assertIsNone(request.header("Last-Event-ID"))
-
-    def test_seeded_last_event_id(self) -> None:
-        """A caller-given last event id is sent on the first request, in UTF-8."""
-        request = Harness(last_event_id="é7").start()
-        self.assertEqual(
-            request.headers.getRawHeaders(b"Last-Event-ID"), ["é7".encode()]
-        )
-
-    def test_extra_headers(self) -> None:
-        """Extra headers are sent, as a mapping or as pairs."""
-        request = Harness(headers={"Authorization": "Bearer t"}).start()
-        self.assertEqual(request.header("Authorization"), "Bearer t")
-        request = Harness(headers=[("X-A", "1"), ("X-A", "2")]).start()
-        self.assertEqual(request.headers.getRawHeaders(b"X-A"), [b"1", b"2"])
-
-    def test_protocol_headers_win(self) -> None:
-        """Extra headers cannot replace Accept or Cache-Control."""
-        request = Harness(headers={"Accept": "text/html"}).start()
-        self.assertEqual(request.header("Accept"), SSE)
 
     def test_bad_urls(self) -> None:
         """A URL that is not absolute http(s) with a host is refused at once."""
@@ -427,119 +194,6 @@ class ContentTypeTests(SynchronousTestCase):
         """A comma inside a quoted parameter does not start another type."""
         harness = self.check('text/event-stream; x="a,text/html"')
         self.assertEqual(harness.events, [message("x")])
-
-
-class RedirectTests(SynchronousTestCase):
-    """Redirects are followed; the final URL is the origin; credentials stay home."""
-
-    def test_codes_followed(self) -> None:
-        """301, 302, 303, 307 and 308 are followed with a GET."""
-        for code in [301, 302, 303, 307, 308]:
-            harness = Harness()
-            first = harness.start().redirect("http://example.com/next", code)
-            self.assertTrue(first.stopped)
-            self.assertEqual(len(harness.agent.requests), 2)
-            self.assertEqual(harness.last.method, b"GET")
-            self.assertEqual(harness.last.uri, b"http://example.com/next")
-
-    def test_final_origin(self) -> None:
-        """Events carry the origin of the URL the stream was finally read from."""
-        harness = Harness()
-        harness.start().redirect("http://other.example:8080/s")
-        harness.open(b"data: x\n\n")
-        self.assertEqual(
-            harness.events, [message("x", origin="http://other.example:8080")]
-        )
-        self.assertEqual(harness.source.origin, "http://other.example:8080")
-
-    def test_default_port_not_in_origin(self) -> None:
-        """The origin names no port when it is the scheme's default."""
-        harness = Harness("https://Example.COM:443/s")
-        harness.start()
-        harness.open(b"data: x\n\n")
-        self.assertEqual(harness.events[0].origin, "https://example.com")
-
-    def test_relative_location(self) -> None:
-        """A relative Location is resolved against the URL that sent it."""
-        harness = Harness("http://example.com/a/b")
-        harness.start().redirect("c?d=1")
-        self.assertEqual(harness.last.uri, b"http://example.com/a/c?d=1")
-        harness.last.redirect("//other.example/x")
-        self.assertEqual(harness.last.uri, b"http://other.example/x")
-
-    def test_headers_dropped_cross_origin(self) -> None:
-        """A redirect to another origin drops extra headers, not protocol ones."""
-        harness = Harness(
-            headers={"Authorization": "Bearer t", "X-Api-Key": "k"}, last_event_id="5"
-        )
-        harness.start().redirect("http://example.com:8080/s")
-        request = harness.last
-        self.assertIsNone(request.header("Authorization"))
-        self.assertIsNone(request.header("X-Api-Key"))
-        self.assertEqual(request.header("Last-Event-ID"), "5")
-        self.assertEqual(request.header("Accept"), SSE)
-
-    def test_headers_dropped_on_scheme_change(self) -> None:
-        """https to http on the same host is another origin."""
-        harness = Harness("https://example.com/s", headers={"Authorization": "t"})
-        harness.start().redirect("http://example.com/s")
-        self.assertIsNone(harness.last.header("Authorization"))
-
-    def test_headers_kept_same_origin(self) -> None:
-        """Extra headers follow a redirect within the same origin."""
-        harness = Harness(headers={"Authorization": "Bearer t"})
-        harness.start().redirect("/elsewhere")
-        harness.last.redirect("http://EXAMPLE.com:80/again")
-        self.assertEqual(harness.last.header("Authorization"), "Bearer t")
-
-    def test_headers_stay_dropped(self) -> None:
-        """Once dropped, extra headers are not sent even when a later hop comes back."""
-        harness = Harness(headers={"Authorization": "Bearer t"})
-        harness.start().redirect("http://other.example/")
-        harness.last.redirect(URL)
-        self.assertIsNone(harness.last.header("Authorization"))
-
-    def test_headers_restored_on_reconnect(self) -> None:
-        """A reconnect starts again from the original URL, with the extra headers."""
-        harness = Harness(headers={"Authorization": "Bearer t"})
-        harness.start().redirect("http://other.example/")
-        harness.open(b"data: x\n\n").end()
-        harness.clock.advance(3)
-        self.assertEqual(harness.last.uri, URL.encode())
-        self.assertEqual(harness.last.header("Authorization"), "Bearer t")
-
-    def test_redirect_limit(self) -> None:
-        """Twenty redirects are followed; the twenty-first fails for good."""
-        harness = Harness()
-        harness.start()
-        for i in range(MAX_REDIRECTS):
-            harness.last.redirect(f"/r{i}")
-        self.assertEqual(len(harness.agent.requests), MAX_REDIRECTS + 1)
-        harness.open(b"data: x\n\n")
-        self.assertEqual(harness.events, [message("x")])
-
-        harness = Harness()
-        harness.start()
-        for i in range(MAX_REDIRECTS + 1):
-            harness.last.redirect(f"/r{i}")
-        self.assertEqual(len(harness.agent.requests), MAX_REDIRECTS + 1)
-        self.assertEqual(harness.source.ready_state, ReadyState.CLOSED)
-        self.assertIsInstance(harness.errors[0].value, EventSourceError)
-        self.assertEqual(harness.requests_after(3600), MAX_REDIRECTS + 1)
-
-    def test_redirect_to_other_scheme(self) -> None:
-        """A redirect to a non-http(s) URL fails for good."""
-        harness = Harness()
-        harness.start().redirect("ftp://example.com/")
-        self.assertEqual(harness.source.ready_state, ReadyState.CLOSED)
-        self.assertEqual(len(harness.agent.requests), 1)
-
-    def test_redirect_without_location(self) -> None:
-        """A 3xx without Location is an ordinary bad status."""
-        harness = Harness()
-        harness.start().respond(302, None)
-        self.assertEqual(harness.source.ready_state, ReadyState.CLOSED)
-        self.assertEqual(error_of(harness.errors[0]).status, 302)
 
 
 class ReconnectTests(SynchronousTestCase):
@@ -1057,40 +711,6 @@ class APITests(SynchronousTestCase):
         self.assertEqual([event.data for event in later], ["1", "2"])
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 2)
 
-    def test_iteration(self) -> None:
-        """Iteration yields every event of every type in order; close() ends it."""
-        harness = Harness()
-        seen, done = collect(harness.source)
-        harness.start()
-        harness.open(b"data: 1\n\nevent: x\ndata: 2\n\n").end()
-        harness.clock.advance(3)
-        harness.open(b"data: 3\n\n")
-        self.assertNoResult(done)
-        harness.source.close()
-        self.assertEqual(seen, [message("1"), message("2", type="x"), message("3")])
-        self.assertIsNone(self.successResultOf(done))
-
-    def test_iteration_buffers(self) -> None:
-        """Events arriving while the loop body waits elsewhere are kept, in order."""
-        harness = Harness()
-        gate: Deferred[None] = Deferred()
-        seen: list[str] = []
-
-        async def consume() -> None:
-            async for event in harness.source:
-                seen.append(event.data)
-                if event.data == "1":
-                    await gate
-
-        done = Deferred.fromCoroutine(consume())
-        harness.start()
-        harness.open(b"data: 1\n\ndata: 2\n\ndata: 3\n\n")
-        self.assertEqual(seen, ["1"])
-        gate.callback(None)
-        self.assertEqual(seen, ["1", "2", "3"])
-        harness.source.close()
-        self.successResultOf(done)
-
     def test_unusable_urls_refused(self) -> None:
         """
         A URL that could never be connected to is a ValueError naming the
@@ -1108,151 +728,6 @@ class APITests(SynchronousTestCase):
                 EventSource(url, agent=FakeAgent(), reactor=Clock())
             self.assertIn(problem, str(caught.exception))
 
-    def test_lagging_loop_pauses_reading(self) -> None:
-        """
-        An ``async for`` that lags stops the client reading (bounded memory,
-        and the server's own slow-client policy decides), then reading
-        resumes once it has caught up halfway; the idle watchdog does not
-        count the pause as a dead server.
-        """
-        harness = Harness(idle_timeout=45)
-        gate: Deferred[None] = Deferred()
-        seen: list[str] = []
-
-        async def consume() -> None:
-            async for event in harness.source:
-                seen.append(event.data)
-                if event.data == "0":
-                    await gate
-
-        done = Deferred.fromCoroutine(consume())
-        harness.start()
-        response = harness.open()
-        bound = ITERATOR_QUEUE_EVENTS
-        for n in range(bound):
-            response.send(b"data: %d\n\n" % n)
-        self.assertEqual(response.transport.producerState, "producing")
-        response.send(b"data: %d\n\n" % bound)
-        self.assertEqual(response.transport.producerState, "paused")
-        harness.clock.advance(100)
-        self.assertEqual(len(harness.agent.requests), 1)
-        gate.callback(None)
-        self.assertEqual(seen, [str(n) for n in range(bound + 1)])
-        self.assertEqual(response.transport.producerState, "producing")
-        response.send(b"data: last\n\n")
-        self.assertEqual(seen[-1], "last")
-        harness.source.close()
-        self.successResultOf(done)
-
-    def test_lagging_loop_pauses_on_bytes(self) -> None:
-        """Large events pause reading by their size too."""
-        harness = Harness()
-        gate: Deferred[None] = Deferred()
-
-        async def consume() -> None:
-            async for _ in harness.source:
-                await gate
-
-        done = Deferred.fromCoroutine(consume())
-        harness.start()
-        response = harness.open()
-        big = b"x" * (1024 * 1024)
-        for _ in range(ITERATOR_QUEUE_BYTES // len(big) + 1):
-            response.send(b"data: " + big + b"\n\n")
-        self.assertEqual(response.transport.producerState, "paused")
-        harness.source.close()
-        gate.callback(None)
-        self.successResultOf(done)
-
-    def test_close_in_loop(self) -> None:
-        """close() in a loop body ends the loop; the rest of the chunk is dropped."""
-        harness = Harness()
-        seen: list[str] = []
-
-        async def consume() -> None:
-            async for event in harness.source:
-                seen.append(event.data)
-                harness.source.close()
-
-        done = Deferred.fromCoroutine(consume())
-        harness.start()
-        harness.open(b"data: 1\n\ndata: 2\n\n")
-        self.assertEqual(seen, ["1"])
-        self.successResultOf(done)
-
-    def test_iteration_ends_on_204(self) -> None:
-        """A 204 ends iteration normally."""
-        harness = Harness()
-        _, done = collect(harness.source)
-        harness.start().respond(204, None)
-        self.assertIsNone(self.successResultOf(done))
-
-    def test_iteration_raises_on_failure(self) -> None:
-        """A fatal error is raised by the iteration."""
-        harness = Harness()
-        _, done = collect(harness.source)
-        harness.start().respond(404, "text/html")
-        failure = self.failureResultOf(done, EventSourceError)
-        self.assertEqual(error_of(failure).status, 404)
-        # A loop started afterwards raises it too.
-        _, done = collect(harness.source)
-        self.failureResultOf(done, EventSourceError)
-
-    def test_unreferenced_loop(self) -> None:
-        """A waiting loop whose Deferred nobody keeps is not garbage collected."""
-        harness = Harness()
-        seen: list[MessageEvent] = []
-
-        async def consume() -> None:
-            async for event in harness.source:
-                seen.append(event)
-
-        Deferred.fromCoroutine(consume())
-        gc.collect()
-        harness.start()
-        harness.open(b"data: 1\n\n")
-        self.assertEqual(seen, [message("1")])
-
-    def test_abandoned_loop_forgotten(self) -> None:
-        """A loop left with break is forgotten: the source no longer holds it."""
-        harness = Harness()
-        loops: list[weakref.ref[AsyncIterator[MessageEvent]]] = []
-
-        async def first() -> None:
-            iterator = aiter(harness.source)
-            loops.append(weakref.ref(iterator))
-            async for _ in iterator:
-                break
-
-        done = Deferred.fromCoroutine(first())
-        harness.start()
-        response = harness.open(b"data: 1\n\n")
-        self.successResultOf(done)
-        del done
-        gc.collect()
-        [loop] = loops
-        self.assertIsNone(loop())
-        response.send(b"data: 2\n\n")
-        self.assertEqual(harness.events, [message("1"), message("2")])
-
-    def test_iteration_after_close(self) -> None:
-        """A loop started after close() ends at once."""
-        harness = Harness()
-        harness.source.close()
-        _, done = collect(harness.source)
-        self.assertIsNone(self.successResultOf(done))
-
-    def test_iteration_cancelled(self) -> None:
-        """Cancelling a waiting loop does not disturb the source."""
-        harness = Harness()
-        _, done = collect(harness.source)
-        harness.start()
-        response = harness.open()
-        done.cancel()
-        self.failureResultOf(done, CancelledError)
-        response.send(b"data: x\n\n")
-        self.assertEqual(harness.events, [message("x")])
-
     def test_state_properties(self) -> None:
         """url, origin, last_event_id and reconnection_time are exposed."""
         harness = Harness(last_event_id="9")
@@ -1261,12 +736,6 @@ class APITests(SynchronousTestCase):
             (source.url, source.origin, source.last_event_id, source.reconnection_time),
             (URL, ORIGIN, "9", 3000),
         )
-
-
-def limit_of(failure: Failure) -> LimitExceeded:
-    """The L{LimitExceeded} that C{failure} wraps."""
-    assert isinstance(failure.value, LimitExceeded), failure
-    return failure.value
 
 
 class LimitTests(SynchronousTestCase):
@@ -1365,143 +834,6 @@ class LimitTests(SynchronousTestCase):
             EventSource(URL, max_line_bytes=0, agent=FakeAgent(), reactor=Clock())
         with self.assertRaises(ValueError):
             EventSource(URL, max_event_bytes=0, agent=FakeAgent(), reactor=Clock())
-
-
-class DefaultAgent:
-    """
-    An L{EventSource} on its default agent over a L{MemoryReactorClock}: the
-    test plays the server's side of each connection.
-    """
-
-    def __init__(self, url: str = "http://127.0.0.1:8080/events") -> None:
-        self.reactor = MemoryReactorClock()
-        self.source = EventSource(url, reactor=self.reactor, random=lambda: 0.0)
-        self.errors: list[Failure] = []
-        self.events: list[MessageEvent] = []
-        self.source.on_error = self.errors.append
-        self.source.on_message = self.events.append
-
-    def connect(self) -> tuple[IProtocol, StringTransport]:
-        """Accept the latest connection; return its protocol and transport."""
-        self.reactor.advance(0)
-        host, port, factory, _, _ = self.reactor.tcpClients[-1]
-        protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
-        assert protocol is not None
-        transport = StringTransport()
-        protocol.makeConnection(transport)
-        return protocol, transport
-
-    def lose(self, protocol: IProtocol) -> None:
-        """Deliver the end of a connection that the client aborted."""
-        protocol.connectionLost(Failure(ConnectionAborted()))
-
-
-OK_HEAD = (
-    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-    b"Transfer-Encoding: chunked\r\n\r\n"
-)
-
-
-class HeadLimitTests(SynchronousTestCase):
-    """The default agent caps the response head as Twisted's server does a request's."""
-
-    def test_endless_headers(self) -> None:
-        """Header lines without end: dropped after the 500th, a failed attempt."""
-        client = DefaultAgent()
-        protocol, transport = client.connect()
-        self.assertIn(b"GET /events HTTP/1.1", transport.value())
-        protocol.dataReceived(b"HTTP/1.1 200 OK\r\n")
-        for n in range(MAX_RESPONSE_HEADERS):
-            protocol.dataReceived(b"X: %d\r\n" % n)
-        self.assertFalse(transport.disconnecting)
-        protocol.dataReceived(b"X: more\r\n")
-        self.assertTrue(transport.disconnecting)
-        client.lose(protocol)
-        [failure] = client.errors
-        self.assertEqual(str(limit_of(failure)), "more than 500 response header lines")
-        self.assertEqual(client.source.ready_state, ReadyState.CONNECTING)
-        self.assertEqual(client.source.reconnect_delay, 6.0)
-        client.reactor.advance(6)
-        self.assertEqual(len(client.reactor.tcpClients), 2)
-
-    def test_long_headers(self) -> None:
-        """A head longer than 16 KiB is dropped as soon as it is, fed in any pieces."""
-        for piece in [1, 100, 4096]:
-            client = DefaultAgent()
-            protocol, transport = client.connect()
-            head = b"HTTP/1.1 200 OK\r\n" + (b"X: " + b"y" * 995 + b"\r\n") * 20
-            head = head[:MAX_RESPONSE_HEADER_BYTES]
-            for i in range(0, len(head), piece):
-                protocol.dataReceived(head[i : i + piece])
-            self.assertFalse(transport.disconnecting, piece)
-            protocol.dataReceived(b"y")
-            self.assertTrue(transport.disconnecting, piece)
-            client.lose(protocol)
-            self.assertEqual(
-                client.errors[0].getErrorMessage(),
-                "response headers longer than 16384 bytes",
-            )
-
-    def test_one_long_header_line(self) -> None:
-        """A single header line of 20 KiB trips our cap, with our message."""
-        client = DefaultAgent()
-        protocol, transport = client.connect()
-        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nX: " + b"y" * 20000)
-        self.assertTrue(transport.disconnecting)
-        client.lose(protocol)
-        self.assertIsInstance(client.errors[0].value, LimitExceeded)
-
-    def test_interim_heads_count(self) -> None:
-        """1xx heads without end count toward the cap."""
-        client = DefaultAgent()
-        protocol, transport = client.connect()
-        for _ in range(1000):
-            protocol.dataReceived(b"HTTP/1.1 100 Continue\r\n\r\n")
-        self.assertTrue(transport.disconnecting)
-        client.lose(protocol)
-        self.assertIsInstance(client.errors[0].value, LimitExceeded)
-
-    def test_head_at_cap_then_body(self) -> None:
-        """A head of 16 KiB opens the stream; the body after it is not counted."""
-        client = DefaultAgent()
-        protocol, transport = client.connect()
-        filler = MAX_RESPONSE_HEADER_BYTES - len(OK_HEAD) - len(b"X: \r\n")
-        head = OK_HEAD[:-2] + b"X: " + b"y" * filler + b"\r\n\r\n"
-        self.assertEqual(len(head), MAX_RESPONSE_HEADER_BYTES)
-        event = b"data: " + b"z" * 1000 + b"\n\n"
-        chunk = b"%x\r\n%s\r\n" % (len(event), event)
-        protocol.dataReceived(head + chunk)
-        for _ in range(100):
-            protocol.dataReceived(chunk)
-        self.assertFalse(transport.disconnecting)
-        self.assertEqual(client.source.ready_state, ReadyState.OPEN)
-        self.assertEqual(len(client.events), 101)
-        self.assertEqual(client.errors, [])
-
-    def test_interim_then_response(self) -> None:
-        """A 100 Continue before the response is skipped, as Twisted does."""
-        client = DefaultAgent()
-        protocol, _ = client.connect()
-        protocol.dataReceived(b"HTTP/1.1 100 Continue\n\n" + OK_HEAD)
-        protocol.dataReceived(b"9\r\ndata: x\n\n\r\n")
-        self.assertEqual([event.data for event in client.events], ["x"])
-
-    def test_lf_line_ends(self) -> None:
-        """A head with bare LF line ends is read as Twisted reads it."""
-        client = DefaultAgent()
-        protocol, _ = client.connect()
-        protocol.dataReceived(OK_HEAD.replace(b"\r\n", b"\n"))
-        protocol.dataReceived(b"9\r\ndata: x\n\n\r\n")
-        self.assertEqual([event.data for event in client.events], ["x"])
-
-    def test_https(self) -> None:
-        """An https URL connects with TLS through the same cap."""
-        client = DefaultAgent("https://127.0.0.1:8443/events")
-        client.reactor.advance(0)
-        [(host, port, factory, _, _)] = client.reactor.tcpClients
-        self.assertEqual((host, port), ("127.0.0.1", 8443))
-        protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
-        self.assertIsNotNone(protocol)
 
 
 # Random valid streams, as a server would emit them.

@@ -6,8 +6,8 @@ than its cap, reports a clear error, and reconnects a bounded number of
 times; ``twisted-sse listen`` runs as a real process against two of them.
 
 These run under pytest only (trial does not collect plain functions); the
-socket-free equivalents in test_client.py, test_parser.py and test_cli.py
-run under both.
+socket-free equivalents in test_agent.py, test_client.py, test_parser.py and
+test_cli.py run under both.
 """
 
 from __future__ import annotations
