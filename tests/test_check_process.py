@@ -250,6 +250,15 @@ def head_hangs(connection: Connection) -> None:
         counter(connection)
 
 
+def head_with_body(connection: Connection) -> None:
+    """The counter; HEAD is answered with the first frame as a body."""
+    if connection.method != "HEAD":
+        counter(connection)
+        return
+    connection.write(SSE_HEAD)
+    connection.write(chunk(b"retry: 1000\n\n"))
+
+
 def from_the_start(connection: Connection) -> None:
     """Events with ids 1, 2, ... on every connection, Last-Event-ID or not."""
     counter(connection, ids=True)
@@ -359,9 +368,19 @@ async def test_healthy() -> None:
         (plain_text, [], {"content-type"}, "text/plain"),
         (silent, ["--idle", "0.5"], {"heartbeat"}, "--idle 0.5 s"),
         (head_hangs, [], {"head"}, "no answer"),
+        (head_with_body, [], {"head"}, "bytes of body"),
         (from_the_start, [], {"resume"}, "from the start"),
     ],
-    ids=["gzip", "length", "buffering", "type", "silence", "head", "resume"],
+    ids=[
+        "gzip",
+        "length",
+        "buffering",
+        "type",
+        "silence",
+        "head",
+        "head body",
+        "resume",
+    ],
 )
 @pytest_twisted.ensureDeferred
 async def test_fault(

@@ -140,6 +140,10 @@ class _Redirects(Recorder):
     def body(self, data: bytes) -> str | None:
         return self._recorder.body(data)
 
+    def extra(self, size: int) -> None:
+        if self._passing:
+            self._recorder.extra(size)
+
     def end(self, error: str | None) -> None:
         if self._passing:
             self._recorder.end(error)
