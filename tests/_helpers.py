@@ -35,8 +35,9 @@ from twisted_sse import (
     Subscription,
     counter,
 )
-from twisted_sse._broker import IBroker, MemoryBroker
+from twisted_sse._broker import IBroker
 from twisted_sse._hub import Hub
+from twisted_sse._memory import MemoryBroker
 from twisted_sse.testing import SSETestClient, SSETestResponse, parse_events
 
 from ._transports import TransportCase

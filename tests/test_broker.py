@@ -25,7 +25,6 @@ from twisted_sse._broker import (
     HISTORY_LOST_EVENT,
     Deliver,
     IBroker,
-    MemoryBroker,
     Published,
     Subscription,
     check_publish,
@@ -33,6 +32,7 @@ from twisted_sse._broker import (
     valid_channel,
 )
 from twisted_sse._event import Event
+from twisted_sse._memory import MemoryBroker
 
 from ._helpers import Collector, HubFixture, Pacer, data, ids
 

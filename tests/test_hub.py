@@ -30,18 +30,14 @@ from zope.interface import implementer
 
 from twisted_sse import Event, EventParser
 from twisted_sse._app import SSEApp
-from twisted_sse._broker import (
-    BrokerUnavailable,
-    IBroker,
-    MemoryBroker,
-    Subscription,
-)
+from twisted_sse._broker import BrokerUnavailable, IBroker, Subscription
 from twisted_sse._hub import (
     HISTORY_LOST_EVENT,
     MAX_JSON_DEPTH,
     Hub,
     bearer_token_authorizer,
 )
+from twisted_sse._memory import MemoryBroker
 from twisted_sse._stream import SlowClientPolicy
 from twisted_sse._tap import LINGER, Options, _CappedBody, _Site
 from twisted_sse.testing import SSETestClient, SSETestResponse

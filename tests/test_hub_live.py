@@ -25,8 +25,9 @@ from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from twisted_sse import Event, EventParser, MessageEvent
-from twisted_sse._broker import MemoryBroker, publish_from_thread
+from twisted_sse._broker import publish_from_thread
 from twisted_sse._hub import Hub
+from twisted_sse._memory import MemoryBroker
 from twisted_sse._stream import EventStream, SlowClientPolicy
 
 

@@ -10,8 +10,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_sse._app import SSEApp
-from twisted_sse._broker import MemoryBroker
 from twisted_sse._event import Event
+from twisted_sse._memory import MemoryBroker
 from twisted_sse.testing import SSETestClient
 
 

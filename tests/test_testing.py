@@ -25,7 +25,8 @@ from twisted_sse import (
     StreamRegistry,
     counter,
 )
-from twisted_sse._broker import MemoryBroker, Published
+from twisted_sse._broker import Published
+from twisted_sse._memory import MemoryBroker
 from twisted_sse.testing import (
     assert_no_leaks,
     parse_events,

@@ -10,12 +10,9 @@ from ._agent import MAX_RESPONSE_HEADER_BYTES, MAX_RESPONSE_HEADERS
 from ._broker import (
     DEFAULT_CHANNEL_TTL,
     DEFAULT_HISTORY,
-    DEFAULT_HISTORY_BYTES,
-    DEFAULT_HISTORY_TOTAL,
     MAX_KEY_LENGTH,
     BrokerUnavailable,
     IBroker,
-    MemoryBroker,
     Published,
     Subscription,
     check_publish,
@@ -47,6 +44,7 @@ from ._hub import (
 )
 from ._iterator import ITERATOR_QUEUE_BYTES, ITERATOR_QUEUE_EVENTS
 from ._logs import access_log_formatter, json_log_observer
+from ._memory import DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_TOTAL, MemoryBroker
 from ._metrics import MetricsResource, SSECollector
 from ._parser import (
     DEFAULT_MAX_EVENT_DATA_BYTES,

@@ -14,9 +14,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource
 
-from ._broker import IBroker, MemoryBroker
+from ._broker import IBroker
 from ._heartbeat import DEFAULT_HEARTBEAT, Heartbeat
 from ._hub import Hub
+from ._memory import MemoryBroker
 from ._metrics import MetricsResource, SSECollector
 from ._registry import StreamRegistry
 from ._resource import EventStreamResource, counter

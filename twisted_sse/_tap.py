@@ -22,15 +22,7 @@ from twisted.web.http import RESPONSES, HTTPChannel
 from twisted.web.server import Request, Site
 
 from ._app import SSEApp
-from ._broker import (
-    DEFAULT_CHANNEL_TTL,
-    DEFAULT_HISTORY,
-    DEFAULT_HISTORY_BYTES,
-    DEFAULT_HISTORY_TOTAL,
-    IBroker,
-    MemoryBroker,
-    valid_channel,
-)
+from ._broker import DEFAULT_CHANNEL_TTL, DEFAULT_HISTORY, IBroker, valid_channel
 from ._guard import (
     DEFAULT_BACKLOG,
     DEFAULT_FD_RESERVE,
@@ -47,6 +39,7 @@ from ._hub import (
     bearer_token_authorizer,
 )
 from ._logs import access_log_formatter
+from ._memory import DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_TOTAL, MemoryBroker
 from ._redis._address import parse_redis_url
 from ._redis._broker import RedisBroker
 from ._registry import StreamRegistry

@@ -152,9 +152,9 @@ class RedisBroker(Service):
         stream and epoch) that nobody published on and no process followed
         meanwhile; 0 for never.  Use the same value on every process.
     :param make_link: Makes the broker's two connections, from a client
-        name and the ``on_ready`` and ``on_lost`` callbacks; ``RedisLink``\\ s
-        to ``address`` (with ``timeout``) if ``None``.  Tests give links to
-        a fake Redis (see :meth:`with_links`).
+        name and the ``on_ready`` and ``on_lost`` callbacks, as
+        ``RedisLink``\\ s to ``address`` do (with ``timeout``), which it
+        makes if ``None``: tests give it links to a fake Redis.
     """
 
     def __init__(
@@ -167,7 +167,7 @@ class RedisBroker(Service):
         block_ms: int = BLOCK_MS,
         timeout: float = COMMAND_TIMEOUT,
         channel_ttl: float = DEFAULT_CHANNEL_TTL,
-        make_link: MakeLink | None = None,
+        make_link: Callable[..., Any] | None = None,
     ) -> None:
         if make_link is None:
             make_link = _redis_links(reactor, address, timeout)
@@ -188,7 +188,7 @@ class RedisBroker(Service):
         self.check_interval = (
             min(channel_ttl / 3, _CHECK_INTERVAL) if channel_ttl else _CHECK_INTERVAL
         )
-        self._commands = make_link("twisted_sse:commands", None, None)
+        self._commands: RedisLink = make_link("twisted_sse:commands", None, None)
         self._reader = Reader(
             reactor,
             self._commands,
