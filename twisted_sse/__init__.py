@@ -52,6 +52,13 @@ from ._parser import (
     EventParser,
     LimitExceeded,
 )
+from ._publisher import (
+    MAX_PUBLISH_ANSWER_BYTES,
+    HubUnreachable,
+    PublishError,
+    PublishRefused,
+    publish,
+)
 from ._redis._address import RedisAddress, parse_redis_url
 from ._redis._broker import RedisBroker
 from ._registry import StreamRegistry
@@ -94,6 +101,7 @@ __all__ = [
     "ITERATOR_QUEUE_EVENTS",
     "MAX_JSON_DEPTH",
     "MAX_KEY_LENGTH",
+    "MAX_PUBLISH_ANSWER_BYTES",
     "MAX_REDIRECTS",
     "MAX_RESPONSE_HEADERS",
     "MAX_RESPONSE_HEADER_BYTES",
@@ -110,12 +118,15 @@ __all__ = [
     "EventStreamService",
     "Heartbeat",
     "Hub",
+    "HubUnreachable",
     "IBroker",
     "IdleTimeout",
     "LimitExceeded",
     "MemoryBroker",
     "MessageEvent",
     "MetricsResource",
+    "PublishError",
+    "PublishRefused",
     "Published",
     "ReadyState",
     "RedisAddress",
@@ -137,6 +148,7 @@ __all__ = [
     "json_log_observer",
     "loss_event",
     "parse_redis_url",
+    "publish",
     "publish_from_thread",
     "valid_channel",
 ]
