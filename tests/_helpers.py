@@ -2,8 +2,10 @@
 Small pieces several test modules share: a broker subscriber that records
 what it is given (and one that paces a replay), the context-manager half of
 the test's own clients, a raw HTTP client for the real-socket tests, a hub
-served on a clock (:class:`HubFixture`), and a counter resource with its
-client (:class:`CounterCase`).
+served on a clock (:class:`HubFixture`) with what its tests read of a
+response (:func:`first_frame_id`, :func:`answer`) and a broker that is down
+(:class:`BrokenBroker`), and a counter resource with its client
+(:class:`CounterCase`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import IPullProducer, ITransport
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -27,7 +29,9 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from twisted_sse import (
+    BrokerUnavailable,
     Event,
+    EventParser,
     EventStream,
     EventStreamResource,
     Published,
@@ -303,6 +307,43 @@ class HubFixture:
         # The reactor's next turn: what the publish buffered or closed.
         self.client.flush()
         return result[0]
+
+
+def first_frame_id(response: SSETestResponse) -> str:
+    """The last event id that the response's first frame commits."""
+    parser = EventParser()
+    parser.feed(response.raw.split(b"\n\n", 1)[0] + b"\n\n")
+    return parser.last_event_id
+
+
+def answer(response: SSETestResponse) -> dict[str, Any]:
+    """The JSON body of a non-stream response."""
+    body: dict[str, Any] = json.loads(response.raw)
+    return body
+
+
+@implementer(IBroker)
+class BrokenBroker:
+    """A broker that is down: every publish and subscription fails."""
+
+    available = False
+
+    def publish(self, channel: str, event: Event, key: str | None = None) -> Any:
+        return Deferred.fromCoroutine(self._fail())
+
+    def subscribe(self, channel: str, deliver: Any, last_event_id: Any = None) -> Any:
+        return Deferred.fromCoroutine(self._fail())
+
+    async def _fail(self) -> Any:
+        raise BrokerUnavailable("redis is down")
+
+    def subscribe_now(
+        self, channel: str, deliver: Any, last_event_id: Any = None
+    ) -> Subscription | None:
+        return None
+
+    def stop(self) -> Deferred[None]:
+        return succeed(None)
 
 
 def silent(stream: EventStream) -> None:
