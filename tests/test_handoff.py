@@ -18,12 +18,13 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from tests._transports import TransportCase, over_both_transports
 from twisted_sse import Event
 from twisted_sse._broker import IBroker, Subscription
 from twisted_sse._hub import Hub
 from twisted_sse._memory import MemoryBroker
 from twisted_sse._stream import SlowClientPolicy
-from twisted_sse.testing import SSETestClient, SSETestResponse
+from twisted_sse.testing import SSETestResponse
 
 from ._helpers import EPOCH, HubFixture, data, first_frame_id, ids
 
@@ -262,14 +263,16 @@ _OPS = st.lists(
 )
 
 
-class ResumePropertyTests(SynchronousTestCase):
+@over_both_transports
+class ResumePropertyTests(TransportCase):
     """Exactly once, in order, for any interleaving."""
 
     @settings(
         max_examples=200,
         deadline=None,
         database=None,
-        suppress_health_check=[HealthCheck.too_slow],
+        # The twin class over TCP runs the same test function.
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.differing_executors],
     )
     @given(ops=_OPS, slow_broker=st.booleans(), slow_authorizer=st.booleans())
     def test_exactly_once(
@@ -298,7 +301,7 @@ class ResumePropertyTests(SynchronousTestCase):
             authorizer=authorizer if slow_authorizer else None,
             max_queue_events=2,
         )
-        client = SSETestClient(hub.resource(), clock)
+        client = self.client_for(hub.resource(), clock)
         published: list[str] = []
         connections: list[list[SSETestResponse]] = [[], [], []]
 
@@ -326,6 +329,8 @@ class ResumePropertyTests(SynchronousTestCase):
                     connections[who][-1].resume_reading()
             elif waiting:
                 waiting.pop(who % len(waiting))()
+            # The reactor's next turn, after what the test did itself.
+            client.flush()
 
         for who in range(3):
             connect(who)
@@ -342,6 +347,7 @@ class ResumePropertyTests(SynchronousTestCase):
             waiting.pop(0)()
         published.append(str(len(published) + 1))
         hub.publish("news", Event(data=published[-1]))
+        client.flush()
 
         for who, mine in enumerate(connections):
             opened = [response for response in mine if response.raw]

@@ -19,6 +19,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests._transports import TransportCase, over_both_transports
 from twisted_sse import Event
 from twisted_sse._broker import Subscription
 from twisted_sse._hub import HISTORY_LOST_EVENT, bearer_token_authorizer
@@ -31,7 +32,8 @@ from ._helpers import EPOCH, BrokenBroker, HubFixture, answer, data, first_frame
 # Subscribing
 
 
-class SubscribeTests(SynchronousTestCase):
+@over_both_transports
+class SubscribeTests(TransportCase):
     """GET /channels/{name} opens a stream of the channel's events."""
 
     def test_stream_headers(self) -> None:
@@ -162,7 +164,8 @@ class SubscribeTests(SynchronousTestCase):
 # Resuming
 
 
-class ResumeTests(SynchronousTestCase):
+@over_both_transports
+class ResumeTests(TransportCase):
     """Last-Event-ID resumes exactly; anything else gets the loss signal."""
 
     def setUp(self) -> None:
@@ -278,7 +281,8 @@ class ResumeTests(SynchronousTestCase):
 # Authorising subscribers
 
 
-class AuthorizerTests(SynchronousTestCase):
+@over_both_transports
+class AuthorizerTests(TransportCase):
     """A pluggable authoriser decides who may subscribe."""
 
     def test_refused(self) -> None:
@@ -310,6 +314,7 @@ class AuthorizerTests(SynchronousTestCase):
         response = hub.subscribe()
         self.assertIsNone(response.code)
         decided.callback(False)
+        hub.client.flush()
         self.assertEqual(response.code, 403)
 
     def test_gone_while_deciding(self) -> None:
@@ -361,10 +366,47 @@ class AuthorizerTests(SynchronousTestCase):
 # Fan-out
 
 
-class FanOutTests(SynchronousTestCase):
+@over_both_transports
+class FanOutTests(TransportCase):
     """
     A channel's own slow-client policy, and one encoding of each event
     shared by every subscriber.
+    """
+
+    def test_encoded_once(self) -> None:
+        """An event is encoded once per publish, however many subscribers."""
+        hub = HubFixture(self)
+        for _ in range(10):
+            hub.subscribe()
+        calls: list[Event] = []
+        original = Event.encode
+
+        def counting(event: Event) -> bytes:
+            calls.append(event)
+            return original(event)
+
+        self.patch(Event, "encode", counting)
+        hub.post_json(data="x")
+        self.assertEqual([event.data for event in calls if event.data], ["x"])
+
+
+def _recording(
+    send: Callable[[bytes], object], frames: list[bytes]
+) -> Callable[[bytes], object]:
+    """Wrap a stream's way to the wire to keep the frames it sends."""
+
+    def record(frame: bytes) -> object:
+        frames.append(frame)
+        return send(frame)
+
+    return record
+
+
+class FanOutMemoryTests(SynchronousTestCase):
+    """
+    Fan-out seen through the plain writer: a stream paused the moment its
+    client stops reading, and every frame through ``request.write``.  The
+    direct writer's pause and writes are in test_writer.py.
     """
 
     def test_channel_policy(self) -> None:
@@ -402,36 +444,9 @@ class FanOutTests(SynchronousTestCase):
             for mine, first in zip(frames, written[0], strict=True):
                 self.assertIs(mine, first)
 
-    def test_encoded_once(self) -> None:
-        """An event is encoded once per publish, however many subscribers."""
-        hub = HubFixture(self)
-        for _ in range(10):
-            hub.subscribe()
-        calls: list[Event] = []
-        original = Event.encode
 
-        def counting(event: Event) -> bytes:
-            calls.append(event)
-            return original(event)
-
-        self.patch(Event, "encode", counting)
-        hub.post_json(data="x")
-        self.assertEqual([event.data for event in calls if event.data], ["x"])
-
-
-def _recording(
-    send: Callable[[bytes], object], frames: list[bytes]
-) -> Callable[[bytes], object]:
-    """Wrap a stream's way to the wire to keep the frames it sends."""
-
-    def record(frame: bytes) -> object:
-        frames.append(frame)
-        return send(frame)
-
-    return record
-
-
-class ChannelResourceSharingTests(SynchronousTestCase):
+@over_both_transports
+class ChannelResourceSharingTests(TransportCase):
     """Subscribers of one channel share its resource while any is open."""
 
     def test_shared_while_live(self) -> None:
@@ -491,7 +506,8 @@ class _DeferringMemoryBroker(MemoryBroker):
         self.waiting.pop(0)()
 
 
-class SynchronousSubscribeTests(SynchronousTestCase):
+@over_both_transports
+class SynchronousSubscribeTests(TransportCase):
     """
     On a broker that answers at once the stream opens while the request
     renders, with no Deferred on the way; a broker that answers later says
@@ -525,6 +541,7 @@ class SynchronousSubscribeTests(SynchronousTestCase):
         self.assertIsNone(response.code)
         hub.publish("a")
         broker.answer()
+        hub.client.flush()
         self.assertEqual(response.code, 200)
         hub.publish("b")
         self.assertEqual(data(response), ["a", "b"])

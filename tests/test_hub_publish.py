@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests._transports import TransportCase, over_both_transports
 from twisted_sse._app import SSEApp
 from twisted_sse._hub import MAX_JSON_DEPTH
 from twisted_sse._memory import MemoryBroker
@@ -25,7 +26,8 @@ from ._helpers import EPOCH, TOKEN, BrokenBroker, HubFixture, answer, data
 # Publishing
 
 
-class PublishTests(SynchronousTestCase):
+@over_both_transports
+class PublishTests(TransportCase):
     """POST /channels/{name} publishes and answers the id."""
 
     def test_json(self) -> None:
@@ -123,7 +125,8 @@ class PublishTests(SynchronousTestCase):
         )
 
 
-class PublishRefusedTests(SynchronousTestCase):
+@over_both_transports
+class PublishRefusedTests(TransportCase):
     """Every refused publish gets a 4xx and a JSON reason."""
 
     def assert_refused(self, response: SSETestResponse, code: int, reason: str) -> None:
