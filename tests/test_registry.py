@@ -9,17 +9,11 @@ from collections.abc import Callable
 from random import Random
 from typing import Any
 
-from twisted.application.service import MultiService
-from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.web.resource import Resource
-from twisted.web.server import Site
-from zope.interface import implementer
 
 from tests._transports import TransportCase, over_both_transports
-from twisted_sse import EventStreamService, _registry
+from twisted_sse import _registry
 from twisted_sse._registry import StreamRegistry
 from twisted_sse.testing import SSETestResponse
 
@@ -126,37 +120,6 @@ class AdmissionTests(TransportCase):
 # Draining
 
 
-@implementer(IListeningPort)
-class _Port:
-    """A listening port that records when it stops."""
-
-    def __init__(self) -> None:
-        self.stopped_at: float | None = None
-        self.clock: Clock | None = None
-
-    def startListening(self) -> None:
-        pass
-
-    def stopListening(self) -> Deferred[None]:
-        assert self.clock is not None
-        self.stopped_at = self.clock.seconds()
-        return succeed(None)
-
-    def getHost(self) -> IPv4Address:
-        return IPv4Address("TCP", "127.0.0.1", 3000)
-
-
-@implementer(IStreamServerEndpoint)
-class _Endpoint:
-    """An endpoint that listens on a _Port."""
-
-    def __init__(self, port: _Port) -> None:
-        self.port = port
-
-    def listen(self, factory: Any) -> Deferred[IListeningPort]:
-        return succeed(self.port)
-
-
 @over_both_transports
 class DrainTests(TransportCase):
     """On stop, every stream ends cleanly, spread over the drain window."""
@@ -254,30 +217,3 @@ class DrainTests(TransportCase):
         self.assertIn("the server is shutting down", pending.comments)
         self.step_until(lambda: bool(fired), 10)
         self.assertEqual(self.hub.registry.streams, set())
-
-    def test_service(self) -> None:
-        """stopService drains the streams, then closes the port, then fires."""
-        self.patch(_registry, "DRAIN_RATE", 5.0)
-        port = _Port()
-        port.clock = self.hub.clock
-        service = EventStreamService(
-            _Endpoint(port),
-            Site(Resource()),
-            self.hub.registry,
-            self.hub.clock,
-            drain=3.0,
-        )
-        parent = MultiService()
-        service.setServiceParent(parent)
-        parent.privilegedStartService()
-        parent.startService()
-        stopped: list[float] = []
-        parent.stopService().addCallback(
-            lambda _: stopped.append(self.hub.clock.seconds())
-        )
-        self.step_until(lambda: bool(stopped), 10)
-        self.assertEqual(len(self.ended), 20)
-        assert port.stopped_at is not None
-        self.assertGreaterEqual(port.stopped_at, max(self.ended))
-        self.assertLessEqual(max(self.ended), 3.0)
-        self.assertEqual(stopped, [port.stopped_at])

@@ -12,13 +12,14 @@ connections, and only then lets the reactor stop.
 from __future__ import annotations
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import (
     IListeningPort,
     IReactorTime,
     IStreamServerEndpoint,
 )
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from ._registry import StreamRegistry
@@ -70,24 +71,41 @@ class EventStreamService(Service):
         self.retry = retry
         self.grace = grace
         self.port: IListeningPort | None = None
-        self._listening: Deferred[IListeningPort] | None = None
+        self._started = False
+        self._failure: Failure | None = None
+        self._waiting: list[Deferred[IListeningPort]] = []
 
     def listen(self) -> Deferred[IListeningPort]:
         """
-        Start listening now (idempotent).  For TCP, TLS and UNIX endpoints
-        the Deferred has fired, with the port or the failure, when this
-        returns: ``twistd sse`` uses that to report a port in use in one line
-        before anything else starts.
+        Start listening now (idempotent: the endpoint is asked once).  For
+        TCP, TLS and UNIX endpoints the Deferred has fired, with the port or
+        the failure, when this returns: ``twistd sse`` uses that to report a
+        port in use in one line before anything else starts.
+
+        :returns: A new Deferred on each call, so that one caller's callbacks
+            never change what another gets.
         """
-        if self._listening is None:
-            self._listening = self.endpoint.listen(self.site)
+        if not self._started:
+            self._started = True
+            self.endpoint.listen(self.site).addBoth(self._listened)
+        if self.port is not None:
+            return succeed(self.port)
+        if self._failure is not None:
+            return fail(self._failure)
+        waiting: Deferred[IListeningPort] = Deferred()
+        self._waiting.append(waiting)
+        return waiting
 
-            def listening(port: IListeningPort) -> IListeningPort:
-                self.port = port
-                return port
-
-            self._listening.addCallback(listening)
-        return self._listening
+    def _listened(self, result: IListeningPort | Failure) -> None:
+        waiting, self._waiting = self._waiting, []
+        if isinstance(result, Failure):
+            self._failure = result
+            for deferred in waiting:
+                deferred.errback(result)
+        else:
+            self.port = result
+            for deferred in waiting:
+                deferred.callback(result)
 
     def privilegedStartService(self) -> None:
         """Listen before privileges are dropped, as twistd expects."""

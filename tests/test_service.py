@@ -1,0 +1,130 @@
+"""
+Tests for L{twisted_sse._service}: C{EventStreamService} listens, and on
+stop drains the streams before the port closes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.task import Clock
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from zope.interface import implementer
+
+from tests._transports import TransportCase, over_both_transports
+from twisted_sse import EventStreamService, _registry
+
+from ._helpers import HubFixture
+
+
+@implementer(IListeningPort)
+class _Port:
+    """A listening port that records when it stops."""
+
+    def __init__(self) -> None:
+        self.stopped_at: float | None = None
+        self.clock: Clock | None = None
+
+    def startListening(self) -> None:
+        pass
+
+    def stopListening(self) -> Deferred[None]:
+        assert self.clock is not None
+        self.stopped_at = self.clock.seconds()
+        return succeed(None)
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 3000)
+
+
+@implementer(IStreamServerEndpoint)
+class _Endpoint:
+    """An endpoint that listens on a _Port."""
+
+    def __init__(self, port: _Port) -> None:
+        self.port = port
+        self.listens = 0
+
+    def listen(self, factory: Any) -> Deferred[IListeningPort]:
+        self.listens += 1
+        return succeed(self.port)
+
+
+@over_both_transports
+class ServiceTests(TransportCase):
+    """The service's stop waits for the drain, then closes the port."""
+
+    def setUp(self) -> None:
+        self.hub = HubFixture(self)
+        self.responses = [self.hub.subscribe(f"channel{n % 4}") for n in range(20)]
+        self.ended: list[float] = []
+        for stream in self.hub.registry.streams:
+            stream.on_close(lambda: self.ended.append(self.hub.clock.seconds()))
+
+    def step_until(self, done: Callable[[], bool], limit: float) -> None:
+        """Move time in small steps until ``done()``."""
+        while not done() and self.hub.clock.seconds() < limit:
+            self.hub.client.advance(0.05)
+
+    def test_service(self) -> None:
+        """stopService drains the streams, then closes the port, then fires."""
+        self.patch(_registry, "DRAIN_RATE", 5.0)
+        port = _Port()
+        port.clock = self.hub.clock
+        service = EventStreamService(
+            _Endpoint(port),
+            Site(Resource()),
+            self.hub.registry,
+            self.hub.clock,
+            drain=3.0,
+        )
+        parent = MultiService()
+        service.setServiceParent(parent)
+        parent.privilegedStartService()
+        parent.startService()
+        stopped: list[float] = []
+        parent.stopService().addCallback(
+            lambda _: stopped.append(self.hub.clock.seconds())
+        )
+        self.step_until(lambda: bool(stopped), 10)
+        self.assertEqual(len(self.ended), 20)
+        assert port.stopped_at is not None
+        self.assertGreaterEqual(port.stopped_at, max(self.ended))
+        self.assertLessEqual(max(self.ended), 3.0)
+        self.assertEqual(stopped, [port.stopped_at])
+
+    def test_listen_once(self) -> None:
+        """listen() opens the port once, however often it is called."""
+        port = _Port()
+        port.clock = self.hub.clock
+        endpoint = _Endpoint(port)
+        service = EventStreamService(
+            endpoint, Site(Resource()), self.hub.registry, self.hub.clock
+        )
+        listened: list[IListeningPort] = []
+        service.listen().addCallback(listened.append)
+        service.listen().addCallback(listened.append)
+        self.assertEqual(listened, [port, port])
+        self.assertEqual(endpoint.listens, 1)
+        self.assertIs(service.port, port)
+        self.hub.client.disconnect_all()
+
+    def test_negative_drain(self) -> None:
+        """A negative drain window is a ValueError naming it."""
+        error = self.assertRaises(
+            ValueError,
+            EventStreamService,
+            _Endpoint(_Port()),
+            Site(Resource()),
+            self.hub.registry,
+            self.hub.clock,
+            drain=-1,
+        )
+        self.assertIn("drain", str(error))
+        self.hub.client.disconnect_all()
