@@ -1,11 +1,10 @@
 """
 Small pieces several test modules share: a broker subscriber that records
 what it is given (and one that paces a replay), the context-manager half of
-the test's own clients, a raw HTTP client for the real-socket tests, a hub
-served on a clock (:class:`HubFixture`) with what its tests read of a
-response (:func:`first_frame_id`, :func:`answer`) and a broker that is down
-(:class:`BrokenBroker`), and a counter resource with its client
-(:class:`CounterCase`).
+the test's own clients, a hub served on a clock (:class:`HubFixture`) with
+what its tests read of a response (:func:`first_frame_id`, :func:`answer`)
+and a broker that is down (:class:`BrokenBroker`), and a counter resource
+with its client (:class:`CounterCase`).
 """
 
 from __future__ import annotations
@@ -19,11 +18,8 @@ from typing import Any, Self
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import IPullProducer, ITransport
-from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import Clock, deferLater
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from zope.interface import implementer
@@ -109,64 +105,6 @@ class Closing:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _reactor() -> Any:
-    from twisted.internet import reactor
-
-    return reactor
-
-
-class RawClient(Protocol):
-    """Sends ``request`` as it is and keeps every byte of the answer."""
-
-    def __init__(self, request: bytes) -> None:
-        self.request = request
-        self.data = b""
-        self.lost: Deferred[None] = Deferred()
-        self._waiting: list[tuple[Callable[[bytes], bool], Deferred[bytes]]] = []
-
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.write(self.request)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-        for entry in list(self._waiting):
-            if entry[0](self.data):
-                self._waiting.remove(entry)
-                entry[1].callback(self.data)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.lost.callback(None)
-
-    def wait_for(self, predicate: Callable[[bytes], bool]) -> Deferred[bytes]:
-        """Fire with all bytes so far once ``predicate`` holds for them."""
-        done: Deferred[bytes] = Deferred()
-        if predicate(self.data):
-            done.callback(self.data)
-        else:
-            self._waiting.append((predicate, done))
-        return done.addTimeout(10, _reactor())
-
-    def hang_up(self) -> None:
-        """Close the connection from the client's side."""
-        assert self.transport is not None
-        self.transport.loseConnection()
-
-
-def get_request(path: str, version: str = "1.1", *headers: str) -> bytes:
-    """A ``GET`` of ``path`` with a ``Host`` header and ``headers``."""
-    lines = [f"GET {path} HTTP/{version}", "Host: localhost", *headers, "", ""]
-    return "\r\n".join(lines).encode()
-
-
-async def connect_raw(port: int, request: bytes) -> RawClient:
-    """A :class:`RawClient` connected to 127.0.0.1:``port``."""
-    client = RawClient(request)
-    endpoint = TCP4ClientEndpoint(_reactor(), "127.0.0.1", port)
-    await endpoint.connect(Factory.forProtocol(lambda: client))
-    return client
 
 
 def global_reactor() -> Any:

@@ -1,8 +1,8 @@
 """
-Real processes and raw sockets for end-to-end tests: a ``twistd sse`` child
-on a port the kernel picks (TCP or TLS), a minimal HTTP/1.1 reader that shows
-the exact bytes a server sends, and client programs (curl, node) read as they
-print.
+Real processes for end-to-end tests: a ``twistd sse`` child on a port the
+kernel picks (TCP or TLS), and client programs (curl, node) read as they
+print.  A test reads the child's HTTP with ``SocketClient`` from
+``tests/_http.py``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import os
 import re
 import select
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -144,88 +143,6 @@ def run_twistd(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess
         capture_output=True,
         timeout=timeout,
     )
-
-
-class RawResponse:
-    """
-    An HTTP/1.1 response read off a socket as raw bytes, with chunked
-    framing decoded, for checking a server's exact output.
-    """
-
-    def __init__(
-        self, port: int, path: str, method: str = "GET", headers: str = ""
-    ) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        request = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-        self.sock.sendall(f"{request}{headers}\r\n".encode())
-        self.buffer = b""
-        self.closed = False
-        head = self._until(b"\r\n\r\n")
-        status, *lines = head.decode("latin-1").split("\r\n")
-        self.status = status
-        self.code = int(status.split()[1])
-        self.headers: dict[str, list[str]] = {}
-        for line in lines:
-            name, _, value = line.partition(":")
-            self.headers.setdefault(name.strip().lower(), []).append(value.strip())
-        self.chunked = self.headers.get("transfer-encoding") == ["chunked"]
-
-    def header(self, name: str) -> str | None:
-        """The single value of header ``name``, or ``None``."""
-        values = self.headers.get(name.lower())
-        return values[0] if values else None
-
-    def _fill(self, timeout: float) -> bool:
-        self.sock.settimeout(timeout)
-        try:
-            chunk = self.sock.recv(65536)
-        except TimeoutError:
-            return False
-        if not chunk:
-            self.closed = True
-            return False
-        self.buffer += chunk
-        return True
-
-    def _until(self, marker: bytes, timeout: float = 10.0) -> bytes:
-        deadline = time.monotonic() + timeout
-        while marker not in self.buffer:
-            left = deadline - time.monotonic()
-            if left <= 0 or (not self._fill(left) and self.closed):
-                raise AssertionError(f"no {marker!r} in {self.buffer!r}")
-        head, _, self.buffer = self.buffer.partition(marker)
-        return head
-
-    def read_chunk(self, timeout: float = 10.0) -> bytes:
-        """The next chunk's payload (``b""`` for the terminating chunk)."""
-        assert self.chunked
-        size = int(self._until(b"\r\n", timeout), 16)
-        while len(self.buffer) < size + 2:
-            if not self._fill(timeout) and self.closed:
-                raise AssertionError("connection closed inside a chunk")
-        payload, self.buffer = self.buffer[:size], self.buffer[size + 2 :]
-        return payload
-
-    def read_body(self, size: int, timeout: float = 10.0) -> bytes:
-        """Read ``size`` bytes of stream body (across chunks)."""
-        body = b""
-        while len(body) < size:
-            chunk = self.read_chunk(timeout)
-            if not chunk:
-                break
-            body += chunk
-        return body
-
-    def at_eof(self, timeout: float = 5.0) -> bool:
-        """Whether the server closes the connection within ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while not self.closed and time.monotonic() < deadline:
-            self._fill(deadline - time.monotonic())
-        return self.closed
-
-    def close(self) -> None:
-        """Close the socket."""
-        self.sock.close()
 
 
 class ClientProcess:

@@ -12,15 +12,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest_twisted
-from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import deferLater
 from twisted.internet.tcp import Connection
-from twisted.python.failure import Failure
 from twisted.web.server import Site
 
-from twisted_sse import Event, EventParser, EventStream, EventStreamResource
+from twisted_sse import Event, EventStream, EventStreamResource
+
+from ._http import ReactorClient, connect, http_request
 
 
 def _reactor() -> Any:
@@ -29,47 +28,10 @@ def _reactor() -> Any:
     return reactor
 
 
-class ChunkedReader(Protocol):
-    """Reads one chunked SSE response and parses its events."""
-
-    def __init__(self) -> None:
-        self.buffer = b""
-        self.head: bytes | None = None
-        self.parser = EventParser()
-        self.events: list[str] = []
-        self.ended: Deferred[None] = Deferred()
-        self.lost: Deferred[None] = Deferred()
-
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
-
-    def dataReceived(self, data: bytes) -> None:
-        self.buffer += data
-        if self.head is None:
-            if b"\r\n\r\n" not in self.buffer:
-                return
-            self.head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
-        while b"\r\n" in self.buffer:
-            size_line, _, rest = self.buffer.partition(b"\r\n")
-            size = int(size_line, 16)
-            if len(rest) < size + 2:
-                return
-            assert rest[size : size + 2] == b"\r\n", "broken chunk framing"
-            payload, self.buffer = rest[:size], rest[size + 2 :]
-            if size == 0:
-                self.ended.callback(None)
-                return
-            self.events.extend(event.data for event in self.parser.feed(payload))
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.lost.callback(None)
-
-
 @asynccontextmanager
 async def one_stream(
     **options: Any,
-) -> AsyncIterator[tuple[ChunkedReader, EventStream]]:
+) -> AsyncIterator[tuple[ReactorClient, EventStream]]:
     """
     Serve an EventStreamResource on 127.0.0.1, connect one reader, and give
     both ends once the server's stream exists; stop listening afterwards.
@@ -82,9 +44,7 @@ async def one_stream(
         Site(resource)
     )
     try:
-        reader = ChunkedReader()
-        endpoint = TCP4ClientEndpoint(_reactor(), "127.0.0.1", port.getHost().port)
-        await endpoint.connect(Factory.forProtocol(lambda: reader))
+        reader = await connect(port.getHost().port, http_request("/"))
         while not streams:
             await deferLater(_reactor(), 0.01)
         yield reader, streams[0]
@@ -96,9 +56,9 @@ async def one_stream(
 BIG_QUEUE = {"max_queue_events": 100_000, "max_queue_bytes": 512 * 1024 * 1024}
 
 
-def numbers_of(reader: ChunkedReader) -> list[int]:
+def numbers_of(reader: ReactorClient) -> list[int]:
     """The sequence numbers that start each event's data."""
-    return [int(data.split(" ", 1)[0]) for data in reader.events]
+    return [int(event.data.split(" ", 1)[0]) for event in reader.events]
 
 
 @pytest_twisted.ensureDeferred
@@ -115,8 +75,8 @@ async def test_direct_path_chosen_for_tcp() -> None:
         assert list(headers.getAllRawHeaders()) == []
         stream.send(Event(data="hello"))
         stream.close()
-        await reader.ended.addTimeout(60, _reactor())
-        assert reader.events == ["hello"]
+        await reader.ended(timeout=60)
+        assert [event.data for event in reader.events] == ["hello"]
 
 
 @pytest_twisted.ensureDeferred
@@ -135,9 +95,9 @@ async def test_order_kept_through_partial_sends_and_pauses() -> None:
         assert stream.paused
         reader.transport.resumeProducing()  # type: ignore[attr-defined]
         stream.close()
-        await reader.ended.addTimeout(60, _reactor())
+        await reader.ended(timeout=60)
         assert numbers_of(reader) == list(range(count))
-        assert all(data.endswith(payload) for data in reader.events)
+        assert all(event.data.endswith(payload) for event in reader.events)
 
 
 @pytest_twisted.ensureDeferred
@@ -153,5 +113,5 @@ async def test_order_kept_while_client_reads_concurrently() -> None:
                 # while Twisted may still hold the tail of an earlier one.
                 await deferLater(_reactor(), 0)
         stream.close()
-        await reader.ended.addTimeout(60, _reactor())
+        await reader.ended(timeout=60)
         assert numbers_of(reader) == list(range(count))

@@ -42,7 +42,8 @@ from twisted_sse import Event, EventStreamService, MemoryBroker
 from twisted_sse._tap import Options
 from twisted_sse.testing import SSETestClient
 
-from ._process import RawResponse, Twistd
+from ._http import SocketClient, http_request
+from ._process import Twistd
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -174,16 +175,16 @@ class PublishTests(SynchronousTestCase):
         """publish_blocking() reaches a subscriber of a real twistd sse."""
         server = Twistd("--publish-token", TOKEN).start()
         self.addCleanup(server.stop)
-        stream = RawResponse(server.port, "/channels/news")
+        stream = SocketClient(server.port, http_request("/channels/news"))
         self.addCleanup(stream.close)
-        stream.read_chunk()  # the opening frame
+        stream.read_frame()  # the opening frame
 
         event_id = publish.publish_blocking(
             f"http://127.0.0.1:{server.port}", "news", TOKEN, "hello", "headline"
         )
 
         self.assertEqual(
-            stream.read_chunk(),
+            stream.read_frame(),
             f"id: {event_id}\nevent: headline\ndata: hello\n\n".encode(),
         )
 

@@ -30,17 +30,13 @@ from twisted_sse import (
     counter,
 )
 
-from ._helpers import RawClient, connect_raw, get_request
+from ._http import ReactorClient, connect, http_request
 
 
 def _reactor() -> Any:
     from twisted.internet import reactor
 
     return reactor
-
-
-async def connect(port: int, path: str) -> RawClient:
-    return await connect_raw(port, get_request(path))
 
 
 class Listening:
@@ -75,20 +71,18 @@ async def assert_released(resource: EventStreamResource) -> None:
 
 async def read_then_hang_up(
     site: Site, path: str, until: bytes, events: EventStreamResource
-) -> bytes:
+) -> ReactorClient:
     """
     Serve ``site``, GET ``path`` until ``until`` arrives, hang up, and check
-    that ``events`` released the stream; the bytes read.
+    that ``events`` released the stream; the client, as it was then.
     """
     port = await listen(site)
     try:
-        client = await connect(port.port, path)
-        data = await client.wait_for(lambda data: until in data)
-        assert client.transport is not None
-        client.transport.loseConnection()
-        await client.lost
+        client = await connect(port.port, http_request(path))
+        await client.wait_for(lambda c: until in c.body)
+        await client.close()
         await assert_released(events)
-        return data
+        return client
     finally:
         await port.stop()
 
@@ -103,11 +97,11 @@ async def test_klein_route() -> None:
     def feed(request: object) -> EventStreamResource:
         return events
 
-    data = await read_then_hang_up(
+    client = await read_then_hang_up(
         Site(app.resource()), "/feed", b"data: 2\n\n", events
     )
-    assert b"Content-Type: text/event-stream; charset=utf-8" in data
-    assert b"retry: 500\n\n" in data
+    assert client.header("Content-Type") == "text/event-stream; charset=utf-8"
+    assert b"retry: 500\n\n" in client.body
 
 
 @pytest_twisted.ensureDeferred
@@ -116,8 +110,8 @@ async def test_put_child() -> None:
     root = Resource()
     events = stream_resource()
     root.putChild(b"events", events)
-    data = await read_then_hang_up(Site(root), "/events", b"data: 1\n\n", events)
-    assert b"Content-Type: text/event-stream; charset=utf-8" in data
+    client = await read_then_hang_up(Site(root), "/events", b"data: 1\n\n", events)
+    assert client.header("Content-Type") == "text/event-stream; charset=utf-8"
 
 
 @pytest_twisted.ensureDeferred
@@ -136,12 +130,13 @@ async def test_service_in_multiservice() -> None:
     parent.privilegedStartService()
     parent.startService()
     port = Listening(await service.listen())
-    client = await connect(port.port, "/events")
-    await client.wait_for(lambda data: b"data: 1\n\n" in data)
+    client = await connect(port.port, http_request("/events"))
+    await client.wait_for(lambda c: b"data: 1\n\n" in c.body)
     await parent.stopService()
     await client.lost
     # The response ended with the terminating chunk, not a cut connection.
-    assert client.data.endswith(b"\r\n0\r\n\r\n")
+    assert client.complete
+    assert client.wire.endswith(b"\r\n0\r\n\r\n")
     assert events.streams == set()
 
 
@@ -154,9 +149,11 @@ async def test_hundred_clients_vanish() -> None:
     before = set(_reactor().getDelayedCalls())
     port = await listen(Site(root))
     try:
-        clients = [await connect(port.port, "/events") for _ in range(100)]
+        clients = [
+            await connect(port.port, http_request("/events")) for _ in range(100)
+        ]
         for client in clients:
-            await client.wait_for(lambda data: b"retry: 500\n\n" in data)
+            await client.wait_for(lambda c: b"retry: 500\n\n" in c.body)
         assert len(events.streams) == 100
         for client in clients:
             assert client.transport is not None

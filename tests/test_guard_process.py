@@ -20,7 +20,8 @@ import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from . import _process
-from ._process import RawResponse, Twistd
+from ._http import SocketClient, http_request
+from ._process import Twistd
 from ._tools import require_program
 from .test_tls_http2 import h2_client, tls_server
 
@@ -29,8 +30,8 @@ pytestmark = pytest.mark.slow
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 
 
-def _healthz(port: int) -> RawResponse:
-    return RawResponse(port, "/healthz", headers="Connection: close\r\n")
+def _healthz(port: int) -> SocketClient:
+    return SocketClient(port, http_request("/healthz", "Connection: close"))
 
 
 class _Client:
@@ -217,7 +218,7 @@ class DescriptorTests(SynchronousTestCase):
         second = _healthz(server.port)
         self.addCleanup(second.close)
         self.assertEqual(second.code, 200)
-        stream = RawResponse(server.port, "/events")
+        stream = SocketClient(server.port, http_request("/events"))
         self.addCleanup(stream.close)
         self.assertEqual(
             stream.read_body(len(b"retry: 1000\n\ndata: 1\n\n")),

@@ -10,102 +10,34 @@ socket-free tests in test_hub.py run under both.
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.defer import DeferredList
+from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
-from twisted.python.failure import Failure
 from twisted.web.server import Site
 
-from twisted_sse import Event, EventParser, MessageEvent
+from twisted_sse import Event
 from twisted_sse._broker import publish_from_thread
 from twisted_sse._hub import Hub
 from twisted_sse._memory import MemoryBroker
 from twisted_sse._stream import EventStream, SlowClientPolicy
+
+from ._http import ReactorClient, connect, http_request
+
+#: Seconds a client waits for what it expects.
+WAIT = 20
 
 
 def _reactor() -> Any:
     from twisted.internet import reactor
 
     return reactor
-
-
-class StreamClient(Protocol):
-    """
-    Sends one GET and parses the chunked event-stream response as it
-    arrives.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.head = b""
-        self.head_done = False
-        self.buffer = b""
-        self.body = 0
-        self.finished = False
-        self.events: list[MessageEvent] = []
-        self.parser = EventParser()
-        self.lost: Deferred[None] = Deferred()
-        self._waiting: list[tuple[Callable[[], bool], Deferred[None]]] = []
-
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.write(
-            f"GET {self.path} HTTP/1.1\r\nHost: localhost\r\n"
-            "Accept: text/event-stream\r\n\r\n".encode()
-        )
-
-    def dataReceived(self, data: bytes) -> None:
-        self.buffer += data
-        if not self.head_done:
-            head, marker, rest = self.buffer.partition(b"\r\n\r\n")
-            if not marker:
-                return
-            self.head, self.buffer, self.head_done = head, rest, True
-        self._dechunk()
-        for entry in list(self._waiting):
-            if entry[0]():
-                self._waiting.remove(entry)
-                entry[1].callback(None)
-
-    def _dechunk(self) -> None:
-        while True:
-            size_line, crlf, rest = self.buffer.partition(b"\r\n")
-            if not crlf:
-                return
-            size = int(size_line, 16)
-            if len(rest) < size + 2:
-                return
-            self.buffer = rest[size + 2 :]
-            if size == 0:
-                self.finished = True
-                return
-            self.body += size
-            self.events.extend(self.parser.feed(rest[:size]))
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.lost.callback(None)
-
-    def wait_for(self, predicate: Callable[[], bool]) -> Deferred[None]:
-        """Fire once ``predicate()`` holds (checked as data arrives)."""
-        done: Deferred[None] = Deferred()
-        if predicate():
-            done.callback(None)
-        else:
-            self._waiting.append((predicate, done))
-        return done.addTimeout(20, _reactor())
-
-    async def close(self) -> None:
-        assert self.transport is not None
-        self.transport.loseConnection()
-        await self.lost
 
 
 class Server:
@@ -117,12 +49,12 @@ class Server:
         self.listening = port
         self.port: int = port.getHost().port
 
-    async def connect(self, path: str) -> StreamClient:
-        client = StreamClient(path)
-        endpoint = TCP4ClientEndpoint(_reactor(), "127.0.0.1", self.port)
-        await endpoint.connect(Factory.forProtocol(lambda: client))
+    async def connect(self, path: str) -> ReactorClient:
+        client = await connect(
+            self.port, http_request(path, "Accept: text/event-stream")
+        )
         # The stream is open once its first frame has arrived.
-        await client.wait_for(lambda: client.body > 0)
+        await client.wait_for(lambda c: c.body, WAIT)
         return client
 
     def streams(self) -> set[EventStream]:
@@ -174,7 +106,7 @@ async def test_publish_from_thread() -> None:
             ]
 
         published = await deferToThread(work)
-        await client.wait_for(lambda: len(client.events) >= 200)
+        await client.wait_for(lambda c: len(c.events) >= 200, WAIT)
         assert [event.data for event in client.events] == [str(n) for n in range(200)]
         assert [event.last_event_id for event in client.events] == published
         await client.close()
@@ -200,7 +132,7 @@ async def test_many_threads() -> None:
             fireOnOneErrback=True,
             consumeErrors=True,
         )
-        await client.wait_for(lambda: len(client.events) >= 200)
+        await client.wait_for(lambda c: len(c.events) >= 200, WAIT)
         got = [event.data for event in client.events]
         seqs = [int(event.last_event_id.split("-")[1]) for event in client.events]
         assert seqs == list(range(1, 201))
@@ -239,14 +171,14 @@ async def test_resume_over_tcp() -> None:
         first = await server.connect("/news")
         for n in range(3):
             await server.hub.publish("news", Event(data=str(n)))
-        await first.wait_for(lambda: len(first.events) == 3)
+        await first.wait_for(lambda c: len(c.events) == 3, WAIT)
         await first.close()
         for n in range(3, 6):
             await server.hub.publish("news", Event(data=str(n)))
         last_id = first.parser.last_event_id
         again = await server.connect(f"/news?lastEventId={last_id}")
         await server.hub.publish("news", Event(data="6"))
-        await again.wait_for(lambda: len(again.events) == 4)
+        await again.wait_for(lambda c: len(c.events) == 4, WAIT)
         assert [e.data for e in again.events] == ["3", "4", "5", "6"]
         await again.close()
 
@@ -286,7 +218,7 @@ async def test_stalled_reader_cut_off() -> None:
             assert slow.closed
             assert slow.close_reason == "aborted"
             # The reader got everything, the stalled one's fate aside.
-            await reader.wait_for(lambda: len(reader.events) == sent)
+            await reader.wait_for(lambda c: len(c.events) == sent, WAIT)
             assert server.broker.subscriber_count("news") == 1
         finally:
             stalled.close()

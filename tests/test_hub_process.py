@@ -18,59 +18,55 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_sse import EventParser, MessageEvent
 
-from ._process import RawResponse, Twistd
+from ._http import SocketClient, http_request
+from ._process import Twistd
 
 TOKEN = "T-0123456789"
 
 
 class Reader:
-    """A subscriber on a raw socket that parses events as chunks arrive."""
+    """A subscriber on a raw socket, its events parsed as they arrive."""
 
     def __init__(
         self, port: int, channel: str = "news", last_event_id: str | None = None
     ) -> None:
-        headers = "Accept: text/event-stream\r\n"
+        headers = ["Accept: text/event-stream"]
         if last_event_id is not None:
-            headers += f"Last-Event-ID: {last_event_id}\r\n"
-        self.response = RawResponse(port, f"/channels/{channel}", headers=headers)
-        self.parser = EventParser(last_event_id=last_event_id or "")
-        self.events: list[MessageEvent] = []
-        self.frames = bytearray()
-        self.ended = False
+            headers.append(f"Last-Event-ID: {last_event_id}")
+        self.response = SocketClient(
+            port,
+            http_request(f"/channels/{channel}", *headers),
+            last_event_id=last_event_id or "",
+        )
 
-    def read(self, timeout: float = 10.0) -> bool:
-        """Read one chunk; ``False`` once the response has ended."""
-        if self.ended:
-            return False
-        payload = self.response.read_chunk(timeout)
-        if not payload:
-            self.ended = True
-            return False
-        self.frames += payload
-        self.events.extend(self.parser.feed(payload))
-        return True
+    @property
+    def events(self) -> list[MessageEvent]:
+        return self.response.events
 
     def until(self, event_id: str, timeout: float = 10.0) -> None:
         """
         Read until the client has seen ``event_id``: it arrived, or the
         connection resumed from it or from a later id.
         """
-        deadline = time.monotonic() + timeout
-        while _seq(self.parser.last_event_id) < _seq(event_id):
-            if time.monotonic() > deadline or not self.read(timeout):
-                raise AssertionError(f"{event_id} never came: {self.events[-3:]}")
+        self.response.wait_for(
+            lambda response: (
+                response.complete or _seq(self.last_event_id) >= _seq(event_id)
+            ),
+            timeout,
+        )
+        if _seq(self.last_event_id) < _seq(event_id):
+            raise AssertionError(f"{event_id} never came: {self.events[-3:]}")
 
     def first_frame_id(self) -> str:
         """The id the stream's first frame committed."""
-        while b"\n\n" not in self.frames:
-            self.read()
+        self.response.wait_for(lambda response: b"\n\n" in response.body)
         parser = EventParser()
-        parser.feed(bytes(self.frames.split(b"\n\n", 1)[0]) + b"\n\n")
+        parser.feed(self.response.body.split(b"\n\n", 1)[0] + b"\n\n")
         return parser.last_event_id
 
     @property
     def last_event_id(self) -> str:
-        return self.parser.last_event_id
+        return self.response.parser.last_event_id
 
     def close(self) -> None:
         self.response.close()
@@ -178,7 +174,6 @@ class HubProcessTests(SynchronousTestCase):
                     # Gone, a third of the time before even reading the
                     # event just published: the resume must cover it.
                     current.close()
-                    current.response.closed = True
             for mine in connections:
                 if mine[-1].response.closed and random.random() < 0.5:
                     last = mine[-1].last_event_id
@@ -344,20 +339,19 @@ class HubProcessTests(SynchronousTestCase):
             reader.first_frame_id()
         refused = self.reader(server)
         self.assertEqual(refused.response.code, 200)
-        while refused.read():
-            pass
-        self.assertTrue(refused.ended)  # the terminating chunk
-        self.assertIsNotNone(refused.parser.retry)
-        assert refused.parser.retry is not None
-        self.assertTrue(700 <= refused.parser.retry <= 1400)
-        self.assertIn(b"too many connections", refused.frames)
+        refused.response.wait_for(lambda response: response.complete)
+        retry = refused.response.parser.retry
+        self.assertIsNotNone(retry)
+        assert retry is not None
+        self.assertTrue(700 <= retry <= 1400)
+        self.assertIn(b"too many connections", refused.response.body)
         self.assertEqual(refused.events, [])
         self.assertTrue(refused.response.at_eof())
         kept[0].close()
         time.sleep(0.2)
         again = self.reader(server)
         again.first_frame_id()
-        self.assertFalse(again.ended)
+        self.assertFalse(again.response.complete)
 
     def test_subscribe_token(self) -> None:
         """
@@ -365,18 +359,20 @@ class HubProcessTests(SynchronousTestCase):
         or as ?access_token=; one without it gets 403.
         """
         server = self.start("--publish-token", TOKEN, "--subscribe-token", "R-1")
-        refused = RawResponse(server.port, "/channels/news")
+        refused = SocketClient(server.port, http_request("/channels/news"))
         self.addCleanup(refused.close)
         self.assertEqual(refused.code, 403)
-        by_header = RawResponse(
-            server.port, "/channels/news", headers="Authorization: Bearer R-1\r\n"
+        by_header = SocketClient(
+            server.port, http_request("/channels/news", "Authorization: Bearer R-1")
         )
-        by_query = RawResponse(server.port, "/channels/news?access_token=R-1")
+        by_query = SocketClient(
+            server.port, http_request("/channels/news?access_token=R-1")
+        )
         for response in (by_header, by_query):
             self.addCleanup(response.close)
             self.assertEqual(response.code, 200)
         # The counter stream needs no token.
-        counter = RawResponse(server.port, "/events")
+        counter = SocketClient(server.port, http_request("/events"))
         self.addCleanup(counter.close)
         self.assertEqual(counter.code, 200)
 
@@ -428,25 +424,23 @@ class HubProcessTests(SynchronousTestCase):
         readers = [self.reader(server, f"c{n % 3}") for n in range(6)]
         for reader in readers:
             reader.first_frame_id()
-        counter = RawResponse(server.port, "/events")
+        counter = SocketClient(server.port, http_request("/events"))
         self.addCleanup(counter.close)
-        self.assertEqual(counter.read_chunk(), b"retry: 1000\n\n")
+        self.assertEqual(counter.read_frame(), b"retry: 1000\n\n")
         assert server.process is not None
         began = time.monotonic()
         server.process.send_signal(15)
         for reader in readers:
-            while reader.read(5):
-                pass
-            self.assertTrue(reader.ended)  # terminating chunk, not a cut
+            # The terminating chunk, not a cut (which fails the wait).
+            reader.response.wait_for(lambda response: response.complete, 5)
             took = time.monotonic() - began
             self.assertLess(took, 1.5)
             # The last frame is a jittered hint: 1000 ms plus up to --drain.
-            hint = bytes(reader.frames.rsplit(b"\n\n", 2)[-2])
+            hint = reader.response.body.rsplit(b"\n\n", 2)[-2]
             self.assertRegex(hint, rb"^retry: [0-9]+$")
             self.assertTrue(1000 <= int(hint[7:]) <= 2000, hint)
             self.assertTrue(reader.response.at_eof())
-        while counter.read_chunk(5):
-            pass
+        counter.wait_for(lambda response: response.complete, 5)
         self.assertTrue(counter.at_eof())
         # twistd exits once the drain is done (by the signal's own status).
         self.assertIn(server.process.wait(10), (0, -15))

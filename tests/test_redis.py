@@ -26,7 +26,6 @@ import pytest
 import pytest_twisted
 from attrs import frozen
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.python import usage
@@ -48,6 +47,7 @@ from twisted_sse.testing import parse_events
 from . import _helpers
 from . import _redis_tools as tools
 from ._helpers import sleep, until
+from ._http import ReactorClient, connect, http_request
 
 # Fixtures
 
@@ -883,34 +883,17 @@ async def test_partition_trimmed_signal(redis: SharedRedis, brokers: Make) -> No
 
 
 async def _request(
-    port: int, method: str, path: str, body: bytes = b"", headers: str = ""
+    port: int, method: str, path: str, body: bytes = b"", *headers: str
 ) -> tuple[int, bytes]:
     """One HTTP/1.1 request with Connection: close; the status and body."""
-    client = _helpers.RawClient(
-        f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-        f"Content-Length: {len(body)}\r\n{headers}\r\n".encode()
-        + body
+    client = await connect(
+        port,
+        http_request(path, "Connection: close", *headers, method=method, body=body),
     )
-    await connectProtocol(
-        TCP4ClientEndpoint(_helpers.global_reactor(), "127.0.0.1", port), client
-    )
+    await client.ended()
     await client.lost
-    head, _, rest = client.data.partition(b"\r\n\r\n")
-    code = int(head.split()[1])
-    if b"transfer-encoding: chunked" in head.lower():
-        rest = _unchunk(rest)
-    return code, rest
-
-
-def _unchunk(data: bytes) -> bytes:
-    body = b""
-    while data:
-        size, _, data = data.partition(b"\r\n")
-        length = int(size, 16)
-        if not length:
-            break
-        body, data = body + data[:length], data[length + 2 :]
-    return body
+    assert client.code is not None
+    return client.code, client.body
 
 
 @pytest_twisted.ensureDeferred
@@ -925,8 +908,8 @@ async def test_redis_restart_over_http(server: tools.RedisServer) -> None:
     app = SSEApp(reactor, broker=broker, heartbeat=0.2, publish_token="T")
     port = reactor.listenTCP(0, Site(app.resource()), interface="127.0.0.1")
     web = port.getHost().port
-    auth = "Authorization: Bearer T\r\nContent-Type: text/plain\r\n"
-    stream = _helpers.RawClient(b"GET /channels/news HTTP/1.1\r\nHost: x\r\n\r\n")
+    auth = ("Authorization: Bearer T", "Content-Type: text/plain")
+    stream: ReactorClient | None = None
     try:
         broker.startService()
         await ready(broker)
@@ -934,13 +917,12 @@ async def test_redis_restart_over_http(server: tools.RedisServer) -> None:
             200,
             b'{"status":"ok","broker":"up"}\n',
         )
-        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", web), stream)
-        await until(
-            lambda: re.search(rb"id: [0-9a-z]+:0-0", stream.data), "the stream to open"
-        )
-        code, body = await _request(web, "POST", "/channels/news", b"one", auth)
+        stream = await connect(web, http_request("/channels/news"))
+        # The stream is open.
+        await stream.wait_for(lambda c: re.search(rb"id: [0-9a-z]+:0-0", c.body))
+        code, body = await _request(web, "POST", "/channels/news", b"one", *auth)
         assert code == 200
-        await until(lambda: b"data: one" in stream.data, "the first event")
+        await stream.wait_for(lambda c: b"data: one" in c.body)
 
         server.kill()
         await until(lambda: not broker.available, "the broker to notice")
@@ -948,26 +930,27 @@ async def test_redis_restart_over_http(server: tools.RedisServer) -> None:
             503,
             b'{"status":"unavailable","broker":"down"}\n',
         )
-        code, body = await _request(web, "POST", "/channels/news", b"two", auth)
+        code, body = await _request(web, "POST", "/channels/news", b"two", *auth)
         assert code == 503
         assert "broker unavailable" in json.loads(body)["error"]
         # A new subscriber is told to come back later (200, retry, closed).
         code, body = await _request(web, "GET", "/channels/news")
         assert code == 200 and b"retry: " in body
         # The open stream gets heartbeats and stays open.
-        heard = len(stream.data)
-        await until(lambda: stream.data.count(b":\n\n") >= 2, "heartbeats")
-        assert not stream.lost.called and len(stream.data) > heard
+        heard = len(stream.body)
+        await stream.wait_for(lambda c: c.body.count(b":\n\n") >= 2)
+        assert not stream.closed and len(stream.body) > heard
 
         server.start()
         await until(lambda: broker.available, "the broker to reconnect", 15)
         assert (await _request(web, "GET", "/healthz"))[0] == 200
-        code, body = await _request(web, "POST", "/channels/news", b"three", auth)
+        code, body = await _request(web, "POST", "/channels/news", b"three", *auth)
         assert code == 200
-        await until(lambda: b"data: three" in stream.data, "an event after restart")
-        assert b"data: two" not in stream.data
-        assert not stream.lost.called
-        events = parse_events(_unchunk(stream.data.partition(b"\r\n\r\n")[2]))
+        # An event after the restart.
+        await stream.wait_for(lambda c: b"data: three" in c.body)
+        assert b"data: two" not in stream.body
+        assert not stream.closed
+        events = stream.events
         assert [(e.type, e.data) for e in events] == [
             ("message", "one"),
             ("history-lost", '{"reason": "unknown"}'),
@@ -984,21 +967,18 @@ async def test_redis_restart_over_http(server: tools.RedisServer) -> None:
         assert resumed.ids == [events[2].last_event_id]
         subscription.cancel()
     finally:
-        if stream.transport is not None:
-            stream.transport.loseConnection()
+        if stream is not None:
+            stream.hang_up()
         await port.stopListening()
         await broker.stop()
 
 
-async def _stream(port: int, last_event_id: str) -> _helpers.RawClient:
+async def _stream(port: int, last_event_id: str) -> ReactorClient:
     """Open ``/channels/news`` with a Last-Event-ID; wait for the headers."""
-    stream = _helpers.RawClient(
-        b"GET /channels/news HTTP/1.1\r\nHost: x\r\n"
-        + f"Last-Event-ID: {last_event_id}\r\n\r\n".encode()
+    stream = await connect(
+        port, http_request("/channels/news", f"Last-Event-ID: {last_event_id}")
     )
-    endpoint = TCP4ClientEndpoint(_helpers.global_reactor(), "127.0.0.1", port)
-    await connectProtocol(endpoint, stream)
-    await until(lambda: b"\r\n\r\n" in stream.data, "the headers")
+    await stream.wait_for(lambda c: c.head_done)
     return stream
 
 
@@ -1013,28 +993,25 @@ async def test_http_resume_over_redis(brokers: Make) -> None:
         0, Site(SSEApp(reactor, broker=broker).resource()), interface="127.0.0.1"
     )
     web = port.getHost().port
-    streams: list[_helpers.RawClient] = []
-
-    def events(stream: _helpers.RawClient) -> list[Any]:
-        return parse_events(_unchunk(stream.data.partition(b"\r\n\r\n")[2]))
-
+    streams: list[ReactorClient] = []
     try:
         trimmed = await _stream(web, ids[0])
         streams.append(trimmed)
-        assert b"sse-history-lost: trimmed" in trimmed.data.lower()
-        await until(lambda: events(trimmed), "the loss event")
-        (loss,) = events(trimmed)
+        assert trimmed.header("SSE-History-Lost") == "trimmed"
+        # The loss event.
+        await trimmed.wait_for(lambda c: c.events)
+        (loss,) = trimmed.events
         assert (loss.type, loss.last_event_id) == ("history-lost", ids[-1])
 
         kept = await _stream(web, ids[-3])
         streams.append(kept)
-        assert b"sse-history-lost" not in kept.data.lower()
-        await until(lambda: len(events(kept)) == 2, "the replay")
-        assert [e.data for e in events(kept)] == ["298", "299"]
+        assert kept.header("SSE-History-Lost") is None
+        # The replay.
+        await kept.wait_for(lambda c: len(c.events) == 2)
+        assert [e.data for e in kept.events] == ["298", "299"]
     finally:
         for stream in streams:
-            if stream.transport is not None:
-                stream.transport.loseConnection()
+            stream.hang_up()
         await port.stopListening()
 
 

@@ -19,10 +19,10 @@ import uuid
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_sse import MessageEvent
-from twisted_sse.testing import parse_events
 
 from . import _redis_tools as tools
-from ._process import RawResponse, Twistd, run_twistd
+from ._http import SocketClient, http_request
+from ._process import Twistd, run_twistd
 
 TOKEN = "process-test-token"
 BROKER = f"redis://{tools.REDIS_HOST}:{tools.REDIS_PORT}/{tools.REDIS_DB}"
@@ -31,21 +31,13 @@ BROKER = f"redis://{tools.REDIS_HOST}:{tools.REDIS_PORT}/{tools.REDIS_DB}"
 class EventReader:
     """The events of one SSE response, read as they arrive."""
 
-    def __init__(self, response: RawResponse) -> None:
+    def __init__(self, response: SocketClient) -> None:
         self.response = response
-        self.body = b""
 
     def events(self, count: int, timeout: float = 10.0) -> list[MessageEvent]:
         """Read until ``count`` events (comments and ids alone do not count)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            events = parse_events(self.body)
-            if len(events) >= count:
-                return events
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"{len(events)} of {count} events: {self.body!r}")
-            self.body += self.response.read_chunk(left)
+        self.response.wait_for(lambda response: len(response.events) >= count, timeout)
+        return self.response.events
 
 
 class TwoProcessesTests(SynchronousTestCase):
@@ -104,9 +96,9 @@ class TwoProcessesTests(SynchronousTestCase):
     def subscribe(
         self, server: Twistd, last_event_id: str | None = None
     ) -> EventReader:
-        headers = f"Last-Event-ID: {last_event_id}\r\n" if last_event_id else ""
-        response = RawResponse(
-            server.port, f"/channels/{self.channel}", headers=headers
+        headers = [f"Last-Event-ID: {last_event_id}"] if last_event_id else []
+        response = SocketClient(
+            server.port, http_request(f"/channels/{self.channel}", *headers)
         )
         self.addCleanup(response.close)
         self.assertEqual(response.code, 200)
@@ -117,7 +109,7 @@ class TwoProcessesTests(SynchronousTestCase):
         on_a = self.subscribe(self.a)
         # The first frame gives the channel's position at once: an empty
         # channel's, in its epoch.
-        first = on_a.response.read_chunk()
+        first = on_a.response.read_frame()
         self.assertRegex(first, rb"\Aretry: 1000\nid: [0-9a-z]+:0-0\n\n\Z")
         ids = [self.publish(self.b, "one"), self.publish(self.a, "two")]
         seen = on_a.events(2)
@@ -140,7 +132,7 @@ class TwoProcessesTests(SynchronousTestCase):
         on_a, on_b = self.subscribe(self.a), self.subscribe(self.b)
         for reader in (on_a, on_b):
             # Once the first frame is there, the subscription is live.
-            reader.body += reader.response.read_chunk()
+            reader.response.read_frame()
         event_id = tools.command(
             tools.REDIS_PORT,
             "XADD",

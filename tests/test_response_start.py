@@ -25,7 +25,7 @@ from twisted.web.server import GzipEncoderFactory, Request, Site
 
 from twisted_sse import Event, EventStream, EventStreamResource, Hub, MemoryBroker
 
-from ._helpers import RawClient, connect_raw, get_request
+from ._http import ReactorClient, connect, http_request
 
 
 def _reactor() -> Any:
@@ -82,12 +82,12 @@ def without_date(raw: bytes) -> bytes:
 
 async def first_answer(
     resource: IResource, request: bytes, request_class: type[Request]
-) -> tuple[bytes, RawClient]:
-    """The head and first frame ``resource`` sends for ``request``."""
+) -> tuple[bytes, ReactorClient]:
+    """The head and first frame ``resource`` sends for ``request``, as sent."""
     async with serving(resource, request_class) as (_, port):
-        client = await connect_raw(port, request)
-        raw = await client.wait_for(lambda data: b"\n\n" in data)
-        return raw, client
+        client = await connect(port, request)
+        await client.wait_for(lambda c: b"\n\n" in c.body)
+        return client.wire, client
 
 
 @pytest.mark.parametrize("version", ["1.1", "1.0"])
@@ -100,7 +100,9 @@ async def test_head_is_twisteds(version: str, allow_origin: str | None) -> None:
         streams: list[EventStream] = []
         resource = stream_resource(streams, retry=1500, allow_origin=allow_origin)
         raw, client = await first_answer(
-            resource, get_request("/events", version, "User-Agent: t"), request_class
+            resource,
+            http_request("/events", "User-Agent: t", version=version),
+            request_class,
         )
         direct = isinstance(streams[0]._transport, Connection)
         assert direct is (request_class is Request)
@@ -128,7 +130,7 @@ async def test_hub_head_is_twisteds() -> None:
         root.putChild(b"channels", hub.resource())
         raw, client = await first_answer(
             root,
-            get_request("/channels/news", "1.1", "Last-Event-ID: 9-9"),
+            http_request("/channels/news", "Last-Event-ID: 9-9"),
             request_class,
         )
         answers.append(without_date(raw))
@@ -146,13 +148,11 @@ async def test_request_readable_after_open() -> None:
     """
     streams: list[EventStream] = []
     async with serving(stream_resource(streams, retry=1000)) as (site, port):
-        client = await connect_raw(
+        client = await connect(
             port,
-            get_request(
-                "/events", "1.1", "User-Agent: probe/1", "X-Twice: a", "X-Twice: b"
-            ),
+            http_request("/events", "User-Agent: probe/1", "X-Twice: a", "X-Twice: b"),
         )
-        await client.wait_for(lambda data: b"\n\n" in data)
+        await client.wait_for(lambda c: b"\n\n" in c.body)
         stream = streams[0]
         request = stream.request
         assert isinstance(stream._transport, Connection)
@@ -179,9 +179,9 @@ async def test_request_readable_after_open() -> None:
         assert request.cookies == []
         stream.send(Event(data="hello"))
         stream.close()
-        raw = await client.wait_for(lambda data: b"\r\n0\r\n\r\n" in data)
-        assert b"Set-Cookie" not in raw
-        assert b"data: hello\n\n" in raw
+        await client.ended()
+        assert client.header("Set-Cookie") is None
+        assert client.body == b"retry: 1000\n\ndata: hello\n\n"
         sent = len(b"retry: 1000\n\n" + b"data: hello\n\n")
         assert site.logged == [(b"probe/1", 200, sent)]
 
@@ -195,10 +195,10 @@ async def test_end_told_without_deferred() -> None:
     """
     streams: list[EventStream] = []
     async with serving(stream_resource(streams, retry=1000)) as (site, port):
-        leaving = await connect_raw(port, get_request("/events"))
-        staying = await connect_raw(port, get_request("/events"))
-        await leaving.wait_for(lambda data: b"\n\n" in data)
-        await staying.wait_for(lambda data: b"\n\n" in data)
+        leaving = await connect(port, http_request("/events"))
+        staying = await connect(port, http_request("/events"))
+        await leaving.wait_for(lambda c: b"\n\n" in c.body)
+        await staying.wait_for(lambda c: b"\n\n" in c.body)
         first, second = streams
         for stream in streams:
             assert stream.request.notifications == [stream]
@@ -212,7 +212,7 @@ async def test_end_told_without_deferred() -> None:
         # A stream its client ended still gets its access-log line.
         assert site.logged == [(None, 200, len(b"retry: 1000\n\n"))]
         second.close()
-        await staying.wait_for(lambda data: b"\r\n0\r\n\r\n" in data)
+        await staying.ended()
         staying.hang_up()
         await staying.lost
         await deferLater(_reactor(), 0.05)
@@ -225,8 +225,8 @@ async def test_customised_request_takes_twisteds_path() -> None:
     """A request class of the application's own is served as before."""
     streams: list[EventStream] = []
     async with serving(stream_resource(streams), OrdinaryRequest) as (site, port):
-        client = await connect_raw(port, get_request("/events", "1.1", "User-Agent: x"))
-        await client.wait_for(lambda data: b"\n\n" in data)
+        client = await connect(port, http_request("/events", "User-Agent: x"))
+        await client.wait_for(lambda c: b"\n\n" in c.body)
         stream = streams[0]
         assert stream._transport is None
         assert stream.request.getHeader(b"user-agent") == b"x"
@@ -251,25 +251,16 @@ async def test_gzip_takes_twisteds_path() -> None:
         ),
     )
     async with serving(root) as (_, port):
-        client = await connect_raw(
-            port, get_request("/events", "1.1", "Accept-Encoding: gzip")
-        )
+        client = await connect(port, http_request("/events", "Accept-Encoding: gzip"))
         while not streams:
             await deferLater(_reactor(), 0.01)
         stream = streams[0]
         assert stream._transport is None
         stream.send(Event(data="zipped"))
         stream.close()
-        raw = await client.wait_for(lambda data: b"\r\n0\r\n\r\n" in data)
-    head, _, body = raw.partition(b"\r\n\r\n")
-    assert b"\r\nContent-Encoding: gzip" in head
-    compressed = b""
-    while body:
-        size, _, rest = body.partition(b"\r\n")
-        length = int(size, 16)
-        compressed += rest[:length]
-        body = rest[length + 2 :]
-    text = zlib.decompress(compressed, 16 + zlib.MAX_WBITS)
+        await client.ended()
+    assert client.header("Content-Encoding") == "gzip"
+    text = zlib.decompress(client.body, 16 + zlib.MAX_WBITS)
     assert text == b":\n\ndata: zipped\n\n"
 
 
@@ -285,8 +276,8 @@ async def test_hub_waiting_subscriber_told_without_deferred() -> None:
     root = Resource()
     root.putChild(b"channels", hub.resource())
     async with serving(root) as (_, port):
-        client = await connect_raw(port, get_request("/channels/news"))
-        await client.wait_for(lambda data: b"\n\n" in data)
+        client = await connect(port, http_request("/channels/news"))
+        await client.wait_for(lambda c: b"\n\n" in c.body)
         (stream,) = hub.channel_resource("news").streams
         assert isinstance(stream._transport, Connection)
         assert stream.request.notifications == [stream]

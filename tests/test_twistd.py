@@ -10,7 +10,8 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from ._process import RawResponse, Twistd, run_twistd
+from ._http import SocketClient, http_request
+from ._process import Twistd, run_twistd
 
 
 class TwistdSSETests(SynchronousTestCase):
@@ -20,8 +21,10 @@ class TwistdSSETests(SynchronousTestCase):
         self.server = Twistd("--interval", "0.2").start()
         self.addCleanup(self.server.stop)
 
-    def get(self, path: str, method: str = "GET", headers: str = "") -> RawResponse:
-        response = RawResponse(self.server.port, path, method, headers)
+    def get(self, path: str, *headers: str, method: str = "GET") -> SocketClient:
+        response = SocketClient(
+            self.server.port, http_request(path, *headers, method=method)
+        )
         self.addCleanup(response.close)
         return response
 
@@ -41,10 +44,10 @@ class TwistdSSETests(SynchronousTestCase):
     def test_first_frames(self) -> None:
         """The stream is retry: 1000, then data: 1, 2, 3 one interval apart."""
         response = self.get("/events")
-        self.assertEqual(response.read_chunk(), b"retry: 1000\n\n")
+        self.assertEqual(response.read_frame(), b"retry: 1000\n\n")
         stamps = []
         for number in (1, 2, 3):
-            self.assertEqual(response.read_chunk(), b"data: %d\n\n" % number)
+            self.assertEqual(response.read_frame(), b"data: %d\n\n" % number)
             stamps.append(time.monotonic())
         # Each connection counts from 1.
         second = self.get("/events")
@@ -56,49 +59,56 @@ class TwistdSSETests(SynchronousTestCase):
 
     def test_head(self) -> None:
         """HEAD /events answers the headers and finishes the response."""
-        response = self.get("/events", "HEAD")
+        response = self.get("/events", method="HEAD")
         self.assertEqual(response.code, 200)
         self.assertEqual(
             response.header("Content-Type"), "text/event-stream; charset=utf-8"
         )
-        # The response is complete: the connection can carry another request.
+        self.assertTrue(response.complete)
+        # The response is complete: the connection can carry another request,
+        # whose answer follows the first head (the strict reader stops at
+        # its bytes, kept on the wire).
         response.sock.sendall(
             b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         )
         self.assertTrue(response.at_eof())
-        self.assertIn(b"HTTP/1.1 200", response.buffer)
+        self.assertIsNotNone(response.error)
+        _, _, after = response.wire.partition(b"\r\n\r\n")
+        self.assertTrue(after.startswith(b"HTTP/1.1 200"), after)
 
     def test_post_not_allowed(self) -> None:
         """POST /events gets 405 with Allow."""
-        response = self.get("/events", "POST", "Content-Length: 0\r\n")
+        response = self.get("/events", method="POST")
         self.assertEqual(response.code, 405)
         self.assertEqual(response.header("Allow"), "GET, HEAD, OPTIONS")
 
     def test_page(self) -> None:
         """GET / serves the page that opens an EventSource on events."""
-        response = self.get("/", headers="Connection: close\r\n")
+        response = self.get("/", "Connection: close")
         self.assertEqual(response.code, 200)
         self.assertEqual(response.header("Content-Type"), "text/html; charset=utf-8")
         response.at_eof()
-        self.assertIn(b'new EventSource("events")', response.buffer)
+        self.assertIn(b'new EventSource("events")', response.body)
 
     def _check_signal_ends_streams(self, signal_number: int) -> None:
         responses = [self.get("/events") for _ in range(3)]
         for response in responses:
-            self.assertEqual(response.read_chunk(), b"retry: 1000\n\n")
+            self.assertEqual(response.read_frame(), b"retry: 1000\n\n")
         took = self.server.terminate(signal_number)
         self.assertLess(took, 2.0)
         for response in responses:
-            chunks = []
-            while (chunk := response.read_chunk()) != b"":
-                chunks.append(chunk)
+            frames = []
+            while (frame := response.read_frame()) != b"":
+                frames.append(frame)
+            # The response ended with its last chunk, not a cut connection.
+            self.assertTrue(response.complete)
             # The last frame is a jittered reconnection hint: 1000 ms plus up
             # to the drain window (5 s by default).
-            hint = chunks.pop()
+            hint = frames.pop()
             self.assertRegex(hint, rb"^retry: [0-9]+\n\n$")
             self.assertTrue(1000 <= int(hint[7:-2]) <= 6000, hint)
-            for chunk in chunks:
-                self.assertTrue(chunk.startswith(b"data: "), chunk)
+            for frame in frames:
+                self.assertTrue(frame.startswith(b"data: "), frame)
             self.assertTrue(response.at_eof())
 
     def test_sigterm_ends_streams(self) -> None:
@@ -123,7 +133,7 @@ class TwistdOptionsTests(SynchronousTestCase):
             "--interval",
             "0.05",
         ) as server:
-            response = RawResponse(server.port, "/events")
+            response = SocketClient(server.port, http_request("/events"))
             self.addCleanup(response.close)
             self.assertEqual(
                 response.header("Access-Control-Allow-Origin"), "https://a.example"
