@@ -1,7 +1,7 @@
 """
 Publishing to a hub from any Python program: a Django view, a cron job, a
 Celery task.  One blocking ``POST /channels/{name}`` with the standard
-library's :mod:`urllib`, the same JSON body that ``curl`` sends; no reactor,
+library's ``urllib``, the same JSON body that ``curl`` sends; no reactor,
 no Twisted.
 
 Everything that can be checked before the request is checked first, with a
@@ -101,7 +101,7 @@ class HubUnreachable(PublishError):
 
     :ivar url: The URL that was posted to.
     :ivar reason: What went wrong, as the operating system or
-        :mod:`http.client` said it.
+        ``http.client`` said it.
     """
 
     def __init__(self, url: str, reason: str) -> None:
@@ -139,10 +139,10 @@ def publish(
 
     It posts the JSON body of ``POST /channels/{name}`` (``data``, and
     ``event``, ``retry`` and ``key`` when given) with the standard
-    library's :mod:`urllib`: no reactor runs, and none is installed, so any
+    library's ``urllib``: no reactor runs, and none is installed, so any
     Python program may call it, from any thread.  Proxies set in the
     environment (``https_proxy``, ``no_proxy``) apply, as they do to
-    :mod:`urllib`; redirects are not followed.  Of the answer's body it reads
+    ``urllib``; redirects are not followed.  Of the answer's body it reads
     at most :data:`MAX_PUBLISH_ANSWER_BYTES`.
 
     :param hub_url: The URL the hub's ``/channels/`` is under:
@@ -163,7 +163,7 @@ def publish(
         slow-client policy, 1 to :data:`MAX_KEY_LENGTH` characters; the
         event type by default.
     :param timeout: Seconds to wait for the connection, and for each read
-        of the answer (as :func:`urllib.request.urlopen` takes it).
+        of the answer (as ``urllib.request.urlopen`` takes it).
     :returns: The event's id.
     :raises ValueError: before any request, naming the argument whose
         value is wrong: ``hub_url``, ``channel``, ``data``, ``event``,
