@@ -18,9 +18,11 @@ import os
 import queue
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +46,7 @@ from twisted_sse.testing import SSETestClient
 
 from ._http import SocketClient, http_request
 from ._process import Twistd
+from ._tools import require_program
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -186,6 +189,114 @@ class PublishTests(SynchronousTestCase):
         self.assertEqual(
             stream.read_frame(),
             f"id: {event_id}\nevent: headline\ndata: hello\n\n".encode(),
+        )
+
+
+def _code_block(page: Path, name: str) -> str:
+    """The text of the ``code-block`` with ``:name: name`` on ``page``."""
+    match = re.search(
+        rf"^\.\. code-block:: \w+\n   :name: {re.escape(name)}\n\n((?:   .*\n|\n)+)",
+        page.read_text("utf-8"),
+        re.MULTILINE,
+    )
+    assert match, f"no code-block named {name} in {page}"
+    return textwrap.dedent(match.group(1))
+
+
+class PublishAnywhereTests(SynchronousTestCase):
+    """
+    docs/howto/publish-anywhere.rst: each snippet, run as its reader runs it
+    (sh, python, node), publishes to a real twistd sse.
+    """
+
+    page = DOCS / "howto" / "publish-anywhere.rst"
+    frame = 'id: {}\nevent: headline\ndata: {{"title":"Twisted 26 is out"}}\n\n'
+
+    def start(self) -> tuple[str, SocketClient]:
+        """A hub on a free port with the page's token, and a news subscriber."""
+        server = Twistd("--publish-token", TOKEN).start()
+        self.addCleanup(server.stop)
+        stream = SocketClient(server.port, http_request("/channels/news"))
+        self.addCleanup(stream.close)
+        stream.read_frame()  # the opening frame
+        return f"http://127.0.0.1:{server.port}", stream
+
+    def run_block(
+        self, name: str, argv: list[str], hub: str, token: str = TOKEN
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the block ``name`` with ``argv``, at ``hub``, with ``token``."""
+        source = _code_block(self.page, name).replace("http://localhost:3000", hub)
+        return subprocess.run(
+            [*argv, source],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "TWISTED_SSE_PUBLISH_TOKEN": token},
+        )
+
+    def test_curl(self) -> None:
+        """The curl snippet publishes the headline and prints its id."""
+        require_program("curl", "apt-get install curl")
+        hub, stream = self.start()
+        run = self.run_block("publish-anywhere-curl", ["sh", "-c"], hub)
+        self.assertEqual(run.returncode, 0, run.stderr)
+        event_id = json.loads(run.stdout)["id"]
+        self.assertEqual(stream.read_frame(), self.frame.format(event_id).encode())
+
+    def test_curl_refused(self) -> None:
+        """With a wrong token, curl exits 22 and prints the hub's reason."""
+        require_program("curl", "apt-get install curl")
+        hub, _ = self.start()
+        run = self.run_block("publish-anywhere-curl", ["sh", "-c"], hub, "wrong")
+        self.assertEqual(run.returncode, 22, run.stderr)
+        self.assertEqual(
+            json.loads(run.stdout),
+            {"error": "a valid Authorization: Bearer token is required"},
+        )
+
+    def test_python(self) -> None:
+        """The Python snippet, a program of its own, publishes and prints the id."""
+        hub, stream = self.start()
+        run = self.run_block("publish-anywhere-python", [sys.executable, "-c"], hub)
+        self.assertEqual(run.returncode, 0, run.stderr)
+        self.assertEqual(
+            stream.read_frame(), self.frame.format(run.stdout.strip()).encode()
+        )
+
+    def test_python_errors(self) -> None:
+        """The error-handling snippet prints the line the page shows for a bad token."""
+        hub, _ = self.start()
+        run = self.run_block(
+            "publish-anywhere-errors", [sys.executable, "-c"], hub, "wrong"
+        )
+        self.assertEqual(
+            (run.returncode, run.stdout, run.stderr),
+            (
+                1,
+                "",
+                "not published: 401 a valid Authorization: Bearer token is required\n",
+            ),
+        )
+        self.assertIn(run.stderr.strip(), self.page.read_text("utf-8"))
+
+    def test_python_errors_hub_down(self) -> None:
+        """With no hub listening, the error-handling snippet says so."""
+        with socket.create_server(("127.0.0.1", 0)) as probe:
+            hub = f"http://127.0.0.1:{probe.getsockname()[1]}"
+        run = self.run_block("publish-anywhere-errors", [sys.executable, "-c"], hub)
+        self.assertEqual(run.returncode, 1)
+        self.assertTrue(run.stderr.startswith("no answer from the hub: "), run.stderr)
+
+    def test_fetch(self) -> None:
+        """The JavaScript snippet, an ES module in node, publishes and logs the id."""
+        node = require_program("node", "apt-get install nodejs")
+        hub, stream = self.start()
+        run = self.run_block(
+            "publish-anywhere-fetch", [node, "--input-type=module", "-e"], hub
+        )
+        self.assertEqual(run.returncode, 0, run.stderr)
+        self.assertEqual(
+            stream.read_frame(), self.frame.format(run.stdout.strip()).encode()
         )
 
 
