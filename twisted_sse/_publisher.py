@@ -140,10 +140,13 @@ def publish(
     It posts the JSON body of ``POST /channels/{name}`` (``data``, and
     ``event``, ``retry`` and ``key`` when given) with the standard
     library's ``urllib``: no reactor runs, and none is installed, so any
-    Python program may call it, from any thread.  Proxies set in the
-    environment (``https_proxy``, ``no_proxy``) apply, as they do to
-    ``urllib``; redirects are not followed.  Of the answer's body it reads
-    at most :data:`MAX_PUBLISH_ANSWER_BYTES`.
+    Python program may call it, from any thread but a running reactor's
+    (there it would stop the reactor until the answer, and a hub served by
+    that reactor could not answer at all; use :meth:`Hub.publish` or treq
+    there).  Proxies set in the environment (``https_proxy``,
+    ``no_proxy``) apply, as they do to ``urllib``; redirects are not
+    followed.  Of the answer's body it reads at most
+    :data:`MAX_PUBLISH_ANSWER_BYTES`.
 
     :param hub_url: The URL the hub's ``/channels/`` is under:
         ``"http://localhost:3000"`` for ``twistd sse``.  An absolute
