@@ -18,8 +18,8 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionLost
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -27,6 +27,7 @@ from twisted.web.client import ResponseFailed
 
 from tests._check_fakes import STREAM_HEAD, Net, chunk
 from tests._client_fakes import URL, FakeAgent, FakeRequest
+from twisted_sse import __version__
 from twisted_sse.__main__ import build_parser, check, listen, main, strict_url
 from twisted_sse._check import Connector
 
@@ -135,6 +136,16 @@ class OptionTests(SynchronousTestCase):
         """--help exits 0."""
         self.assertEqual(usage("listen", "--help")[0], 0)
 
+    def test_version(self) -> None:
+        """--version prints ours, then Twisted's and Python's, on stdout; exit 0."""
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            code = main(["--version"])
+        self.assertEqual((code, err.getvalue()), (0, ""))
+        ours, runtime = out.getvalue().splitlines()
+        self.assertEqual(ours, f"twisted_sse {__version__}")
+        self.assertRegex(runtime, r"^Twisted \S+, Python 3\.\d+\.\d+")
+
     def test_header_parsing(self) -> None:
         """Headers are split at the first colon, the value trimmed."""
         options = build_parser().parse_args(
@@ -155,8 +166,19 @@ class OptionTests(SynchronousTestCase):
                 options.idle_timeout,
                 options.max_line_bytes,
                 options.max_event_bytes,
+                options.verbose,
             ),
-            ("", [], None, None, 3000, 45.0, 16 * 1024 * 1024, 16 * 1024 * 1024),
+            (
+                "",
+                [],
+                None,
+                None,
+                3000,
+                45.0,
+                16 * 1024 * 1024,
+                16 * 1024 * 1024,
+                False,
+            ),
         )
         self.assertIsInstance(options, argparse.Namespace)
 
@@ -243,8 +265,20 @@ class ListenTests(SynchronousTestCase):
         self.assertEqual(listener.agent.requests, [])
 
     def test_reconnects(self) -> None:
-        """A dropped stream is reopened with Last-Event-ID; the news goes to stderr."""
+        """A dropped stream is reopened with Last-Event-ID, quietly."""
         listener = Listener(URL)
+        response = listener.request.respond()
+        response.send(b"id: 7\ndata: a\n\n")
+        response.end()
+        listener.clock.advance(3)
+        self.assertEqual(len(listener.agent.requests), 2)
+        self.assertEqual(listener.request.header("Last-Event-ID"), "7")
+        self.assertEqual(len(listener.out.lines()), 1)
+        self.assertEqual(listener.err.getvalue(), "")
+
+    def test_reconnects_verbose(self) -> None:
+        """With --verbose, why and when it reconnects goes to stderr."""
+        listener = Listener(URL, "--verbose")
         response = listener.request.respond()
         response.send(b"id: 7\ndata: a\n\n")
         response.end()
@@ -260,21 +294,55 @@ class ListenTests(SynchronousTestCase):
 
     def test_network_error_described(self) -> None:
         """A wrapped network error is reported by its causes, on one stderr line."""
-        listener = Listener(URL)
+        listener = Listener(URL, "-v")
         response = listener.request.respond()
         response.send(b"data: x\n\n")
         response.end(
             Failure(
                 ResponseFailed(
-                    [Failure(ConnectionLost("gone")), Failure(ValueError("bad"))]
+                    [Failure(ValueError("bad")), Failure(RuntimeError("worse"))]
                 )
             )
         )
         [line] = listener.err.lines()
-        self.assertIn("gone", line)
-        self.assertIn("bad", line)
+        self.assertIn("bad; worse", line)
         self.assertTrue(line.endswith("; reconnecting in 3 s"), line)
         self.assertEqual(len(listener.out.lines()), 1)
+
+    def test_connection_loss_described(self) -> None:
+        """
+        A connection lost in the middle of a response is reported as lost,
+        without what the loss did to the response's decoder.
+        """
+        for lost in [ConnectionLost("gone"), ConnectionDone()]:
+            listener = Listener(URL, "-v")
+            response = listener.request.respond()
+            response.end(
+                Failure(
+                    ResponseFailed(
+                        [Failure(lost), Failure(ValueError("Chunked decoder in"))]
+                    )
+                )
+            )
+            [line] = listener.err.lines()
+            self.assertIn(Failure(lost).getErrorMessage(), line)
+            self.assertNotIn("decoder", line)
+
+    def test_cancelled(self) -> None:
+        """
+        Cancelled (as a signal does), listen drops the connection and ends
+        without a word or a timer left.
+        """
+        listener = Listener(URL, "-v", "--timeout", "60")
+        response = listener.request.respond()
+        response.send(b"data: x\n\n")
+        listener.done.cancel()
+        self.failureResultOf(listener.done, CancelledError)
+        self.assertTrue(response.stopped)
+        response.end(Failure(ResponseFailed([Failure(ConnectionLost())])))
+        self.assertEqual(len(listener.events()), 1)
+        self.assertEqual(listener.err.getvalue(), "")
+        self.assertEqual(listener.clock.getDelayedCalls(), [])
 
     def test_options_applied(self) -> None:
         """--last-event-id, --header, --reconnection-time and --idle-timeout apply."""
@@ -310,7 +378,7 @@ class ListenTests(SynchronousTestCase):
 
     def test_line_cap(self) -> None:
         """A line past --max-line-bytes: one stderr line naming it, then a retry."""
-        listener = Listener(URL, "--max-line-bytes", "100")
+        listener = Listener(URL, "-v", "--max-line-bytes", "100")
         response = listener.request.respond()
         response.send(b"data: 1\n\n" + b"x" * 101)
         self.assertTrue(response.stopped)
@@ -327,7 +395,7 @@ class ListenTests(SynchronousTestCase):
 
     def test_event_cap(self) -> None:
         """An event past --max-event-bytes: one stderr line naming it."""
-        listener = Listener(URL, "--max-event-bytes", "10")
+        listener = Listener(URL, "-v", "--max-event-bytes", "10")
         response = listener.request.respond()
         response.send(b"data: 12345\ndata: 67890\n")
         self.assertTrue(response.stopped)
@@ -337,7 +405,7 @@ class ListenTests(SynchronousTestCase):
 
     def test_empty_stream_backs_off(self) -> None:
         """A server that answers retry: 0 and hangs up is retried later and later."""
-        listener = Listener(URL)
+        listener = Listener(URL, "-v")
         for _ in range(4):
             response = listener.request.respond()
             response.send(b"retry: 0\n\n")
@@ -479,15 +547,17 @@ class CheckOptionTests(SynchronousTestCase):
             self.assertIn("bad --cacert", err)
 
     def test_every_option_documented(self) -> None:
-        """Every option of every command has an entry under its program in cli.rst."""
+        """Every option of twisted-sse and its commands has its entry in cli.rst."""
         text = (DOCS / "reference" / "cli.rst").read_text("utf-8")
         (commands,) = [
             action
             for action in build_parser()._actions
             if isinstance(action, argparse._SubParsersAction)
         ]
-        for name, parser in commands.choices.items():
-            start = text.index(f".. program:: twisted-sse {name}")
+        parsers = {"": build_parser(), **commands.choices}
+        for name, parser in parsers.items():
+            program = f"twisted-sse {name}".rstrip()
+            start = text.index(f".. program:: {program}\n")
             end = text.find(".. program::", start + 1)
             section = text[start : end if end != -1 else None]
             for action in parser._actions:
@@ -497,7 +567,7 @@ class CheckOptionTests(SynchronousTestCase):
                     self.assertRegex(
                         section,
                         rf"(?m)^\.\. option:: [^\n]*{re.escape(option)}(?![\w.-])",
-                        f"{name} {option} has no '.. option::' entry",
+                        f"{program} {option} has no '.. option::' entry",
                     )
 
 

@@ -357,12 +357,12 @@ def _environment() -> dict[str, str]:
 async def test_listen_process(
     head: bytes, endless: bytes, options: list[str], message: str
 ) -> None:
-    """twisted-sse listen: one clear stderr line per drop, no traceback, exit 0."""
+    """twisted-sse listen -v: one clear stderr line per drop, no traceback, exit 0."""
     server = Hostile(head, endless)
     url = await server.start()
     try:
         argv = [sys.executable, "-m", "twisted_sse", "listen", url, "--timeout", "3"]
-        argv += [*options, "--reconnection-time", "0"]
+        argv += [*options, "--reconnection-time", "0", "--verbose"]
         run = await deferToThread(
             subprocess.run,
             argv,

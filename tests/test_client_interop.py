@@ -176,7 +176,7 @@ class InteropTests(SynchronousTestCase):
 
     def test_reconnect_with_last_event_id(self) -> None:
         """A body that ends is reopened with Last-Event-ID, after retry: 100."""
-        run = self.listen("/ends", "--max-events", "6")
+        run = self.listen("/ends", "--max-events", "6", "--verbose")
         self.assertEqual(run.code, 0, run.stderr)
         self.assertEqual(
             [(event["data"], event["lastEventId"]) for event in run.events],
@@ -203,9 +203,10 @@ class InteropTests(SynchronousTestCase):
         self.assertEqual((run.code, run.stdout, run.stderr), (0, "", ""))
 
     def test_idle_timeout(self) -> None:
-        """--idle-timeout reopens a silent stream; the news goes to stderr."""
+        """--idle-timeout reopens a silent stream; -v tells it on stderr."""
         run = self.listen(
             "/auth",
+            "-v",
             "--idle-timeout",
             "0.2",
             "--reconnection-time",
@@ -238,9 +239,9 @@ class InteropTests(SynchronousTestCase):
         )
 
     def test_connection_refused_retries(self) -> None:
-        """A refused connection is retried (reported on stderr) until --timeout."""
+        """A refused connection is retried (-v reports it) until --timeout."""
         # A port that was just freed is refused.
         self.stop_server()
-        run = twisted_sse("listen", self.base, "--timeout", "1.5")
+        run = twisted_sse("listen", self.base, "--timeout", "1.5", "-v")
         self.assertEqual((run.code, run.stdout), (0, ""))
         self.assertIn("reconnecting", run.stderr)

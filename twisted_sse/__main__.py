@@ -11,18 +11,22 @@ usage error.
 ``twisted-sse listen URL`` connects an :class:`~twisted_sse.EventSource` to
 ``URL`` and prints one JSON object per event on stdout, one per line
 (``type``, ``data``, ``lastEventId``, ``origin``), flushed as it comes, so it
-pipes into ``jq`` or a script.  It reconnects as a browser would; what it has
-to say about that goes to stderr, never stdout.
+pipes into ``jq`` or a script.  It reconnects as a browser would, quietly;
+with ``--verbose`` it says why and when on stderr, never stdout.
 
 What a server can make it hold is capped (``--max-line-bytes``,
 ``--max-event-bytes``, 16 MiB each, and the response head): past a cap it
-says so in one line on stderr, drops the connection and tries again later,
-backing off.
+drops the connection and tries again later, backing off.
 
 Exit status: 0 when the server stops the stream (204), after ``--max-events``
 events or ``--timeout`` seconds, or when stdout is closed; 1, with one line
 on stderr, when the connection fails for good (another status, a wrong
 Content-Type); 2 on a usage error.
+
+Every command ends at once and quietly on SIGINT (Ctrl-C) or SIGTERM, with
+exit status 128 plus the signal's number (130, 143), as a shell reports a
+program the signal killed.  ``--version`` prints this package's version,
+and Twisted's and Python's.
 
 Every command refuses a URL that is not an absolute ``http`` or ``https``
 URL with a valid host and port at once, with one line on stderr naming the
@@ -35,13 +39,16 @@ import argparse
 import json
 import os
 import re
+import signal
 import sys
 from collections.abc import Sequence
-from typing import Any, TextIO
+from types import FrameType
+from typing import Any, NoReturn, TextIO
 from urllib.parse import urlsplit
 
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.task import react
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.iweb import IAgent
@@ -56,6 +63,7 @@ from ._client import (
 )
 from ._parser import DEFAULT_MAX_EVENT_DATA_BYTES, DEFAULT_MAX_LINE_BYTES, LimitExceeded
 from ._url import strict_url
+from ._version import version_text
 
 __all__ = ["build_parser", "check", "listen", "main", "strict_url"]
 
@@ -71,6 +79,8 @@ DEFAULT_IDLE = 30.0
 #: Where ``twisted-sse check --publish`` reads its token when ``--token`` is
 #: not given (the variable ``twistd sse`` reads it from too).
 TOKEN_VARIABLE = "TWISTED_SSE_PUBLISH_TOKEN"
+#: The signals that end a command: it exits with 128 plus the number.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _origin(text: str) -> str:
@@ -141,6 +151,19 @@ def _event_id(text: str) -> str:
     return text
 
 
+class _Version(argparse.Action):
+    """``--version``: print the versions on stdout and exit 0."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any):
+        kwargs.update(nargs=0, default=argparse.SUPPRESS)
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> NoReturn:
+        sys.stdout.write(version_text() + "\n")
+        sys.stdout.flush()
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """
     The command line parser: one subcommand per action (``check`` and
@@ -151,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=_PROG, description="Server-Sent Events tools for Twisted."
     )
+    parser.add_argument(
+        "--version",
+        action=_Version,
+        help="print the versions of twisted_sse, Twisted and Python, and exit",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_check(commands)
     listen_parser = commands.add_parser(
@@ -159,10 +187,16 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Connect to an event stream and print each event as one JSON object "
             "per line (type, data, lastEventId, origin).  Reconnects like a "
-            "browser; diagnostics go to stderr."
+            "browser, quietly unless --verbose; diagnostics go to stderr."
         ),
     )
     listen_parser.add_argument("url", metavar="URL", help="the http(s) URL to read")
+    listen_parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="say on stderr why and when it reconnects",
+    )
     listen_parser.add_argument(
         "--last-event-id",
         metavar="ID",
@@ -455,6 +489,8 @@ async def listen(
 
     def on_error(failure: Failure) -> None:
         if source.ready_state is ReadyState.CONNECTING:
+            if not options.verbose:
+                return
             delay = source.reconnect_delay or 0.0
             _say(err, f"{_describe(failure)}; reconnecting in {delay:.3g} s")
         elif isinstance(failure.value, EventSourceError) and failure.value.stopped:
@@ -503,9 +539,12 @@ def _describe(failure: Failure) -> str:
     # ResponseFailed and friends wrap a list of the failures that caused them.
     reasons = getattr(failure.value, "reasons", None)
     if isinstance(reasons, list) and reasons:
-        return "; ".join(
-            _describe(reason) for reason in reasons if isinstance(reason, Failure)
-        )
+        causes = [reason for reason in reasons if isinstance(reason, Failure)]
+        # A connection lost in the middle of a response also fails its
+        # decoder ("Chunked decoder in 'CHUNK_LENGTH' state..."): the loss
+        # is the news, the rest follows from it.
+        lost = [c for c in causes if c.check(ConnectionLost, ConnectionDone)]
+        return "; ".join(map(_describe, lost or causes))
     return failure.getErrorMessage()
 
 
@@ -514,11 +553,44 @@ def _say(err: TextIO, message: str) -> None:
     err.flush()
 
 
-async def _run(reactor: IReactorTime, options: argparse.Namespace) -> None:
+def _run(options: argparse.Namespace) -> int:
+    """
+    Run the command on the global reactor until it ends, or until one of
+    :data:`STOP_SIGNALS` cancels it (a second one exits at once).
+
+    :returns: The command's exit status, or 128 plus the signal's number.
+    """
+    from twisted.internet import reactor as installed
+
+    # The module stands for the reactor, which provides more than mypy sees.
+    reactor: Any = installed
     command = check if options.command == "check" else listen
-    code = await command(reactor, options, sys.stdout, sys.stderr)
-    if code:
-        raise SystemExit(code)
+    signalled: list[int] = []
+    results: list[int | Failure] = []
+    running = Deferred.fromCoroutine(command(reactor, options, sys.stdout, sys.stderr))
+
+    def on_signal(number: int, frame: FrameType | None) -> None:
+        if signalled:
+            os._exit(128 + number)
+        signalled.append(number)
+        # The command closes its connections as it unwinds, so that nothing
+        # it holds has anything to report when the reactor stops.
+        reactor.callFromThread(running.cancel)
+
+    for number in STOP_SIGNALS:
+        signal.signal(number, on_signal)
+    running.addBoth(results.append)
+    running.addBoth(lambda _: reactor.callWhenRunning(reactor.stop))
+    # Twisted's own handlers would stop the reactor under the command, which
+    # then reports its connections lost, and exit 0.
+    reactor.run(installSignalHandlers=False)
+    if signalled:
+        return 128 + signalled[0]
+    [result] = results
+    if isinstance(result, Failure):
+        result.printTraceback(sys.stderr)  # a bug: show it
+        return 1
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -538,11 +610,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem is not None:
         _say(sys.stderr, problem)
         return 2
-    code = 1
     try:
-        react(_run, (options,))
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
+        return _run(options)
     finally:
         try:
             sys.stdout.flush()
@@ -550,7 +619,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Python would complain about the closed pipe again at exit.
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
-    return code
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ from ._stream import (
     DEFAULT_MAX_QUEUE_EVENTS,
     SlowClientPolicy,
 )
+from ._version import version_text
 
 __all__ = ["Options", "makeService"]
 
@@ -321,6 +322,11 @@ class Options(usage.Options):
     optFlags = [
         ["no-metrics", None, "Do not serve GET /metrics."],
     ]
+
+    def opt_version(self) -> NoReturn:
+        """Display twisted_sse's, Twisted's and Python's versions and exit."""
+        print(version_text())
+        sys.exit(0)
 
     def opt_metrics_token(self, value: str) -> None:
         """Bearer token GET /metrics must present (or TWISTED_SSE_METRICS_TOKEN)."""
