@@ -17,17 +17,28 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
 
 from tests._transports import TransportCase, over_both_transports
 from twisted_sse import Event
 from twisted_sse._broker import Subscription
-from twisted_sse._hub import HISTORY_LOST_EVENT, bearer_token_authorizer
+from twisted_sse._hub import HISTORY_LOST_EVENT, Hub, bearer_token_authorizer
 from twisted_sse._memory import MemoryBroker
 from twisted_sse._stream import SlowClientPolicy
 from twisted_sse.testing import SSETestResponse
 
-from ._helpers import EPOCH, BrokenBroker, HubFixture, answer, data, first_frame_id, ids
+from ._helpers import (
+    EPOCH,
+    TOKEN,
+    BrokenBroker,
+    HubFixture,
+    answer,
+    data,
+    first_frame_id,
+    ids,
+)
 
 # Subscribing
 
@@ -111,9 +122,11 @@ class SubscribeTests(TransportCase):
         self.assertEqual(hub.subscribe("x" * 129).code, 400)
 
     def test_deeper_path(self) -> None:
-        """A path below a channel is 404, not that channel."""
+        """A path below a channel is a JSON 404, not that channel."""
         hub = HubFixture(self)
-        self.assertEqual(hub.subscribe("news/more").code, 404)
+        response = hub.subscribe("news/more")
+        self.assertEqual(response.code, 404)
+        self.assertEqual(response.header("Content-Type"), "application/json")
         self.assertEqual(hub.memory.subscriber_count("news"), 0)
 
     def test_head(self) -> None:
@@ -473,6 +486,82 @@ class ChannelResourceSharingTests(TransportCase):
             response = hub.post_json(channel=f"c{n}", data="x")
             self.assertEqual(response.code, 200)
             hub.client.request("HEAD", f"/channels/c{n}")
+        self.assertEqual(hub.hub.live_channels, [])
+
+
+NO_CHANNEL = "no channel here: a channel is /channels/{name}, one path segment"
+
+
+@over_both_transports
+class NotServedTests(TransportCase):
+    """What the hub does not serve is refused in JSON, never an HTML page."""
+
+    def assert_error(self, response: SSETestResponse, code: int, reason: str) -> None:
+        self.assertEqual(response.code, code)
+        self.assertEqual(response.header("Content-Type"), "application/json")
+        self.assertEqual(answer(response), {"error": reason})
+
+    def test_paths_without_a_channel(self) -> None:
+        """The hub's own path, an empty name and deeper paths: 404 saying why."""
+        hub = HubFixture(self)
+        paths = ["/channels", "/channels/", "/channels/news/", "/channels/a/b/c"]
+        for path in paths:
+            self.assert_error(hub.client.get(path), 404, NO_CHANNEL)
+            headers = {"Authorization": f"Bearer {TOKEN}"}
+            posted = hub.client.request("POST", path, headers, b"data")
+            self.assert_error(posted, 404, NO_CHANNEL)
+            self.assert_error(hub.client.request("DELETE", path), 404, NO_CHANNEL)
+        self.assertEqual(hub.memory.history_of("news"), [])
+
+    def test_head_without_a_channel(self) -> None:
+        """HEAD of a path without a channel: 404 with the JSON type, no body."""
+        hub = HubFixture(self)
+        response = hub.client.request("HEAD", "/channels/")
+        self.assertEqual(response.code, 404)
+        self.assertEqual(response.header("Content-Type"), "application/json")
+        self.assertEqual(response.raw, b"")
+
+    def test_mounted_elsewhere(self) -> None:
+        """The reason names the path where the user mounted the hub."""
+        clock = Clock()
+        hub = Hub(MemoryBroker(), clock=clock)
+        root, api = Resource(), Resource()
+        root.putChild(b"api", api)
+        api.putChild(b"hub", hub.resource())
+        client = self.client_for(root, clock)
+        for path in ("/api/hub", "/api/hub/", "/api/hub/a/b"):
+            self.assert_error(
+                client.get(path),
+                404,
+                "no channel here: a channel is /api/hub/{name}, one path segment",
+            )
+        self.assertEqual(client.get("/api/hub/news").code, 200)
+        client.disconnect_all()
+        client.assert_clean(hub.registry, hub.heartbeat, testcase=self)
+
+    def test_hub_as_root(self) -> None:
+        """A hub that is the site's root names / as its path."""
+        clock = Clock()
+        hub = Hub(MemoryBroker(), clock=clock)
+        client = self.client_for(hub.resource(), clock)
+        self.assert_error(
+            client.get("/"),
+            404,
+            "no channel here: a channel is /{name}, one path segment",
+        )
+        client.assert_clean(hub.registry, hub.heartbeat, testcase=self)
+
+    def test_method_not_allowed(self) -> None:
+        """A method a channel does not answer: 405 with Allow, in JSON."""
+        hub = HubFixture(self)
+        for method in ("PUT", "DELETE", "PATCH"):
+            response = hub.client.request(method, "/channels/news")
+            self.assert_error(
+                response,
+                405,
+                f"method {method} not allowed here: use GET, HEAD, OPTIONS, POST",
+            )
+            self.assertEqual(response.header("Allow"), "GET, HEAD, OPTIONS, POST")
         self.assertEqual(hub.hub.live_channels, [])
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlencode
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -301,9 +302,9 @@ class PublishRefusedTests(TransportCase):
     def test_unsupported_type(self) -> None:
         """Another Content-Type: 415 naming the accepted ones."""
         self.assert_refused(
-            self.hub.post(b"data=x", content_type="application/x-www-form-urlencoded"),
+            self.hub.post(b"<data/>", content_type="application/xml"),
             415,
-            "use application/json or text/plain",
+            "use application/json, application/x-www-form-urlencoded or text/plain",
         )
 
     def test_invalid_channel(self) -> None:
@@ -319,6 +320,120 @@ class PublishRefusedTests(TransportCase):
         hub = HubFixture(self, broker=BrokenBroker())
         self.assert_refused(
             hub.post(b'{"data": "x"}'), 503, "broker unavailable: redis is down"
+        )
+
+
+FORM = "application/x-www-form-urlencoded"
+
+
+@over_both_transports
+class FormPublishTests(TransportCase):
+    """A form body (curl -d's default) publishes as its JSON twin does."""
+
+    def post_form(self, hub: HubFixture, body: bytes) -> SSETestResponse:
+        return hub.post(body, content_type=FORM)
+
+    def test_curl_d(self) -> None:
+        """curl -d data=hello -d event=ping publishes a ping whose data is hello."""
+        hub = HubFixture(self)
+        subscriber = hub.subscribe()
+        response = self.post_form(hub, b"data=hello&event=ping")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.header("Content-Type"), "application/json")
+        self.assertEqual(answer(response), {"id": f"{EPOCH}-1"})
+        self.assertEqual(
+            subscriber.raw.split(b"\n\n", 1)[1],
+            f"id: {EPOCH}-1\nevent: ping\ndata: hello\n\n".encode(),
+        )
+
+    def test_every_field(self) -> None:
+        """retry is sent as the new reconnection time, key kept as the event's."""
+        hub = HubFixture(self)
+        subscriber = hub.subscribe()
+        response = self.post_form(hub, b"data=42&event=price&retry=2500&key=ACME")
+        self.assertEqual(answer(response), {"id": f"{EPOCH}-1"})
+        self.assertIn(b"retry: 2500\n", subscriber.raw)
+        self.assertEqual((subscriber.retry, data(subscriber)), (2500, ["42"]))
+        self.assertEqual([p.key for p in hub.memory.history_of("news")], ["ACME"])
+
+    def test_form_encoding(self) -> None:
+        """Percent-escapes, + for space and raw UTF-8 are decoded; lines stay lines."""
+        hub = HubFixture(self)
+        subscriber = hub.subscribe()
+        for body in (b"data=a+b%26c%0Ad%3De", "data=é%C3%A9".encode(), b"data="):
+            self.assertEqual(self.post_form(hub, body).code, 200)
+        self.assertEqual(data(subscriber), ["a b&c\nd=e", "éé", ""])
+
+    def test_charset_parameter(self) -> None:
+        """The form's media type is recognised with a charset and in any case."""
+        hub = HubFixture(self)
+        subscriber = hub.subscribe()
+        content_type = "Application/X-WWW-Form-Urlencoded; charset=UTF-8"
+        self.assertEqual(hub.post(b"data=x", content_type=content_type).code, 200)
+        self.assertEqual(data(subscriber), ["x"])
+
+    def test_refused_as_json_is(self) -> None:
+        """Each form a JSON body would be refused for gets JSON's status and reason."""
+        hub = HubFixture(self)
+        subscriber = hub.subscribe()
+        cases: list[tuple[bytes, dict[str, Any]]] = [
+            (b"event=x", {"event": "x"}),
+            (b"data=x&id=1", {"data": "x", "id": "1"}),
+            (
+                b"data=x&event=a%0Aevent:+forged",
+                {"data": "x", "event": "a\nevent: forged"},
+            ),
+            (b"data=x&event=a%0Db", {"data": "x", "event": "a\rb"}),
+            (b"data=x&retry=-1", {"data": "x", "retry": "-1"}),
+            (b"data=x&retry=1.5", {"data": "x", "retry": "1.5"}),
+            (b"data=x&retry=abc", {"data": "x", "retry": "abc"}),
+            (b"data=x&retry=", {"data": "x", "retry": ""}),
+            (b"data=x&retry=2147483648", {"data": "x", "retry": 2147483648}),
+            (b"data=x&retry=" + b"9" * 16, {"data": "x", "retry": "9" * 16}),
+            (b"data=x&key=", {"data": "x", "key": ""}),
+            (b"data=x&key=" + b"k" * 257, {"data": "x", "key": "k" * 257}),
+        ]
+        for form, fields in cases:
+            as_form = self.post_form(hub, form)
+            as_json = hub.post_json(**fields)
+            self.assertEqual(as_form.code, 400, form)
+            self.assertEqual(as_form.header("Content-Type"), "application/json")
+            self.assertEqual(answer(as_form), answer(as_json), form)
+        self.assertEqual(subscriber.events, [])
+
+    def test_repeated_field(self) -> None:
+        """A field given twice: 400 naming it, nothing published."""
+        hub = HubFixture(self)
+        subscriber = hub.subscribe()
+        for body, name in [
+            (b"data=a&data=b", "data"),
+            (b"data=a&event=x&event=y", "event"),
+            (b"data=a&retry=1&retry=1", "retry"),
+            (b"key=k&data=a&key=k", "key"),
+        ]:
+            response = self.post_form(hub, body)
+            self.assertEqual(response.code, 400)
+            self.assertEqual(
+                answer(response),
+                {"error": f"the field {name!r} is given more than once"},
+            )
+        self.assertEqual(subscriber.events, [])
+
+    def test_not_utf8(self) -> None:
+        """A percent-escape or a raw byte that is not UTF-8: 400, as for text."""
+        hub = HubFixture(self)
+        for body in (b"data=%FF", b"data=%ED%A0%80", b"data=\xff", b"%FF=x"):
+            response = self.post_form(hub, body)
+            self.assertEqual(response.code, 400)
+            self.assertEqual(answer(response), {"error": "the body is not UTF-8"})
+
+    def test_json_sent_as_form(self) -> None:
+        """JSON sent with curl -d's form type: 400 saying which type to send."""
+        hub = HubFixture(self)
+        response = self.post_form(hub, b'{"data": "x"}')
+        self.assertEqual(response.code, 400)
+        self.assertIn(
+            "send it with Content-Type: application/json", answer(response)["error"]
         )
 
 
@@ -351,9 +466,23 @@ class AnyBodyTests(SynchronousTestCase):
                 "key": _JSON,
                 "id": _JSON,
             },
-        ).map(lambda value: json.dumps(value).encode()),
+        ).map(lambda value: json.dumps(value).encode())
+        | st.lists(
+            st.tuples(
+                st.sampled_from(["data", "event", "retry", "key", "id"]),
+                st.text(max_size=20) | st.integers().map(str),
+            ),
+            max_size=5,
+        ).map(lambda pairs: urlencode(pairs).encode()),
         content_type=st.sampled_from(
-            [None, "application/json", "text/plain", "text/plain; charset=utf-8", "x/y"]
+            [
+                None,
+                "application/json",
+                "text/plain",
+                "text/plain; charset=utf-8",
+                FORM,
+                "x/y",
+            ]
         ),
     )
     def test_never_a_server_error(self, body: bytes, content_type: str | None) -> None:

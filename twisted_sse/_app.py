@@ -11,10 +11,13 @@ from typing import Any
 
 from klein import Klein
 from twisted.internet.interfaces import IReactorTime
-from twisted.web.pages import notFound
-from twisted.web.resource import IResource
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import IResource, Resource
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from ._broker import IBroker
+from ._errors import json_error, method_not_allowed, no_channel
 from ._heartbeat import DEFAULT_HEARTBEAT, Heartbeat
 from ._hub import Hub
 from ._memory import MemoryBroker
@@ -23,6 +26,11 @@ from ._registry import StreamRegistry
 from ._resource import EventStreamResource, counter
 
 __all__ = ["SSEApp"]
+
+_log = Logger()
+
+#: The methods ``/metrics`` answers.
+_METRICS_METHODS = (b"GET", b"HEAD")
 
 
 def _page() -> bytes:
@@ -102,6 +110,12 @@ class SSEApp:
             **hub_options,
         )
         self._page = _page()
+        paths = ["/", "/events", "/healthz", "/metrics", "/channels/{name}"]
+        if not metrics:
+            paths.remove("/metrics")
+        self._not_found = (
+            f"not found: this server answers {', '.join(paths[:-1])} and {paths[-1]}"
+        )
         #: What ``/metrics`` reports (``None`` when it is turned off).
         self.collector: SSECollector | None = (
             SSECollector(self.registry, self.hub, self.broker, metrics_channels)
@@ -116,8 +130,32 @@ class SSEApp:
 
     def resource(self) -> IResource:
         """The app as a :class:`~twisted.web.resource.IResource`."""
-        resource: IResource = self.app.resource()
-        return resource
+        return _UTF8URLs(self.app.resource())
+
+    @app.handle_errors(Exception)
+    def error(self, request: Any, failure: Failure) -> bytes:
+        """
+        Every error of the routes in JSON: no route (404), a method a route
+        does not answer (405), and an unexpected exception (500, logged).
+        """
+        error = failure.value
+        if isinstance(error, NotFound):
+            # Klein left the path as it came: what is below the app.
+            if request.postpath[:1] == [b"channels"]:
+                hub = [*request.prepath, b"channels"]
+                return json_error(request, 404, no_channel(hub))
+            return json_error(request, 404, self._not_found)
+        if isinstance(error, MethodNotAllowed):
+            methods = sorted(error.valid_methods or ())
+            return method_not_allowed(request, [m.encode("ascii") for m in methods])
+        if isinstance(error, HTTPException):
+            if error.code is None or error.code < 400:
+                failure.raiseException()  # a redirect: Klein answers it
+            return json_error(request, error.code, error.description or error.name)
+        if request.startedWriting:
+            failure.raiseException()  # too late for an answer of its own
+        _log.failure("Answering {path} failed", failure, path=request.path)
+        return json_error(request, 500, "internal error")
 
     @app.route("/", methods=["GET", "HEAD"])
     def index(self, request: Any) -> bytes:
@@ -126,8 +164,11 @@ class SSEApp:
         return self._page
 
     @app.route("/events", branch=False)
-    def stream(self, request: Any) -> IResource:
-        """The counter stream (every method: the resource answers 405)."""
+    def stream(self, request: Any) -> IResource | bytes:
+        """The counter stream (and a JSON 405 for the methods it does not answer)."""
+        allowed = self.events.allowed_methods
+        if request.method not in allowed:
+            return method_not_allowed(request, allowed)
         return self.events
 
     @app.route("/healthz", methods=["GET", "HEAD"])
@@ -141,13 +182,39 @@ class SSEApp:
         return b'{"status":"unavailable","broker":"down"}\n'
 
     @app.route("/metrics", branch=False)
-    def metrics_page(self, request: Any) -> IResource:
+    def metrics_page(self, request: Any) -> IResource | bytes:
         """Prometheus metrics, unless turned off (404)."""
         if self.metrics is None:
-            return notFound("Not Found", "Metrics are turned off on this server.")
+            return json_error(request, 404, "metrics are turned off on this server")
+        if request.method not in _METRICS_METHODS:
+            return method_not_allowed(request, _METRICS_METHODS)
         return self.metrics
 
     @app.route("/channels/<string:name>", branch=False)
     def channel(self, request: Any, name: str) -> IResource:
         """A hub channel: GET subscribes, POST publishes."""
         return self.hub.channel_resource(name)
+
+
+class _UTF8URLs(Resource):
+    """
+    The app's resource behind a check that its URL decodes: Klein answers
+    one that is not UTF-8 (``/channels/%FF``) in plain text, and logs a
+    traceback for it.
+    """
+
+    isLeaf = True
+
+    def __init__(self, routes: IResource) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.routes = routes
+
+    def render(self, request: Any) -> bytes | int:
+        """A JSON 400 for a URL that is not UTF-8; the app's answer else."""
+        try:
+            b"/".join(request.prepath + request.postpath).decode("utf-8")
+            request.getRequestHostname().decode("utf-8")
+        except UnicodeDecodeError:
+            return json_error(request, 400, "the URL is not UTF-8")
+        result: bytes | int = self.routes.render(request)
+        return result

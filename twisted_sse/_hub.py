@@ -13,14 +13,13 @@ from __future__ import annotations
 import hmac
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
@@ -33,9 +32,11 @@ from ._broker import (
     loss_event,
     valid_channel,
 )
+from ._errors import ErrorResource, json_error, method_not_allowed, no_channel
 from ._event import Event
 from ._handoff import Handoff
 from ._heartbeat import DEFAULT_HEARTBEAT, Heartbeat
+from ._publish_body import MAX_JSON_DEPTH, BadPublish, read_publish
 from ._registry import StreamRegistry
 from ._resource import StreamResource, default_clock
 from ._stream import EventStream, SlowClientPolicy
@@ -60,11 +61,6 @@ DEFAULT_MAX_EVENT_BYTES = 64 * 1024
 HISTORY_LOST_HEADER = b"SSE-History-Lost"
 #: The challenge sent with a 401 to a publisher.
 WWW_AUTHENTICATE = b'Bearer realm="twisted_sse"'
-
-#: How deeply a publish body's JSON may nest (400 beyond): deep enough for
-#: any real payload, shallow enough that no parser or encoder recurses far.
-MAX_JSON_DEPTH = 64
-_PUBLISH_FIELDS = frozenset({"data", "event", "retry", "key"})
 
 #: Decides whether ``request`` may subscribe to ``channel``: returns a bool
 #: or a Deferred that fires with one.
@@ -264,36 +260,24 @@ class Hub:
 
 
 class _ChannelsResource(Resource):
+    """
+    The hub in a ``twisted.web`` tree: a channel one segment below it, and
+    a JSON ``404`` for its own path, an empty name and deeper paths.
+    """
+
     def __init__(self, hub: Hub) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.hub = hub
 
     def getChild(self, path: bytes, request: Any) -> IResource:
-        if request.postpath:
+        if not path or request.postpath:
             # A channel resource is a leaf: /channels/news/x is not "news".
-            return notFound()
+            return ErrorResource(404, no_channel(request.prepath[:-1]))
         return self.hub.channel_resource(path.decode("utf-8", "replace"))
 
-
-def _json_error(request: Any, code: int, message: str) -> bytes:
-    request.setResponseCode(code)
-    request.setHeader(b"Content-Type", b"application/json")
-    request.setHeader(b"Cache-Control", b"no-store")
-    return json.dumps({"error": message}).encode("utf-8") + b"\n"
-
-
-class _BadRequest(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-def _media_type(request: Any) -> str:
-    value = request.getHeader(b"Content-Type")
-    if value is None:
-        return ""
-    return str(value.split(b";", 1)[0].strip().lower().decode("latin-1"))
+    def render(self, request: Any) -> bytes:
+        """The hub's own path is no channel: 404, whatever the method."""
+        return json_error(request, 404, no_channel(request.prepath))
 
 
 class ChannelResource(StreamResource):
@@ -335,12 +319,21 @@ class ChannelResource(StreamResource):
         """Name a subscriber's stream by its channel in the logs."""
         return {"channel": self.channel}
 
+    def render(self, request: Any) -> bytes | int:
+        """Dispatch by method; others get a JSON ``405`` with ``Allow``."""
+        method = request.method
+        if method in self.allowed_methods:
+            handler = getattr(self, "render_" + method.decode("ascii"))
+            result: bytes | int = handler(request)
+            return result
+        return method_not_allowed(request, self.allowed_methods)
+
     # Subscribing
 
     def render_GET(self, request: Any) -> bytes | int:
         """Subscribe: authorise, replay after Last-Event-ID, then go live."""
         if not self._valid:
-            return _json_error(request, 400, f"invalid channel name: {self.channel!r}")
+            return json_error(request, 400, f"invalid channel name: {self.channel!r}")
         refused = self.refusal(request)
         if refused is not None:
             self.send_away(request, refused)
@@ -366,7 +359,7 @@ class ChannelResource(StreamResource):
         if finished.called:
             _abandon(finished)
         elif not allowed:
-            request.write(_json_error(request, 403, "not allowed to subscribe"))
+            request.write(json_error(request, 403, "not allowed to subscribe"))
             request.finish()
         else:
             # Admission again: while the authoriser took its time, other
@@ -450,7 +443,7 @@ class ChannelResource(StreamResource):
         if finished is not None and finished.called:
             _abandon(finished)
         elif not request.startedWriting:
-            request.write(_json_error(request, 500, "internal error"))
+            request.write(json_error(request, 500, "internal error"))
             request.finish()
         else:
             # The stream had started: end the connection, and its client
@@ -507,7 +500,7 @@ class ChannelResource(StreamResource):
     def render_HEAD(self, request: Any) -> bytes:
         """Answer the headers a GET would get (400 for a bad name)."""
         if not self._valid:
-            return _json_error(request, 400, f"invalid channel name: {self.channel!r}")
+            return json_error(request, 400, f"invalid channel name: {self.channel!r}")
         return super().render_HEAD(request)
 
     # Publishing
@@ -518,10 +511,10 @@ class ChannelResource(StreamResource):
         try:
             self._check_publisher(request)
             if not self._valid:
-                raise _BadRequest(400, f"invalid channel name: {self.channel!r}")
-            event, key = self._read_event(request)
-        except _BadRequest as error:
-            return _json_error(request, error.code, error.message)
+                raise BadPublish(400, f"invalid channel name: {self.channel!r}")
+            event, key = read_publish(request, self.hub.max_event_bytes)
+        except BadPublish as error:
+            return json_error(request, error.code, error.message)
 
         gone: list[bool] = []
         request.notifyFinish().addBoth(lambda _: gone.append(True))
@@ -539,16 +532,14 @@ class ChannelResource(StreamResource):
 
         def failed(failure: Failure) -> None:
             if failure.check(BrokerUnavailable):
-                answer(
-                    _json_error(request, 503, f"broker unavailable: {failure.value}")
-                )
+                answer(json_error(request, 503, f"broker unavailable: {failure.value}"))
             elif failure.check(ValueError):
-                answer(_json_error(request, 400, str(failure.value)))
+                answer(json_error(request, 400, str(failure.value)))
             else:
                 _log.failure(
                     "Publishing on {channel} failed", failure, channel=self.channel
                 )
-                answer(_json_error(request, 500, "internal error"))
+                answer(json_error(request, 500, "internal error"))
 
         maybeDeferred(self.hub.publish, self.channel, event, key).addCallbacks(
             published, failed
@@ -561,92 +552,7 @@ class ChannelResource(StreamResource):
             code, message = refused
             if code == 401:
                 request.setHeader(b"WWW-Authenticate", WWW_AUTHENTICATE)
-            raise _BadRequest(code, message)
-
-    def _read_event(self, request: Any) -> tuple[Event, str | None]:
-        limit = self.hub.max_event_bytes
-        request.content.seek(0)
-        body = request.content.read(limit + 1)
-        if len(body) > limit:
-            raise _BadRequest(413, f"the body is larger than {limit} bytes")
-        media_type = _media_type(request)
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise _BadRequest(400, "the body is not UTF-8") from None
-        if media_type == "application/json":
-            return _event_from_json(text)
-        if media_type in ("text/plain", ""):
-            return _make_event(data=text), None
-        raise _BadRequest(
-            415,
-            f"unsupported Content-Type {media_type!r}: "
-            "use application/json or text/plain",
-        )
-
-
-def _event_from_json(text: str) -> tuple[Event, str | None]:
-    try:
-        body = json.loads(text)
-    except ValueError as error:
-        raise _BadRequest(400, f"the body is not valid JSON: {error}") from None
-    except RecursionError:
-        body = None
-        depth = MAX_JSON_DEPTH + 1
-    else:
-        depth = _json_depth(body)
-    if depth > MAX_JSON_DEPTH:
-        raise _BadRequest(
-            400, f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels"
-        )
-    if not isinstance(body, dict):
-        raise _BadRequest(400, "the JSON body must be an object")
-    unknown = sorted(set(body) - _PUBLISH_FIELDS)
-    if unknown:
-        raise _BadRequest(
-            400,
-            f"unknown field {unknown[0]!r}: use data, event, retry and key",
-        )
-    if "data" not in body:
-        raise _BadRequest(400, "the field 'data' is required")
-    data = body["data"]
-    if not isinstance(data, str):
-        data = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-    event_type = body.get("event")
-    if event_type is not None and not isinstance(event_type, str):
-        raise _BadRequest(400, "event must be a string")
-    key = body.get("key")
-    if key is not None and not isinstance(key, str):
-        raise _BadRequest(400, "key must be a string")
-    # Event checks retry, and check_publish the key, for every publisher.
-    return _make_event(data=data, event=event_type, retry=body.get("retry")), key
-
-
-def _json_depth(value: object) -> int:
-    """How deeply ``value`` nests lists and objects (a scalar is 0)."""
-    deepest = 0
-    pending: list[tuple[object, int]] = [(value, 0)]
-    while pending:
-        item, depth = pending.pop()
-        if isinstance(item, dict):
-            children: Iterable[object] = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        depth += 1
-        if depth > MAX_JSON_DEPTH:
-            return depth
-        deepest = max(deepest, depth)
-        pending.extend((child, depth) for child in children)
-    return deepest
-
-
-def _make_event(**fields: Any) -> Event:
-    try:
-        return Event(**fields)
-    except ValueError as error:
-        raise _BadRequest(400, str(error)) from None
+            raise BadPublish(code, message)
 
 
 def _abandon(finished: Deferred[None]) -> None:
