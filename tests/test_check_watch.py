@@ -1,7 +1,8 @@
 """
 Tests for L{twisted_sse._check._watch}: a whole watch, through the
-connector, the exchanges, redirects and recorders, on fake connections
-driven by a L{Clock}.  Real servers are in L{tests.test_check_process}.
+connector, the exchanges and recorders, on fake connections driven by a
+L{Clock}.  Redirects are L{tests.test_check_fetch}'s; real servers are in
+L{tests.test_check_process}.
 """
 
 from __future__ import annotations
@@ -62,23 +63,6 @@ class WatchTests(SynchronousTestCase):
         ]:
             self.assertIn(line + b"\r\n", request)
         clock.pump([1.0] * 4)
-
-    def test_redirect_loop(self) -> None:
-        """A redirect loop ends after 20 redirects followed, and is said."""
-        clock, net, done = self.watch()
-        for _ in range(30):
-            for _request, protocol, transport in net.requests("GET"):
-                if not transport.closed:
-                    protocol.dataReceived(
-                        b"HTTP/1.1 302 Found\r\nLocation: /events\r\n"
-                        b"Content-Length: 0\r\n\r\n"
-                    )
-            clock.advance(0)
-        self.assertEqual(len(net.requests("GET")), 21)
-        clock.pump([1.0] * 3)
-        obs = self.successResultOf(done)
-        assert obs.stream is not None
-        self.assertEqual(obs.stream.error, "more than 20 redirects")
 
     def test_stream_recorded(self) -> None:
         """Reads, events, silences and the end of a stream are recorded."""
