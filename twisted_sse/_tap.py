@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -23,6 +22,7 @@ from twisted.web.server import Request, Site
 
 from ._app import SSEApp
 from ._broker import DEFAULT_CHANNEL_TTL, DEFAULT_HISTORY, IBroker, valid_channel
+from ._errors import error_body
 from ._guard import (
     DEFAULT_BACKLOG,
     DEFAULT_FD_RESERVE,
@@ -451,7 +451,7 @@ class _Request(Request):
         # client to send it.
         self.content = _CappedBody(0)
         self.requestHeaders.removeHeader(b"Expect")
-        body = json.dumps({"error": message}).encode("utf-8") + b"\n"
+        body = error_body(message)
         head = [
             b"HTTP/1.1 %d %s" % (code, RESPONSES.get(code, b"Error")),
             b"Content-Type: application/json",
