@@ -6,6 +6,8 @@ L{MemoryReactorClock}, with TLS handshakes in memory.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -147,8 +149,8 @@ class TLSTests(SynchronousTestCase):
     """Over https, TLS that checks the server and offers h2 by ALPN."""
 
     def setUp(self) -> None:
-        directory = Path(self.mktemp())
-        directory.mkdir(parents=True)
+        directory = Path(tempfile.mkdtemp(prefix="twisted-sse-check-"))
+        self.addCleanup(shutil.rmtree, directory, True)
         key, cert = self_signed(directory)
         self.key = load_pem_private_key(key.read_bytes(), None)
         self.certificate = x509.load_pem_x509_certificate(cert.read_bytes())
