@@ -115,6 +115,22 @@ class ServiceTests(TransportCase):
         self.assertIs(service.port, port)
         self.hub.client.disconnect_all()
 
+    def test_start_alone_listens(self) -> None:
+        """startService() alone listens, once, as in a program without twistd."""
+        port = _Port()
+        port.clock = self.hub.clock
+        endpoint = _Endpoint(port)
+        service = EventStreamService(
+            endpoint, Site(Resource()), self.hub.registry, self.hub.clock
+        )
+        parent = MultiService()
+        service.setServiceParent(parent)
+        parent.startService()
+        self.assertIs(service.port, port)
+        service.privilegedStartService()
+        self.assertEqual(endpoint.listens, 1)
+        self.hub.client.disconnect_all()
+
     def test_negative_drain(self) -> None:
         """A negative drain window is a ValueError naming it."""
         error = self.assertRaises(

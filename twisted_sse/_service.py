@@ -110,7 +110,23 @@ class EventStreamService(Service):
     def privilegedStartService(self) -> None:
         """Listen before privileges are dropped, as twistd expects."""
         super().privilegedStartService()  # type: ignore[no-untyped-call]
-        self.listen().addErrback(lambda failure: _log.failure("Cannot listen", failure))
+        self._listen_logged()
+
+    def startService(self) -> None:
+        """
+        Listen, if :meth:`privilegedStartService` has not: a program without
+        ``twistd`` (or a parent ``MultiService`` started with
+        ``startService()`` alone) calls only this, as with Twisted's own
+        ``StreamServerEndpointService``.
+        """
+        super().startService()  # type: ignore[no-untyped-call]
+        self._listen_logged()
+
+    def _listen_logged(self) -> None:
+        if not self._started:
+            self.listen().addErrback(
+                lambda failure: _log.failure("Cannot listen", failure)
+            )
 
     def stopService(self) -> Deferred[None]:
         """
