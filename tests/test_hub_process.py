@@ -8,11 +8,17 @@ SIGTERM.
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import socket
+import subprocess
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from random import Random
+from unittest import SkipTest
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -22,6 +28,8 @@ from ._http import SocketClient, http_request
 from ._process import Twistd
 
 TOKEN = "T-0123456789"
+FORM = "application/x-www-form-urlencoded"
+HUB_PAGE = Path(__file__).resolve().parent.parent / "docs" / "hub.md"
 
 
 class Reader:
@@ -100,6 +108,28 @@ def post(
     except urllib.error.HTTPError as error:
         with error:
             return error.code, json.loads(error.read())
+
+
+def http(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """Any request; return the status, the headers and the body."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=body,
+        headers=headers or {},
+        method=method,
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, dict(error.headers), error.read()
 
 
 def publish(port: int, data: str, **fields: object) -> str:
@@ -240,6 +270,8 @@ class HubProcessTests(SynchronousTestCase):
             (b'{"data": "x", "retry": -5}', "application/json", 400, "retry must"),
             (b'{"event": "x"}', "application/json", 400, "'data' is required"),
             (b"<x/>", "application/xml", 415, "unsupported Content-Type"),
+            (b"data=a&data=b", FORM, 400, "'data' is given more than once"),
+            (b"data=x&retry=soon", FORM, 400, "retry must"),
         ]
         for body, content_type, code, reason in cases:
             got, answer = post(server.port, body, content_type=content_type)
@@ -249,6 +281,81 @@ class HubProcessTests(SynchronousTestCase):
             post(server.port, b"x", channel="bad%20name", content_type="text/plain")[0],
             400,
         )
+
+    def test_curl_form_publish(self) -> None:
+        """The docs' curl -d data=hello -d event=ping publishes a ping to readers."""
+        if shutil.which("curl") is None:
+            if os.environ.get("CI") == "true":
+                self.fail("curl is not installed")
+            raise SkipTest("curl is not installed")
+        (command,) = [
+            block
+            for block in re.findall(r"```sh\n(.*?)```", HUB_PAGE.read_text(), re.S)
+            if "-d data=hello -d event=ping" in block
+        ]
+        server = self.start("--publish-token", TOKEN)
+        reader = self.reader(server)
+        reader.first_frame_id()
+        done = subprocess.run(
+            ["sh", "-c", command.replace("localhost:3000", f"127.0.0.1:{server.port}")],
+            env={**os.environ, "TWISTED_SSE_PUBLISH_TOKEN": TOKEN},
+            capture_output=True,
+            timeout=30,
+            check=True,
+        )
+        event_id = json.loads(done.stdout)["id"]
+        reader.until(event_id)
+        (event,) = reader.events
+        self.assertEqual(
+            (event.type, event.data, event.last_event_id), ("ping", "hello", event_id)
+        )
+
+    def test_errors_are_json(self) -> None:
+        """Unknown paths, bad methods and bad URLs get JSON errors, never HTML."""
+        server = self.start("--publish-token", TOKEN)
+        cases = [
+            ("GET", "/channels/", 404, "no channel here: a channel is /channels/"),
+            ("GET", "/channels/a/b", 404, "no channel here"),
+            ("GET", "/channels", 404, "no channel here"),
+            ("GET", "/nope", 404, "not found: this server answers /, /events"),
+            ("GET", "/events/1", 404, "not found"),
+            ("PUT", "/channels/news", 405, "method PUT not allowed here: use GET"),
+            ("DELETE", "/channels/news", 405, "method DELETE not allowed here"),
+            ("POST", "/", 405, "method POST not allowed here: use GET, HEAD"),
+            ("POST", "/events", 405, "use GET, HEAD, OPTIONS"),
+            ("DELETE", "/healthz", 405, "use GET, HEAD"),
+            ("POST", "/metrics", 405, "use GET, HEAD"),
+            ("GET", "/channels/%FF", 400, "the URL is not UTF-8"),
+            ("GET", "/channels/bad%20name", 400, "invalid channel name"),
+        ]
+        for method, path, code, reason in cases:
+            got, headers, body = http(server.port, method, path)
+            self.assertEqual(got, code, (method, path))
+            self.assertEqual(headers["Content-Type"], "application/json", path)
+            self.assertIn(reason, json.loads(body)["error"], (method, path))
+            if code == 405:
+                self.assertIn("GET, HEAD", headers["Allow"])
+        # A publish that passes the checks on its head, to a path below a
+        # channel: 404 too, and nothing published.
+        reader = self.reader(server)
+        reader.first_frame_id()
+        got, headers, body = http(
+            server.port,
+            "POST",
+            "/channels/news/x",
+            b"data=x",
+            {"Authorization": f"Bearer {TOKEN}", "Content-Type": FORM},
+        )
+        self.assertEqual((got, headers["Content-Type"]), (404, "application/json"))
+        # HEAD: the error's status and type, no body.
+        got, headers, body = http(server.port, "HEAD", "/nope")
+        self.assertEqual(
+            (got, headers["Content-Type"], body), (404, "application/json", b"")
+        )
+        marker = publish(server.port, "after the errors")
+        reader.until(marker)
+        self.assertEqual([e.data for e in reader.events], ["after the errors"])
+        self.assertNotIn(b"Traceback", server.output)
 
     def test_huge_body(self) -> None:
         """
