@@ -5,6 +5,8 @@ prometheus_client's own parser, matches what the clients saw.
 
 from __future__ import annotations
 
+import json
+
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -108,7 +110,12 @@ class MetricsTests(SynchronousTestCase):
         """With a metrics token, a scrape without it gets 401."""
         app = SSEApp(self.clock, heartbeat=0, metrics_token="m")
         client = SSETestClient(app.resource(), self.clock)
-        self.assertEqual(client.get("/metrics").code, 401)
+        refused = client.get("/metrics")
+        self.assertEqual(refused.code, 401)
+        self.assertEqual(refused.header("Content-Type"), "application/json")
+        self.assertEqual(
+            json.loads(refused.raw), {"error": "/metrics needs its bearer token"}
+        )
         self.assertEqual(
             client.get("/metrics", {"Authorization": "Bearer wrong"}).code, 401
         )

@@ -24,6 +24,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 from twisted.web.resource import Resource
 
+from ._errors import json_error
 from ._registry import StreamRegistry
 
 __all__ = ["MetricsResource", "SSECollector"]
@@ -227,10 +228,8 @@ class MetricsResource(Resource):
             if scheme.lower() != b"bearer" or not hmac.compare_digest(
                 presented.strip(), self.token.encode("utf-8")
             ):
-                request.setResponseCode(401)
                 request.setHeader(b"WWW-Authenticate", b'Bearer realm="metrics"')
-                request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-                return b"401 Unauthorized: /metrics needs its bearer token\n"
+                return json_error(request, 401, "/metrics needs its bearer token")
         request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))
         request.setHeader(b"Cache-Control", b"no-store")
         body: bytes = generate_latest(self.registry)
