@@ -12,18 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import (
     IAddress,
     IHostResolution,
     IResolutionReceiver,
 )
-from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import (
     Certificate,
-    CertificateOptions,
     trustRootFromCertificates,
 )
 from twisted.internet.task import Clock
@@ -32,8 +28,7 @@ from twisted.internet.testing import (
     StringTransport,
     SynchronousResolver,
 )
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
-from twisted.test import iosim
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_sse._check._connector import CONNECT_TIMEOUT, Connector
@@ -41,7 +36,7 @@ from twisted_sse._check._exchange import Exchange
 from twisted_sse._check._http import Recorder
 from twisted_sse._url import URL
 
-from ._certs import self_signed
+from ._certs import handshake, self_signed, tls_server
 from ._check_fakes import Net
 
 
@@ -152,16 +147,16 @@ class TLSTests(SynchronousTestCase):
         directory = Path(tempfile.mkdtemp(prefix="twisted-sse-check-"))
         self.addCleanup(shutil.rmtree, directory, True)
         key, cert = self_signed(directory)
-        self.key = load_pem_private_key(key.read_bytes(), None)
-        self.certificate = x509.load_pem_x509_certificate(cert.read_bytes())
+        # A server that prefers h2.
+        self.server = tls_server(key, cert, [b"h2", b"http/1.1"])
         self.trust = trustRootFromCertificates([Certificate.loadPEM(cert.read_bytes())])
 
     def handshake(
         self, url: str, **options: Any
     ) -> tuple[Exchange, _Ends, TLSMemoryBIOProtocol]:
         """
-        Connect to ``url`` with a Connector of ``options``; a server of the
-        test's certificate that prefers h2 answers, in memory.
+        Connect to ``url`` with a Connector of ``options``; the test's server
+        answers, in memory.
 
         :returns: The exchange, its recorder and the server's TLS protocol.
         """
@@ -170,28 +165,7 @@ class TLSTests(SynchronousTestCase):
         exchange = Connector(reactor, **options).request(
             "GET", URL.parse(url), (), recorder
         )
-        ((_, port, factory, _, _),) = reactor.tcpClients
-        address = IPv4Address("TCP", "127.0.0.1", port)
-        # pyOpenSSL takes cryptography's key and certificate (its own are
-        # deprecated); Twisted's annotations name only pyOpenSSL's.
-        server_options = CertificateOptions(
-            privateKey=self.key,  # type: ignore[arg-type]
-            certificate=self.certificate,  # type: ignore[arg-type]
-            acceptableProtocols=[b"h2", b"http/1.1"],
-        )
-        server_factory = TLSMemoryBIOFactory(
-            server_options, False, Factory.forProtocol(Protocol), clock=Clock()
-        )
-        server = server_factory.buildProtocol(address)
-        client = factory.buildProtocol(address)
-        pump = iosim.connect(
-            server,
-            iosim.FakeTransport(server, True, address, address),
-            client,
-            iosim.FakeTransport(client, False, address, address),
-            greet=False,
-        )
-        pump.flush()
+        server, pump = handshake(reactor, self.server)
 
         def close() -> None:
             # The client's TLS buffers its writes on the global reactor:
@@ -200,7 +174,6 @@ class TLSTests(SynchronousTestCase):
             pump.flush()
 
         self.addCleanup(close)
-        assert isinstance(server, TLSMemoryBIOProtocol)
         return exchange, recorder, server
 
     def test_alpn_offers_h2(self) -> None:
