@@ -17,11 +17,15 @@ import tempfile
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, Union
+from unittest import SkipTest
 
-import pytest
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IAddress, ITransport
+from zope.interface import implementer
 
 #: Where the shared Redis of the tests is.  Tests use their own database
 #: number and key prefix, and delete only their own keys.
@@ -745,6 +749,85 @@ class ClosingTransport:
             self.protocol.connectionLost(Failure(getattr(errors, error)()))
 
 
+@implementer(ITransport)
+class BlockingRedis:
+    """
+    The broker's own connection (``RedisProtocol``: hiredis packs the
+    commands and parses the replies) on a blocking socket to the shared
+    Redis: each command is answered before :meth:`execute` returns, so that
+    a ``SynchronousTestCase`` runs commands and scripts on the real Redis,
+    without a reactor.  It is the protocol's transport.
+
+    :ivar sent: The commands sent, in order.
+    """
+
+    def __init__(
+        self, host: str = REDIS_HOST, port: int = REDIS_PORT, db: int = REDIS_DB
+    ) -> None:
+        from twisted.internet.task import Clock
+
+        from twisted_sse._redis._protocol import RedisProtocol
+
+        self.sent: list[tuple[Any, ...]] = []
+        self._socket = socket.create_connection((host, port), timeout=5.0)
+        # The clock times replies: they all come before execute returns.
+        self.protocol = RedisProtocol(Clock())
+        self.protocol.makeConnection(self)
+        self.run("SELECT", db)
+
+    def execute(self, *args: Any, timeout: float | None = None) -> Deferred[Any]:
+        """Send one command; a Deferred that has its reply (or error) already."""
+        self.sent.append(args)
+        return self.protocol.execute(*args, timeout=timeout)
+
+    def run(self, *args: Any) -> Any:
+        """
+        Run one command; its reply.
+
+        :raises RedisCommandError: when Redis answers an error.
+        """
+        from twisted.python.failure import Failure
+
+        results: list[Any] = []
+        self.execute(*args).addBoth(results.append)
+        (result,) = results
+        if isinstance(result, Failure):
+            result.raiseException()
+        return result
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.protocol.close()
+
+    # ITransport, for the protocol
+
+    def write(self, data: bytes) -> None:
+        self._socket.sendall(data)
+        while self.protocol.pending:
+            received = self._socket.recv(65536)
+            if not received:
+                raise ConnectionError("Redis closed the connection")
+            self.protocol.dataReceived(received)
+
+    def writeSequence(self, data: Iterable[bytes]) -> None:
+        self.write(b"".join(data))
+
+    def loseConnection(self) -> None:
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+
+        self._socket.close()
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+
+    def getPeer(self) -> IAddress:
+        host, port = self._socket.getpeername()[:2]
+        return IPv4Address("TCP", host, port)
+
+    def getHost(self) -> IAddress:
+        host, port = self._socket.getsockname()[:2]
+        return IPv4Address("TCP", host, port)
+
+
 def connect(protocol: Any) -> ClosingTransport:
     """Connect ``protocol`` to a new :class:`ClosingTransport`."""
     transport = ClosingTransport()
@@ -768,10 +851,14 @@ def commands_in(data: bytes) -> list[list[bytes]]:
 def need(reason: str | None) -> None:
     """
     Skip the test for ``reason`` (a missing Redis or redis-server), or fail
-    it when the suite must have Redis (``TWISTED_SSE_REQUIRE_REDIS=1``).
+    it when the suite must have Redis (``TWISTED_SSE_REQUIRE_REDIS=1``):
+    in a pytest fixture or function, or in a trial test case.
+
+    :raises SkipTest: for ``reason``, when Redis is not required.
+    :raises AssertionError: for ``reason``, when it is.
     """
     if reason is None:
         return
     if required():
-        pytest.fail(f"{reason}, and TWISTED_SSE_REQUIRE_REDIS=1")
-    pytest.skip(reason)
+        raise AssertionError(f"{reason}, and TWISTED_SSE_REQUIRE_REDIS=1")
+    raise SkipTest(reason)

@@ -5,7 +5,7 @@ Tests that need Redis use the one on 127.0.0.1:6379 (database 13, a key
 prefix of their own, deleted afterwards), or start their own
 ``redis-server`` to kill, freeze and restart.  Without Redis they are
 skipped, with the reason; with ``TWISTED_SSE_REQUIRE_REDIS=1`` (as in CI) a
-missing Redis fails them instead.  The tests of URLs, fields and options
+missing Redis fails them instead.  The tests of the ``--broker`` option
 need no Redis.
 
 These run under pytest only (trial does not collect plain functions).
@@ -36,11 +36,6 @@ from zope.interface import implementer
 from twisted_sse import Event, RedisAddress, RedisBroker, parse_redis_url
 from twisted_sse._app import SSEApp
 from twisted_sse._broker import BrokerUnavailable, Published
-from twisted_sse._redis._entries import (
-    Snapshot,
-    event_fields,
-    published_from_fields,
-)
 from twisted_sse._tap import Options
 from twisted_sse.testing import parse_events
 
@@ -157,109 +152,7 @@ def logs() -> Iterator[LogCapture]:
     globalLogPublisher.removeObserver(capture)
 
 
-# URLs, fields and options: no Redis needed
-
-
-def test_parse_url() -> None:
-    """A redis:// URL gives host, port, database, user and password."""
-    address = parse_redis_url("redis://user:p%40ss@redis.example:6380/3")
-    assert address == RedisAddress(
-        "redis.example", 6380, 3, username="user", password="p@ss"
-    )
-    assert parse_redis_url("redis://:secret@h") == RedisAddress(
-        "h", 6379, 0, password="secret"
-    )
-    assert parse_redis_url("redis://[::1]:7000/") == RedisAddress("::1", 7000, 0)
-
-
-def test_parse_url_tls() -> None:
-    """rediss:// turns TLS on, with an optional file of trusted authorities."""
-    address = parse_redis_url("rediss://h:6390/1?ssl_ca_certs=/etc/ca.pem")
-    assert address.tls
-    assert address.ca_certs == "/etc/ca.pem"
-
-
-@pytest.mark.parametrize(
-    "url",
-    [
-        "http://:secret@h:6379/0",
-        "secret",
-        "redis://:secret@h:port/0",
-        "redis://:secret@h:6379/zero",
-        "redis://:secret@/0",
-        "redis://:secret@h/0?ssl_ca_certs=/x",
-        "redis://:secret@h/0?timeout=3",
-        "redis://:secret@h/0#frag",
-    ],
-)
-def test_parse_url_errors(url: str) -> None:
-    """A bad URL is refused with a message that never shows the password."""
-    with pytest.raises(ValueError) as raised:
-        parse_redis_url(url)
-    assert "secret" not in str(raised.value)
-
-
-def test_address_hides_password() -> None:
-    """Neither str() nor repr() of an address shows its password."""
-    address = parse_redis_url("rediss://admin:hunter2@h:1/2")
-    assert str(address) == "rediss://admin:***@h:1/2"
-    assert "hunter2" not in repr(address)
-
-
-def test_fields_round_trip() -> None:
-    """An event stored as fields comes back as the same frame, with its id."""
-    event = Event(data="line 1\nline 2", event="update", retry=2500, comment="c")
-    fields = event_fields(event)
-    assert fields == [
-        "data",
-        "line 1\nline 2",
-        "event",
-        "update",
-        "retry",
-        "2500",
-        "comment",
-        "c",
-        "key",
-        "update",
-    ]
-    published = published_from_fields("news", "5-1", fields)
-    assert published == Published(
-        "news",
-        "5-1",
-        Event(
-            data="line 1\nline 2", event="update", retry=2500, comment="c", id="5-1"
-        ).encode(),
-        "update",
-    )
-    assert event_fields(Event(data="x"), key="price")[-2:] == ["key", "price"]
-    assert event_fields(Event(data="x"))[-2:] == ["key", "message"]
-
-
-def test_foreign_fields() -> None:
-    """Fields from other programs: bytes, unknown names ignored, no key."""
-    published = published_from_fields(
-        "news", "7-0", [b"data", b"hello", b"source", b"cron", b"event", b"tick"]
-    )
-    assert published.frame == b"id: 7-0\nevent: tick\ndata: hello\n\n"
-    assert published.key == "tick"
-
-
-@pytest.mark.parametrize(
-    "fields",
-    [
-        [b"data", b"x", b"event", b"a\nb"],
-        [b"data", b"x", b"event", b"a\rdata: forged"],
-        [b"data", b"x", b"retry", b"soon"],
-        [b"data", b"x", b"retry", b"-1"],
-        [b"data", b"\xff\xfe"],
-        [b"data", b"x", b"key", b"k" * 257],
-        [b"comment", b"a\nb"],
-    ],
-)
-def test_foreign_fields_refused(fields: list[bytes]) -> None:
-    """A field the wire format cannot carry is refused, not altered."""
-    with pytest.raises(ValueError):
-        published_from_fields("news", "7-0", fields)
+# The --broker option: no Redis needed
 
 
 def test_option_broker() -> None:
@@ -290,39 +183,6 @@ def test_option_broker_refused() -> None:
         options.parseOptions(["--broker", "amqp://user:topsecret@h/"])
     assert "topsecret" not in str(raised.value)
     assert "redis://" in str(raised.value)
-
-
-def test_lost_after() -> None:
-    """Trimming is seen from the first entry left and the entries added."""
-    untrimmed = Snapshot(True, (9, 0), first=(1, 0), length=5, entries_added=5)
-    assert not untrimmed.lost_after((0, 0))
-    trimmed = Snapshot(True, (9, 0), first=(5, 3), length=5, entries_added=50)
-    assert trimmed.lost_after((0, 0))
-    assert trimmed.lost_after((5, 1))
-    # The entry just before the first one left: nothing after it is gone.
-    assert not trimmed.lost_after((5, 2))
-    assert not trimmed.lost_after((5, 3))
-    assert not trimmed.lost_after((7, 0))
-    emptied = Snapshot(True, (9, 0), first=None, length=0, entries_added=3)
-    assert emptied.lost_after((8, 0))
-    assert not emptied.lost_after((9, 0))
-    deleted = Snapshot(
-        True, (9, 0), first=(1, 0), length=4, entries_added=5, max_deleted=(6, 0)
-    )
-    assert deleted.lost_after((5, 0))
-    assert not deleted.lost_after((6, 0))
-    assert not Snapshot(False).lost_after((0, 0))
-
-
-def test_provides_ibroker() -> None:
-    """RedisBroker provides IBroker (constructing it connects nothing)."""
-    from zope.interface.verify import verifyObject
-
-    from twisted_sse._broker import IBroker
-
-    broker = RedisBroker(_helpers.global_reactor(), RedisAddress("127.0.0.1", 1))
-    assert verifyObject(IBroker, broker)
-    assert not broker.available
 
 
 # Publishing and fan-out

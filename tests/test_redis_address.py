@@ -1,0 +1,190 @@
+"""
+Tests for L{twisted_sse._redis._address}: C{redis://} URLs parsed into
+L{RedisAddress}es that never show their password, and the endpoint that
+reaches one (TCP, or TLS that checks the server), on a
+L{MemoryReactorClock} with TLS handshakes in memory.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from twisted.internet.interfaces import (
+    IAddress,
+    IHandshakeListener,
+    IHostResolution,
+    IResolutionReceiver,
+)
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.testing import MemoryReactorClock, SynchronousResolver
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from twisted_sse import RedisAddress, parse_redis_url
+from twisted_sse._redis._address import CONNECT_TIMEOUT, endpoint
+
+from ._certs import handshake, self_signed, tls_server
+
+
+class ParseTests(SynchronousTestCase):
+    """parse_redis_url: what a URL says, and what it must not."""
+
+    def test_parse_url(self) -> None:
+        """A redis:// URL gives host, port, database, user and password."""
+        self.assertEqual(
+            parse_redis_url("redis://user:p%40ss@redis.example:6380/3"),
+            RedisAddress("redis.example", 6380, 3, username="user", password="p@ss"),
+        )
+        self.assertEqual(
+            parse_redis_url("redis://:secret@h"),
+            RedisAddress("h", 6379, 0, password="secret"),
+        )
+        self.assertEqual(
+            parse_redis_url("redis://[::1]:7000/"), RedisAddress("::1", 7000, 0)
+        )
+
+    def test_parse_url_tls(self) -> None:
+        """rediss:// turns TLS on, with an optional file of trusted authorities."""
+        address = parse_redis_url("rediss://h:6390/1?ssl_ca_certs=/etc/ca.pem")
+        self.assertTrue(address.tls)
+        self.assertEqual(address.ca_certs, "/etc/ca.pem")
+
+    def test_parse_url_errors(self) -> None:
+        """A bad URL is refused with a message that never shows the password."""
+        for url in [
+            "http://:secret@h:6379/0",
+            "secret",
+            "redis://:secret@h:port/0",
+            "redis://:secret@h:6379/zero",
+            "redis://:secret@/0",
+            "redis://:secret@h/0?ssl_ca_certs=/x",
+            "redis://:secret@h/0?timeout=3",
+            "redis://:secret@h/0#frag",
+        ]:
+            with self.assertRaises(ValueError, msg=url) as raised:
+                parse_redis_url(url)
+            self.assertNotIn("secret", str(raised.exception), url)
+
+    def test_address_hides_password(self) -> None:
+        """Neither str() nor repr() of an address shows its password."""
+        address = parse_redis_url("rediss://admin:hunter2@h:1/2")
+        self.assertEqual(str(address), "rediss://admin:***@h:1/2")
+        self.assertNotIn("hunter2", repr(address))
+
+
+class _Names(SynchronousResolver):
+    """Resolves every name to 127.0.0.1, keeping the names and ports asked for."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, int]] = []
+
+    def resolveHostName(
+        self,
+        resolutionReceiver: IResolutionReceiver,
+        hostName: str,
+        portNumber: int = 0,
+        addressTypes: Sequence[type[IAddress]] | None = None,
+        transportSemantics: str = "TCP",
+    ) -> IHostResolution:
+        self.asked.append((hostName, portNumber))
+        return super().resolveHostName(
+            resolutionReceiver, hostName, portNumber, addressTypes, transportSemantics
+        )
+
+
+@implementer(IHandshakeListener)
+class _Client(Protocol):
+    """Notes whether its TLS handshake completed, and why it was lost."""
+
+    def __init__(self) -> None:
+        self.shook = False
+        self.lost: Failure | None = None
+
+    def handshakeCompleted(self) -> None:
+        self.shook = True
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost = reason
+
+
+class EndpointTests(SynchronousTestCase):
+    """endpoint: how the broker's connections reach Redis."""
+
+    def connect(
+        self, address: RedisAddress, timeout: float = CONNECT_TIMEOUT
+    ) -> tuple[MemoryReactorClock, _Names, _Client]:
+        reactor = MemoryReactorClock()
+        names = _Names()
+        reactor.installNameResolver(names)
+        client = _Client()
+        endpoint(reactor, address, timeout).connect(Factory.forProtocol(lambda: client))
+        return reactor, names, client
+
+    def test_tcp(self) -> None:
+        """redis:// is TCP to the host and port, in the timeout given."""
+        reactor, names, _ = self.connect(RedisAddress("redis.example", 6380))
+        self.assertEqual(names.asked, [("redis.example", 6380)])
+        ((_, port, _, timeout, _),) = reactor.tcpClients
+        self.assertEqual((port, timeout), (6380, CONNECT_TIMEOUT))
+        reactor, _, _ = self.connect(RedisAddress("::1"), timeout=0.5)
+        ((_, _, _, timeout, _),) = reactor.tcpClients
+        self.assertEqual(timeout, 0.5)
+
+
+class TLSTests(SynchronousTestCase):
+    """rediss://: TLS that checks the server's certificate and name."""
+
+    def setUp(self) -> None:
+        directory = Path(tempfile.mkdtemp(prefix="twisted-sse-redis-"))
+        self.addCleanup(shutil.rmtree, directory, True)
+        key, self.cert = self_signed(directory)
+        self.server = tls_server(key, self.cert)
+
+    def handshake(self, address: RedisAddress) -> _Client:
+        """Connect to ``address``; the test's server answers, in memory."""
+        reactor = MemoryReactorClock()
+        client = _Client()
+        endpoint(reactor, address).connect(Factory.forProtocol(lambda: client))
+        _, pump = handshake(reactor, self.server)
+
+        def close() -> None:
+            # The client's TLS buffers its writes on the global reactor:
+            # closing cancels that.
+            if client.transport is not None:
+                client.transport.loseConnection()
+            pump.flush()
+
+        self.addCleanup(close)
+        return client
+
+    def test_trusts_ca_certs(self) -> None:
+        """The authorities of ssl_ca_certs are trusted."""
+        address = RedisAddress("localhost", tls=True, ca_certs=str(self.cert))
+        client = self.handshake(address)
+        self.assertTrue(client.shook)
+        self.assertIsNone(client.lost)
+
+    def test_untrusted(self) -> None:
+        """Without ssl_ca_certs, a certificate the system does not trust fails."""
+        client = self.handshake(RedisAddress("localhost", tls=True))
+        self.assertFalse(client.shook)
+        assert client.lost is not None
+        self.assertIn("certificate verify failed", str(client.lost.value))
+
+    def test_name_checked(self) -> None:
+        """A trusted certificate of another name fails."""
+        address = RedisAddress("redis.example", tls=True, ca_certs=str(self.cert))
+        client = self.handshake(address)
+        self.assertFalse(client.shook)
+        assert client.lost is not None
+        self.assertIn("redis.example", str(client.lost.value))
+
+    def test_missing_ca_certs(self) -> None:
+        """A ssl_ca_certs file that is not there is an error at once."""
+        address = RedisAddress("localhost", tls=True, ca_certs=str(self.cert) + "x")
+        with self.assertRaises(FileNotFoundError):
+            endpoint(MemoryReactorClock(), address)
