@@ -13,14 +13,11 @@ from urllib.parse import urlencode
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests._transports import TransportCase, over_both_transports
-from twisted_sse._app import SSEApp
 from twisted_sse._hub import MAX_JSON_DEPTH
-from twisted_sse._memory import MemoryBroker
-from twisted_sse.testing import SSETestClient, SSETestResponse
+from twisted_sse.testing import SSETestResponse
 
 from ._helpers import EPOCH, TOKEN, BrokenBroker, HubFixture, answer, data
 
@@ -101,29 +98,6 @@ class PublishTests(TransportCase):
         hub.post_json(data="a")
         hub.post_json(data="b")
         self.assertEqual(data(hub.subscribe(last_event_id=f"{EPOCH}-0")), ["a", "b"])
-
-    def test_klein_app(self) -> None:
-        """The app twistd serves publishes and subscribes on /channels/..."""
-        clock = Clock()
-        broker = MemoryBroker(epoch=EPOCH)
-        app = SSEApp(clock, broker=broker, publish_token=TOKEN)
-        client = SSETestClient(app.resource(), clock)
-        subscriber = client.get("/channels/news")
-        posted = client.request(
-            "POST",
-            "/channels/news",
-            {"Authorization": f"Bearer {TOKEN}", "Content-Type": "text/plain"},
-            b"via klein",
-        )
-        self.assertEqual(answer(posted), {"id": f"{EPOCH}-1"})
-        self.assertEqual(data(subscriber), ["via klein"])
-        counter = client.get("/events")
-        client.advance(2)
-        self.assertEqual(data(counter), ["1", "2"])
-        client.disconnect_all()
-        client.assert_clean(
-            app.registry, app.heartbeat, brokers=[broker], testcase=self
-        )
 
 
 @over_both_transports

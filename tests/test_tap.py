@@ -1,9 +1,9 @@
 """
 Tests for L{twisted_sse._tap}: the options of C{twistd sse}, the request
-bodies its site keeps, the publishes it judges on their head, and the JSON
-errors of the app it serves (L{twisted_sse._app}).
+bodies its site keeps, and the publishes it judges on their head.
 
-C{twistd -n sse} as a real process is in test_twistd.py.
+The app it serves is L{tests.test_app}'s; C{twistd -n sse} as a real
+process is in test_twistd.py.
 """
 
 from __future__ import annotations
@@ -14,19 +14,15 @@ from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
-from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import IResource, Resource
 
-from tests._transports import TransportCase, over_both_transports
-from twisted_sse._app import SSEApp
-from twisted_sse._memory import MemoryBroker
 from twisted_sse._stream import SlowClientPolicy
 from twisted_sse._tap import LINGER, Options, _CappedBody, _Site
-from twisted_sse.testing import SSETestClient, SSETestResponse
+from twisted_sse.testing import SSETestClient
 
 from ._helpers import TOKEN, HubFixture, answer, data
 
@@ -111,7 +107,7 @@ class TwistdOptionsTests(SynchronousTestCase):
 
 
 class TwistdSubscribeOptionsTests(SynchronousTestCase):
-    """--subscribe-token, --busy-retry, and the counter's queue options."""
+    """--subscribe-token and --busy-retry."""
 
     def test_subscribe_token(self) -> None:
         """--subscribe-token and --busy-retry are parsed into their values."""
@@ -133,18 +129,6 @@ class TwistdSubscribeOptionsTests(SynchronousTestCase):
         with self.assertRaises(usage.UsageError) as raised:
             Options().parseOptions(["--busy-retry", "-1"])
         self.assertIn("busy-retry", str(raised.exception))
-
-    def test_counter_takes_queue_options(self) -> None:
-        """The counter's streams get the hub's queue bounds and policy."""
-        app = SSEApp(
-            Clock(),
-            max_queue_events=7,
-            max_queue_bytes=700,
-            policy=SlowClientPolicy.LATEST,
-        )
-        self.assertEqual(app.events.max_queue_events, 7)
-        self.assertEqual(app.events.max_queue_bytes, 700)
-        self.assertEqual(app.events.policy, SlowClientPolicy.LATEST)
 
 
 class _BodySizes(Resource):
@@ -339,107 +323,3 @@ class HeadRefusalTests(SynchronousTestCase):
         protocol.dataReceived(b"GET /channels/nope%20x HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertIn(b"400 Bad Request", transport.value())
         self.assertFalse(transport.disconnecting)
-
-
-# The app's errors
-
-
-class _FailingBroker(MemoryBroker):
-    """A broker of the user's whose health cannot be read."""
-
-    @property
-    def available(self) -> bool:  # type: ignore[override]
-        raise RuntimeError("cannot tell")
-
-
-NO_CHANNEL = "no channel here: a channel is /channels/{name}, one path segment"
-NOT_FOUND = (
-    "not found: this server answers /, /events, /healthz, /metrics and /channels/{name}"
-)
-
-
-@over_both_transports
-class AppErrorTests(TransportCase):
-    """Every error of the app twistd sse serves is JSON, never an HTML page."""
-
-    def setUp(self) -> None:
-        self.clock = Clock()
-        self.app = SSEApp(self.clock, heartbeat=0, publish_token=TOKEN)
-        self.client = self.client_for(self.app.resource(), self.clock)
-
-    def tearDown(self) -> None:
-        self.client.disconnect_all()
-        self.client.assert_clean(self.app.registry, self.app.heartbeat, testcase=self)
-
-    def assert_error(
-        self, response: SSETestResponse, code: int, reason: str
-    ) -> SSETestResponse:
-        self.assertEqual(response.code, code)
-        self.assertEqual(response.header("Content-Type"), "application/json")
-        self.assertEqual(answer(response), {"error": reason})
-        return response
-
-    def test_unknown_paths(self) -> None:
-        """A path that no route serves: 404 listing the routes."""
-        for path in ("/nope", "/events/1", "/healthz/", "/index.html"):
-            self.assert_error(self.client.get(path), 404, NOT_FOUND)
-            self.assert_error(self.client.request("POST", path), 404, NOT_FOUND)
-
-    def test_paths_without_a_channel(self) -> None:
-        """/channels, /channels/ and deeper paths: the hub's own 404."""
-        for path in ("/channels", "/channels/", "/channels/a/b", "/channels/a/"):
-            self.assert_error(self.client.get(path), 404, NO_CHANNEL)
-
-    def test_head_of_unknown_path(self) -> None:
-        """HEAD of an unknown path: 404 with the JSON type, no body."""
-        response = self.client.request("HEAD", "/nope")
-        self.assertEqual(response.code, 404)
-        self.assertEqual(response.header("Content-Type"), "application/json")
-        self.assertEqual(response.raw, b"")
-
-    def test_methods_not_allowed(self) -> None:
-        """A method a route does not answer: 405 with Allow, in JSON."""
-        for method, path, allowed in [
-            ("POST", "/", "GET, HEAD"),
-            ("DELETE", "/healthz", "GET, HEAD"),
-            ("POST", "/events", "GET, HEAD, OPTIONS"),
-            ("PUT", "/events", "GET, HEAD, OPTIONS"),
-            ("POST", "/metrics", "GET, HEAD"),
-            ("PUT", "/channels/news", "GET, HEAD, OPTIONS, POST"),
-        ]:
-            response = self.assert_error(
-                self.client.request(method, path),
-                405,
-                f"method {method} not allowed here: use {allowed}",
-            )
-            self.assertEqual(response.header("Allow"), allowed)
-
-    def test_metrics_off(self) -> None:
-        """With metrics off, /metrics is a JSON 404, and 404s no longer list it."""
-        app = SSEApp(self.clock, heartbeat=0, metrics=False)
-        client = self.client_for(app.resource(), self.clock)
-        self.assert_error(
-            client.get("/metrics"), 404, "metrics are turned off on this server"
-        )
-        self.assert_error(
-            client.get("/nope"),
-            404,
-            "not found: this server answers /, /events, /healthz and /channels/{name}",
-        )
-
-    def test_url_not_utf8(self) -> None:
-        """A URL that is not UTF-8 once decoded: 400 in JSON, no traceback."""
-        for path in ("/%FF", "/channels/%FF", "/channels/%C3"):
-            self.assert_error(self.client.get(path), 400, "the URL is not UTF-8")
-        self.assertEqual(self.flushLoggedErrors(), [])
-        # UTF-8 goes on to the routes: here, a channel name that is not ASCII.
-        self.assert_error(
-            self.client.get("/channels/caf%C3%A9"), 400, "invalid channel name: 'café'"
-        )
-
-    def test_unexpected_error(self) -> None:
-        """An exception in a route: 500 internal error in JSON, logged once."""
-        app = SSEApp(self.clock, broker=_FailingBroker(), heartbeat=0)
-        client = self.client_for(app.resource(), self.clock)
-        self.assert_error(client.get("/healthz"), 500, "internal error")
-        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
