@@ -5,8 +5,7 @@ Tests that need Redis use the one on 127.0.0.1:6379 (database 13, a key
 prefix of their own, deleted afterwards), or start their own
 ``redis-server`` to kill, freeze and restart.  Without Redis they are
 skipped, with the reason; with ``TWISTED_SSE_REQUIRE_REDIS=1`` (as in CI) a
-missing Redis fails them instead.  The tests of the ``--broker`` option
-need no Redis.
+missing Redis fails them instead.
 
 These run under pytest only (trial does not collect plain functions).
 """
@@ -28,7 +27,6 @@ from attrs import frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
-from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 from zope.interface import implementer
@@ -36,7 +34,6 @@ from zope.interface import implementer
 from twisted_sse import Event, RedisAddress, RedisBroker, parse_redis_url
 from twisted_sse._app import SSEApp
 from twisted_sse._broker import BrokerUnavailable, Published
-from twisted_sse._tap import Options
 from twisted_sse.testing import parse_events
 
 from . import _helpers
@@ -150,39 +147,6 @@ def logs() -> Iterator[LogCapture]:
     globalLogPublisher.addObserver(capture)
     yield capture
     globalLogPublisher.removeObserver(capture)
-
-
-# The --broker option: no Redis needed
-
-
-def test_option_broker() -> None:
-    """--broker takes a Redis URL; memory stays the default."""
-    options = Options()
-    options.parseOptions(["--broker", "redis://:pw@10.0.0.5:6380/2"])
-    assert options["redis"] == RedisAddress("10.0.0.5", 6380, 2, password="pw")
-    default = Options()
-    default.parseOptions([])
-    assert default["redis"] is None
-    memory = Options()
-    memory.parseOptions(["--broker", "memory"])
-    assert memory["redis"] is None
-
-
-def test_option_broker_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """TWISTED_SSE_BROKER keeps the URL (and its password) off the command line."""
-    monkeypatch.setenv("TWISTED_SSE_BROKER", "redis://:pw@h/4")
-    options = Options()
-    options.parseOptions([])
-    assert options["redis"] == RedisAddress("h", 6379, 4, password="pw")
-
-
-def test_option_broker_refused() -> None:
-    """A bad --broker is a usage error that does not repeat the password."""
-    options = Options()
-    with pytest.raises(usage.UsageError) as raised:
-        options.parseOptions(["--broker", "amqp://user:topsecret@h/"])
-    assert "topsecret" not in str(raised.value)
-    assert "redis://" in str(raised.value)
 
 
 # Publishing and fan-out

@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import IResource, Resource
 
+from twisted_sse._redis._address import RedisAddress
 from twisted_sse._stream import SlowClientPolicy
 from twisted_sse._tap import LINGER, Options, _CappedBody, _Site
 from twisted_sse.testing import SSETestClient
@@ -129,6 +130,40 @@ class TwistdSubscribeOptionsTests(SynchronousTestCase):
         with self.assertRaises(usage.UsageError) as raised:
             Options().parseOptions(["--busy-retry", "-1"])
         self.assertIn("busy-retry", str(raised.exception))
+
+
+class TwistdBrokerOptionsTests(SynchronousTestCase):
+    """--broker: the memory broker, or Redis at a URL."""
+
+    def test_option_broker(self) -> None:
+        """--broker takes a Redis URL; memory stays the default."""
+        self.patch(os, "environ", {})
+        options = Options()
+        options.parseOptions(["--broker", "redis://:pw@10.0.0.5:6380/2"])
+        self.assertEqual(
+            options["redis"], RedisAddress("10.0.0.5", 6380, 2, password="pw")
+        )
+        default = Options()
+        default.parseOptions([])
+        self.assertIsNone(default["redis"])
+        memory = Options()
+        memory.parseOptions(["--broker", "memory"])
+        self.assertIsNone(memory["redis"])
+
+    def test_option_broker_environment(self) -> None:
+        """TWISTED_SSE_BROKER keeps the URL (and its password) off the command line."""
+        self.patch(os, "environ", {"TWISTED_SSE_BROKER": "redis://:pw@h/4"})
+        options = Options()
+        options.parseOptions([])
+        self.assertEqual(options["redis"], RedisAddress("h", 6379, 4, password="pw"))
+
+    def test_option_broker_refused(self) -> None:
+        """A bad --broker is a usage error that does not repeat the password."""
+        options = Options()
+        with self.assertRaises(usage.UsageError) as raised:
+            options.parseOptions(["--broker", "amqp://user:topsecret@h/"])
+        self.assertNotIn("topsecret", str(raised.exception))
+        self.assertIn("redis://", str(raised.exception))
 
 
 class _BodySizes(Resource):
