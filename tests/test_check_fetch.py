@@ -102,6 +102,20 @@ class FetchTests(SynchronousTestCase):
         self.successResultOf(fetch.done)
         self.assertEqual((fetch.redirects, fetch.url.text), ([], EVENTS))
 
+    def test_redirect_extra_not_passed(self) -> None:
+        """A HEAD's redirect with a body in its head's read: no extra is told."""
+        self.fetch("HEAD")
+        self.answer(redirect(302, "/a"))
+        self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        self.assertNotIn(("extra", 5), self.recorder.told)
+        self.assertEqual(self.recorder.told[0], ("head", 200))
+
+    def test_head_extra_passed(self) -> None:
+        """Bytes after a HEAD's final response are told as extra."""
+        self.fetch("HEAD")
+        self.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc")
+        self.assertEqual(self.recorder.told[:2], [("head", 200), ("extra", 3)])
+
     def test_follows(self) -> None:
         """
         301, 302, 303, 307 and 308 are followed to their Location, relative

@@ -272,7 +272,7 @@ class ResponseTests(SynchronousTestCase):
         exchange.answer()
         (error,) = exchange.carrier.failed
         self.assertIn("the server reset the HTTP/2 stream", error)
-        self.assertIn(f"({ErrorCodes.INTERNAL_ERROR:d})", error)
+        self.assertIn(f"INTERNAL_ERROR ({ErrorCodes.INTERNAL_ERROR:d})", error)
 
     def test_goaway(self) -> None:
         """A GOAWAY fails the exchange, with the error code."""
@@ -282,7 +282,7 @@ class ResponseTests(SynchronousTestCase):
         exchange.answer()
         (error,) = exchange.carrier.failed
         self.assertIn("the server sent GOAWAY", error)
-        self.assertIn(f"({ErrorCodes.ENHANCE_YOUR_CALM:d})", error)
+        self.assertIn(f"ENHANCE_YOUR_CALM ({ErrorCodes.ENHANCE_YOUR_CALM:d})", error)
 
     def test_malformed(self) -> None:
         """Bytes that are not HTTP/2 fail the exchange, saying so."""

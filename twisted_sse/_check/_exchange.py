@@ -134,8 +134,6 @@ class Connection(Protocol):
         except HTTPError as e:
             self.fail(str(e))
             return
-        if self.h1.extra > extra:
-            self.exchange.recorder.extra(self.h1.extra - extra)
         for piece in pieces:
             recorder = self.exchange.recorder
             stop = (
@@ -146,6 +144,10 @@ class Connection(Protocol):
             if stop is not None:
                 self.fail(stop)
                 return
+        # After the head they follow: a redirect's head stops the loop, and
+        # its extra bytes are not the final response's.
+        if self.h1.extra > extra:
+            self.exchange.recorder.extra(self.h1.extra - extra)
         if self.h1.done and self.request.method != "HEAD":
             self.complete()
 

@@ -127,9 +127,10 @@ class H2Stream:
                 self.connection.complete()
                 return
             elif isinstance(event, h2.events.StreamReset):
-                stop = f"the server reset the HTTP/2 stream ({event.error_code!s})"
+                code = _code_name(event.error_code)
+                stop = f"the server reset the HTTP/2 stream ({code})"
             elif isinstance(event, h2.events.ConnectionTerminated):
-                stop = f"the server sent GOAWAY ({event.error_code!s})"
+                stop = f"the server sent GOAWAY ({_code_name(event.error_code)})"
             if stop is not None:
                 self.connection.fail(stop)
                 return
@@ -159,3 +160,10 @@ def _h2_head(raw: Sequence[tuple[bytes | str, bytes | str]]) -> Head:
         elif not key.startswith(":"):
             headers.append((key.lower(), text))
     return Head(status=status, version="HTTP/2", headers=tuple(headers), framing="h2")
+
+
+def _code_name(code: object) -> str:
+    """An HTTP/2 error code by name and number, such as ``PROTOCOL_ERROR (1)``."""
+    name = getattr(code, "name", None)
+    number = int(code) if isinstance(code, int) else code
+    return f"{name} ({number})" if name else str(number)
