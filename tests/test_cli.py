@@ -276,6 +276,17 @@ class ListenTests(SynchronousTestCase):
         self.assertEqual(len(listener.out.lines()), 1)
         self.assertEqual(listener.err.getvalue(), "")
 
+    def test_failed_attempt_said(self) -> None:
+        """An attempt that fails before any event is said on stderr, unasked."""
+        listener = Listener(URL)
+        listener.request.fail()
+        self.assertEqual(len(listener.err.lines()), 1)
+        self.assertIn("reconnecting in", listener.err.lines()[0])
+        self.assertEqual(listener.out.lines(), [])
+        listener.clock.advance(60)
+        listener.request.fail()
+        self.assertEqual(len(listener.err.lines()), 2)
+
     def test_reconnects_verbose(self) -> None:
         """With --verbose, why and when it reconnects goes to stderr."""
         listener = Listener(URL, "--verbose")

@@ -11,8 +11,10 @@ usage error.
 ``twisted-sse listen URL`` connects an :class:`~twisted_sse.EventSource` to
 ``URL`` and prints one JSON object per event on stdout, one per line
 (``type``, ``data``, ``lastEventId``, ``origin``), flushed as it comes, so it
-pipes into ``jq`` or a script.  It reconnects as a browser would, quietly;
-with ``--verbose`` it says why and when on stderr, never stdout.
+pipes into ``jq`` or a script.  It reconnects as a browser would: after a
+stream that delivered events, quietly; after an attempt that failed (a
+refused connection, a wrong port, a cap), with one line on stderr, so it
+never waits in silence; with ``--verbose``, every time.  Never on stdout.
 
 What a server can make it hold is capped (``--max-line-bytes``,
 ``--max-event-bytes``, 16 MiB each, and the response head): past a cap it
@@ -187,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Connect to an event stream and print each event as one JSON object "
             "per line (type, data, lastEventId, origin).  Reconnects like a "
-            "browser, quietly unless --verbose; diagnostics go to stderr."
+            "browser: after a stream that delivered events, quietly unless "
+            "--verbose; a failed attempt is said on stderr, never stdout."
         ),
     )
     listen_parser.add_argument("url", metavar="URL", help="the http(s) URL to read")
@@ -195,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-v",
         "--verbose",
         action="store_true",
-        help="say on stderr why and when it reconnects",
+        help="say on stderr why and when it reconnects, every time",
     )
     listen_parser.add_argument(
         "--last-event-id",
@@ -487,9 +490,16 @@ async def listen(
         err.flush()
         return 1
 
+    # A stream that delivered events and dropped is reopened quietly; an
+    # attempt that failed (a wrong port, a refused connection, a cap) is
+    # said on stderr, or the command would wait in silence.
+    delivered = [False]
+
     def on_error(failure: Failure) -> None:
         if source.ready_state is ReadyState.CONNECTING:
-            if not options.verbose:
+            quiet = delivered[0] and not options.verbose
+            delivered[0] = False
+            if quiet:
                 return
             delay = source.reconnect_delay or 0.0
             _say(err, f"{_describe(failure)}; reconnecting in {delay:.3g} s")
@@ -511,6 +521,7 @@ async def listen(
                     "origin": event.origin,
                 }
             )
+            delivered[0] = True
             try:
                 out.write(line + "\n")
                 out.flush()
