@@ -25,7 +25,7 @@ setup(
     package_data={"twisted_sse": ["py.typed", "static/*"]},
     include_package_data=True,
     install_requires=[
-        "Twisted>=24.3.0",
+        "Twisted>=24.7.0",
         "klein>=23.12.0",
         "attrs>=23.1.0",
         "zope.interface>=6.0",
@@ -33,11 +33,11 @@ setup(
         "hiredis>=3.0",
     ],
     extras_require={
-        "tls": ["Twisted[tls]>=24.3.0"],
-        "http2": ["Twisted[http2]>=24.3.0"],
-        "docs": ["sphinx>=7.2", "myst-parser>=2.0"],
+        "tls": ["Twisted[tls]>=24.7.0"],
+        "http2": ["Twisted[http2]>=24.7.0"],
+        "docs": ["sphinx>=9.0", "myst-parser>=5.0"],
         "test": [
-            "Twisted[tls,http2]>=24.3.0",
+            "Twisted[tls,http2]>=24.7.0",
             "hypothesis>=6.90",
             "pytest>=8.0",
             "pytest-twisted>=1.14",
@@ -51,8 +51,8 @@ setup(
             "httpx-sse>=0.4",
             "sseclient-py>=1.8",
             # tests/test_docs.py builds the documentation (the docs extra).
-            "sphinx>=7.2",
-            "myst-parser>=2.0",
+            "sphinx>=9.0",
+            "myst-parser>=5.0",
         ],
     },
     entry_points={"console_scripts": ["twisted-sse = twisted_sse.__main__:main"]},
