@@ -2,7 +2,9 @@
 What the package knows of Twisted's internals (:mod:`twisted_sse._twisted`):
 each piece is checked before use, a failed check logs one line and takes
 the road that needs nothing private, and no other module of the package
-names one of Twisted's private attributes or classes.
+names one of Twisted's private attributes or classes.  Should a Twisted
+move a private the direct write path reads, streams still deliver every
+event, through ``request.write`` (a real-socket test, pytest-twisted).
 """
 
 from __future__ import annotations
@@ -12,16 +14,23 @@ import types
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
+import pytest_twisted
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.task import deferLater
 from twisted.internet.tcp import Connection
 from twisted.internet.testing import StringTransport
 from twisted.logger import ILogObserver, LogEvent, Logger
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http import HTTPChannel
 from twisted.web.http_headers import Headers
-from twisted.web.server import Request
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
 
 import twisted_sse
-from twisted_sse import _twisted
+from twisted_sse import Event, EventStream, EventStreamResource, _twisted
+
+from ._http import connect, http_request
 
 #: Twisted's private names (and the undocumented ``notifications``) that
 #: the package uses, all in ``_twisted``.  ``_channel`` (the protocol
@@ -63,7 +72,9 @@ def _requests() -> tuple[Request, Connection]:
     """A Twisted request on an HTTP/1.1 channel over an unconnected TCP transport."""
     channel = HTTPChannel()
     channel.makeConnection(StringTransport())
-    request = Request(channel, parsePOSTFormSubmission=False)
+    # A site, as Site's channels have: a request reads its settings from it.
+    cast(Any, channel).site = Site(Resource())
+    request = Request(channel)
     transport = Connection.__new__(Connection)
     channel.transport = transport
     request.clientproto = b"HTTP/1.1"
@@ -173,3 +184,83 @@ class ChecksTests(SynchronousTestCase):
         del connection.streams[1]
         self.assertFalse(_twisted.h2_stream_pending(channel))
         self.assertEqual(self.events, [])
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+#: Each private the direct write path reads of Twisted, with the constant of
+#: ``_twisted`` that names it.
+DIRECT_PRIVATES = [
+    *(("_TRANSPORT_NAMES", name) for name in _twisted._TRANSPORT_NAMES),
+    *(("_REQUEST_NAMES", name) for name in _twisted._REQUEST_NAMES),
+    ("_CLEANUP", _twisted._CLEANUP),
+]
+
+
+@pytest.mark.parametrize(("constant", "private"), DIRECT_PRIVATES)
+@pytest_twisted.ensureDeferred
+async def test_direct_private_missing(
+    monkeypatch: pytest.MonkeyPatch, constant: str, private: str
+) -> None:
+    """
+    Without a private the direct path reads (as if Twisted had renamed it),
+    streams write through ``request.write``, one line says so however many
+    streams open, and every event arrives, in order, at a client that stopped
+    reading for a while.
+    """
+    events: list[LogEvent] = []
+    log = Logger(observer=cast(ILogObserver, events.append))
+    monkeypatch.setattr(_twisted, "_log", log)
+    monkeypatch.setattr(_twisted, "_WARNED", set())
+    monkeypatch.setattr(_twisted, "_DIRECT_CLASSES", {})
+    # The check now looks for the private by a name Twisted does not have.
+    names = getattr(_twisted, constant)
+    moved = f"{private}_moved"
+    if isinstance(names, tuple):
+        moved_names: object = tuple(moved if n == private else n for n in names)
+    else:
+        moved_names = moved
+    monkeypatch.setattr(_twisted, constant, moved_names)
+
+    streams: list[EventStream] = []
+    resource = EventStreamResource(
+        streams.append,
+        clock=_reactor(),
+        heartbeat=0,
+        max_queue_events=100_000,
+        max_queue_bytes=512 * 1024 * 1024,
+    )
+    port = await TCP4ServerEndpoint(_reactor(), 0, interface="127.0.0.1").listen(
+        Site(resource)
+    )
+    try:
+        readers = [
+            await connect(port.getHost().port, http_request("/")) for _ in range(2)
+        ]
+        while len(streams) < 2:
+            await deferLater(_reactor(), 0.01)
+        assert [stream._transport for stream in streams] == [None, None]
+        stalled = readers[0].transport
+        assert stalled is not None
+        stalled.pauseProducing()  # type: ignore[attr-defined]
+        payload = "x" * 8000
+        count = 300  # 2.4 MB a stream: Twisted's buffer fills and pauses it
+        for number in range(count):
+            for stream in streams:
+                stream.send(Event(data=f"{number} {payload}"))
+        assert streams[0].paused
+        stalled.resumeProducing()  # type: ignore[attr-defined]
+        for stream in streams:
+            stream.close()
+        for reader in readers:
+            await reader.ended(timeout=60)
+            received = [event.data.split(" ", 1) for event in reader.events]
+            assert received == [[str(n), payload] for n in range(count)]
+    finally:
+        await port.stopListening()
+    assert len(events) == 1
+    assert "streams write through request.write" in events[0]["log_format"]

@@ -11,7 +11,7 @@ so and the code takes the road that needs nothing private: a stream writes
 through ``request.write``, keeps its request as Twisted made it, a drain
 does not wait for HTTP/2 frames, and the connection guard is unavailable.
 Other modules call what is here by its plain name and never name a private
-of Twisted themselves (``tests/test_twisted_privates.py`` checks).
+of Twisted themselves (``tests/test_twisted.py`` checks).
 
 :class:`StreamWriter`, the part of an :class:`~twisted_sse.EventStream` that
 puts bytes on their way, lives here because its fast path reads the TCP
