@@ -53,6 +53,11 @@ setup(
             # tests/test_docs.py builds the documentation (the docs extra).
             "sphinx>=9.0",
             "myst-parser>=5.0",
+            # tests/test_docs_blocks.py runs the code blocks of README.md and
+            # docs/; redis-py is the other program of docs/deployment.md's
+            # example of publishing through Redis.
+            "sybil>=9.0",
+            "redis>=5.0",
         ],
     },
     entry_points={"console_scripts": ["twisted-sse = twisted_sse.__main__:main"]},
