@@ -4,8 +4,10 @@ Tests for L{twisted_sse._event}: the event value and its wire encoding.
 
 from __future__ import annotations
 
+import json
 import re
 from itertools import pairwise
+from typing import Any
 
 import attrs
 from hypothesis import given, settings
@@ -13,7 +15,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_sse import Event, EventParser, MessageEvent, encode_comment, encode_retry
-from twisted_sse._event import MAX_RETRY
+from twisted_sse._event import MAX_RETRY, as_event
 
 # Text that may appear on a single line: anything UTF-8 can carry but CR/LF.
 # The sampled characters are the ones most likely to break an encoder or a
@@ -407,3 +409,76 @@ class RoundTripTests(SynchronousTestCase):
         parser = EventParser()
         self.assertEqual(_parse(chunks, parser), expected)
         self.assertEqual(parser.last_event_id, last_event_id)
+
+
+class AsEventTests(SynchronousTestCase):
+    """as_event: the message that sends a value given to send or yielded."""
+
+    def test_event_as_is(self) -> None:
+        """An Event is returned as it is."""
+        event = Event(data="x", event="y", id="1")
+        self.assertIs(as_event(event), event)
+
+    def test_str(self) -> None:
+        """A str is the data."""
+        self.assertEqual(as_event("hello"), Event(data="hello"))
+        self.assertEqual(as_event(""), Event(data=""))
+
+    def test_bytes(self) -> None:
+        """bytes and bytearray are read as UTF-8; invalid sequences become U+FFFD."""
+        self.assertEqual(as_event("☃".encode()), Event(data="☃"))
+        self.assertEqual(as_event(bytearray(b"ab")), Event(data="ab"))
+        self.assertEqual(as_event(b"a\xffb\xe2\x98"), Event(data="a\ufffdb\ufffd"))
+
+    def test_json(self) -> None:
+        """A dict or list is its compact JSON text, non-ASCII kept as it is."""
+        self.assertEqual(as_event({"a": [1, "é"]}), Event(data='{"a":[1,"é"]}'))
+        self.assertEqual(as_event([]), Event(data="[]"))
+
+    def test_json_refusals(self) -> None:
+        """What JSON.parse could not read is refused when the event is made."""
+        with self.assertRaises(ValueError):
+            as_event([float("inf")])
+        with self.assertRaises(TypeError) as caught:
+            as_event({"s": {1, 2}})
+        self.assertIn("set", str(caught.exception))
+
+    def test_other_types(self) -> None:
+        """Anything else is a TypeError naming its type and what send takes."""
+        for value, name in [(3, "int"), (None, "NoneType"), ((1,), "tuple")]:
+            with self.assertRaises(TypeError) as caught:
+                as_event(value)  # type: ignore[arg-type]
+            self.assertIn(f"cannot send a {name}", str(caught.exception))
+            self.assertIn("Event, a str, bytes", str(caught.exception))
+
+    def test_lone_surrogate(self) -> None:
+        """A str the wire cannot carry is refused as Event refuses it."""
+        with self.assertRaises(ValueError):
+            as_event("\ud800")
+
+    @_PROPERTY
+    @given(_DATA_TEXT)
+    def test_str_round_trip(self, text: str) -> None:
+        """A client reads back the str sent (line ends made LF)."""
+        (message,) = EventParser().feed(as_event(text).encode())
+        self.assertEqual(message.data, _normalise(text))
+
+    @_PROPERTY
+    @given(
+        st.recursive(
+            st.none()
+            | st.booleans()
+            | st.integers()
+            | st.floats(allow_nan=False, allow_infinity=False)
+            | st.text(st.characters(codec="utf-8")),
+            lambda inner: (
+                st.lists(inner, max_size=4)
+                | st.dictionaries(st.text(max_size=4), inner, max_size=4)
+            ),
+            max_leaves=12,
+        ).filter(lambda value: isinstance(value, (dict, list)))
+    )
+    def test_json_round_trip(self, value: Any) -> None:
+        """A client reads back the JSON of what was sent, as one message."""
+        (message,) = EventParser().feed(as_event(value).encode())
+        self.assertEqual(json.loads(message.data), value)

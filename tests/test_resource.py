@@ -6,11 +6,21 @@ methods, through L{twisted_sse.testing.SSETestClient}.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import ILogObserver, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
 
 from tests._transports import TransportCase, over_both_transports
-from twisted_sse import Event, EventStream, EventStreamResource
+from twisted_sse import (
+    FAILURE_RETRY,
+    MAX_RETRY,
+    Event,
+    EventStream,
+    EventStreamResource,
+)
 from twisted_sse.testing import SSETestResponse
 
 from ._helpers import CounterCase, Keeper, data, silent
@@ -94,10 +104,25 @@ class HandlerTests(TransportCase):
         self.client = self.client_for(resource, clock=self.clock)
         return self.client.get("/")
 
+    def setUp(self) -> None:
+        self.logged: list[dict[str, Any]] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if "log_failure" in event:
+                self.logged.append(event)
+
+        globalLogPublisher.addObserver(cast(ILogObserver, observe))
+        self.addCleanup(globalLogPublisher.removeObserver, cast(ILogObserver, observe))
+
     def assert_ended_and_logged(self, response: SSETestResponse) -> None:
+        """Logged once with the path; the stream ended with the back-off retry."""
         self.client.flush()
         self.assertTrue(response.finished)
+        self.assertEqual(response.retry, FAILURE_RETRY)
+        (event,) = self.logged
+        self.assertEqual(event["path"], "/")
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.client.assert_clean(testcase=self)
 
     def test_raises(self) -> None:
         """A handler that raises: logged, and the stream ends cleanly."""
@@ -135,6 +160,54 @@ class HandlerTests(TransportCase):
         response = self.serve(lambda stream: 42)
         self.assertFalse(response.finished)
         self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_failure_after_client_left(self) -> None:
+        """A handler failing once its client left is still logged, with the path."""
+        later: Deferred[None] = Deferred()
+        response = self.serve(lambda stream: later)
+        response.disconnect()
+        later.errback(ZeroDivisionError())
+        (event,) = self.logged
+        self.assertEqual(event["path"], "/")
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.client.assert_clean(testcase=self)
+
+    def test_path_not_query(self) -> None:
+        """The log names the path, never the query (it may hold a token)."""
+
+        def handler(stream: EventStream) -> None:
+            raise ZeroDivisionError()
+
+        self.clock = Clock()
+        resource = EventStreamResource(handler, clock=self.clock)
+        self.client = self.client_for(resource, clock=self.clock)
+        self.client.get("/feed?token=s3cret")
+        (event,) = self.logged
+        self.assertEqual(event["path"], "/feed")
+        self.assertNotIn("s3cret", repr(event))
+        self.flushLoggedErrors(ZeroDivisionError)
+
+
+class FailureRetryTests(SynchronousTestCase):
+    """The back-off a failed handler's client is told to wait."""
+
+    def test_default(self) -> None:
+        """Without a retry of its own, a resource backs off FAILURE_RETRY ms."""
+        resource = EventStreamResource(silent, clock=Clock())
+        self.assertEqual(resource.failure_retry, FAILURE_RETRY)
+        self.assertGreaterEqual(FAILURE_RETRY, 1000)
+
+    def test_longer_than_retry(self) -> None:
+        """The back-off is always longer than the resource's own retry."""
+        for retry in (0, 1000, 5000, FAILURE_RETRY, 3 * FAILURE_RETRY):
+            resource = EventStreamResource(silent, clock=Clock(), retry=retry)
+            self.assertGreater(resource.failure_retry, retry)
+            self.assertGreaterEqual(resource.failure_retry, FAILURE_RETRY)
+
+    def test_bounded(self) -> None:
+        """Twice a very long retry is capped at MAX_RETRY."""
+        resource = EventStreamResource(silent, clock=Clock(), retry=MAX_RETRY - 1)
+        self.assertEqual(resource.failure_retry, MAX_RETRY)
 
 
 @over_both_transports

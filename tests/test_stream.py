@@ -1,15 +1,25 @@
 """
 Tests for L{twisted_sse._stream}: a stream's bounded queue and the
-slow-client policies, through a hub's streams.
+slow-client policies, through a hub's streams; what send takes; and
+last_event_id.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests._transports import TransportCase, over_both_transports
+from twisted_sse import MAX_LAST_EVENT_ID, Event, EventStream, EventStreamResource
+from twisted_sse import _stream as _stream_module
+from twisted_sse._event import as_event
 from twisted_sse._stream import SlowClientPolicy
 
-from ._helpers import EPOCH, HubFixture, data, ids
+from ._helpers import EPOCH, HubFixture, Keeper, data, ids
 
 
 class FlowControlTests(SynchronousTestCase):
@@ -142,3 +152,199 @@ class FlowControlTests(SynchronousTestCase):
         self.assertGreater(stream.dropped, 2900)
         # Nothing reached the transport while it was paused.
         self.assertEqual(slow.raw, f"retry: 1000\nid: {EPOCH}-0\n\n".encode())
+
+
+@over_both_transports
+class SendTests(TransportCase):
+    """send takes what a user has at hand: text, bytes, JSON-able data, events."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.keeper = Keeper()
+        resource = EventStreamResource(self.keeper, clock=self.clock)
+        self.client = self.client_for(resource, clock=self.clock)
+        self.response = self.client.get("/")
+        (self.stream,) = self.keeper.streams
+
+    def tearDown(self) -> None:
+        self.response.disconnect()
+        self.client.assert_clean(testcase=self)
+
+    def test_str(self) -> None:
+        """send("hello") sends data: hello."""
+        self.assertTrue(self.stream.send("hello"))
+        self.assertTrue(self.response.raw.endswith(b"data: hello\n\n"))
+        self.assertEqual(data(self.response), ["hello"])
+
+    def test_multiline_str(self) -> None:
+        """A str with line breaks is one message of several data lines."""
+        self.stream.send("one\ntwo\r\nthree")
+        self.assertTrue(
+            self.response.raw.endswith(b"data: one\ndata: two\ndata: three\n\n")
+        )
+        self.assertEqual(data(self.response), ["one\ntwo\nthree"])
+
+    def test_bytes(self) -> None:
+        """bytes are sent as their UTF-8 text."""
+        self.stream.send("café".encode())
+        self.assertEqual(data(self.response), ["café"])
+
+    def test_invalid_utf8(self) -> None:
+        """Invalid UTF-8 becomes U+FFFD, as a browser shows those bytes."""
+        self.stream.send(b"ok \xff\xfe end")
+        self.assertEqual(data(self.response), ["ok \ufffd\ufffd end"])
+
+    def test_dict_and_list(self) -> None:
+        """A dict or list is sent as its JSON text."""
+        self.stream.send({"user": "zoë", "n": [1, 2.5, None, True]})
+        self.stream.send(["a", {"b": 1}])
+        self.assertEqual(
+            [json.loads(text) for text in data(self.response)],
+            [{"user": "zoë", "n": [1, 2.5, None, True]}, ["a", {"b": 1}]],
+        )
+        self.assertIn('{"user":"zoë"', data(self.response)[0])
+
+    def test_event(self) -> None:
+        """An Event is sent as it is, its type and id with it."""
+        self.stream.send(Event(data="x", event="ping", id="9"))
+        self.assertTrue(self.response.raw.endswith(b"id: 9\nevent: ping\ndata: x\n\n"))
+
+    def test_other_types_refused(self) -> None:
+        """Anything else is a TypeError naming its type; the stream goes on."""
+        for value in (42, None, 1.5, ("a",), object()):
+            with self.assertRaises(TypeError) as caught:
+                self.stream.send(value)  # type: ignore[arg-type]
+            self.assertIn(type(value).__name__, str(caught.exception))
+        self.assertEqual(self.response.events, [])
+        self.assertFalse(self.stream.closed)
+        self.stream.send("still open")
+        self.assertEqual(data(self.response), ["still open"])
+
+    def test_unencodable_json_refused(self) -> None:
+        """A dict JSON cannot hold is refused, and nothing is sent."""
+        with self.assertRaises(TypeError) as caught:
+            self.stream.send({"when": Clock()})
+        self.assertIn("Clock", str(caught.exception))
+        with self.assertRaises(ValueError):
+            self.stream.send({"x": float("nan")})
+        self.assertEqual(self.response.events, [])
+        self.assertFalse(self.stream.closed)
+
+    def test_closed(self) -> None:
+        """On a closed stream, send returns False, whatever it is given."""
+        self.stream.close()
+        self.assertFalse(self.stream.send("late"))
+        self.assertFalse(self.stream.send(Event(data="late")))
+
+
+class SendSpeedTests(SynchronousTestCase):
+    """send's Event path is what it was: the other kinds cost it nothing."""
+
+    def test_event_path_does_not_coerce(self) -> None:
+        """An Event is encoded and written without going through as_event."""
+        stream = EventStream(_Request(), Clock())
+        calls: list[object] = []
+        original = as_event
+
+        def spy(value: Any) -> Event:
+            calls.append(value)
+            return original(value)
+
+        self.patch(_stream_module, "as_event", spy)
+        stream.send(Event(data="fast"))
+        self.assertEqual(calls, [])
+        stream.send("coerced")
+        self.assertEqual(calls, ["coerced"])
+
+
+class _Request:
+    """Just enough of a request for a stream that is never started."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+
+@over_both_transports
+class LastEventIdTests(TransportCase):
+    """stream.last_event_id: where a client asks to resume, checked."""
+
+    def last_event_id(
+        self, path: str = "/", headers: dict[str, str] | None = None
+    ) -> str | None:
+        clock = Clock()
+        keeper = Keeper()
+        client = self.client_for(EventStreamResource(keeper, clock=clock), clock=clock)
+        response = client.get(path, headers)
+        (stream,) = keeper.streams
+        found = stream.last_event_id
+        response.disconnect()
+        client.assert_clean(testcase=self)
+        return found
+
+    def test_none_on_first_connection(self) -> None:
+        """A first connection has no last event id."""
+        self.assertIsNone(self.last_event_id())
+
+    def test_header(self) -> None:
+        """A reconnecting browser's Last-Event-ID header."""
+        self.assertEqual(self.last_event_id(headers={"Last-Event-ID": "41"}), "41")
+
+    def test_utf8_header(self) -> None:
+        """An id of any UTF-8 text."""
+        self.assertEqual(
+            self.last_event_id(headers={"Last-Event-ID": "épisode-☃"}), "épisode-☃"
+        )
+
+    def test_query_parameter(self) -> None:
+        """Polyfills send lastEventId in the query instead."""
+        self.assertEqual(self.last_event_id("/?lastEventId=a%20b&x=1"), "a b")
+
+    def test_header_before_query(self) -> None:
+        """The header wins over the query parameter."""
+        self.assertEqual(
+            self.last_event_id("/?lastEventId=q", {"Last-Event-ID": "h"}), "h"
+        )
+
+    def test_bounded(self) -> None:
+        """An id of up to MAX_LAST_EVENT_ID bytes is read; a longer one is None."""
+        longest = "x" * MAX_LAST_EVENT_ID
+        self.assertEqual(
+            self.last_event_id(headers={"Last-Event-ID": longest}), longest
+        )
+        self.assertIsNone(self.last_event_id(headers={"Last-Event-ID": longest + "x"}))
+        self.assertIsNone(self.last_event_id(f"/?lastEventId={longest}x"))
+
+    def test_no_line_breaks_or_nul(self) -> None:
+        """An id with a CR, LF or NUL (possible in a query) is None."""
+        for escaped in ("%0D", "%0A", "%00"):
+            self.assertIsNone(self.last_event_id(f"/?lastEventId=1{escaped}2"))
+
+    def test_not_utf8(self) -> None:
+        """An id that is not UTF-8 is None."""
+        self.assertIsNone(self.last_event_id("/?lastEventId=%FF"))
+
+    def test_empty(self) -> None:
+        """An empty id is no id."""
+        self.assertIsNone(self.last_event_id("/?lastEventId="))
+        self.assertIsNone(self.last_event_id(headers={"Last-Event-ID": ""}))
+
+    def test_resume_in_a_handler(self) -> None:
+        """A user's generator resumes after the id its client last saw."""
+        entries = ["a", "b", "c", "d"]
+
+        def handler(stream: EventStream) -> Iterator[Event]:
+            seen = stream.last_event_id
+            start = int(seen) + 1 if seen is not None and seen.isdecimal() else 0
+            for number in range(start, len(entries)):
+                yield Event(id=str(number), data=entries[number])
+
+        clock = Clock()
+        client = self.client_for(EventStreamResource(handler, clock=clock), clock=clock)
+        first = client.get("/")
+        again = client.get("/", last_event_id="1")
+        strange = client.get("/", last_event_id="../etc")
+
+        self.assertEqual(data(first), ["a", "b", "c", "d"])
+        self.assertEqual(data(again), ["c", "d"])
+        self.assertEqual(data(strange), ["a", "b", "c", "d"])
+        client.assert_clean(testcase=self)

@@ -29,7 +29,14 @@ from ._client import (
     IdleTimeout,
     ReadyState,
 )
-from ._event import MAX_RETRY, Event, MessageEvent, encode_comment, encode_retry
+from ._event import (
+    MAX_RETRY,
+    Event,
+    MessageEvent,
+    Sendable,
+    encode_comment,
+    encode_retry,
+)
 from ._fetch import MAX_REDIRECTS
 from ._heartbeat import DEFAULT_HEARTBEAT, Heartbeat
 from ._hub import (
@@ -62,9 +69,9 @@ from ._publisher import (
 from ._redis._address import RedisAddress, parse_redis_url
 from ._redis._broker import RedisBroker
 from ._registry import StreamRegistry
-from ._resource import EventStreamResource, StreamResource, counter
+from ._resource import FAILURE_RETRY, EventStreamResource, StreamResource, counter
 from ._service import EventStreamService
-from ._stream import EventStream, SlowClientPolicy, StreamHandler
+from ._stream import MAX_LAST_EVENT_ID, EventStream, SlowClientPolicy, StreamHandler
 
 if TYPE_CHECKING:
     from ._app import SSEApp
@@ -95,12 +102,14 @@ __all__ = [
     "DEFAULT_MAX_EVENT_DATA_BYTES",
     "DEFAULT_MAX_LINE_BYTES",
     "DEFAULT_RECONNECTION_TIME",
+    "FAILURE_RETRY",
     "HISTORY_LOST_EVENT",
     "HISTORY_LOST_HEADER",
     "ITERATOR_QUEUE_BYTES",
     "ITERATOR_QUEUE_EVENTS",
     "MAX_JSON_DEPTH",
     "MAX_KEY_LENGTH",
+    "MAX_LAST_EVENT_ID",
     "MAX_PUBLISH_ANSWER_BYTES",
     "MAX_REDIRECTS",
     "MAX_RESPONSE_HEADERS",
@@ -133,6 +142,7 @@ __all__ = [
     "RedisBroker",
     "SSEApp",
     "SSECollector",
+    "Sendable",
     "SlowClientPolicy",
     "StreamHandler",
     "StreamRegistry",

@@ -8,11 +8,21 @@ never silently altered.
 
 from __future__ import annotations
 
+import json
 import re
+from typing import Any, TypeAlias
 
 from attrs import field, frozen
 
-__all__ = ["MAX_RETRY", "Event", "MessageEvent", "encode_comment", "encode_retry"]
+__all__ = [
+    "MAX_RETRY",
+    "Event",
+    "MessageEvent",
+    "Sendable",
+    "as_event",
+    "encode_comment",
+    "encode_retry",
+]
 
 #: The largest ``retry`` an event may carry, in milliseconds (about 24.8
 #: days): browsers keep the reconnection time in a 32-bit timer, and a larger
@@ -129,6 +139,43 @@ class Event:
                 lines.append("data: " + piece)
         lines.append("\n")
         return "\n".join(lines).encode("utf-8")
+
+
+#: What :meth:`EventStream.send <twisted_sse.EventStream.send>` takes, and
+#: what a generator handler may yield: an :class:`Event`, or data that
+#: :func:`as_event` makes into one.
+Sendable: TypeAlias = Event | str | bytes | bytearray | dict[str, Any] | list[Any]
+
+
+def as_event(value: Sendable) -> Event:
+    """
+    The event that sends ``value``: an :class:`Event` as it is; a ``str``
+    as its data; ``bytes`` as their UTF-8 text, each invalid sequence
+    replaced by U+FFFD (what a browser's ``EventSource`` would show for the
+    same bytes on the wire); a ``dict`` or ``list`` as its compact JSON text
+    (``NaN`` and the infinities refused: ``JSON.parse`` rejects them).
+
+    :raises TypeError: for anything else, naming its type; for a ``dict``
+        or ``list`` holding what JSON cannot encode.
+    :raises ValueError: for data the wire cannot carry (a lone surrogate),
+        or a float JSON cannot hold.
+    """
+    if isinstance(value, Event):
+        return value
+    if isinstance(value, str):
+        return Event(data=value)
+    if isinstance(value, (bytes, bytearray)):
+        return Event(data=value.decode("utf-8", "replace"))
+    if isinstance(value, (dict, list)):
+        return Event(
+            data=json.dumps(
+                value, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+            )
+        )
+    raise TypeError(
+        f"cannot send a {type(value).__name__}: send an Event, a str, bytes, "
+        "or a dict or list (sent as JSON)"
+    )
 
 
 def encode_comment(text: str = "") -> bytes:

@@ -18,6 +18,7 @@ import inspect
 import itertools
 import time
 from collections.abc import Callable
+from types import AsyncGeneratorType, GeneratorType
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -28,7 +29,8 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from ._event import Event, encode_comment
+from ._event import MAX_RETRY, Event, encode_comment
+from ._handlers import feed
 from ._heartbeat import DEFAULT_HEARTBEAT, Heartbeat
 from ._registry import StreamRegistry
 from ._stream import (
@@ -41,6 +43,7 @@ from ._stream import (
 )
 
 __all__ = [
+    "FAILURE_RETRY",
     "EventStreamResource",
     "StreamResource",
     "counter",
@@ -48,6 +51,13 @@ __all__ = [
 ]
 
 _log = Logger()
+
+#: The ``retry:`` (milliseconds) sent to a client whose stream ended because
+#: its handler raised: 10 s, longer than a browser's own reconnection time
+#: (3 to 5 s), so a handler that fails at once does not have every client
+#: reconnect every few seconds for ever.  A resource with a longer ``retry``
+#: of its own sends twice that instead (its ``failure_retry``).
+FAILURE_RETRY = 10_000
 
 _OPEN_FRAME = encode_comment()
 
@@ -321,6 +331,34 @@ class EventStreamResource(StreamResource):
     Serve a ``text/event-stream``: each GET becomes an :class:`EventStream`
     given to ``handler``.
 
+    The handler is called with the new stream, once its headers and first
+    frame are on their way.  It may be:
+
+    - **a function** that sends now or later (from a timer, a subscription)
+      with :meth:`EventStream.send` and releases what feeds the stream in
+      :meth:`EventStream.on_close`; it may return a Deferred;
+    - **a coroutine function** (``async def`` without ``yield``), run with
+      :meth:`~twisted.internet.defer.Deferred.fromCoroutine`;
+    - **a generator** (``def`` with ``yield``) or **an async generator**
+      (``async def`` with ``yield``): what it yields is sent, as
+      :meth:`EventStream.send` sends it (an :class:`Event`, or a ``str``,
+      ``bytes``, ``dict`` or ``list`` as data).  It is advanced only while
+      the client reads (a client that stops reading stops it), it may
+      ``await`` Deferreds (an async generator) or yield one to wait for it
+      (a plain generator), and when the client goes away it is closed at
+      once, so its ``finally`` blocks run.  When it returns, the stream
+      ends cleanly (a browser then reconnects after its retry time).  It
+      sends at most 100 frames in a row, then lets other connections have
+      a turn of the reactor (in a test on a ``Clock``, the rest follows
+      ``client.advance(0)``).
+
+    A handler that raises, or whose Deferred, coroutine or generator does,
+    is logged once, with its traceback and the request's path, and its
+    stream ends cleanly with a ``retry:`` of ``failure_retry``
+    milliseconds, so that a broken handler does not bring every browser
+    back every few seconds.  To resume a client where it left off, read
+    :attr:`EventStream.last_event_id`.
+
     The response has ``Content-Type: text/event-stream; charset=utf-8``,
     ``Cache-Control: no-cache``, ``X-Accel-Buffering: no`` (so nginx does not
     buffer it), an optional ``Access-Control-Allow-Origin``, never a
@@ -336,11 +374,21 @@ class EventStreamResource(StreamResource):
     :param handler: Called with each new stream.
 
     The keyword arguments are those of :class:`StreamResource`.
+
+    :ivar failure_retry: The ``retry:`` sent when a handler fails:
+        :data:`FAILURE_RETRY`, or twice ``retry`` if that is longer (at most
+        :data:`MAX_RETRY`).
     """
 
     def __init__(self, handler: StreamHandler, **options: Any) -> None:
         super().__init__(**options)
         self.handler = handler
+        retry = self.retry
+        self.failure_retry = (
+            FAILURE_RETRY
+            if retry is None
+            else max(FAILURE_RETRY, min(2 * retry, MAX_RETRY))
+        )
 
     def render_GET(self, request: Any) -> bytes | int:
         """Open a stream and hand it to the handler."""
@@ -352,18 +400,44 @@ class EventStreamResource(StreamResource):
         try:
             result = self.handler(stream)
         except Exception:
-            _handler_failed(Failure(), stream)
-        else:
-            if isinstance(result, Deferred):
-                result.addErrback(_handler_failed, stream)
-            elif inspect.iscoroutine(result):
-                Deferred.fromCoroutine(result).addErrback(_handler_failed, stream)
+            self.handler_failed(Failure(), stream)
+            return NOT_DONE_YET
+        if result is None:
+            pass
+        elif isinstance(result, Deferred):
+            result.addErrback(self.handler_failed, stream)
+        elif inspect.iscoroutine(result):
+            Deferred.fromCoroutine(result).addErrback(self.handler_failed, stream)
+        elif isinstance(result, (GeneratorType, AsyncGeneratorType)):
+            feed(result, stream, self.handler_failed)
         return NOT_DONE_YET
 
-
-def _handler_failed(failure: Failure, stream: EventStream) -> None:
-    _log.failure("Stream handler failed; ending the stream", failure)
-    stream.close()
+    def handler_failed(self, failure: Failure, stream: EventStream) -> None:
+        """
+        ``stream``'s handler raised ``failure`` (itself, or its Deferred,
+        coroutine or generator): log it once, with the request's path, and
+        end the stream cleanly with a ``retry:`` of ``failure_retry``.
+        """
+        # The path only: a query string may hold a token.
+        fields = {
+            **stream.log_fields,
+            "path": stream.request.path.decode("utf-8", "replace"),
+        }
+        if stream.closed:
+            _log.failure(
+                "Stream handler for {path} failed after its stream ended",
+                failure,
+                **fields,
+            )
+            return
+        _log.failure(
+            "Stream handler for {path} failed; ending the stream "
+            "(the client retries in {retry} ms)",
+            failure,
+            retry=self.failure_retry,
+            **fields,
+        )
+        stream.close(retry=self.failure_retry)
 
 
 def counter(interval: float = 1.0, start: int = 1) -> Callable[[EventStream], None]:

@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ._event import Event, encode_comment
+from ._event import Event, Sendable, as_event, encode_comment
 from ._heartbeat import Heartbeat
 from ._twisted import (
     StreamWriter,
@@ -41,6 +41,7 @@ from ._twisted import (
 __all__ = [
     "DEFAULT_MAX_QUEUE_BYTES",
     "DEFAULT_MAX_QUEUE_EVENTS",
+    "MAX_LAST_EVENT_ID",
     "EventStream",
     "SlowClientPolicy",
     "StreamHandler",
@@ -53,6 +54,12 @@ _log = Logger()
 DEFAULT_MAX_QUEUE_EVENTS = 1000
 DEFAULT_MAX_QUEUE_BYTES = 1024 * 1024
 
+#: The longest ``Last-Event-ID`` :attr:`EventStream.last_event_id` accepts,
+#: in bytes of UTF-8.  Ids are meant to be short (a counter, a timestamp, a
+#: hub's ``epoch-sequence``); a longer one is treated as absent, so a client
+#: cannot make a handler look up a megabyte of key.
+MAX_LAST_EVENT_ID = 1024
+
 _HEARTBEAT_FRAME = encode_comment()
 
 
@@ -63,9 +70,10 @@ def client_ip(request: Any) -> str:
 
 
 #: A function called with each new stream, once its headers and first frame
-#: are on their way.  It may return a Deferred, or be a coroutine function;
-#: if that fails, or the function raises, the error is logged and the stream
-#: is ended.
+#: are on their way.  It may return a Deferred, be a coroutine function, or
+#: be a generator or async generator function whose yields are sent (see
+#: :class:`~twisted_sse.EventStreamResource`); if that fails, or the
+#: function raises, the error is logged and the stream is ended.
 StreamHandler = Callable[["EventStream"], Any]
 
 
@@ -243,6 +251,41 @@ class EventStream(StreamWriter):
         self._go_direct(transport)
 
     @property
+    def last_event_id(self) -> str | None:
+        """
+        Where the client asks to resume: the id of the last event it got,
+        or ``None`` for a first connection.
+
+        A reconnecting browser sends it as the ``Last-Event-ID`` header;
+        EventSource polyfills that cannot set headers send it as the
+        ``lastEventId`` query parameter, read when the header is absent.
+        It is checked before you see it: an id that is empty, longer than
+        :data:`MAX_LAST_EVENT_ID` bytes, not UTF-8, or holding a CR, LF or
+        NUL is ``None``, as if the client had sent none.
+
+        This is how a handler resumes: if the id is one it gave, it sends
+        what came after that event, then goes on live; else it starts as
+        for a new client.  It is still the client's word, so look it up,
+        never trust it.  The tutorial's ``count_on`` (:doc:`/tutorial`)
+        and the journal of :doc:`/howto/resume` resume this way.
+        """
+        request = self.request
+        raw = request.getHeader(b"last-event-id")
+        if raw is None:
+            values = getattr(request, "args", {}).get(b"lastEventId")
+            if not values:
+                return None
+            raw = values[0]
+        if not raw or len(raw) > MAX_LAST_EVENT_ID:
+            return None
+        if b"\r" in raw or b"\n" in raw or b"\0" in raw:
+            return None
+        try:
+            return str(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            return None
+
+    @property
     def is_http2(self) -> bool:
         """Whether the response travels over HTTP/2."""
         return bool(self.request.clientproto == b"HTTP/2")
@@ -257,13 +300,31 @@ class EventStream(StreamWriter):
         """How many bytes wait for the client to read."""
         return self._queued_bytes
 
-    def send(self, event: Event) -> bool:
+    def send(self, event: Sendable) -> bool:
         """
         Encode ``event`` and send it.
 
+        An :class:`~twisted_sse.Event` is sent as it is.  Anything else is
+        the data of a plain message: ``send("hello")`` sends ``data:
+        hello``; ``bytes`` are read as UTF-8, each invalid sequence becoming
+        U+FFFD, as a browser would show it; a ``dict`` or ``list`` goes as
+        its JSON text (compact, ``NaN`` refused), ready for
+        ``JSON.parse(event.data)``.  A ``dict`` is data, not the event's
+        fields (unlike sse-starlette's): for an ``event`` type, an ``id``
+        or a ``retry``, send an :class:`~twisted_sse.Event`.
+
         :returns: ``False`` if the stream was already closed, else ``True``.
+        :raises TypeError: for any other kind of value (naming its type);
+            nothing is sent and the stream goes on.
+        :raises ValueError: for data the wire cannot carry (see
+            :class:`~twisted_sse.Event`); nothing is sent either.
         """
-        return self.write(event.encode(), event.event or "message")
+        # The hot path first: one identity test, then exactly what send
+        # did before it took other values.
+        if type(event) is Event:
+            return self.write(event.encode(), event.event or "message")
+        message = as_event(event)
+        return self.write(message.encode(), message.event or "message")
 
     def write(self, frame: bytes, key: object = None) -> bool:
         """

@@ -28,8 +28,8 @@ class Journal:
     def _follow(self, stream: EventStream) -> None:
         # Never trust the client's id: anything but the number of an entry
         # we have starts from the beginning.
-        header = stream.request.getHeader(b"last-event-id") or b""
-        seen = int(header) if header.isdigit() and len(header) < 10 else 0
+        last = stream.last_event_id or ""
+        seen = int(last) if last.isdecimal() and len(last) < 10 else 0
         if seen > len(self.entries):
             seen = 0
         for number in range(seen + 1, len(self.entries) + 1):

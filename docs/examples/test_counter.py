@@ -8,7 +8,8 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from tutorial_counter import make_root
+from tutorial_counter import count_on, make_root
+from twisted_sse import EventStreamResource
 from twisted_sse.testing import SSETestClient
 
 
@@ -51,3 +52,20 @@ class CounterTests(SynchronousTestCase):
         self.assertEqual([event.data for event in second.events], ["1"])
         self.client.disconnect_all()
         self.client.assert_clean(testcase=self)
+
+    def test_count_on_resumes(self) -> None:
+        """The generator's stream goes on from the Last-Event-ID it is sent."""
+        client = SSETestClient(
+            EventStreamResource(count_on, clock=self.clock, retry=1000), self.clock
+        )
+        first = client.get("/events")
+        client.advance(2)
+        first.disconnect()
+
+        again = client.get("/events", last_event_id=first.last_event_id)
+        client.advance(2)
+
+        self.assertEqual([event.data for event in first.events], ["1", "2"])
+        self.assertEqual([event.data for event in again.events], ["3", "4"])
+        again.disconnect()
+        client.assert_clean(testcase=self)

@@ -12,12 +12,13 @@ http://localhost:3000/.
 from __future__ import annotations
 
 import itertools
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall, react
+from twisted.internet.task import LoopingCall, deferLater, react
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
@@ -35,6 +36,16 @@ def count_up(stream: EventStream) -> None:
     loop.clock = stream.clock
     loop.start(1.0, now=False)
     stream.on_close(loop.stop)
+
+
+async def count_on(stream: EventStream) -> AsyncIterator[Event]:
+    """Count up once a second, on from the last number the client saw."""
+    seen = stream.last_event_id  # None on a first connection
+    number = int(seen) if seen is not None and seen.isdecimal() else 0
+    while True:
+        await deferLater(stream.clock, 1.0)
+        number += 1
+        yield Event(id=str(number), data=str(number))
 
 
 def make_root(clock: IReactorTime) -> Resource:
