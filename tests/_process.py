@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+from importlib import metadata
 from types import TracebackType
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -27,6 +28,13 @@ _PORT_LINE = re.compile(rb"Site (?:\(TLS\) )?starting on (\d+)")
 
 #: Runs twistd with this interpreter, so the test uses the installed plugin.
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+#: twistd exits with a non-zero status on a usage error from Twisted 26.10;
+#: before, it printed the error and exited 0 (for every plugin, ours too).
+USAGE_EXITS_NONZERO = tuple(
+    int(part) for part in metadata.version("twisted").split(".")[:2]
+) >= (26, 10)
 
 
 class Twistd:

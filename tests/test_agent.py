@@ -40,6 +40,7 @@ from twisted_sse._client import EventSource, ReadyState
 from twisted_sse._parser import LimitExceeded
 
 from ._client_fakes import FakeResponse, limit_of
+from ._names import ResolvingReactor
 
 
 class DefaultAgent:
@@ -49,7 +50,7 @@ class DefaultAgent:
     """
 
     def __init__(self, url: str = "http://127.0.0.1:8080/events") -> None:
-        self.reactor = MemoryReactorClock()
+        self.reactor = ResolvingReactor()
         self.source = EventSource(url, reactor=self.reactor, random=lambda: 0.0)
         self.errors: list[Failure] = []
         self.events: list[MessageEvent] = []

@@ -8,16 +8,10 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import (
-    IAddress,
-    IHostResolution,
-    IResolutionReceiver,
-)
 from twisted.internet.ssl import (
     Certificate,
     trustRootFromCertificates,
@@ -26,7 +20,6 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import (
     MemoryReactorClock,
     StringTransport,
-    SynchronousResolver,
 )
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.trial.unittest import SynchronousTestCase
@@ -38,6 +31,7 @@ from twisted_sse._url import URL
 
 from ._certs import handshake, self_signed, tls_server
 from ._check_fakes import Net
+from ._names import Names, ResolvingReactor
 
 
 class _Ends(Recorder):
@@ -50,24 +44,7 @@ class _Ends(Recorder):
         self.ends.append(error)
 
 
-class _Names(SynchronousResolver):
-    """Resolves every name to 127.0.0.1, keeping the names and ports asked for."""
-
-    def __init__(self) -> None:
-        self.asked: list[tuple[str, int]] = []
-
-    def resolveHostName(
-        self,
-        resolutionReceiver: IResolutionReceiver,
-        hostName: str,
-        portNumber: int = 0,
-        addressTypes: Sequence[type[IAddress]] | None = None,
-        transportSemantics: str = "TCP",
-    ) -> IHostResolution:
-        self.asked.append((hostName, portNumber))
-        return super().resolveHostName(
-            resolutionReceiver, hostName, portNumber, addressTypes, transportSemantics
-        )
+_Names = Names
 
 
 class GivenEndpointTests(SynchronousTestCase):
@@ -109,9 +86,8 @@ class TCPTests(SynchronousTestCase):
     """Over http, TCP to the URL's host and port."""
 
     def connect(self, url: str) -> tuple[MemoryReactorClock, _Names]:
-        reactor = MemoryReactorClock()
         names = _Names()
-        reactor.installNameResolver(names)
+        reactor = ResolvingReactor(names)
         Connector(reactor).request("GET", URL.parse(url), (), _Ends())
         return reactor, names
 
@@ -160,7 +136,7 @@ class TLSTests(SynchronousTestCase):
 
         :returns: The exchange, its recorder and the server's TLS protocol.
         """
-        reactor = MemoryReactorClock()
+        reactor = ResolvingReactor()
         recorder = _Ends()
         exchange = Connector(reactor, **options).request(
             "GET", URL.parse(url), (), recorder

@@ -423,7 +423,11 @@ class HubProcessTests(SynchronousTestCase):
                 answered = 0
                 received = b""
                 while answered < 500:
-                    received += sock.recv(1 << 20)
+                    more = sock.recv(1 << 20)
+                    self.assertTrue(
+                        more, f"closed after {answered} answers: {received[-300:]!r}"
+                    )
+                    received += more
                     answered = received.count(b"HTTP/1.1 200 OK")
         metrics = urllib.request.urlopen(
             f"http://127.0.0.1:{server.port}/metrics", timeout=10

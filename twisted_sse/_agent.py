@@ -16,6 +16,7 @@ uses: :func:`discard` a response it will not read, and
 
 from __future__ import annotations
 
+import inspect
 from typing import Final
 
 from twisted.internet.defer import Deferred
@@ -44,6 +45,10 @@ from twisted.web.iweb import IAgent, IAgentEndpointFactory, IResponse
 from zope.interface import implementer
 
 from ._parser import LimitExceeded
+
+# wrapClientTLS takes the clock its TLS timers run on from Twisted 26.4;
+# before, they run on the global reactor.
+_TLS_TAKES_CLOCK = "clock" in inspect.signature(wrapClientTLS).parameters
 
 __all__ = [
     "MAX_RESPONSE_HEADERS",
@@ -260,7 +265,10 @@ class HeadLimitEndpoints:
         )
         if uri.scheme == b"https":
             creator = self._tls.creatorForNetloc(uri.host, uri.port)
-            endpoint = wrapClientTLS(creator, endpoint, self._reactor)
+            if _TLS_TAKES_CLOCK:
+                endpoint = wrapClientTLS(creator, endpoint, self._reactor)
+            else:
+                endpoint = wrapClientTLS(creator, endpoint)
         elif uri.scheme != b"http":
             raise SchemeNotSupported(f"Unsupported scheme: {uri.scheme!r}")
         return HeadLimitEndpoint(endpoint)

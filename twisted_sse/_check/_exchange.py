@@ -176,7 +176,11 @@ class Connection(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         error = self.exchange.abort_reason or self.error
-        if error is None and self.h1 is not None:
+        if error is None and _mismatch(reason):
+            # Some Twisted releases report the handshake complete before the
+            # certificate's names are checked: the mismatch still says why.
+            error = describe(reason)
+        elif error is None and self.h1 is not None:
             error = self.h1.end()
         elif error is None and self.h2 is not None:
             error = self.h2.lost()
@@ -193,5 +197,16 @@ def describe(reason: Failure) -> str:
         errors = value.args[0] if value is not None and value.args else []
         details = [str(error[2]) for error in errors if error]
         return "the TLS handshake failed: " + ("; ".join(details) or "no reason")
+    if _mismatch(reason):
+        # service_identity's error holds one mismatch per name checked.
+        mismatches = getattr(value, "errors", None) or [value]
+        return "the certificate is not for this host: " + "; ".join(
+            str(mismatch) for mismatch in mismatches
+        )
     message = reason.getErrorMessage().strip()
     return message.rstrip(".") or type(value).__name__
+
+
+def _mismatch(reason: Failure) -> bool:
+    """Whether ``reason`` is a certificate that names another host."""
+    return type(reason.value).__module__.startswith("service_identity")
