@@ -10,6 +10,7 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseDone
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
@@ -436,3 +437,14 @@ class ParseEventsTests(TransportCase):
     def test_last_event_id(self) -> None:
         """The given last event id is carried by events without an id."""
         self.assertEqual(parse_events(b"data: a\n\n", "3")[0].last_event_id, "3")
+
+
+class TransportOptionTests(SynchronousTestCase):
+    """The client's transport is chosen by its argument, and checked."""
+
+    def test_unknown_transport(self) -> None:
+        """A transport other than memory or tcp is a ValueError naming it."""
+        error = self.assertRaises(
+            ValueError, SSETestClient, Resource(), transport="udp"
+        )
+        self.assertIn("'udp'", str(error))

@@ -75,9 +75,6 @@ class SSETestClient:
         host: str = "localhost",
         transport: str = "memory",
     ) -> None:
-        import os
-
-        transport = os.environ.get("SSE_T", transport)
         if transport not in TRANSPORTS:
             raise ValueError(
                 f"transport must be one of {', '.join(TRANSPORTS)}: {transport!r}"
