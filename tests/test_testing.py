@@ -29,6 +29,7 @@ from twisted_sse import (
 from twisted_sse._broker import Published
 from twisted_sse._memory import MemoryBroker
 from twisted_sse.testing import (
+    SSETestClient,
     assert_no_leaks,
     parse_events,
 )
