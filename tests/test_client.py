@@ -2,7 +2,7 @@
 Tests for L{twisted_sse._client}: the connection rules a client must follow,
 driven by a fake agent whose responses and bodies the tests control, and a
 L{Clock} for reconnect timing.  What the source sends and the redirects it
-follows are tested in L{tests.test_fetch}, its default agent in
+follows are tested in L{tests.test_redirects}, its default agent in
 L{tests.test_agent}, and C{async for} in L{tests.test_iterator}.
 """
 

@@ -37,7 +37,6 @@ from ._event import (
     encode_comment,
     encode_retry,
 )
-from ._fetch import MAX_REDIRECTS
 from ._heartbeat import DEFAULT_HEARTBEAT, Heartbeat
 from ._hub import (
     DEFAULT_MAX_EVENT_BYTES,
@@ -66,6 +65,7 @@ from ._publisher import (
     PublishRefused,
     publish,
 )
+from ._redirects import MAX_REDIRECTS
 from ._redis._address import RedisAddress, parse_redis_url
 from ._redis._broker import RedisBroker
 from ._registry import StreamRegistry

@@ -14,8 +14,8 @@ from twisted.internet.interfaces import IPushProducer, ITransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
-from ._fetch import Fetched
 from ._parser import EventParser
+from ._redirects import Fetched
 
 __all__ = ["Attempt", "BodyReceiver"]
 

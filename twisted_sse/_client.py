@@ -21,7 +21,7 @@ It runs the connection as the WHATWG HTML standard says a client must
 - ``close()`` is final: nothing is delivered after it.
 
 The parts live in modules of their own: the request and its redirects in
-``_fetch``, the default agent that caps response heads in ``_agent``, a
+``_redirects``, the default agent that caps response heads in ``_agent``, a
 connection attempt in ``_attempt``, the backoff in ``_backoff``, the
 ``async for`` loops in ``_iterator``.
 """
@@ -49,7 +49,6 @@ from ._agent import (
 from ._attempt import Attempt, BodyReceiver
 from ._backoff import reconnect_delay
 from ._event import MessageEvent
-from ._fetch import MAX_REDIRECTS, Fetched, RedirectRefused, fetch
 from ._iterator import ITERATOR_QUEUE_BYTES, ITERATOR_QUEUE_EVENTS, EventIterator, Loops
 from ._parser import (
     DEFAULT_MAX_EVENT_DATA_BYTES,
@@ -57,6 +56,7 @@ from ._parser import (
     EventParser,
     LimitExceeded,
 )
+from ._redirects import MAX_REDIRECTS, Fetched, RedirectRefused, fetch
 from ._url import URL, check_headers, mime_essence, strict_url
 
 __all__ = [

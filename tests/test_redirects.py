@@ -1,5 +1,5 @@
 """
-Tests for L{twisted_sse._fetch}: the request a source makes for a stream
+Tests for L{twisted_sse._redirects}: the request a source makes for a stream
 (its headers) and the redirects it follows, through an L{EventSource} on a
 fake agent and by calling L{fetch} directly.
 """
@@ -12,7 +12,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_sse._client import EventSourceError, ReadyState
-from twisted_sse._fetch import (
+from twisted_sse._redirects import (
     MAX_REDIRECTS,
     Fetched,
     RedirectRefused,
