@@ -57,6 +57,8 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 from pathlib import Path
 
+from ._tools import require
+
 ROOT = Path(__file__).resolve().parent.parent
 
 #: The ports the documentation uses; each is replaced by a free one.
@@ -67,6 +69,15 @@ _PORT = re.compile(
     + r")(?!\d)"
 )
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+#: The outside programs the pages run, and how to get them.
+_TOOLS = {
+    "curl": "apt-get install curl",
+    "jq": "apt-get install jq",
+    "openssl": "apt-get install openssl",
+    "redis-cli": "apt-get install redis-tools",
+    "git": "apt-get install git",
+}
 
 #: How long one command may take (a pip install included).
 COMMAND_TIMEOUT = 600.0
@@ -431,6 +442,7 @@ class Session:
 
     def checkout(self) -> None:
         """Copy the repository's files (as git lists them) into the directory."""
+        self._need("git")
         listed = subprocess.run(
             ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
             cwd=ROOT,
@@ -519,6 +531,8 @@ class Session:
         if not segments:  # variable assignments only
             self._foreground(command, expected)
             return
+        for segment in segments:
+            self._need(segment[0])
         words = segments[-1]
         first = words[0]
         if first == "twistd" or (
@@ -543,6 +557,11 @@ class Session:
             self._foreground(command, expected)
 
     # The pieces
+
+    def _need(self, program: str) -> None:
+        """Skip (fail under CI) when a tool the page uses is not installed."""
+        if program in _TOOLS and shutil.which(program, path=self.env["PATH"]) is None:
+            require(False, f"{program} is not installed ({_TOOLS[program]})")
 
     def _shell(self, command: str) -> tuple[Job, Path, Path]:
         state = Path(tempfile.mkdtemp(prefix="state-", dir=self.directory))
