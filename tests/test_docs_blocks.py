@@ -324,6 +324,19 @@ class InventoryTests(SynchronousTestCase):
                     "put it in docs/examples/, test it, and include it",
                 )
 
+    def test_literal_blocks_hold_no_command(self) -> None:
+        """reStructuredText's plain ``::`` blocks show output, never a command."""
+        command = re.compile(
+            # ("twistd sse: ..." and "twisted-sse: ..." are their messages.)
+            r"::\n\n([ \t]+)(\$ |curl |twistd (?!sse:)|twisted-sse |python3? |pip )"
+        )
+        for path in pages():
+            if path.suffix == ".rst":
+                text = path.read_text("utf-8")
+                for match in command.finditer(text):
+                    line = text.count("\n", 0, match.start()) + 1
+                    self.fail(f"{_name(path)}:{line}: a command in a literal block")
+
     def test_every_included_file_is_tested(self) -> None:
         """Every file a page includes is named with the test that runs it."""
         for path in pages():
