@@ -341,3 +341,22 @@ class Endless:
 
     def stopProducing(self) -> None:
         pass
+
+
+class OpenStreamsCase(TransportCase):
+    """
+    A hub with twenty open streams on four channels, noting when each ends:
+    what a drain, or a service's stop, starts from.
+    """
+
+    def setUp(self) -> None:
+        self.hub = HubFixture(self)
+        self.responses = [self.hub.subscribe(f"channel{n % 4}") for n in range(20)]
+        self.ended: list[float] = []
+        for stream in self.hub.registry.streams:
+            stream.on_close(lambda: self.ended.append(self.hub.clock.seconds()))
+
+    def step_until(self, done: Callable[[], bool], limit: float) -> None:
+        """Move time in small steps until ``done()``."""
+        while not done() and self.hub.clock.seconds() < limit:
+            self.hub.client.advance(0.05)

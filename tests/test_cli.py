@@ -28,7 +28,7 @@ from twisted.web.client import ResponseFailed
 from tests._check_fakes import STREAM_HEAD, Net, chunk
 from tests._client_fakes import URL, FakeAgent, FakeRequest
 from twisted_sse import __version__
-from twisted_sse.__main__ import build_parser, check, listen, main, strict_url
+from twisted_sse.__main__ import build_parser, check, listen, main
 from twisted_sse._check import Connector
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -465,19 +465,6 @@ class StrictURLTests(SynchronousTestCase):
                 self.assertEqual(len(lines), 1, err)
                 self.assertTrue(lines[0].startswith("twisted-sse: bad "), err)
                 self.assertIn(words, lines[0])
-
-    def test_accepted(self) -> None:
-        """Names, IPv4 and IPv6 literals, IDNA, ports and queries are fine."""
-        for url in [
-            "http://example.com/events",
-            "HTTPS://Example.COM:8443/a/b?c=d&e#f",
-            "http://127.0.0.1:1/",
-            "http://[::1]:65535/x",
-            "http://bücher.example/",
-            "http://my_service:8080/",
-            "http://localhost.",
-        ]:
-            self.assertEqual(strict_url(url), url)
 
     def test_listen_does_not_retry(self) -> None:
         """listen with a URL it cannot use makes no request."""

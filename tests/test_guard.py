@@ -29,7 +29,8 @@ from twisted_sse._guard import (
     check_backlog,
     raise_fd_limit,
 )
-from twisted_sse._tap import Options, _Site, endpoint_description
+from twisted_sse._site import CappedSite
+from twisted_sse._tap import Options, endpoint_description
 
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
 STREAM = b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -123,7 +124,7 @@ class Harness:
         self.aborts: list[str] = []
         options.setdefault("count_fds", lambda: None)
         self.guard = ConnectionGuard(self.clock, log=_logger(self.events), **options)
-        self.site = _Site(
+        self.site = CappedSite(
             _tree(), max_body=1000, guard=self.guard, reactor=self.clock, timeout=None
         )
 
@@ -475,7 +476,9 @@ class UnavailableTests(SynchronousTestCase):
         guard = ConnectionGuard(MemoryReactorClock(), count_fds=lambda: None)
         self.assertFalse(guard.available)
         self.assertIn("builds its HTTP channels differently", events[0]["log_format"])
-        site = _Site(_tree(), max_body=10, guard=guard, reactor=MemoryReactorClock())
+        site = CappedSite(
+            _tree(), max_body=10, guard=guard, reactor=MemoryReactorClock()
+        )
         self.assertIsNone(site.guard)
         protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
         transport = StringTransport()
@@ -486,7 +489,7 @@ class UnavailableTests(SynchronousTestCase):
     def test_no_guard(self) -> None:
         """A site without a guard has no head deadline, as before."""
         clock = MemoryReactorClock()
-        site = _Site(_tree(), max_body=10, reactor=clock, timeout=None)
+        site = CappedSite(_tree(), max_body=10, reactor=clock, timeout=None)
         protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
         transport = StringTransport()
         protocol.makeConnection(transport)

@@ -5,7 +5,6 @@ paced drain, through a hub's streams.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from random import Random
 from typing import Any
 
@@ -17,7 +16,7 @@ from twisted_sse import _registry
 from twisted_sse._registry import StreamRegistry
 from twisted_sse.testing import SSETestResponse
 
-from ._helpers import HubFixture
+from ._helpers import HubFixture, OpenStreamsCase
 
 # Admission
 
@@ -121,20 +120,8 @@ class AdmissionTests(TransportCase):
 
 
 @over_both_transports
-class DrainTests(TransportCase):
+class DrainTests(OpenStreamsCase):
     """On stop, every stream ends cleanly, spread over the drain window."""
-
-    def setUp(self) -> None:
-        self.hub = HubFixture(self)
-        self.responses = [self.hub.subscribe(f"channel{n % 4}") for n in range(20)]
-        self.ended: list[float] = []
-        for stream in self.hub.registry.streams:
-            stream.on_close(lambda: self.ended.append(self.hub.clock.seconds()))
-
-    def step_until(self, done: Callable[[], bool], limit: float) -> None:
-        """Move time in small steps until ``done()``."""
-        while not done() and self.hub.clock.seconds() < limit:
-            self.hub.client.advance(0.05)
 
     def test_retry_hints_spread(self) -> None:
         """Each stream ends cleanly with a retry hint spread over the window."""

@@ -5,7 +5,6 @@ stop drains the streams before the port closes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -17,10 +16,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from tests._transports import TransportCase, over_both_transports
+from tests._transports import over_both_transports
 from twisted_sse import EventStreamService, _registry
 
-from ._helpers import HubFixture
+from ._helpers import OpenStreamsCase
 
 
 @implementer(IListeningPort)
@@ -57,20 +56,8 @@ class _Endpoint:
 
 
 @over_both_transports
-class ServiceTests(TransportCase):
+class ServiceTests(OpenStreamsCase):
     """The service's stop waits for the drain, then closes the port."""
-
-    def setUp(self) -> None:
-        self.hub = HubFixture(self)
-        self.responses = [self.hub.subscribe(f"channel{n % 4}") for n in range(20)]
-        self.ended: list[float] = []
-        for stream in self.hub.registry.streams:
-            stream.on_close(lambda: self.ended.append(self.hub.clock.seconds()))
-
-    def step_until(self, done: Callable[[], bool], limit: float) -> None:
-        """Move time in small steps until ``done()``."""
-        while not done() and self.hub.clock.seconds() < limit:
-            self.hub.client.advance(0.05)
 
     def test_service(self) -> None:
         """stopService drains the streams, then closes the port, then fires."""

@@ -171,7 +171,7 @@ class GuardedChannel(HTTPChannel):
 class ConnectionGuard:
     """
     The request-head deadline and descriptor budget of one site's
-    connections.  Give it to the site (``_Site(..., guard=guard)`` in
+    connections.  Give it to the site (``CappedSite(..., guard=guard)`` in
     ``twistd sse``), which calls :meth:`admit` for each accepted connection
     and builds its protocols with :meth:`build_protocol`.
 
