@@ -263,3 +263,21 @@ class OwnBrokerAtOnceTests(OwnBrokerTests):
         self.assertEqual(response.code, 200)
         self.hub.publish("a")
         self.assertEqual(data(response), ["a"])
+
+
+class _OlderBroker(ListBroker):
+    """A broker written before subscribe_now: it has no such method."""
+
+    subscribe_now = None  # type: ignore[assignment]
+
+
+class OwnOlderBrokerTests(OwnBrokerTests):
+    """One without subscribe_now is asked subscribe, and serves as well."""
+
+    def setUp(self) -> None:
+        self.broker = _OlderBroker(False)
+        self.hub = HubFixture(self, broker=self.broker, max_queue_events=3)
+
+    def test_provides_ibroker(self) -> None:
+        """It is not a whole IBroker, and the hub does not need it to be."""
+        self.assertIsNone(getattr(self.broker, "subscribe_now", None))

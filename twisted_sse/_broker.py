@@ -290,6 +290,10 @@ class IBroker(Interface):
         What the subscription delivers, and when, is as :meth:`subscribe`
         says: the replay has begun when this returns.
 
+        Optional: a broker without this method (one written before it was
+        added) is asked :meth:`subscribe` alone, as one that always answers
+        ``None`` is.
+
         :raises ValueError: for an invalid channel name (the hub checks
             names before it subscribes).
         """

@@ -375,11 +375,13 @@ class ChannelResource(StreamResource):
         Subscribe and open the stream now if the broker answers at once
         (:meth:`IBroker.subscribe_now`); ``False`` if it cannot.
         """
+        # Optional: a broker written before subscribe_now is asked subscribe.
+        subscribe_now = getattr(self.hub.broker, "subscribe_now", None)
+        if subscribe_now is None:
+            return False
         last_event_id = _last_event_id(request)
         handoff = Handoff(self.max_queue_events, self.max_queue_bytes, self.hub)
-        subscription = self.hub.broker.subscribe_now(
-            self.channel, handoff, last_event_id
-        )
+        subscription = subscribe_now(self.channel, handoff, last_event_id)
         if subscription is None:
             return False
         try:
