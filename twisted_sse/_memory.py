@@ -415,13 +415,14 @@ class MemoryBroker:
         self, channel: str, deliver: Deliver, last_event_id: str | None = None
     ) -> Subscription | None:
         """
-        See :meth:`IBroker.subscribe_now`: this broker always answers at
-        once, never ``None``.  A subclass whose :meth:`subscribe` answers
-        later overrides this too, to return ``None``: otherwise the hub
-        subscribes here, without its :meth:`subscribe`.
+        See :meth:`IBroker.subscribe_now`: this broker answers at once.  A
+        subclass that overrides :meth:`subscribe` (to answer later, say) is
+        answered ``None`` here, so that the hub asks its :meth:`subscribe`.
 
         :raises ValueError: for an invalid channel name.
         """
+        if type(self).subscribe is not MemoryBroker.subscribe:
+            return None
         return self._subscribe(channel, deliver, last_event_id)
 
     def _subscribe(
