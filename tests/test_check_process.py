@@ -50,8 +50,9 @@ from twisted_sse.__main__ import build_parser, check
 
 from ._certs import self_signed
 from ._helpers import Endless
+from ._nginx import Nginx, nginx_binary
 from ._process import Twistd
-from ._tools import require, require_module
+from ._tools import require_module
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX_EXAMPLE = ROOT / "docs" / "examples" / "nginx.conf"
@@ -550,12 +551,6 @@ class TwistdTests(SynchronousTestCase):
             self.assertEqual(statuses(report)["cors"], "pass", name)
 
 
-def _nginx() -> str | None:
-    return shutil.which("nginx") or next(
-        (path for path in ("/usr/sbin/nginx",) if os.access(path, os.X_OK)), None
-    )
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -583,70 +578,16 @@ BUFFERING_LOCATION = """    location / {
     }"""
 
 
-class Nginx:
-    """A private nginx on a 127.0.0.1 port, with its files in a temporary directory."""
-
-    def __init__(self, binary: str, upstream: int, location: str) -> None:
-        self.binary = binary
-        self.directory = Path(tempfile.mkdtemp(prefix="twisted-sse-nginx-"))
-        self.port = _free_port()
-        self.config = self.directory / "nginx.conf"
-        self.config.write_text(
-            f"""daemon off;
-master_process off;
-pid {self.directory}/nginx.pid;
-error_log {self.directory}/error.log info;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {self.directory}/body;
-    proxy_temp_path {self.directory}/proxy;
-    fastcgi_temp_path {self.directory}/fastcgi;
-    uwsgi_temp_path {self.directory}/uwsgi;
-    scgi_temp_path {self.directory}/scgi;
-    upstream twisted_sse {{
+def proxy_in_front(upstream: int, location: str) -> str:
+    """An ``http`` block: a private port proxying ``location`` to ``upstream``."""
+    return f"""    upstream twisted_sse {{
         server 127.0.0.1:{upstream};
         keepalive 8;
     }}
     server {{
-        listen 127.0.0.1:{self.port};
+        listen 127.0.0.1:{_free_port()};
 {location}
-    }}
-}}
-"""
-        )
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Nginx:
-        """Start nginx and wait for it to listen."""
-        self.process = subprocess.Popen(
-            [self.binary, "-p", str(self.directory), "-c", str(self.config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                break
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        log = (self.directory / "error.log").read_text(errors="replace")
-        self.stop()
-        raise AssertionError(f"nginx did not start: {log}")
-
-    def stop(self) -> None:
-        """Stop nginx and remove its files."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        shutil.rmtree(self.directory, True)
+    }}"""
 
 
 @pytest.mark.slow
@@ -658,11 +599,7 @@ class NginxTests(SynchronousTestCase):
         Behind a buffering nginx the check fails and names the buffering;
         behind the recommended block it passes.
         """
-        binary = _nginx()
-        require(
-            binary is not None, "nginx is not installed (apt-get install nginx-light)"
-        )
-        assert binary is not None
+        binary = nginx_binary()
         # A counter fast enough to fill nginx's buffers (4 KiB) within the watch.
         server = Twistd("--publish-token", TOKEN, "--interval", "0.005")
         self.addCleanup(server.stop)
@@ -672,14 +609,16 @@ class NginxTests(SynchronousTestCase):
             ("buffering", BUFFERING_LOCATION),
             ("recommended", recommended_location()),
         ]:
-            proxy = Nginx(binary, server.port, location)
+            proxy = Nginx(binary, proxy_in_front(server.port, location))
             self.addCleanup(proxy.stop)
             proxies[name] = proxy.start()
         runs = {
-            name: check_json(f"http://127.0.0.1:{proxy.port}/events", "--duration", "4")
+            name: check_json(
+                f"http://127.0.0.1:{proxy.ports[0]}/events", "--duration", "4"
+            )
             for name, proxy in proxies.items()
         }
-        channel = f"http://127.0.0.1:{proxies['recommended'].port}/channels/n"
+        channel = f"http://127.0.0.1:{proxies['recommended'].ports[0]}/channels/n"
         runs["recommended channel"] = check_json(
             channel, "--publish", channel, "--token", TOKEN, "--duration", "3"
         )
