@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from twisted_sse._check._http import Head
+from twisted_sse._check._http import Head, Recorder
 from twisted_sse._check._judgement import Check
 from twisted_sse._check._observations import (
     Arrival,
@@ -179,3 +179,25 @@ STREAM_HEAD = (
 def chunk(data: bytes) -> bytes:
     """``data`` as one HTTP/1.1 chunk."""
     return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+class TellingRecorder(Recorder):
+    """A recorder that keeps what it is told, in order; stops where told."""
+
+    def __init__(self) -> None:
+        self.told: list[tuple[str, object]] = []
+        self.stop_at_head: str | None = None
+
+    def head(self, head: Head) -> str | None:
+        self.told.append(("head", head.status))
+        return self.stop_at_head
+
+    def body(self, data: bytes) -> str | None:
+        self.told.append(("body", data))
+        return None
+
+    def extra(self, size: int) -> None:
+        self.told.append(("extra", size))
+
+    def end(self, error: str | None) -> None:
+        self.told.append(("end", error))

@@ -23,33 +23,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import alsoProvides, implementer
 
 from twisted_sse._check._exchange import Connection, Exchange, describe
-from twisted_sse._check._http import Head, Recorder, Request
+from twisted_sse._check._http import Request
 from twisted_sse._url import URL
+
+from ._check_fakes import TellingRecorder
 
 REQUEST = Request("GET", URL.parse("http://example.com/events"), ())
 CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-
-
-class _Recorder(Recorder):
-    """Keeps what it is told, in order; stops where told."""
-
-    def __init__(self) -> None:
-        self.told: list[tuple[str, object]] = []
-        self.stop_at_head: str | None = None
-
-    def head(self, head: Head) -> str | None:
-        self.told.append(("head", head.status))
-        return self.stop_at_head
-
-    def body(self, data: bytes) -> str | None:
-        self.told.append(("body", data))
-        return None
-
-    def extra(self, size: int) -> None:
-        self.told.append(("extra", size))
-
-    def end(self, error: str | None) -> None:
-        self.told.append(("end", error))
 
 
 class _TLSTransport(StringTransport):
@@ -105,7 +85,7 @@ class ExchangeTests(SynchronousTestCase):
     """Exchange: its end, told once, and its abort at any stage."""
 
     def setUp(self) -> None:
-        self.recorder = _Recorder()
+        self.recorder = TellingRecorder()
         self.exchange = Exchange(self.recorder)
 
     def test_finish_once(self) -> None:
@@ -173,7 +153,7 @@ class ConnectionTests(SynchronousTestCase):
         tls: bool = False,
         transport: StringTransport | None = None,
     ) -> tuple[Connection, StringTransport]:
-        self.recorder = _Recorder()
+        self.recorder = TellingRecorder()
         self.exchange = Exchange(self.recorder)
         connection = Connection(self.exchange, request, tls)
         transport = StringTransport() if transport is None else transport

@@ -13,12 +13,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_sse._check import Connector
 from twisted_sse._check._fetch import Fetch
-from twisted_sse._check._http import Head, Recorder
 from twisted_sse._client import MAX_REDIRECTS
 from twisted_sse._url import URL
 
 from ._check_fakes import URL as EVENTS
-from ._check_fakes import Net
+from ._check_fakes import Net, TellingRecorder
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -31,27 +30,6 @@ def redirect(status: int, location: str) -> bytes:
     )
 
 
-class _Recorder(Recorder):
-    """Keeps what it is told, in order."""
-
-    def __init__(self) -> None:
-        self.told: list[tuple[str, object]] = []
-
-    def head(self, head: Head) -> str | None:
-        self.told.append(("head", head.status))
-        return None
-
-    def body(self, data: bytes) -> str | None:
-        self.told.append(("body", data))
-        return None
-
-    def extra(self, size: int) -> None:
-        self.told.append(("extra", size))
-
-    def end(self, error: str | None) -> None:
-        self.told.append(("end", error))
-
-
 class FetchTests(SynchronousTestCase):
     """Fetch: redirects followed, or not, and what the recorder is told."""
 
@@ -59,7 +37,7 @@ class FetchTests(SynchronousTestCase):
         self.clock = Clock()
         self.net = Net(self.clock)
         self.connector = Connector(self.clock, endpoint_for=self.net.endpoint)
-        self.recorder = _Recorder()
+        self.recorder = TellingRecorder()
 
     def fetch(
         self,
@@ -141,7 +119,7 @@ class FetchTests(SynchronousTestCase):
             redirect(300, "/a"),
             b"HTTP/1.1 304 Not Modified\r\nLocation: /a\r\n\r\n",
         ]:
-            self.recorder = _Recorder()
+            self.recorder = TellingRecorder()
             fetch = self.fetch()
             self.answer(response)
             self.assertEqual(fetch.redirects, [])
