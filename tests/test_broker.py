@@ -279,5 +279,15 @@ class OwnOlderBrokerTests(OwnBrokerTests):
         self.hub = HubFixture(self, broker=self.broker, max_queue_events=3)
 
     def test_provides_ibroker(self) -> None:
-        """It is not a whole IBroker, and the hub does not need it to be."""
-        self.assertIsNone(getattr(self.broker, "subscribe_now", None))
+        """The hub asks its subscribe for every subscriber, and nothing else."""
+        asked: list[str] = []
+        subscribe = self.broker.subscribe
+
+        def counted(channel: str, *args: Any) -> Any:
+            asked.append(channel)
+            return subscribe(channel, *args)
+
+        self.patch(self.broker, "subscribe", counted)
+        self.assertEqual(self.hub.subscribe().code, 200)
+        self.assertEqual(self.hub.subscribe("other").code, 200)
+        self.assertEqual(asked, ["news", "other"])
