@@ -110,7 +110,14 @@ class SSEApp:
             **hub_options,
         )
         self._page = _page()
-        paths = ["/", "/events", "/healthz", "/metrics", "/channels/{name}"]
+        paths = [
+            "/",
+            "/events",
+            "/healthz",
+            "/metrics",
+            "/subscribe",
+            "/channels/{name}",
+        ]
         if not metrics:
             paths.remove("/metrics")
         self._not_found = (
@@ -189,6 +196,15 @@ class SSEApp:
         if request.method not in _METRICS_METHODS:
             return method_not_allowed(request, _METRICS_METHODS)
         return self.metrics
+
+    @app.route("/subscribe", branch=False)
+    def subscribe(self, request: Any) -> IResource | bytes:
+        """Several channels and patterns on one stream (see the hub)."""
+        resource = self.hub.subscribe_resource()
+        allowed = (b"GET", b"HEAD", b"OPTIONS")
+        if request.method not in allowed:
+            return method_not_allowed(request, allowed)
+        return resource
 
     @app.route("/channels/<string:name>", branch=False)
     def channel(self, request: Any, name: str) -> IResource:

@@ -33,15 +33,19 @@ __all__ = [
     "BrokerUnavailable",
     "Deliver",
     "Forgets",
+    "Found",
     "IBroker",
+    "IPatternBroker",
     "Published",
     "Subscription",
     "TokenSubscription",
+    "Watch",
     "check_publish",
     "loss_event",
     "parse_event_id",
     "publish_from_thread",
     "valid_channel",
+    "valid_pattern",
 ]
 
 #: Events kept per channel for resuming clients.
@@ -68,6 +72,15 @@ def valid_channel(name: str) -> bool:
     letters, digits and ``_ . : @ -``, starting with a letter or digit.
     """
     return _CHANNEL.fullmatch(name) is not None
+
+
+def valid_pattern(name: str) -> bool:
+    """
+    Whether ``name`` is a valid pattern: a valid channel name followed by
+    ``.*`` (``news.*``), which matches every channel under it at any depth
+    (``news.eu``, ``news.eu.fr``; not ``news`` nor ``newsroom``).
+    """
+    return name.endswith(".*") and valid_channel(name[:-2])
 
 
 def check_publish(channel: str, event: Event, key: str | None = None) -> None:
@@ -179,6 +192,39 @@ class Subscription:
         ``deliver`` paused by returning ``False`` (see
         :meth:`IBroker.subscribe`).  Does nothing when no replay is paused.
         """
+
+
+#: Called by a :class:`Watch` with a channel it found, the position to
+#: subscribe from so as to miss nothing, and ``None`` or why events of it
+#: may be missing (see :meth:`IBroker.watch`).
+Found = Callable[[str, str, "str | None"], object]
+
+
+@define(eq=False)
+class Watch:
+    """
+    What :meth:`IBroker.watch` gives back: the channels under a prefix,
+    told as they get events.
+
+    :ivar prefix: What the names of the channels watched start with
+        (``news.`` for the pattern ``news.*``).
+    :ivar marker: Where the watch began, for a later watch to go on from
+        (its ``since``); opaque.
+    :ivar history_lost: ``None``, or why channels under the prefix may
+        have had events since ``since`` that the watch cannot tell
+        (``"malformed"``, ``"unknown"``, ``"trimmed"``).
+    """
+
+    prefix: str
+    marker: str = ""
+    history_lost: str | None = None
+    _cancel: Callable[[], None] | None = field(default=None, repr=False)
+
+    def cancel(self) -> None:
+        """Stop telling; safe to call more than once."""
+        cancel, self._cancel = self._cancel, None
+        if cancel is not None:
+            cancel()
 
 
 class IBroker(Interface):
@@ -300,6 +346,40 @@ class IBroker(Interface):
 
     def stop() -> Deferred[None]:
         """Release connections and timers; fires once they are released."""
+
+
+class IPatternBroker(IBroker):
+    """
+    A broker that can also watch the channels under a prefix, which the
+    hub's patterns (``news.*`` on ``/subscribe``) need: the hub refuses
+    patterns on a broker without :meth:`watch`.  :class:`MemoryBroker`
+    provides it.
+    """
+
+    def watch(prefix: str, found: Found, since: str | None = None) -> Watch:
+        """
+        Tell ``found`` of the channels whose names start with ``prefix``
+        (it ends with a dot): the hub's patterns (``news.*``) are made of
+        this.
+
+        ``found(channel, position, history_lost)`` is called once per
+        channel per watch:
+
+        - before this returns, for each channel under the prefix with
+          events after ``since`` (a :attr:`Watch.marker` this broker gave
+          earlier), with the id just before its first such event, so that
+          a subscription from it (:meth:`subscribe`) misses none; or with
+          ``history_lost`` set when some of them are gone (``"trimmed"``:
+          ``position`` is where what is kept begins; ``"unknown"``: the
+          channel was forgotten, ``position`` is ``""``);
+        - from then on, for each channel under the prefix that gets an
+          event, before that event reaches any subscriber, with the
+          position just before it.
+
+        If ``since`` cannot be honoured at all (malformed, from another
+        broker or run, or older than the broker remembers), the watch
+        says so in :attr:`Watch.history_lost` and starts from now.
+        """
 
 
 class Forgets(Protocol):

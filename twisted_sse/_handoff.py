@@ -7,12 +7,35 @@ end, with a long replay paced by the client's reading.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
-from ._broker import HISTORY_LOST_EVENT, Published, Subscription
+from ._broker import HISTORY_LOST_EVENT, Published
 from ._stream import EventStream, SlowClientPolicy
 
-__all__ = ["CountsReplays", "Handoff"]
+__all__ = ["CountsReplays", "Encode", "Feeding", "Handoff"]
+
+#: Makes the bytes (and the conflation key) an event is written with, at
+#: the moment it is written: a subscription to several channels writes
+#: each event with its own cursor.
+Encode = Callable[[Published], "tuple[bytes, str]"]
+
+
+class Feeding(Protocol):
+    """
+    What a handoff feeds its stream from: a broker's
+    :class:`~twisted_sse.Subscription`, or a fan-in of several.
+    """
+
+    @property
+    def replayed(self) -> int:
+        """Events replayed so far."""
+
+    def resume_replay(self) -> None:
+        """Go on with a paused replay."""
+
+    def cancel(self) -> None:
+        """Stop delivering."""
 
 
 class CountsReplays(Protocol):
@@ -50,6 +73,8 @@ class Handoff:
     :param max_events: The stream's queue bound in frames.
     :param max_bytes: The stream's queue bound in bytes.
     :param hub: Counts the events replayed.
+    :param encode: Makes the bytes each event is written with, when it is
+        written; its ``frame`` and ``key`` as they are if ``None``.
     """
 
     __slots__ = (
@@ -61,15 +86,23 @@ class Handoff:
         "_replay_counted",
         "backlog",
         "backlog_bytes",
+        "encode",
         "stream",
         "subscription",
     )
 
-    def __init__(self, max_events: int, max_bytes: int, hub: CountsReplays) -> None:
+    def __init__(
+        self,
+        max_events: int,
+        max_bytes: int,
+        hub: CountsReplays,
+        encode: Encode | None = None,
+    ) -> None:
         self._hub = hub
+        self.encode = encode
         self._replay_counted = 0
         self.stream: EventStream | None = None
-        self.subscription: Subscription | None = None
+        self.subscription: Feeding | None = None
         # Created when needed and dropped when empty: an empty deque is
         # 600 bytes, and every subscriber has a handoff.
         self.backlog: deque[Published] | None = None
@@ -91,9 +124,12 @@ class Handoff:
                 return False
             if not self.backlog:
                 # The common case: live, and the client reads.
-                return stream.write(published.frame, published.key) and (
-                    not stream.paused
-                )
+                encode = self.encode
+                if encode is None:
+                    written = stream.write(published.frame, published.key)
+                else:
+                    written = stream.write(*encode(published))
+                return written and not stream.paused
         backlog = self.backlog
         if backlog is None:
             backlog = self.backlog = deque()
@@ -109,7 +145,7 @@ class Handoff:
             self._pump()
         return not self.backlog and not stream.paused and not stream.closed
 
-    def attach(self, stream: EventStream, subscription: Subscription) -> None:
+    def attach(self, stream: EventStream, subscription: Feeding) -> None:
         """
         Start feeding ``stream``: the backlog so far is the catch-up.  The
         subscription is cancelled when the stream closes.
@@ -147,7 +183,7 @@ class Handoff:
             while backlog and not stream.paused and not stream.closed:
                 published = backlog.popleft()
                 self.backlog_bytes -= len(published.frame)
-                stream.write(published.frame, published.key)
+                self._write(stream, published)
             if stream.closed or not backlog:
                 self.backlog = None
                 self.backlog_bytes = 0
@@ -162,8 +198,14 @@ class Handoff:
         backlog, self.backlog = self.backlog, None
         self.backlog_bytes = 0
         for published in backlog or ():
-            if not stream.write(published.frame, published.key):
+            if not self._write(stream, published):
                 break
+
+    def _write(self, stream: EventStream, published: Published) -> bool:
+        encode = self.encode
+        if encode is None:
+            return stream.write(published.frame, published.key)
+        return stream.write(*encode(published))
 
 
 def _cuts_off(stream: EventStream, published: Published) -> bool:

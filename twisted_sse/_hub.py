@@ -13,7 +13,7 @@ from __future__ import annotations
 import hmac
 import json
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred
@@ -27,6 +27,7 @@ from ._broker import (
     HISTORY_LOST_EVENT,
     BrokerUnavailable,
     IBroker,
+    Published,
     Subscription,
     check_publish,
     loss_event,
@@ -34,6 +35,12 @@ from ._broker import (
 )
 from ._errors import ErrorResource, json_error, method_not_allowed, no_channel
 from ._event import Event
+from ._fanin import (
+    DEFAULT_MAX_FOLLOWED,
+    DEFAULT_MAX_SUBSCRIPTIONS,
+    Fanin,
+    parse_selection,
+)
 from ._handoff import Handoff
 from ._heartbeat import DEFAULT_HEARTBEAT, Heartbeat
 from ._publish_body import MAX_JSON_DEPTH, BadPublish, read_publish
@@ -122,7 +129,13 @@ class Hub:
     :param max_queue_events: Frames a non-reading subscriber may have queued.
     :param max_queue_bytes: Bytes a non-reading subscriber may have queued.
     :param authorizer: Decides who may subscribe to what; everyone if
-        ``None``.
+        ``None``.  On ``/subscribe`` it is asked for each channel and
+        pattern named (``news.*`` as it is), and all must be allowed.
+    :param max_subscriptions: Channels and patterns one ``/subscribe``
+        connection may name (``400`` beyond).
+    :param max_followed: Channels one ``/subscribe`` connection follows at
+        most, those its patterns found included; one found beyond is
+        announced with a ``history-lost`` event (reason ``"limit"``).
     """
 
     def __init__(
@@ -142,9 +155,17 @@ class Hub:
         max_queue_events: int = 1000,
         max_queue_bytes: int = 1024 * 1024,
         authorizer: Authorizer | None = None,
+        max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS,
+        max_followed: int = DEFAULT_MAX_FOLLOWED,
     ) -> None:
         if max_event_bytes < 1:
             raise ValueError(f"max_event_bytes must be >= 1, not {max_event_bytes!r}")
+        if max_subscriptions < 1:
+            raise ValueError(
+                f"max_subscriptions must be >= 1, not {max_subscriptions!r}"
+            )
+        if max_followed < 1:
+            raise ValueError(f"max_followed must be >= 1, not {max_followed!r}")
         if publish_token is not None and not publish_token:
             raise ValueError("publish_token must not be empty (use None to disable)")
         self.broker = broker
@@ -164,6 +185,9 @@ class Hub:
         self.max_queue_events = max_queue_events
         self.max_queue_bytes = max_queue_bytes
         self.authorizer = authorizer
+        self.max_subscriptions = max_subscriptions
+        self.max_followed = max_followed
+        self._subscribe_resource: Resource | None = None
         # The channel resources with open streams, so that every subscriber
         # of a channel shares one (and its set of streams).
         self._live: dict[str, ChannelResource] = {}
@@ -229,6 +253,51 @@ class Hub:
             return 413, f"the body is larger than {self.max_event_bytes} bytes"
         return None
 
+    def subscribe(
+        self,
+        names: Iterable[str],
+        deliver: Callable[[Published], object],
+        last_event_id: str | None = None,
+        *,
+        envelope: bool = False,
+    ) -> Deferred[Fanin]:
+        """
+        Subscribe from Python to several channels and patterns with one
+        cursor, as ``/subscribe`` does: ``deliver`` gets each event as it
+        would be sent there (its ``id`` the cursor, its ``frame`` the
+        bytes), first what was missed after ``last_event_id`` (a cursor
+        given before), then the live ones.
+
+        :returns: A Deferred firing with the subscription (its ``losses``,
+            its ``cursor``; ``cancel()`` ends it) once every channel has
+            answered; events reach ``deliver`` from then on.
+        :raises ValueError: for what ``/subscribe`` refuses with ``400``.
+        """
+        selection = parse_selection(list(names), self.max_subscriptions)
+        sink = _Sink(deliver)
+        fanin = Fanin(
+            self.broker,
+            selection,
+            last_event_id,
+            sink,
+            envelope=envelope,
+            max_followed=self.max_followed,
+        )
+        sink.fanin = fanin
+        return fanin.open().addCallback(sink.opened)
+
+    def subscribe_resource(self) -> Resource:
+        """
+        The resource of ``GET /subscribe?channel=...`` (one stream carrying
+        several channels), for a plain ``twisted.web`` tree:
+        ``root.putChild(b"subscribe", hub.subscribe_resource())``.
+        """
+        if self._subscribe_resource is None:
+            from ._subscribe import SubscribeResource
+
+            self._subscribe_resource = SubscribeResource(self)
+        return self._subscribe_resource
+
     def channel_resource(self, channel: str) -> ChannelResource:
         """The resource serving ``channel`` (GET subscribes, POST publishes)."""
         live = self._live.get(channel)
@@ -257,6 +326,41 @@ class Hub:
         ``twisted.web`` tree: ``root.putChild(b"channels", hub.resource())``.
         """
         return _ChannelsResource(self)
+
+
+class _Sink:
+    """
+    Where a Python subscription's events wait until it has opened, then
+    go to its ``deliver``, each written with the cursor as it goes.
+    """
+
+    def __init__(self, deliver: Callable[[Published], object]) -> None:
+        self.deliver = deliver
+        self.fanin: Fanin | None = None
+        self.waiting: list[Published] | None = []
+
+    def __call__(self, published: Published) -> bool:
+        waiting = self.waiting
+        if waiting is not None:
+            waiting.append(published)
+            return True
+        self._give(published)
+        return True
+
+    def _give(self, published: Published) -> None:
+        fanin = self.fanin
+        assert fanin is not None
+        frame, _ = fanin.encode(published)
+        self.deliver(Published(published.channel, fanin.cursor, frame, published.key))
+
+    def opened(self, fanin: Fanin) -> Fanin:
+        waiting, self.waiting = self.waiting, None
+        if fanin.losses:
+            frame = fanin.opening_frames(None)[1]
+            self.deliver(Published("", fanin.cursor, frame, HISTORY_LOST_EVENT))
+        for published in waiting or ():
+            self._give(published)
+        return fanin
 
 
 class _ChannelsResource(Resource):

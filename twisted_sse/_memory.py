@@ -8,8 +8,10 @@ than the events.
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections import OrderedDict, deque
+from collections.abc import Iterator
 from typing import Any, cast
 
 from attrs import define, field
@@ -22,10 +24,12 @@ from ._broker import (
     DEFAULT_CHANNEL_TTL,
     DEFAULT_HISTORY,
     Deliver,
-    IBroker,
+    Found,
+    IPatternBroker,
     Published,
     Subscription,
     TokenSubscription,
+    Watch,
     check_publish,
     loss_event,
     parse_event_id,
@@ -45,6 +49,9 @@ _log = Logger()
 DEFAULT_HISTORY_BYTES = 16 * 1024 * 1024
 #: Bytes of encoded events kept in all, over every channel.
 DEFAULT_HISTORY_TOTAL = 16 * 1024 * 1024
+#: Forgotten channels remembered (their names and when their last event
+#: was published), so that a pattern resuming tells which lost events.
+_FORGOTTEN = 10_000
 
 
 @define(eq=False)
@@ -53,7 +60,12 @@ class _Channel:
     #: The id prefix of this channel's events (see MemoryBroker).
     epoch: int
     history: deque[Published] = field(factory=deque)
+    #: The broker-wide publish order of each event of ``history``.
+    orders: deque[int] = field(factory=deque)
     history_bytes: int = 0
+    #: The order of the last event published, and of the last one trimmed.
+    last_order: int = 0
+    trimmed_order: int = 0
     #: Sequence number of the last event published (0: none yet).
     last_seq: int = 0
     #: The id of that event (``<epoch>-0`` before any), shared by every
@@ -170,7 +182,7 @@ class _ReplayingSubscription(TokenSubscription):
             self._running = False
 
 
-@implementer(IBroker)
+@implementer(IPatternBroker)
 class MemoryBroker:
     """
     The in-process broker: ids ``<epoch>-<n>`` increasing within each
@@ -236,6 +248,17 @@ class MemoryBroker:
         self._published: OrderedDict[str, _Channel] = OrderedDict()
         self._holding: OrderedDict[str, _Channel] = OrderedDict()
         self._next_sweep = 0.0
+        #: Publishes so far, over all channels: the order that watches'
+        #: markers count in.
+        self._order = 0
+        #: Channel names by every prefix ending with a dot (``a.``,
+        #: ``a.b.`` for ``a.b.c``), and the watches of each prefix.
+        self._under: dict[str, set[str]] = {}
+        self._watches: dict[str, dict[int, _Watching]] = {}
+        #: Channels forgotten after an event, with that event's order; and
+        #: the latest order of one no longer remembered.
+        self._forgotten: OrderedDict[str, int] = OrderedDict()
+        self._forgotten_floor = 0
 
     def channel_names(self) -> list[str]:
         """The channels that have history or subscribers."""
@@ -266,7 +289,17 @@ class MemoryBroker:
                 raise ValueError(f"invalid channel name: {name!r}")
             epoch = self._channel_epoch
             found = self._channels[name] = _Channel(name, epoch, position=f"{epoch}-0")
+            for prefix in _prefixes(name):
+                self._under.setdefault(prefix, set()).add(name)
         return found
+
+    def _unindex(self, name: str) -> None:
+        for prefix in _prefixes(name):
+            names = self._under.get(prefix)
+            if names is not None:
+                names.discard(name)
+                if not names:
+                    del self._under[prefix]
 
     def forget_if_idle(self, channel: Any) -> None:
         """
@@ -276,7 +309,10 @@ class MemoryBroker:
         if channel.subscribers or channel.replays:
             return
         if not channel.last_seq:
-            self._channels.pop(channel.name, None)
+            name = channel.name
+            if self._channels.get(name) is channel:
+                del self._channels[name]
+                self._unindex(name)
             return
         # A channel that had events is kept until channel_ttl has passed.
         if self.channel_ttl:
@@ -308,6 +344,14 @@ class MemoryBroker:
         if self._channels.get(state.name) is not state:
             return
         del self._channels[state.name]
+        self._unindex(state.name)
+        if state.last_order:
+            forgotten = self._forgotten
+            forgotten.pop(state.name, None)
+            forgotten[state.name] = state.last_order
+            if len(forgotten) > _FORGOTTEN:
+                _, order = forgotten.popitem(last=False)
+                self._forgotten_floor = max(self._forgotten_floor, order)
         self._published.pop(state.name, None)
         self._holding.pop(state.name, None)
         self.total_bytes -= state.history_bytes
@@ -325,6 +369,10 @@ class MemoryBroker:
             state = self._channel(channel)
         except ValueError as error:
             return fail(error)
+        if self._watches:
+            self._tell_watches(state)
+        self._order += 1
+        state.last_order = self._order
         state.last_seq += 1
         event_id = state.position = f"{state.epoch}-{state.last_seq}"
         published = Published(
@@ -343,6 +391,8 @@ class MemoryBroker:
         state.pending.append((published, list(state.subscribers)))
         if self.history:
             self._keep(state, published)
+        else:
+            state.trimmed_order = state.last_order
         if not state.delivering:
             self._fan_out(state)
         return succeed(event_id)
@@ -350,6 +400,7 @@ class MemoryBroker:
     def _keep(self, state: _Channel, published: Published) -> None:
         size = len(published.frame)
         state.history.append(published)
+        state.orders.append(state.last_order)
         state.history_bytes += size
         self.total_bytes += size
         history = state.history
@@ -368,6 +419,7 @@ class MemoryBroker:
             self._trim(oldest)
 
     def _trim(self, state: _Channel) -> None:
+        state.trimmed_order = state.orders.popleft()
         size = len(state.history.popleft().frame)
         state.history_bytes -= size
         self.total_bytes -= size
@@ -480,9 +532,116 @@ class MemoryBroker:
             return None, "trimmed"
         return seq, None
 
+    def watch(self, prefix: str, found: Found, since: str | None = None) -> Watch:
+        """
+        See :meth:`IBroker.watch`.  Markers are ``<epoch>-<n>``, ``n``
+        counting publishes over all channels; a publish looks up only the
+        prefixes of its own channel's name, however many watches there are.
+
+        :raises ValueError: if ``prefix`` is not a valid channel name
+            followed by a dot.
+        """
+        if not prefix.endswith(".") or not valid_channel(prefix[:-1]):
+            raise ValueError(f"invalid prefix: {prefix!r}")
+        self._sweep()
+        token = self._next_token
+        self._next_token += 1
+        watching = _Watching(found)
+        lost = None
+        if since is not None:
+            lost = self._tell_since(prefix, watching, since)
+        watches = self._watches.setdefault(prefix, {})
+        watches[token] = watching
+
+        def cancel() -> None:
+            found = self._watches.get(prefix)
+            if found is not None:
+                found.pop(token, None)
+                if not found:
+                    del self._watches[prefix]
+
+        return Watch(prefix, f"{self.epoch}-{self._order}", lost, cancel)
+
+    def _tell_since(self, prefix: str, watching: _Watching, since: str) -> str | None:
+        """
+        Tell ``watching`` of the channels under ``prefix`` with events after
+        the marker ``since``; why the marker cannot be honoured, if so.
+        """
+        parsed = parse_event_id(since)
+        if parsed is None:
+            return "malformed"
+        epoch, after = parsed
+        if epoch != self.epoch or after > self._order:
+            return "unknown"
+        names = set(self._under.get(prefix, ()))
+        names.update(
+            name
+            for name, order in self._forgotten.items()
+            if order > after and name.startswith(prefix)
+        )
+        for name in sorted(names):
+            forgot = self._forgotten.get(name, 0) > after
+            state = self._channels.get(name)
+            if state is not None and state.last_order > after:
+                position, lost = _first_after(state, after)
+                if forgot:
+                    lost = "unknown"
+            elif forgot:
+                position = state.position if state is not None else ""
+                lost = "unknown"
+            else:
+                continue
+            watching.told.add(name)
+            watching.found(name, position, lost)
+        return "trimmed" if self._forgotten_floor > after else None
+
+    def _tell_watches(self, state: _Channel) -> None:
+        """``state`` is about to get an event: tell the watches under it."""
+        name = state.name
+        for prefix in _prefixes(name):
+            watches = self._watches.get(prefix)
+            if not watches:
+                continue
+            for watching in list(watches.values()):
+                if name in watching.told:
+                    continue
+                watching.told.add(name)
+                try:
+                    watching.found(name, state.position, None)
+                except Exception:
+                    _log.failure("A watch failed to take a channel")
+
     def stop(self) -> Deferred[None]:
         """Nothing to release."""
         return succeed(None)
+
+
+@define(eq=False)
+class _Watching:
+    """A watch of the memory broker: who to tell, and what it was told."""
+
+    found: Found
+    told: set[str] = field(factory=set)
+
+
+def _prefixes(name: str) -> Iterator[str]:
+    """Every prefix of ``name`` that ends with a dot: ``a.``, ``a.b.``..."""
+    at = name.find(".")
+    while at != -1:
+        yield name[: at + 1]
+        at = name.find(".", at + 1)
+
+
+def _first_after(state: _Channel, after: int) -> tuple[str, str | None]:
+    """
+    The position just before ``state``'s first event published after the
+    order ``after``, and ``"trimmed"`` if some of those are gone.
+    """
+    first_kept = state.last_seq - len(state.history) + 1
+    if state.trimmed_order > after:
+        return f"{state.epoch}-{first_kept - 1}", "trimmed"
+    index = bisect.bisect_right(state.orders, after)
+    return f"{state.epoch}-{first_kept + index - 1}", None
 
 
 def _with_id(event: Event, event_id: str) -> Event:

@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 
 from ._app import SSEApp
 from ._broker import DEFAULT_CHANNEL_TTL, DEFAULT_HISTORY, IBroker, valid_channel
+from ._fanin import DEFAULT_MAX_SUBSCRIPTIONS
 from ._guard import (
     DEFAULT_BACKLOG,
     DEFAULT_FD_RESERVE,
@@ -260,6 +261,13 @@ class Options(usage.Options):
             _positive_int("max-event-bytes"),
         ],
         [
+            "max-subscriptions",
+            None,
+            DEFAULT_MAX_SUBSCRIPTIONS,
+            "Channels and patterns one GET /subscribe may name (400 beyond).",
+            _positive_int("max-subscriptions"),
+        ],
+        [
             "queue-events",
             None,
             DEFAULT_MAX_QUEUE_EVENTS,
@@ -440,6 +448,7 @@ def makeService(options: Options) -> IService:
         channel_policies=options["channel-policies"],
         max_queue_events=options["queue-events"],
         max_queue_bytes=options["queue-bytes"],
+        max_subscriptions=options["max-subscriptions"],
         authorizer=(
             bearer_token_authorizer(options["subscribe-token"])
             if options["subscribe-token"]

@@ -1,0 +1,231 @@
+"""
+``GET /subscribe?channel=a&channel=b&channel=news.*``: one stream carrying
+several channels and patterns, with one cursor (:mod:`._fanin`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import NOT_DONE_YET
+
+from ._broker import BrokerUnavailable
+from ._errors import json_error
+from ._fanin import Fanin, Selection, parse_selection
+from ._handoff import Handoff
+from ._resource import StreamResource
+
+if TYPE_CHECKING:
+    from ._hub import Hub
+
+__all__ = ["MAX_TARGET_BYTES", "SubscribeResource"]
+
+_log = Logger()
+
+#: The longest request target (path and query) ``/subscribe`` reads; a
+#: longer one is answered ``414``.
+MAX_TARGET_BYTES = 8 * 1024
+#: The response header that names why history was lost.
+_HISTORY_LOST_HEADER = b"SSE-History-Lost"
+
+
+class SubscribeResource(StreamResource):
+    """
+    ``GET`` subscribes to the channels and patterns of the ``channel``
+    query parameters (see :class:`~twisted_sse._fanin.Fanin`): each event
+    is written with the cursor of the whole subscription as its id, and a
+    type naming its channel when it was published without one (or, with
+    ``envelope=1``, as a JSON envelope naming its channel).  A client that
+    comes back with the last cursor (``Last-Event-ID``, or the
+    ``lastEventId`` query parameter) gets what it missed on every channel.
+
+    Every stream of it has the hub's slow-client policy and queue bounds
+    (the per-channel policies apply to ``/channels/{name}`` only).
+    """
+
+    def __init__(self, hub: Hub) -> None:
+        super().__init__(
+            clock=hub.clock,
+            retry=hub.retry,
+            heartbeat_timer=hub.heartbeat,
+            allow_origin=hub.allow_origin,
+            max_queue_events=hub.max_queue_events,
+            max_queue_bytes=hub.max_queue_bytes,
+            policy=hub.policy,
+            registry=hub.registry,
+        )
+        self.hub = hub
+
+    def log_fields(self, request: Any) -> dict[str, object]:
+        """Name a stream by the channels it carries in the logs."""
+        return {"channels": _names(request)}
+
+    def render_HEAD(self, request: Any) -> bytes:
+        """Answer the headers a GET would get (4xx for what GET refuses)."""
+        refused = self._judge(request)
+        if isinstance(refused, bytes):
+            return refused
+        return super().render_HEAD(request)
+
+    def render_GET(self, request: Any) -> bytes | int:
+        """Subscribe: check the names, authorise, resume, then go live."""
+        selection = self._judge(request)
+        if isinstance(selection, bytes):
+            return selection
+        refused = self.refusal(request)
+        if refused is not None:
+            self.send_away(request, refused)
+            return NOT_DONE_YET
+        finished = request.notifyFinish()
+        authorizer = self.hub.authorizer
+        if authorizer is None:
+            self._subscribe(request, finished, selection)
+        else:
+            gatherResults(
+                [maybeDeferred(authorizer, request, name) for name in selection.names],
+                consumeErrors=True,
+            ).addCallback(self._authorized, request, finished, selection).addErrback(
+                self._failed, request, finished
+            )
+        return NOT_DONE_YET
+
+    def _judge(self, request: Any) -> Selection | bytes:
+        """The selection ``request`` names, or the error body refusing it."""
+        if len(request.uri) > MAX_TARGET_BYTES:
+            return json_error(
+                request,
+                414,
+                f"the request target is longer than {MAX_TARGET_BYTES} bytes",
+            )
+        try:
+            names = [
+                value.decode("utf-8") for value in request.args.get(b"channel", [])
+            ]
+        except UnicodeDecodeError:
+            return json_error(request, 400, "a channel name is not UTF-8")
+        try:
+            return parse_selection(names, self.hub.max_subscriptions)
+        except ValueError as error:
+            return json_error(request, 400, str(error))
+
+    def _authorized(
+        self,
+        answers: list[Any],
+        request: Any,
+        finished: Deferred[None],
+        selection: Selection,
+    ) -> None:
+        if finished.called:
+            _abandon(finished)
+            return
+        for name, allowed in zip(selection.names, answers, strict=True):
+            if not allowed:
+                request.write(
+                    json_error(request, 403, f"not allowed to subscribe to {name!r}")
+                )
+                request.finish()
+                return
+        refused = self.refusal(request)
+        if refused is not None:
+            self.send_away(request, refused)
+        else:
+            self._subscribe(request, finished, selection)
+
+    def _subscribe(
+        self, request: Any, finished: Deferred[None], selection: Selection
+    ) -> None:
+        hub = self.hub
+        handoff = Handoff(self.max_queue_events, self.max_queue_bytes, hub)
+        fanin = Fanin(
+            hub.broker,
+            selection,
+            _last_event_id(request),
+            handoff,
+            envelope=request.args.get(b"envelope", [b""])[0] in (b"1", b"true"),
+            max_followed=hub.max_followed,
+        )
+        handoff.encode = fanin.encode
+        fanin.open().addCallbacks(
+            self._opened,
+            self._refused,
+            callbackArgs=(request, finished, handoff),
+            errbackArgs=(request, finished),
+        )
+
+    def _opened(
+        self, fanin: Fanin, request: Any, finished: Deferred[None], handoff: Handoff
+    ) -> None:
+        try:
+            if finished.called:
+                fanin.cancel()
+                _abandon(finished)
+                return
+            refused = self.refusal(request)
+            if refused is not None:
+                fanin.cancel()
+                self.send_away(request, refused)
+                return
+            if fanin.resuming:
+                resumes = self.hub.resumes
+                if fanin.losses:
+                    for reason in fanin.losses.values():
+                        resumes[reason] += 1
+                else:
+                    resumes["exact"] += 1
+            if fanin.losses:
+                request.setHeader(_HISTORY_LOST_HEADER, fanin.lost_header)
+            stream = self.open_stream(
+                request, *fanin.opening_frames(self.hub.retry), finished=finished
+            )
+            handoff.attach(stream, fanin)
+        except Exception:
+            fanin.cancel()
+            self._failed(Failure(), request, finished)
+
+    def _refused(
+        self, failure: Failure, request: Any, finished: Deferred[None]
+    ) -> None:
+        if finished.called:
+            _abandon(finished)
+        elif failure.check(BrokerUnavailable):
+            self.send_away(request, str(failure.value))
+        elif failure.check(ValueError):
+            request.write(json_error(request, 400, str(failure.value)))
+            request.finish()
+        else:
+            self._failed(failure, request, finished)
+
+    def _failed(self, failure: Failure, request: Any, finished: Deferred[None]) -> None:
+        _log.failure(
+            "Subscribing to {channels} failed", failure, channels=_names(request)
+        )
+        if finished.called:
+            _abandon(finished)
+        elif not request.startedWriting:
+            request.write(json_error(request, 500, "internal error"))
+            request.finish()
+        else:
+            request.loseConnection()
+
+
+def _names(request: Any) -> list[str]:
+    return [
+        value.decode("utf-8", "replace") for value in request.args.get(b"channel", [])
+    ][:8]
+
+
+def _abandon(finished: Deferred[None]) -> None:
+    finished.addErrback(lambda _: None)
+
+
+def _last_event_id(request: Any) -> str | None:
+    header = request.getHeader(b"Last-Event-ID")
+    if header is not None:
+        return str(header.decode("utf-8", "replace"))
+    values = request.args.get(b"lastEventId")
+    if values:
+        return str(values[0].decode("utf-8", "replace"))
+    return None
