@@ -147,7 +147,8 @@ class _FailingBroker(MemoryBroker):
 
 NO_CHANNEL = "no channel here: a channel is /channels/{name}, one path segment"
 NOT_FOUND = (
-    "not found: this server answers /, /events, /healthz, /metrics and /channels/{name}"
+    "not found: this server answers /, /events, /healthz, /metrics, /subscribe "
+    "and /channels/{name}"
 )
 
 
@@ -217,7 +218,8 @@ class AppErrorTests(TransportCase):
         self.assert_error(
             client.get("/nope"),
             404,
-            "not found: this server answers /, /events, /healthz and /channels/{name}",
+            "not found: this server answers /, /events, /healthz, /subscribe and "
+            "/channels/{name}",
         )
 
     def test_url_not_utf8(self) -> None:
