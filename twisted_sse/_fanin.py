@@ -172,6 +172,8 @@ class Fanin:
         self._failure: Failure | None = None
         self._cancelled = False
         self._limited: set[str] = set()
+        #: Events replayed by the channels' subscriptions once cancelled.
+        self._replayed_done = 0
         self._encoded: tuple[int, str] | None = None
         self._version = 0
 
@@ -380,7 +382,7 @@ class Fanin:
     @property
     def replayed(self) -> int:
         """Events replayed so far, over every channel."""
-        return sum(
+        return self._replayed_done + sum(
             child.replayed for child in self._children.values() if child is not None
         )
 
@@ -406,6 +408,7 @@ class Fanin:
         for child in children:
             if child is not None:
                 child.cancel()
+                self._replayed_done += child.replayed
 
 
 def _loss_reason(frame: bytes) -> str:
