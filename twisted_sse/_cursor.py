@@ -37,6 +37,7 @@ from attrs import frozen
 __all__ = [
     "MAX_CURSOR_LENGTH",
     "Cursor",
+    "CursorBuilder",
     "decode_cursor",
     "encode_cursor",
     "name_key",
@@ -81,27 +82,59 @@ def encode_cursor(positions: Mapping[str, str]) -> str:
     The cursor text for ``positions``: the position of each channel (and
     the marker of each pattern), by name.
     """
-    keys: dict[bytes, str | None] = {}
+    builder = CursorBuilder()
     for name, position in positions.items():
-        key = name_key(name)
-        keys[key] = None if key in keys else position
-    epochs: dict[tuple[int, int], int] = {}
-    body = bytearray()
-    count = 0
-    for key, kept in keys.items():
-        if kept is None:
-            continue  # a collision: both left out
-        count += 1
-        body += key
-        _pack_position(body, kept, epochs)
-    out = bytearray([_VERSION])
-    _varint(out, len(epochs))
-    for form, epoch in epochs:
-        out.append(form)
-        _varint(out, epoch)
-    _varint(out, count)
-    out += body
-    return _PREFIX + base64.urlsafe_b64encode(bytes(out)).rstrip(b"=").decode("ascii")
+        builder.set(name, position)
+    return builder.text()
+
+
+class CursorBuilder:
+    """
+    A cursor kept up to date as positions move, re-packing only the entry
+    that moved (a subscription writes one cursor per event).
+    """
+
+    __slots__ = ("_entries", "_epochs", "_keys", "_text")
+
+    def __init__(self) -> None:
+        self._keys: dict[str, bytes] = {}
+        self._entries: dict[bytes, bytes | None] = {}
+        self._epochs: dict[tuple[int, int], int] = {}
+        self._text: str | None = None
+
+    def set(self, name: str, position: str) -> None:
+        """Set the position of ``name``."""
+        key = self._keys.get(name)
+        entries = self._entries
+        if key is None:
+            key = self._keys[name] = name_key(name)
+            if key in entries:
+                entries[key] = None  # a collision: both left out
+                self._text = None
+                return
+        elif entries.get(key, b"") is None:
+            return
+        packed = bytearray(key)
+        _pack_position(packed, position, self._epochs)
+        entries[key] = bytes(packed)
+        self._text = None
+
+    def text(self) -> str:
+        """The cursor, as text."""
+        text = self._text
+        if text is None:
+            out = bytearray([_VERSION])
+            _varint(out, len(self._epochs))
+            for form, epoch in self._epochs:
+                out.append(form)
+                _varint(out, epoch)
+            kept = [entry for entry in self._entries.values() if entry is not None]
+            _varint(out, len(kept))
+            for entry in kept:
+                out += entry
+            encoded = base64.urlsafe_b64encode(bytes(out)).rstrip(b"=")
+            text = self._text = _PREFIX + encoded.decode("ascii")
+        return text
 
 
 def decode_cursor(text: str) -> Cursor | None:

@@ -34,7 +34,7 @@ from ._broker import (
     valid_channel,
     valid_pattern,
 )
-from ._cursor import Cursor, decode_cursor, encode_cursor
+from ._cursor import Cursor, CursorBuilder, decode_cursor
 from ._event import Event
 
 __all__ = [
@@ -174,8 +174,7 @@ class Fanin:
         self._limited: set[str] = set()
         #: Events replayed by the channels' subscriptions once cancelled.
         self._replayed_done = 0
-        self._encoded: tuple[int, str] | None = None
-        self._version = 0
+        self._builder = CursorBuilder()
 
     # Opening
 
@@ -229,7 +228,7 @@ class Fanin:
             watching.cancel()
             return
         self._watches.append(watching)
-        self._positions[pattern] = watching.marker
+        self._move(pattern, watching.marker)
         if since is not None and watching.history_lost is not None:
             self.losses[pattern] = watching.history_lost
 
@@ -294,8 +293,8 @@ class Fanin:
                     self.losses.setdefault(channel, subscription.history_lost)
                 else:
                     self._tell_loss(channel, subscription.history_lost)
-        self._positions.setdefault(channel, position)
-        self._version += 1
+        if channel not in self._positions:
+            self._move(channel, position)
         self._answered()
 
     def _child_failed(self, failure: Failure) -> None:
@@ -332,11 +331,11 @@ class Fanin:
     @property
     def cursor(self) -> str:
         """The cursor as of the last event written."""
-        cached = self._encoded
-        if cached is None or cached[0] != self._version:
-            text = encode_cursor(self._positions)
-            cached = self._encoded = (self._version, text)
-        return cached[1]
+        return self._builder.text()
+
+    def _move(self, name: str, position: str) -> None:
+        self._positions[name] = position
+        self._builder.set(name, position)
 
     def opening_frames(self, retry: int | None) -> list[bytes]:
         """
@@ -363,8 +362,7 @@ class Fanin:
         """
         channel = published.channel
         if published.id:
-            self._positions[channel] = published.id
-            self._version += 1
+            self._move(channel, published.id)
         cursor = self.cursor
         key = published.key
         if key == HISTORY_LOST_EVENT:
