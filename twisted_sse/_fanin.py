@@ -16,7 +16,7 @@ channel of a fan-in, on every broker.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from attrs import frozen
@@ -138,6 +138,11 @@ class Fanin:
     :ivar losses: What could not be resumed exactly when the subscription
         opened: the reason (``"malformed"``, ``"unknown"``, ``"trimmed"``)
         by channel or pattern.
+    :ivar broken: Called with the failure when a channel that a pattern
+        found after the subscription opened cannot be subscribed to (the
+        broker is unavailable): the subscription can no longer carry every
+        channel, and whoever set this ends it, so that its client comes
+        back and resumes.  Unset, the failure is logged.
     """
 
     def __init__(
@@ -175,6 +180,7 @@ class Fanin:
         #: Events replayed by the channels' subscriptions once cancelled.
         self._replayed_done = 0
         self._builder = CursorBuilder()
+        self.broken: Callable[[Failure], object] | None = None
 
     # Opening
 
@@ -298,6 +304,12 @@ class Fanin:
         self._answered()
 
     def _child_failed(self, failure: Failure) -> None:
+        if self._opened is None and not self._cancelled:
+            broken = self.broken
+            if broken is None:
+                _log.failure("A subscription lost a channel", failure)
+            else:
+                broken(failure)
         self._fail(failure)
         self._answered()
 

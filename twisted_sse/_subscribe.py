@@ -181,6 +181,19 @@ class SubscribeResource(StreamResource):
                 request, *fanin.opening_frames(self.hub.retry), finished=finished
             )
             handoff.attach(stream, fanin)
+            registry = self.registry
+
+            def broken(failure: Failure) -> None:
+                # A channel found later could not be followed: end the
+                # stream, and its client resumes (and finds it) next time.
+                _log.warn(
+                    "Ending a subscription that lost a channel: {reason}",
+                    reason=failure.getErrorMessage(),
+                )
+                retry = registry.jittered_retry() if registry is not None else None
+                stream.close(retry)
+
+            fanin.broken = broken
         except Exception:
             fanin.cancel()
             self._failed(Failure(), request, finished)
