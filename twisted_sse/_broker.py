@@ -196,29 +196,43 @@ class Subscription:
 
 #: Called by a :class:`Watch` with a channel it found, the position to
 #: subscribe from so as to miss nothing, and ``None`` or why events of it
-#: may be missing (see :meth:`IBroker.watch`).
+#: may be missing (see :meth:`IPatternBroker.watch`).
 Found = Callable[[str, str, "str | None"], object]
 
 
 @define(eq=False)
 class Watch:
     """
-    What :meth:`IBroker.watch` gives back: the channels under a prefix,
-    told as they get events.
+    What :meth:`IPatternBroker.watch` gives back: the channels under a
+    prefix, told as they get events.
 
     :ivar prefix: What the names of the channels watched start with
         (``news.`` for the pattern ``news.*``).
-    :ivar marker: Where the watch began, for a later watch to go on from
-        (its ``since``); opaque.
     :ivar history_lost: ``None``, or why channels under the prefix may
         have had events since ``since`` that the watch cannot tell
         (``"malformed"``, ``"unknown"``, ``"trimmed"``).
     """
 
     prefix: str
-    marker: str = ""
     history_lost: str | None = None
+    _marker: str | Callable[[], str] = field(default="", repr=False)
     _cancel: Callable[[], None] | None = field(default=None, repr=False)
+
+    @property
+    def marker(self) -> str:
+        """
+        How far the watch has got, for a later watch to go on from (its
+        ``since``); opaque.  Every channel under the prefix with an event
+        up to here has been told to ``found``.  A broker gives it as a
+        string that it moves (:meth:`moved`), or as a function asked each
+        time.
+        """
+        marker = self._marker
+        return marker if isinstance(marker, str) else marker()
+
+    def moved(self, marker: str) -> None:
+        """The watch has got to ``marker`` (for a broker that tells it so)."""
+        self._marker = marker
 
     def cancel(self) -> None:
         """Stop telling; safe to call more than once."""
@@ -356,7 +370,9 @@ class IPatternBroker(IBroker):
     provides it.
     """
 
-    def watch(prefix: str, found: Found, since: str | None = None) -> Watch:
+    def watch(
+        prefix: str, found: Found, since: str | None = None
+    ) -> Watch | Deferred[Watch]:
         """
         Tell ``found`` of the channels whose names start with ``prefix``
         (it ends with a dot): the hub's patterns (``news.*``) are made of
@@ -379,6 +395,11 @@ class IPatternBroker(IBroker):
         If ``since`` cannot be honoured at all (malformed, from another
         broker or run, or older than the broker remembers), the watch
         says so in :attr:`Watch.history_lost` and starts from now.
+
+        :returns: The watch, or a Deferred firing with it for a broker
+            that must ask a network first: then the calls of ``found`` for
+            the channels with events after ``since`` come before it fires,
+            and ``found`` goes on being called (live) after.
         """
 
 

@@ -171,7 +171,7 @@ class Fanin:
         #: Positions as written, by channel, and the markers of patterns.
         self._positions: dict[str, str] = {}
         self._children: dict[str, Subscription | None] = {}
-        self._watches: list[Watch] = []
+        self._watches: dict[str, Watch] = {}
         self._waiting = 0
         self._opened: Deferred[Fanin] | None = None
         self._failure: Failure | None = None
@@ -225,18 +225,22 @@ class Fanin:
         def found(channel: str, position: str, lost: str | None) -> None:
             self._found(channel, position, lost)
 
-        try:
-            watching: Watch = watch(pattern[:-1], found, since)
-        except Exception:
-            self._fail(Failure())
-            return
+        self._waiting += 1
+        maybeDeferred(watch, pattern[:-1], found, since).addCallbacks(
+            self._watching,
+            self._child_failed,
+            callbackArgs=(pattern, since),
+        )
+
+    def _watching(self, watching: Watch, pattern: str, since: str | None) -> None:
         if self._cancelled:
             watching.cancel()
             return
-        self._watches.append(watching)
+        self._watches[pattern] = watching
         self._move(pattern, watching.marker)
         if since is not None and watching.history_lost is not None:
             self.losses[pattern] = watching.history_lost
+        self._answered()
 
     def _found(self, channel: str, position: str, lost: str | None) -> None:
         """A watch found ``channel``: follow it, from where nothing is missed."""
@@ -261,6 +265,10 @@ class Fanin:
                 else:
                     self._tell_loss(channel, lost)
             resume = position or None
+        if resume is not None:
+            # In the cursor at once: the watch's marker may move past this
+            # channel's first event before the broker answers.
+            self._move(channel, resume)
         self._follow(channel, resume, lost)
 
     def _follow(self, channel: str, resume: str | None, lost: str | None) -> None:
@@ -290,17 +298,18 @@ class Fanin:
             subscription.cancel()
             return
         self._children[channel] = subscription
-        if resume is not None and subscription.history_lost is None:
-            position = resume
+        if resume is None or subscription.history_lost is None:
+            if channel not in self._positions:
+                self._move(channel, resume or subscription.position)
         else:
-            position = subscription.position
-            if resume is not None and subscription.history_lost is not None:
-                if self._opened is not None:
-                    self.losses.setdefault(channel, subscription.history_lost)
-                else:
-                    self._tell_loss(channel, subscription.history_lost)
-        if channel not in self._positions:
-            self._move(channel, position)
+            # What the client held cannot be resumed: it goes on from the
+            # channel's position, unless events of it were written since.
+            if self._positions.get(channel, resume) == resume:
+                self._move(channel, subscription.position)
+            if self._opened is not None:
+                self.losses.setdefault(channel, subscription.history_lost)
+            else:
+                self._tell_loss(channel, subscription.history_lost)
         self._answered()
 
     def _child_failed(self, failure: Failure) -> None:
@@ -375,6 +384,10 @@ class Fanin:
         channel = published.channel
         if published.id:
             self._move(channel, published.id)
+        for pattern, watching in self._watches.items():
+            marker = watching.marker
+            if self._positions.get(pattern) != marker:
+                self._move(pattern, marker)
         cursor = self.cursor
         key = published.key
         if key == HISTORY_LOST_EVENT:
@@ -410,8 +423,8 @@ class Fanin:
     def cancel(self) -> None:
         """Stop every channel and watch; safe to call more than once."""
         self._cancelled = True
-        watches, self._watches = self._watches, []
-        for watching in watches:
+        watches, self._watches = self._watches, {}
+        for watching in watches.values():
             watching.cancel()
         children = list(self._children.values())
         self._children = {}

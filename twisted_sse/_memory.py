@@ -534,7 +534,7 @@ class MemoryBroker:
 
     def watch(self, prefix: str, found: Found, since: str | None = None) -> Watch:
         """
-        See :meth:`IBroker.watch`.  Markers are ``<epoch>-<n>``, ``n``
+        See :meth:`IPatternBroker.watch`.  Markers are ``<epoch>-<n>``, ``n``
         counting publishes over all channels; a publish looks up only the
         prefixes of its own channel's name, however many watches there are.
 
@@ -560,7 +560,12 @@ class MemoryBroker:
                 if not found:
                     del self._watches[prefix]
 
-        return Watch(prefix, f"{self.epoch}-{self._order}", lost, cancel)
+        def marker() -> str:
+            # Every publish tells the watches first: a watch has been told
+            # of every channel with an event up to now.
+            return f"{self.epoch}-{self._order}"
+
+        return Watch(prefix, lost, marker=marker, cancel=cancel)
 
     def _tell_since(self, prefix: str, watching: _Watching, since: str) -> str | None:
         """
