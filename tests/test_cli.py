@@ -3,7 +3,9 @@ Tests for L{twisted_sse.__main__}: the C{twisted-sse} command's options, the
 strict parsing of URLs, C{listen} run in memory on a fake agent and a
 L{Clock}, and C{check} on fake connections.  The real process, socket and
 reactor are exercised by L{tests.test_client_interop} and
-L{tests.test_check_process}.
+L{tests.test_check_process}, and here for C{listen --channel} only: a real
+C{listen} process reading a small twisted.web server in another, which
+records the request URI it gets.
 """
 
 from __future__ import annotations
@@ -11,8 +13,11 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -167,6 +172,7 @@ class OptionTests(SynchronousTestCase):
                 options.max_line_bytes,
                 options.max_event_bytes,
                 options.verbose,
+                options.channel,
             ),
             (
                 "",
@@ -178,9 +184,37 @@ class OptionTests(SynchronousTestCase):
                 16 * 1024 * 1024,
                 16 * 1024 * 1024,
                 False,
+                [],
             ),
         )
         self.assertIsInstance(options, argparse.Namespace)
+
+    def test_channels_parsed(self) -> None:
+        """--channel is repeatable, in order."""
+        options = build_parser().parse_args(
+            ["listen", URL, "--channel", "a", "--channel", "news.*"]
+        )
+        self.assertEqual(options.channel, ["a", "news.*"])
+
+    def test_bad_channel(self) -> None:
+        """
+        A bad --channel is a usage error: exit 2 and one line on stderr
+        naming it, before anything connects.
+        """
+        for name in ["*", "a b", "-x.*", "", "news*", "x" * 129]:
+            code, err = usage("listen", URL, "--channel", "ok", f"--channel={name}")
+            self.assertEqual(code, 2, name)
+            lines = err.splitlines()
+            self.assertEqual(len(lines), 1, err)
+            self.assertTrue(lines[0].startswith("twisted-sse: bad --channel: "), err)
+            self.assertIn(repr(name), lines[0])
+
+    def test_bad_url_before_channel(self) -> None:
+        """A bad URL with --channel is said as a bad URL, once."""
+        code, err = usage("listen", "ftp://h/", "--channel", "a")
+        self.assertEqual(code, 2)
+        self.assertEqual(len(err.splitlines()), 1, err)
+        self.assertIn("bad URL 'ftp://h/'", err)
 
 
 class ListenTests(SynchronousTestCase):
@@ -377,6 +411,78 @@ class ListenTests(SynchronousTestCase):
         self.assertTrue(response.stopped)
         listener.clock.advance(0.1)
         self.assertEqual(len(listener.agent.requests), 2)
+
+    def test_channels(self) -> None:
+        """
+        --channel reads the hub's /subscribe for those channels; each line's
+        type is the event's channel, its lastEventId the cursor.
+        """
+        listener = Listener(
+            "http://hub.example/?token=t",
+            "--channel",
+            "orders",
+            "--channel",
+            "news.*",
+            "--max-events",
+            "2",
+        )
+        self.assertEqual(
+            listener.request.uri,
+            b"http://hub.example/subscribe?token=t&channel=orders&channel=news.*",
+        )
+        response = listener.request.respond()
+        response.send(
+            b"retry: 1000\nid: ~c0\n\n"
+            b"event: news.eu\nid: ~c1\ndata: n\n\n"
+            b"event: orders\nid: ~c2\ndata: o\n\n"
+        )
+        self.assertEqual(self.successResultOf(listener.done), 0)
+        self.assertEqual(
+            listener.events(),
+            [
+                {
+                    "type": "news.eu",
+                    "data": "n",
+                    "lastEventId": "~c1",
+                    "origin": "http://hub.example",
+                },
+                {
+                    "type": "orders",
+                    "data": "o",
+                    "lastEventId": "~c2",
+                    "origin": "http://hub.example",
+                },
+            ],
+        )
+        self.assertEqual(listener.err.getvalue(), "")
+
+    def test_channels_resume(self) -> None:
+        """
+        The reconnection asks for the same channels with the last cursor;
+        --last-event-id seeds the first.
+        """
+        listener = Listener(
+            "http://hub.example", "--channel", "a", "--last-event-id", "~seed"
+        )
+        subscribe = b"http://hub.example/subscribe?channel=a"
+        self.assertEqual(listener.request.uri, subscribe)
+        self.assertEqual(listener.request.header("Last-Event-ID"), "~seed")
+        response = listener.request.respond()
+        response.send(b"retry: 500\nid: ~c0\n\nevent: a\nid: ~c1\ndata: x\n\n")
+        response.end()
+        listener.clock.advance(0.5)
+        self.assertEqual(len(listener.agent.requests), 2)
+        self.assertEqual(listener.request.uri, subscribe)
+        self.assertEqual(listener.request.header("Last-Event-ID"), "~c1")
+
+    def test_bad_channel_no_request(self) -> None:
+        """listen with a bad --channel exits 2 with one line and no request."""
+        listener = Listener(URL, "--channel", "*")
+        self.assertEqual(self.successResultOf(listener.done), 2)
+        self.assertEqual(len(listener.err.lines()), 1)
+        self.assertIn("'*'", listener.err.getvalue())
+        self.assertEqual(listener.agent.requests, [])
+        self.assertEqual(listener.clock.getDelayedCalls(), [])
 
     def test_broken_pipe(self) -> None:
         """A closed stdout ends listen quietly with 0."""
@@ -640,3 +746,100 @@ class CheckTests(SynchronousTestCase):
         self.assertNoResult(checker.done)
         self.assertEqual(checker.finish(self), 1)
         self.assertRegex(checker.out.getvalue(), r"FAIL  status +no response in 2.0 s")
+
+
+#: A server for L{ListenChannelProcessTests}: it prints its port, then the
+#: URI of each request it gets; it answers with, for each C{channel}
+#: parameter it decodes, one event of that type whose data is the URI.
+RECORDER = """
+from twisted.internet import reactor
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+
+class Recorder(Resource):
+    isLeaf = True
+
+    def render_GET(self, request):
+        print(request.uri.decode("ascii"), flush=True)
+        request.setHeader(b"Content-Type", b"text/event-stream")
+        frames = [b"retry: 60000\\nid: ~0\\n\\n"]
+        for number, name in enumerate(request.args.get(b"channel", []), 1):
+            frames.append(
+                b"event: %s\\nid: ~%d\\ndata: %s\\n\\n"
+                % (name, number, request.uri)
+            )
+        return b"".join(frames)
+
+
+port = reactor.listenTCP(0, Site(Recorder()), interface="127.0.0.1")
+print(port.getHost().port, flush=True)
+reactor.run()
+"""
+
+#: Seconds a process may take; only a hung one gets near it.
+PROCESS_TIMEOUT = 60
+
+
+class ListenChannelProcessTests(SynchronousTestCase):
+    """C{twisted-sse listen --channel} over a real socket."""
+
+    def test_subscribe_request(self) -> None:
+        """
+        The server gets the /subscribe URI with one parameter per channel
+        after the URL's own, and decodes each name as given; the events
+        print with their channel as type.
+        """
+        server = subprocess.Popen(
+            [sys.executable, "-c", RECORDER],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+        def stop() -> None:
+            server.terminate()
+            server.communicate(timeout=PROCESS_TIMEOUT)
+
+        self.addCleanup(stop)
+        assert server.stdout is not None
+        port = server.stdout.readline().strip()
+        self.assertTrue(port.isdigit(), f"the server did not start: {port!r}")
+        root = Path(__file__).resolve().parent.parent
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(root), *filter(None, [env.get("PYTHONPATH")])]
+        )
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "twisted_sse",
+                "listen",
+                f"http://127.0.0.1:{port}?token=t",
+                "--channel",
+                "eu@orders",
+                "--channel",
+                "news.*",
+                "--max-events",
+                "2",
+                "--timeout",
+                "30",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=PROCESS_TIMEOUT,
+            cwd=root,
+            env=env,
+        )
+        uri = "/subscribe?token=t&channel=eu%40orders&channel=news.*"
+        self.assertEqual((run.returncode, run.stderr), (0, ""))
+        self.assertEqual(server.stdout.readline().strip(), uri)
+        origin = f"http://127.0.0.1:{port}"
+        self.assertEqual(
+            [json.loads(line) for line in run.stdout.splitlines()],
+            [
+                {"type": name, "data": uri, "lastEventId": f"~{n}", "origin": origin}
+                for n, name in enumerate(["eu@orders", "news.*"], 1)
+            ],
+        )

@@ -459,6 +459,96 @@ class LastEventIdTests(SynchronousTestCase):
         self.assertEqual(harness.last.header("Last-Event-ID"), "4")
 
 
+class ChannelsTests(SynchronousTestCase):
+    """C{channels=}: several channels of a hub in one stream."""
+
+    HUB = "http://hub.example"
+    SUBSCRIBE = "http://hub.example/subscribe?channel=orders&channel=news.*"
+
+    def test_subscribe_url(self) -> None:
+        """The source reads the hub's /subscribe for the channels given."""
+        harness = Harness(self.HUB, channels=["orders", "news.*"])
+        self.assertEqual(harness.start().uri, self.SUBSCRIBE.encode())
+        self.assertEqual(harness.source.url, self.SUBSCRIBE)
+        self.assertEqual(harness.source.origin, self.HUB)
+
+    def test_own_query_and_path_kept(self) -> None:
+        """The URL's path (other than /) and query stay; names are encoded."""
+        harness = Harness("http://hub.example/sse/subscribe?k=v", channels=["a:b"])
+        self.assertEqual(
+            harness.start().uri,
+            b"http://hub.example/sse/subscribe?k=v&channel=a%3Ab",
+        )
+
+    def test_channel_types(self) -> None:
+        """An event typed with its channel reaches that channel's listeners."""
+        harness = Harness(self.HUB, channels=["orders", "news.*"])
+        orders: list[MessageEvent] = []
+        news: list[MessageEvent] = []
+        harness.source.add_listener("orders", orders.append)
+        harness.source.add_listener("news.eu", news.append)
+        harness.start()
+        harness.open(
+            b"retry: 1000\nid: ~c0\n\n"
+            b"event: orders\nid: ~c1\ndata: o\n\n"
+            b"event: news.eu\nid: ~c2\ndata: n\n\n"
+        )
+        self.assertEqual(orders, [message("o", "orders", "~c1", self.HUB)])
+        self.assertEqual(news, [message("n", "news.eu", "~c2", self.HUB)])
+        self.assertEqual(harness.events, [])
+
+    def test_reconnect_sends_last_cursor(self) -> None:
+        """
+        A reconnection asks for the same channels with the last cursor as
+        Last-Event-ID: the hub resumes every channel from it.
+        """
+        harness = Harness(self.HUB, channels=["orders", "news.*"])
+        harness.start()
+        self.assertIsNone(harness.last.header("Last-Event-ID"))
+        harness.open(
+            b"retry: 1000\nid: ~c0\n\nevent: orders\nid: ~c1\ndata: o\n\n"
+        ).end()
+        harness.clock.advance(1)
+        self.assertEqual(len(harness.agent.requests), 2)
+        self.assertEqual(harness.last.uri, self.SUBSCRIBE.encode())
+        self.assertEqual(harness.last.header("Last-Event-ID"), "~c1")
+        # The hub's first frame on the resumed stream moves the cursor too.
+        harness.open(b"id: ~c5\n\n").end()
+        harness.clock.advance(2)
+        harness.last.fail()
+        harness.clock.advance(4)
+        self.assertEqual(harness.last.uri, self.SUBSCRIBE.encode())
+        self.assertEqual(harness.last.header("Last-Event-ID"), "~c5")
+
+    def test_seeded_cursor(self) -> None:
+        """A last_event_id given resumes the first connection."""
+        harness = Harness(self.HUB, channels=["orders"], last_event_id="~seed")
+        self.assertEqual(harness.start().header("Last-Event-ID"), "~seed")
+
+    def test_bad_channels(self) -> None:
+        """A bad name, '*' alone or no channel is a ValueError naming it."""
+        for channels, words in [
+            (["orders", "*"], "'*'"),
+            (["bad name"], "'bad name'"),
+            (["-x.*"], "'-x.*'"),
+            ([], "channels is empty"),
+            ("orders", "not the string 'orders'"),
+        ]:
+            clock = Clock()
+            with self.assertRaises(ValueError, msg=channels) as caught:
+                EventSource(
+                    self.HUB, channels=channels, agent=FakeAgent(), reactor=clock
+                )
+            self.assertIn(words, str(caught.exception))
+            self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_without_channels(self) -> None:
+        """Without channels the URL is read as given, / included."""
+        harness = Harness(self.HUB + "/")
+        self.assertEqual(harness.start().uri, b"http://hub.example/")
+        self.assertEqual(harness.source.url, self.HUB + "/")
+
+
 class BOMTests(SynchronousTestCase):
     """One leading BOM is removed on each connection."""
 

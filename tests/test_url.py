@@ -1,14 +1,24 @@
 """
 Tests for L{twisted_sse._url}: the strict check of a URL, the parsed L{URL}
-and its origin, the caller's extra headers, and the essence of a
-Content-Type.
+and its origin, the URL of a hub's C{/subscribe} for a list of channels, the
+caller's extra headers, and the essence of a Content-Type.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from urllib.parse import parse_qsl, urlsplit
+
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_sse._url import URL, check_headers, mime_essence, strict_url
+import twisted_sse
+from twisted_sse._url import (
+    URL,
+    check_headers,
+    mime_essence,
+    strict_url,
+    subscribe_url,
+)
 
 
 class StrictURLTests(SynchronousTestCase):
@@ -116,6 +126,133 @@ class URLTests(SynchronousTestCase):
         self.assertEqual(
             URL.parse("http://example.com:80/a?b").text, "http://example.com/a?b"
         )
+
+
+class SubscribeURLTests(SynchronousTestCase):
+    """L{subscribe_url} names the channels of a hub's C{/subscribe}."""
+
+    def test_public(self) -> None:
+        """It is part of the package's API."""
+        self.assertIs(twisted_sse.subscribe_url, subscribe_url)
+        self.assertIn("subscribe_url", twisted_sse.__all__)
+
+    def test_one_parameter_per_name(self) -> None:
+        """Each name is one C{channel} parameter, in the order given."""
+        self.assertEqual(
+            subscribe_url("https://hub.example/subscribe", ["a", "b", "news.*"]),
+            "https://hub.example/subscribe?channel=a&channel=b&channel=news.*",
+        )
+
+    def test_path_defaulted(self) -> None:
+        """An empty path or C{/} becomes C{/subscribe}; any other is kept."""
+        for base, url in [
+            ("http://hub.example", "http://hub.example/subscribe?channel=a"),
+            ("http://hub.example/", "http://hub.example/subscribe?channel=a"),
+            ("http://hub.example:8080", "http://hub.example:8080/subscribe?channel=a"),
+            ("http://[::1]:8080/", "http://[::1]:8080/subscribe?channel=a"),
+            ("http://h/sse/subscribe", "http://h/sse/subscribe?channel=a"),
+            ("http://h/events/", "http://h/events/?channel=a"),
+        ]:
+            self.assertEqual(subscribe_url(base, ["a"]), url)
+
+    def test_own_query_kept(self) -> None:
+        """The URL's own parameters come first, as they were; a fragment stays."""
+        for base, url in [
+            ("http://h/?token=x%20y", "http://h/subscribe?token=x%20y&channel=a"),
+            ("http://h/s?a=1&b=2", "http://h/s?a=1&b=2&channel=a"),
+            ("http://h/s?a=1&", "http://h/s?a=1&channel=a"),
+            ("http://h/s?", "http://h/s?channel=a"),
+            ("http://h?envelope=1#top", "http://h/subscribe?envelope=1&channel=a#top"),
+        ]:
+            self.assertEqual(subscribe_url(base, ["a"]), url)
+
+    def test_percent_encoded(self) -> None:
+        """
+        C{:} and C{@} are percent-encoded as a form would; C{.}, C{-}, C{_}
+        and the C{*} of a pattern stay readable; a server decoding the query
+        finds every name as given.
+        """
+        names = ["a:b@c", "x-y_z.w", "orders@eu.*", "A" * 128, "B" * 128 + ".*"]
+        url = subscribe_url("http://h/", names)
+        self.assertTrue(
+            url.startswith(
+                "http://h/subscribe?channel=a%3Ab%40c&channel=x-y_z.w"
+                "&channel=orders%40eu.*&"
+            ),
+            url,
+        )
+        self.assertEqual(
+            parse_qsl(urlsplit(url).query), [("channel", name) for name in names]
+        )
+        self.assertEqual(strict_url(url), url)
+
+    def test_duplicates_once(self) -> None:
+        """A name given twice is asked for once, where it first came."""
+        self.assertEqual(
+            subscribe_url("http://h/", ["b", "a", "b", "a"]),
+            "http://h/subscribe?channel=b&channel=a",
+        )
+
+    def test_any_iterable(self) -> None:
+        """A tuple or a generator does as well as a list."""
+        expected = "http://h/subscribe?channel=a&channel=b"
+        self.assertEqual(subscribe_url("http://h/", ("a", "b")), expected)
+        self.assertEqual(subscribe_url("http://h/", (n for n in "ab")), expected)
+
+    def test_bad_names_refused(self) -> None:
+        """Each invalid name or pattern is a ValueError naming it."""
+        for name, words in [
+            ("*", "invalid channel pattern '*'"),
+            (".*", "invalid channel pattern '.*'"),
+            ("news.**", "invalid channel name 'news.**'"),
+            ("news*", "invalid channel name 'news*'"),
+            ("*.news", "invalid channel name '*.news'"),
+            ("-news.*", "invalid channel pattern '-news.*'"),
+            ("a b", "invalid channel name 'a b'"),
+            ("", "invalid channel name ''"),
+            ("-a", "invalid channel name '-a'"),
+            ("é", "invalid channel name 'é'"),
+            ("a&channel=b", "invalid channel name 'a&channel=b'"),
+            ("a" * 129, "invalid channel name 'aaaa"),
+            ("a" * 129 + ".*", "invalid channel pattern 'aaaa"),
+        ]:
+            with self.assertRaises(ValueError, msg=name) as caught:
+                subscribe_url("http://h/", ["ok", name])
+            self.assertIn(words, str(caught.exception))
+
+    def test_not_a_string(self) -> None:
+        """A name that is not a string is refused, naming it."""
+        with self.assertRaises(ValueError) as caught:
+            subscribe_url("http://h/", ["a", 3])  # type: ignore[list-item]
+        self.assertIn("a channel name must be a string, not 3", str(caught.exception))
+
+    def test_empty_refused(self) -> None:
+        """No channel at all is refused, naming C{channels}."""
+        empties: list[Iterable[str]] = [[], (), iter([])]
+        for channels in empties:
+            with self.assertRaises(ValueError) as caught:
+                subscribe_url("http://h/", channels)
+            self.assertIn("channels is empty", str(caught.exception))
+
+    def test_one_string_refused(self) -> None:
+        """One string is not taken for the list of its letters."""
+        with self.assertRaises(ValueError) as caught:
+            subscribe_url("http://h/", "news")
+        self.assertIn(
+            "channels must be a list of channel names, not the string 'news'",
+            str(caught.exception),
+        )
+
+    def test_bad_url_refused(self) -> None:
+        """The base URL is checked as L{strict_url} checks it."""
+        for base, problem in [
+            ("ftp://h/", "not http or https"),
+            ("h/subscribe", "not an absolute URL"),
+            ("http://exa mple/", "a space or control character"),
+        ]:
+            with self.assertRaises(ValueError, msg=base) as caught:
+                subscribe_url(base, ["a"])
+            self.assertIn(problem, str(caught.exception))
 
 
 class CheckHeadersTests(SynchronousTestCase):

@@ -72,6 +72,7 @@ from ._registry import StreamRegistry
 from ._resource import FAILURE_RETRY, EventStreamResource, StreamResource, counter
 from ._service import EventStreamService
 from ._stream import MAX_LAST_EVENT_ID, EventStream, SlowClientPolicy, StreamHandler
+from ._url import subscribe_url
 
 if TYPE_CHECKING:
     from ._app import SSEApp
@@ -160,5 +161,6 @@ __all__ = [
     "parse_redis_url",
     "publish",
     "publish_from_thread",
+    "subscribe_url",
     "valid_channel",
 ]

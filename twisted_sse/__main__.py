@@ -15,6 +15,9 @@ pipes into ``jq`` or a script.  It reconnects as a browser would: after a
 stream that delivered events, quietly; after an attempt that failed (a
 refused connection, a wrong port, a cap), with one line on stderr, so it
 never waits in silence; with ``--verbose``, every time.  Never on stdout.
+With ``--channel NAME`` (repeatable) it reads the hub's ``/subscribe`` at
+``URL`` for those channels and patterns (``news.*``) in one stream, each
+event's ``type`` naming its channel.
 
 What a server can make it hold is capped (``--max-line-bytes``,
 ``--max-event-bytes``, 16 MiB each, and the response head): past a cap it
@@ -64,7 +67,7 @@ from ._client import (
     ReadyState,
 )
 from ._parser import DEFAULT_MAX_EVENT_DATA_BYTES, DEFAULT_MAX_LINE_BYTES, LimitExceeded
-from ._url import strict_url
+from ._url import strict_url, subscribe_url
 from ._version import version_text
 
 __all__ = ["build_parser", "check", "listen", "main", "strict_url"]
@@ -199,6 +202,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--verbose",
         action="store_true",
         help="say on stderr why and when it reconnects, every time",
+    )
+    listen_parser.add_argument(
+        "--channel",
+        metavar="NAME",
+        action="append",
+        default=[],
+        help=(
+            "read this channel of the hub at URL, or every channel under a "
+            "pattern such as 'news.*', through its /subscribe (the path when "
+            "URL has none); each event's type is its channel; repeatable"
+        ),
     )
     listen_parser.add_argument(
         "--last-event-id",
@@ -343,9 +357,9 @@ def _add_check(commands: Any) -> None:
 
 def _usage_problem(options: argparse.Namespace) -> str | None:
     """
-    What is wrong with ``options`` that the parser cannot see (a URL, the
-    ``--origin``, a ``--cacert`` file), or ``None``: found before the
-    reactor runs.
+    What is wrong with ``options`` that the parser cannot see (a URL, a
+    ``--channel``, the ``--origin``, a ``--cacert`` file), or ``None``:
+    found before the reactor runs.
     """
     urls = [("URL", options.url)]
     if options.command == "check" and options.publish is not None:
@@ -355,6 +369,11 @@ def _usage_problem(options: argparse.Namespace) -> str | None:
             strict_url(value)
         except ValueError as e:
             return f"bad {name} {value!r}: {e}"
+    if options.command == "listen" and options.channel:
+        try:
+            subscribe_url(options.url, options.channel)
+        except ValueError as e:
+            return f"bad --channel: {e}"
     if options.command == "check":
         if options.origin is not None:
             try:
@@ -476,6 +495,7 @@ async def listen(
     try:
         source = EventSource(
             options.url,
+            channels=options.channel or None,
             headers=options.header,
             last_event_id=options.last_event_id,
             reconnection_time=options.reconnection_time,

@@ -57,7 +57,7 @@ from ._parser import (
     LimitExceeded,
 )
 from ._redirects import MAX_REDIRECTS, Fetched, RedirectRefused, fetch
-from ._url import URL, check_headers, mime_essence, strict_url
+from ._url import URL, check_headers, mime_essence, strict_url, subscribe_url
 
 __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
@@ -177,7 +177,17 @@ class EventSource:
     than max_line_bytes (16777216 bytes)``), and retries as after a failed
     attempt.
 
-    :ivar url: The URL given.
+    To read several channels of a hub in one stream, give ``channels``: the
+    source reads the hub's ``/subscribe`` (see
+    :func:`~twisted_sse.subscribe_url`), and each event's type is the
+    channel it was published on (unless it was published with a type of its
+    own)::
+
+        source = EventSource("https://hub.example", channels=["orders", "news.*"])
+        source.add_listener("orders", handle_order)
+
+    :ivar url: The URL read: the URL given, or with ``channels`` the
+        ``/subscribe`` URL made from it.
     :ivar reconnection_time: Milliseconds to wait before reconnecting after
         an open stream ended; the server changes it with ``retry:``, and it
         persists across connections.
@@ -199,6 +209,7 @@ class EventSource:
         self,
         url: str,
         *,
+        channels: Iterable[str] | None = None,
         headers: Mapping[str, str] | Iterable[tuple[str, str]] = (),
         last_event_id: str = "",
         reconnection_time: int = DEFAULT_RECONNECTION_TIME,
@@ -212,6 +223,11 @@ class EventSource:
     ) -> None:
         """
         :param url: An absolute ``http`` or ``https`` URL.
+        :param channels: Channel names and patterns (``news.*``) of a hub to
+            read in one stream: the source reads ``subscribe_url(url,
+            channels)`` (see :func:`~twisted_sse.subscribe_url`).  The ``id``
+            of each event then stands for the position in every channel, so
+            the ``Last-Event-ID`` of a reconnection resumes them all.
         :param headers: Extra request headers (``Authorization``, say),
             sent to the URL's origin only: a redirect to another origin drops
             them for the rest of that connection.  ``Accept``,
@@ -238,10 +254,13 @@ class EventSource:
         :param reactor: The reactor: the time source for reconnects and the
             watchdog, and the default agent's.  The global reactor by default.
         :param random: Returns a float in [0, 1); the source of jitter.
-        :raises ValueError: if ``url`` is not an http(s) URL, a header or
+        :raises ValueError: if ``url`` is not an http(s) URL, a channel
+            name is invalid or ``channels`` is empty, a header or
             ``last_event_id`` is malformed, a time is negative, or a cap is
             less than 1.
         """
+        if channels is not None:
+            url = subscribe_url(url, channels)
         self._url = URL.parse(strict_url(url))
         self._headers = check_headers(headers)
         if any(char in last_event_id for char in "\r\n\0"):

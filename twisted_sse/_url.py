@@ -1,8 +1,9 @@
 """
 URLs and header values as the client and the checker take them: the strict
 check every command and :class:`~twisted_sse.EventSource` make of a URL, the
-parsed :class:`URL` ready for the wire, extra request headers, and the
-essence of a ``Content-Type``.
+parsed :class:`URL` ready for the wire, the URL of a hub's ``/subscribe``
+for a list of channels, extra request headers, and the essence of a
+``Content-Type``.
 """
 
 from __future__ import annotations
@@ -10,11 +11,20 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 from attrs import frozen
 
-__all__ = ["DEFAULT_PORTS", "URL", "check_headers", "mime_essence", "strict_url"]
+from ._broker import valid_channel
+
+__all__ = [
+    "DEFAULT_PORTS",
+    "URL",
+    "check_headers",
+    "mime_essence",
+    "strict_url",
+    "subscribe_url",
+]
 
 #: The port a scheme's URL means when it names none.
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -102,6 +112,74 @@ def _check_host(host: str) -> None:
             ipaddress.IPv4Address(host.rstrip("."))
         except ValueError:
             raise ValueError(f"{host!r} is not a valid IPv4 address") from None
+
+
+def subscribe_url(base_url: str, channels: Iterable[str]) -> str:
+    """
+    The URL of a hub's ``/subscribe`` stream carrying ``channels``: ``base_url``
+    with one ``channel=<name>`` query parameter per name appended, in order
+    and each once, after the parameters ``base_url`` already has.  When the
+    path of ``base_url`` is empty or ``/`` it becomes ``/subscribe``; any
+    other path is kept (a hub mounted under a prefix, say)::
+
+        >>> subscribe_url("https://hub.example", ["orders", "news.*"])
+        'https://hub.example/subscribe?channel=orders&channel=news.*'
+
+    Each name is a channel name (see :func:`~twisted_sse.valid_channel`) or
+    a pattern: a channel name followed by ``.*``, which stands for every
+    channel below it (``news.*`` for ``news.eu`` and ``news.eu.fr``).  The
+    names are checked here, by the hub's rules, so that a typo fails at once
+    rather than as the hub's ``400``.
+
+    :param base_url: The hub's absolute ``http`` or ``https`` URL, checked
+        as :class:`~twisted_sse.EventSource` checks its URL.
+    :param channels: The channel names and patterns: at least one.
+    :returns: The URL to give :class:`~twisted_sse.EventSource`.
+    :raises ValueError: naming the problem: the URL, an invalid channel name
+        or pattern (``*`` alone included), or no channel at all.
+    """
+    strict_url(base_url)
+    if isinstance(channels, (str, bytes)):
+        raise ValueError(
+            f"channels must be a list of channel names, not the string {channels!r}"
+        )
+    names: dict[str, None] = {}  # in order, each once
+    for name in channels:
+        _check_channel(name)
+        names[name] = None
+    if not names:
+        raise ValueError("channels is empty: name at least one channel")
+    parts = urlsplit(base_url)
+    path = parts.path if parts.path not in ("", "/") else "/subscribe"
+    # A channel name holds only ASCII letters, digits and "_.:@-": ":" and
+    # "@" are escaped as a form would, and "." and "*" stay readable.
+    own = parts.query.rstrip("&")
+    query = [own] if own else []
+    query += [f"channel={quote(name, safe='*')}" for name in names]
+    return urlunsplit(
+        (parts.scheme, parts.netloc, path, "&".join(query), parts.fragment)
+    )
+
+
+def _check_channel(name: object) -> None:
+    if not isinstance(name, str):
+        raise ValueError(f"a channel name must be a string, not {name!r}")
+    if name == "*":
+        raise ValueError(
+            "invalid channel pattern '*': a pattern is a channel name "
+            "followed by '.*', such as 'news.*'"
+        )
+    if name.endswith(".*"):
+        if not valid_channel(name[:-2]):
+            raise ValueError(
+                f"invalid channel pattern {name!r}: a pattern is a channel name "
+                "followed by '.*', such as 'news.*'"
+            )
+    elif not valid_channel(name):
+        raise ValueError(
+            f"invalid channel name {name!r}: 1 to 128 ASCII letters, digits "
+            "and '_.:@-', starting with a letter or digit"
+        )
 
 
 @frozen
