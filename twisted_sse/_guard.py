@@ -38,6 +38,7 @@ from twisted.logger import ILogObserver, LogEvent, Logger, LogPublisher
 from twisted.web.http import HTTPChannel
 from zope.interface import implementer
 
+from ._errors import error_body
 from ._twisted import guarded_protocol_class
 
 try:
@@ -112,6 +113,10 @@ def count_open_fds() -> int | None:
     return None
 
 
+#: What a request line starts with: a method token.
+_METHOD = re.compile(rb"[A-Z]{1,16}")
+
+
 class GuardedChannel(HTTPChannel):
     """
     An HTTP/1.x channel that tells its :class:`ConnectionGuard` when it
@@ -141,6 +146,33 @@ class GuardedChannel(HTTPChannel):
         if self.awaiting_head and data:
             self.head_bytes = True
         super().dataReceived(data)  # type: ignore[no-untyped-call]
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """
+        A line of a request head longer than Twisted reads (16 KiB), which
+        Twisted answers by closing the connection without a word: answer
+        ``414`` for a request line (a URL that long) and ``431`` for a
+        header line, in JSON, then close.
+        """
+        method, space, _ = line[:32].partition(b" ")
+        if space and _METHOD.fullmatch(method):
+            status = b"414 URI Too Long"
+            reason = f"the request line is longer than {self.MAX_LENGTH} bytes"
+        else:
+            status = b"431 Request Header Fields Too Large"
+            reason = f"a header line is longer than {self.MAX_LENGTH} bytes"
+        body = error_body(reason)
+        transport = self.transport
+        if transport is None:
+            return
+        transport.write(
+            b"HTTP/1.1 " + status + b"\r\n"
+            b"Content-Type: application/json\r\n"
+            b"Cache-Control: no-store\r\n"
+            b"Connection: close\r\n"
+            b"Content-Length: " + str(len(body)).encode("ascii") + b"\r\n\r\n" + body
+        )
+        transport.loseConnection()
 
     def allHeadersReceived(self) -> None:
         """The head is complete: no deadline until the response ends."""

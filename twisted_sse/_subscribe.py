@@ -13,7 +13,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
 
 from ._broker import BrokerUnavailable
-from ._errors import json_error
+from ._errors import json_error, method_not_allowed
 from ._fanin import Fanin, Selection, parse_selection
 from ._handoff import Handoff
 from ._resource import StreamResource
@@ -58,6 +58,12 @@ class SubscribeResource(StreamResource):
             registry=hub.registry,
         )
         self.hub = hub
+
+    def render(self, request: Any) -> bytes | int:
+        """Dispatch by method; others get a JSON ``405`` with ``Allow``."""
+        if request.method in self.allowed_methods:
+            return super().render(request)
+        return method_not_allowed(request, self.allowed_methods)
 
     def log_fields(self, request: Any) -> dict[str, object]:
         """Name a stream by the channels it carries in the logs."""
