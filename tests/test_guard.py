@@ -7,6 +7,7 @@ backlog), driven through the site with Twisted's fakes.
 
 from __future__ import annotations
 
+import json
 import types
 from typing import Any, cast
 
@@ -630,3 +631,51 @@ class OptionTests(SynchronousTestCase):
             with self.assertRaises(usage.UsageError) as caught:
                 self.parse(*arguments)
             self.assertIn(arguments[0], str(caught.exception))
+
+
+class LongLineTests(SynchronousTestCase):
+    """
+    A request head line longer than Twisted reads (16 KiB) is answered in
+    JSON before the connection closes, where Twisted closes without a word.
+    """
+
+    def answer(self, data: bytes) -> tuple[bytes, dict[str, Any], Connection]:
+        connection = Harness().open()
+        connection.send(data)
+        head, _, body = connection.output.partition(b"\r\n\r\n")
+        return head, json.loads(body), connection
+
+    def test_request_line(self) -> None:
+        """A URL that long: 414, naming the limit."""
+        target = b"/subscribe?channel=" + b"a" * 20000
+        head, body, connection = self.answer(b"GET " + target + b" HTTP/1.1\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 414 URI Too Long\r\n"), head)
+        self.assertIn(b"Content-Type: application/json", head)
+        self.assertEqual(body, {"error": "the request line is longer than 16384 bytes"})
+        self.assertTrue(connection.closing)
+
+    def test_request_line_in_pieces(self) -> None:
+        """The same when the line arrives in small pieces."""
+        connection = Harness().open()
+        connection.send(b"GET /" + b"a" * 1000)
+        for _ in range(20):
+            connection.send(b"b" * 1000)
+        self.assertTrue(connection.output.startswith(b"HTTP/1.1 414 "))
+        self.assertTrue(connection.closing)
+
+    def test_header_line(self) -> None:
+        """A header line that long: 431."""
+        head, body, connection = self.answer(
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 20000 + b"\r\n"
+        )
+        self.assertTrue(
+            head.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"), head
+        )
+        self.assertEqual(body, {"error": "a header line is longer than 16384 bytes"})
+        self.assertTrue(connection.closing)
+
+    def test_short_lines_untouched(self) -> None:
+        """A request of ordinary lines is answered by its resource."""
+        connection = Harness().open()
+        connection.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(connection.output.startswith(b"HTTP/1.1 200 "))

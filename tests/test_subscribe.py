@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -1060,3 +1061,44 @@ class SubscribeProcessTests(SynchronousTestCase):
             {"channel": "news.eu", "event": None, "data": "eight"},
         )
         self.assertNotIn(b"Traceback", server.output)
+
+
+@over_both_transports
+class PlainTreeMethodTests(TransportCase):
+    """The resource of a plain twisted.web tree answers as the app does."""
+
+    def test_post_plain_tree(self) -> None:
+        """hub.subscribe_resource() in a plain tree: POST gets a JSON 405."""
+        hub = SubscribeHub(self)
+        response = hub.client.request(
+            "POST", target("a"), {"Authorization": f"Bearer {TOKEN}"}, b"x"
+        )
+        self.assertEqual(response.code, 405)
+        self.assertEqual(response.header("Allow"), "GET, HEAD, OPTIONS")
+        self.assertEqual(response.header("Content-Type"), "application/json")
+        self.assertEqual(
+            answer(response),
+            {"error": "method POST not allowed here: use GET, HEAD, OPTIONS"},
+        )
+
+
+class HugeTargetTests(SynchronousTestCase):
+    """A target longer than Twisted reads is answered, not dropped."""
+
+    def test_20000_byte_target(self) -> None:
+        """A 20000-byte request target is answered with a 4xx, not dropped."""
+        server = Twistd("--publish-token", TOKEN).start()
+        self.addCleanup(server.stop)
+        path = target("a" * (20000 - len(target(""))))
+        self.assertEqual(len(path), 20000)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(http_request(path))
+            answer_ = b""
+            while chunk := sock.recv(65536):
+                answer_ += chunk
+                if b"\r\n\r\n" in answer_:
+                    break
+        self.assertRegex(answer_, rb"\AHTTP/1\.1 4[0-9][0-9] ")
+        ok = SocketClient(server.port, http_request(target("a")))
+        self.addCleanup(ok.close)
+        self.assertEqual(ok.code, 200)
