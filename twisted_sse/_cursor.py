@@ -94,12 +94,16 @@ class CursorBuilder:
     that moved (a subscription writes one cursor per event).
     """
 
-    __slots__ = ("_entries", "_epochs", "_keys", "_text")
+    __slots__ = ("_collided", "_entries", "_epochs", "_head", "_keys", "_text")
 
     def __init__(self) -> None:
         self._keys: dict[str, bytes] = {}
-        self._entries: dict[bytes, bytes | None] = {}
+        self._entries: dict[bytes, bytes] = {}
+        self._collided: set[bytes] = set()
         self._epochs: dict[tuple[int, int], int] = {}
+        #: The version, the epochs and the count, packed (they change
+        #: only when a channel or an epoch is added).
+        self._head: bytes | None = None
         self._text: str | None = None
 
     def set(self, name: str, position: str) -> None:
@@ -108,33 +112,94 @@ class CursorBuilder:
         entries = self._entries
         if key is None:
             key = self._keys[name] = name_key(name)
-            if key in entries:
-                entries[key] = None  # a collision: both left out
-                self._text = None
+            if key in entries or key in self._collided:
+                entries.pop(key, None)  # a collision: both left out
+                self._collided.add(key)
+                self._head = self._text = None
                 return
-        elif entries.get(key, b"") is None:
+            self._head = None
+        elif key in self._collided:
             return
-        packed = bytearray(key)
-        _pack_position(packed, position, self._epochs)
-        entries[key] = bytes(packed)
+        form, epoch, tail = _parsed(position)
+        if form == _TEXT:
+            entries[key] = key + tail
+        else:
+            epochs = self._epochs
+            index = epochs.get((form, epoch))
+            if index is None:
+                index = epochs[(form, epoch)] = len(epochs)
+                self._head = None
+            entries[key] = (
+                key + _SMALL[form][index] + tail
+                if index < 128
+                else (key + bytes([form]) + _varint_bytes(index) + tail)
+            )
         self._text = None
 
     def text(self) -> str:
         """The cursor, as text."""
         text = self._text
         if text is None:
-            out = bytearray([_VERSION])
-            _varint(out, len(self._epochs))
-            for form, epoch in self._epochs:
-                out.append(form)
-                _varint(out, epoch)
-            kept = [entry for entry in self._entries.values() if entry is not None]
-            _varint(out, len(kept))
-            for entry in kept:
-                out += entry
-            encoded = base64.urlsafe_b64encode(bytes(out)).rstrip(b"=")
+            head = self._head
+            if head is None:
+                out = bytearray([_VERSION])
+                _varint(out, len(self._epochs))
+                for form, epoch in self._epochs:
+                    out.append(form)
+                    _varint(out, epoch)
+                _varint(out, len(self._entries))
+                head = self._head = bytes(out)
+            packed = head + b"".join(self._entries.values())
+            encoded = base64.urlsafe_b64encode(packed).rstrip(b"=")
             text = self._text = _PREFIX + encoded.decode("ascii")
         return text
+
+
+#: The form byte and a one-byte epoch index, made once.
+_SMALL = {
+    form: [bytes([form, index]) for index in range(128)] for form in (_MEMORY, _REDIS)
+}
+#: Positions parsed lately: every subscriber of a channel writes the same
+#: ones.  Emptied when full.
+_PARSED: dict[str, tuple[int, int, bytes]] = {}
+_PARSED_MAX = 4096
+
+
+def _parsed(position: str) -> tuple[int, int, bytes]:
+    """
+    ``position`` as its form, its epoch and its packed rest (without the
+    epoch's index); the rest of a text position includes its form byte.
+    """
+    found = _PARSED.get(position)
+    if found is not None:
+        return found
+    out = bytearray()
+    memory = _MEMORY_ID.fullmatch(position)
+    redis = _REDIS_ID.fullmatch(position) if memory is None else None
+    if memory is not None:
+        form, epoch = _MEMORY, int(memory.group(1))
+        _varint(out, int(memory.group(2)))
+    elif redis is not None:
+        form, epoch = _REDIS, int(redis.group(1), 36)
+        _varint(out, _zigzag(int(redis.group(2)) - epoch // 1000))
+        _varint(out, int(redis.group(3)))
+    else:
+        raw = position.encode("utf-8")
+        form, epoch = _TEXT, 0
+        out.append(_TEXT)
+        _varint(out, len(raw))
+        out += raw
+    found = (form, epoch, bytes(out))
+    if len(_PARSED) >= _PARSED_MAX:
+        _PARSED.clear()
+    _PARSED[position] = found
+    return found
+
+
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    _varint(out, value)
+    return bytes(out)
 
 
 def decode_cursor(text: str) -> Cursor | None:
@@ -184,31 +249,6 @@ def _read(data: bytes) -> Cursor | None:
     if not reader.done():
         return None
     return Cursor(positions)
-
-
-def _pack_position(
-    out: bytearray, position: str, epochs: dict[tuple[int, int], int]
-) -> None:
-    memory = _MEMORY_ID.fullmatch(position)
-    if memory is not None:
-        epoch = epochs.setdefault((_MEMORY, int(memory.group(1))), len(epochs))
-        out.append(_MEMORY)
-        _varint(out, epoch)
-        _varint(out, int(memory.group(2)))
-        return
-    redis = _REDIS_ID.fullmatch(position)
-    if redis is not None:
-        value = int(redis.group(1), 36)
-        epoch = epochs.setdefault((_REDIS, value), len(epochs))
-        out.append(_REDIS)
-        _varint(out, epoch)
-        _varint(out, _zigzag(int(redis.group(2)) - value // 1000))
-        _varint(out, int(redis.group(3)))
-        return
-    raw = position.encode("utf-8")
-    out.append(_TEXT)
-    _varint(out, len(raw))
-    out += raw
 
 
 def _varint(out: bytearray, value: int) -> None:
