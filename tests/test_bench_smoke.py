@@ -14,9 +14,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 RUN = Path(__file__).resolve().parent.parent / "bench" / "run.py"
+#: The shared harness's load client and publisher, next to the repository
+#: (bench/subscriptions.py's default ``--client-src``).
+HARNESS_CLIENT = RUN.parent.parent.parent / "shared" / "bench" / "client"
 
 #: What every result line reports (bench/run.py's RESULT_KEYS).
 KEYS = {
@@ -102,3 +106,41 @@ class BenchSmokeTests(SynchronousTestCase):
             self.assertGreaterEqual(result["setup_cpu_s"], 0)
             self.assertIsInstance(result["full_collections"], int)
         self.assertIn("| 10 | hub |", stdout)
+
+    @pytest.mark.slow
+    def test_subscriptions_smoke(self) -> None:
+        """
+        ``bench/subscriptions.py`` with ten subscribers: a line per case
+        against a real ``twistd sse``, nothing lost, the table and its bars.
+        """
+        if not (HARNESS_CLIENT / "pub.c").exists():
+            raise self.skipTest("no shared harness client next to the repository")
+        stdout, results = self.run_script(
+            RUN.parent / "subscriptions.py",
+            *("--memory-n", "10", "--deliveries-n", "10", "--patterns", "2"),
+            *("--warm", "2", "--sat-s", "1", "--settle", "0.2", "--repeat", "1"),
+            *("--out", str(self.out)),
+        )
+        self.assertEqual(
+            [(r["part"], r["case"]) for r in results],
+            [
+                ("memory", "one channel"),
+                ("memory", "one channel via /subscribe"),
+                ("memory", "ten channels"),
+                ("deliveries", "1 plain"),
+                ("deliveries", "2 patterns elsewhere"),
+                ("deliveries", "3 pattern matches"),
+            ],
+        )
+        for result in results:
+            self.assertEqual(result["connected"], 10)
+            self.assertEqual(result["lost_connections"], 0)
+            self.assertEqual(result["lost_events"], 0)
+            self.assertIn("rss_per_conn_kb", result)
+            if result["part"] == "deliveries":
+                self.assertGreater(result["sat_delivered"], 0)
+        self.assertEqual([r["held"] for r in results[3:]], [0, 4, 0])
+        self.assertIn("bar, ten channels <= 1.5x one channel (/channels/a): ", stdout)
+        self.assertIn("bar, run 3 pattern matches >= 0.9x run 1: ", stdout)
+        self.assertIn("| 2 patterns elsewhere | 10 on `/channels/x.y` + 2 idle", stdout)
+        self.assertEqual(len(list(self.out.glob("*-subscriptions.jsonl"))), 1)
