@@ -824,3 +824,39 @@ class CancelTests(FaninTestCase):
         self.publish("news.eu", "1")
         self.assertEqual(stream.delivered, [])
         self.assertEqual(self.broker.subscriber_count("news.eu"), 0)
+
+
+class FoundNotWritten(FaninTestCase):
+    def test_resume(self) -> None:
+        """
+        An event of a channel a pattern found, delivered but not yet
+        written when the client left, is replayed on resume.
+        """
+        first = self.stream(["a", "news.*"])
+        self.publish("a", "a1")
+        self.publish("news.eu", "e1")  # found; delivered, not written
+        first.fanin.encode(first.delivered[0])  # a1 written
+        cursor = first.fanin.cursor
+        first.fanin.cancel()
+        second = self.stream(["a", "news.*"], cursor)
+        self.assertEqual(by_channel(second.write()), {"news.eu": ["e1"]})
+
+    def test_resume_twice(self) -> None:
+        """The same, reconnecting twice before news.eu's next event: each event once."""
+        first = self.stream(["a", "news.*"])
+        self.publish("a", "a1")
+        self.publish("news.eu", "e1")
+        first.fanin.encode(first.delivered[0])
+        cursor = first.fanin.cursor
+        first.fanin.cancel()
+        second = self.stream(["a", "news.*"], cursor)
+        self.assertEqual(by_channel(second.write()), {"news.eu": ["e1"]})
+        cursor = second.fanin.cursor
+        second.fanin.cancel()
+        third = self.stream(["a", "news.*"], cursor)
+        self.publish("news.eu", "e2")
+        events = third.write()
+        self.assertEqual(
+            [(e.type, e.data) for e in third.events() if e.type != "news.eu"], []
+        )
+        self.assertEqual(by_channel(events), {"news.eu": ["e2"]})

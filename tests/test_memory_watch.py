@@ -606,3 +606,16 @@ class StateMachineTests(SynchronousTestCase):
             WatchMachine,
             settings=settings(max_examples=150, stateful_step_count=40, deadline=None),
         )
+
+
+class MarkerAfterCancel(WatchTestCase):
+    def test_marker_stops_at_cancel(self) -> None:
+        """A cancelled watch is told nothing more: its marker must not move."""
+        _, watching = self.watch()
+        self.publish("b.x")
+        watching.cancel()
+        kept = watching.marker
+        self.publish("a.x")
+        told, _ = self.watch(since=watching.marker)
+        self.assertEqual(told.channels, ["a.x"])
+        self.assertEqual(watching.marker, kept)

@@ -234,6 +234,10 @@ class Watch:
         """The watch has got to ``marker`` (for a broker that tells it so)."""
         self._marker = marker
 
+    def stopped_by(self, cancel: Callable[[], None]) -> None:
+        """What :meth:`cancel` calls (for a broker that sets it after)."""
+        self._cancel = cancel
+
     def cancel(self) -> None:
         """Stop telling; safe to call more than once."""
         cancel, self._cancel = self._cancel, None
@@ -371,7 +375,10 @@ class IPatternBroker(IBroker):
     """
 
     def watch(
-        prefix: str, found: Found, since: str | None = None
+        prefix: str,
+        found: Found,
+        since: str | None = None,
+        known: Callable[[str], bool] | None = None,
     ) -> Watch | Deferred[Watch]:
         """
         Tell ``found`` of the channels whose names start with ``prefix``
@@ -391,6 +398,15 @@ class IPatternBroker(IBroker):
         - from then on, for each channel under the prefix that gets an
           event, before that event reaches any subscriber, with the
           position just before it.
+
+        With ``known``, ``found`` is also told, before this returns, of
+        every channel under the prefix (existing or forgotten) that
+        ``known(name)`` accepts, whatever its events: the channels a
+        resuming subscription holds positions for, which it resumes from
+        those (``position`` is then the channel's head, or ``""``).  A
+        subscription's cursor may hold a channel at a position the marker
+        has passed (its events were delivered but not yet written, or a
+        replay of it was paused): this is how it finds them again.
 
         If ``since`` cannot be honoured at all (malformed, from another
         broker or run, or older than the broker remembers), the watch

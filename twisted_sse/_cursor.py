@@ -9,19 +9,25 @@ this version cannot read is treated as malformed: every channel is told
 its history was lost, and starts from its current position).  As it is
 today: ``~`` followed by the URL-safe base64 (unpadded) of
 
-- a version byte (``1``);
-- a table of the epochs the positions use, each once (a broker's ids
-  share few epochs: the in-memory broker's all share one);
-- one entry per channel or pattern: 5 bytes of a BLAKE2b hash of its name
-  (names themselves would make a 32-channel cursor kilobytes long), then
-  the position, packed by its form: ``<epoch>-<n>`` (the in-memory
-  broker) and ``<epoch>:<ms>-<n>`` (Redis) as numbers, anything else as
-  its text.
+- a head: a version byte (``1``), the count of zero bytes padding the
+  head, the table of the epochs the positions use, each once (a broker's
+  ids share few epochs: the in-memory broker's all share one), the count
+  of entries, and that padding;
+- one entry per channel or pattern: its length, 5 bytes of a BLAKE2b
+  hash of its name (names themselves would make a 32-channel cursor
+  kilobytes long), then the position, packed by its form: ``<epoch>-<n>``
+  (the in-memory broker) and ``<epoch>:<ms>-<n>`` (Redis) as numbers,
+  anything else as its text; then zero bytes.
 
-A 32-channel cursor of the in-memory broker is about 300 characters, of
-the Redis broker about 700.  Two names of one subscription whose hashes
+The head and every entry are padded to a multiple of three bytes, so that
+each encodes to base64 on its own: a subscription keeps each entry's text
+and joins them, and subscribers of a channel share the text of its
+entries (a cursor is written with every event sent).
+
+A 32-channel cursor of the in-memory broker is about 520 characters, of
+the Redis broker about 900.  Two names of one subscription whose hashes
 collide (a chance of one in 10^11 for 32 names) are both left out of the
-cursor: they resume as if new, and are counted in the log.
+cursor: they resume as if new.
 """
 
 from __future__ import annotations
@@ -90,20 +96,22 @@ def encode_cursor(positions: Mapping[str, str]) -> str:
 
 class CursorBuilder:
     """
-    A cursor kept up to date as positions move, re-packing only the entry
-    that moved (a subscription writes one cursor per event).
+    A cursor kept up to date as positions move: the entry that moved is
+    found ready-encoded (subscribers of a channel write the same
+    positions) or encoded once, and the text is the joined entries.
     """
 
     __slots__ = ("_collided", "_entries", "_epochs", "_head", "_keys", "_text")
 
     def __init__(self) -> None:
         self._keys: dict[str, bytes] = {}
-        self._entries: dict[bytes, bytes] = {}
+        #: Each entry's position and base64 text, by name key.
+        self._entries: dict[bytes, tuple[str, str]] = {}
         self._collided: set[bytes] = set()
         self._epochs: dict[tuple[int, int], int] = {}
-        #: The version, the epochs and the count, packed (they change
-        #: only when a channel or an epoch is added).
-        self._head: bytes | None = None
+        #: The head's base64 text (it changes only when an entry or an
+        #: epoch is added).
+        self._head: str | None = None
         self._text: str | None = None
 
     def set(self, name: str, position: str) -> None:
@@ -120,21 +128,33 @@ class CursorBuilder:
             self._head = None
         elif key in self._collided:
             return
-        form, epoch, tail = _parsed(position)
-        if form == _TEXT:
-            entries[key] = key + tail
-        else:
+        form, epoch, _ = parsed = _parsed(position)
+        index = 0
+        if form != _TEXT:
             epochs = self._epochs
-            index = epochs.get((form, epoch))
-            if index is None:
-                index = epochs[(form, epoch)] = len(epochs)
+            found = epochs.get((form, epoch))
+            if found is None:
+                if len(epochs) >= 2 * len(entries) + 4:
+                    self._renumber()
+                found = epochs[(form, epoch)] = len(epochs)
                 self._head = None
-            entries[key] = (
-                key + _SMALL[form][index] + tail
-                if index < 128
-                else (key + bytes([form]) + _varint_bytes(index) + tail)
-            )
+            index = found
+        entries[key] = (position, _entry_text(key, position, parsed, index))
         self._text = None
+
+    def _renumber(self) -> None:
+        """
+        Start the table of epochs afresh: most of it is epochs no entry
+        uses any more (channels forgotten and made again).
+        """
+        epochs = self._epochs = {}
+        for key, (position, _) in list(self._entries.items()):
+            parsed = _parsed(position)
+            form, epoch, _ = parsed
+            index = 0
+            if form != _TEXT:
+                index = epochs.setdefault((form, epoch), len(epochs))
+            self._entries[key] = (position, _entry_text(key, position, parsed, index))
 
     def text(self) -> str:
         """The cursor, as text."""
@@ -142,25 +162,68 @@ class CursorBuilder:
         if text is None:
             head = self._head
             if head is None:
-                out = bytearray([_VERSION])
-                _varint(out, len(self._epochs))
-                for form, epoch in self._epochs:
-                    out.append(form)
-                    _varint(out, epoch)
-                _varint(out, len(self._entries))
-                head = self._head = bytes(out)
-            packed = head + b"".join(self._entries.values())
-            encoded = base64.urlsafe_b64encode(packed).rstrip(b"=")
-            text = self._text = _PREFIX + encoded.decode("ascii")
+                head = self._head = _head_text(self._epochs, len(self._entries))
+            text = self._text = "".join(
+                [_PREFIX, head, *[entry for _, entry in self._entries.values()]]
+            )
         return text
 
 
-#: The form byte and a one-byte epoch index, made once.
-_SMALL = {
-    form: [bytes([form, index]) for index in range(128)] for form in (_MEMORY, _REDIS)
-}
-#: Positions parsed lately: every subscriber of a channel writes the same
-#: ones.  Emptied when full.
+def _head_text(epochs: dict[tuple[int, int], int], count: int) -> str:
+    body = bytearray()
+    _varint(body, len(epochs))
+    for form, epoch in epochs:
+        body.append(form)
+        _varint(body, epoch)
+    _varint(body, count)
+    pad = -(len(body) + 2) % 3
+    packed = bytes([_VERSION, pad]) + bytes(body) + bytes(pad)
+    return base64.urlsafe_b64encode(packed).decode("ascii")
+
+
+#: Entries encoded lately, shared by every subscription: every subscriber
+#: of a channel writes the same ones.  Emptied when full.
+_ENTRIES: dict[tuple[bytes, str, int], str] = {}
+_ENTRIES_MAX = 8192
+
+
+def _entry_text(
+    key: bytes, position: str, parsed: tuple[int, int, bytes], index: int
+) -> str:
+    """The base64 text of the entry of ``key`` at ``position``."""
+    cache_key = (key, position, index)
+    found = _ENTRIES.get(cache_key)
+    if found is not None:
+        return found
+    form, _, tail = parsed
+    body = bytearray(key)
+    if form == _TEXT:
+        body += tail
+    elif index < 0x3F:
+        body.append(form << 6 | index)
+        body += tail
+    else:
+        body.append(form << 6 | 0x3F)
+        _varint(body, index)
+        body += tail
+    # The length counts itself and the zero bytes that pad the entry to a
+    # multiple of three.
+    size = len(body) + 1
+    size += -size % 3
+    if size > 0x7F:
+        size = len(body) + 2
+        size += -size % 3
+    prefix = bytearray()
+    _varint(prefix, size)
+    packed = bytes(prefix) + bytes(body) + bytes(size - len(prefix) - len(body))
+    text = base64.urlsafe_b64encode(packed).decode("ascii")
+    if len(_ENTRIES) >= _ENTRIES_MAX:
+        _ENTRIES.clear()
+    _ENTRIES[cache_key] = text
+    return text
+
+
+#: Positions parsed lately (shared, as entries are).  Emptied when full.
 _PARSED: dict[str, tuple[int, int, bytes]] = {}
 _PARSED_MAX = 4096
 
@@ -196,20 +259,16 @@ def _parsed(position: str) -> tuple[int, int, bytes]:
     return found
 
 
-def _varint_bytes(value: int) -> bytes:
-    out = bytearray()
-    _varint(out, value)
-    return bytes(out)
-
-
 def decode_cursor(text: str) -> Cursor | None:
     """The cursor ``text`` holds, or ``None`` if it is not one of ours."""
     if not text.startswith(_PREFIX) or len(text) > MAX_CURSOR_LENGTH:
         return None
     packed = text[len(_PREFIX) :]
+    if len(packed) % 4:
+        return None
     try:
-        data = base64.urlsafe_b64decode(packed + "=" * (-len(packed) % 4))
-        if base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii") != packed:
+        data = base64.urlsafe_b64decode(packed)
+        if base64.urlsafe_b64encode(data).decode("ascii") != packed:
             return None  # not canonical: not a cursor this module made
         return _read(data)
     except (binascii.Error, ValueError, IndexError):
@@ -220,20 +279,32 @@ def _read(data: bytes) -> Cursor | None:
     reader = _Reader(data)
     if reader.byte() != _VERSION:
         return None
+    pad = reader.byte()
     epochs: list[tuple[int, int]] = []
     for _ in range(reader.count()):
         form = reader.byte()
         if form not in (_MEMORY, _REDIS):
             return None
         epochs.append((form, reader.varint()))
+    count = reader.count()
+    if any(reader.take(pad)) or reader.at % 3:
+        return None
     positions: dict[bytes, str] = {}
-    for _ in range(reader.count()):
+    for _ in range(count):
+        start = reader.at
+        size = reader.varint()
+        end = start + size
+        if size % 3 or end > len(data):
+            return None
         key = reader.take(_KEY_BYTES)
-        form = reader.byte()
-        if form == _TEXT:
+        first = reader.byte()
+        if first == _TEXT:
             value = reader.take(reader.count()).decode("utf-8")
         else:
-            epoch_form, epoch = epochs[reader.varint()]
+            form, index = first >> 6, first & 0x3F
+            if index == 0x3F:
+                index = reader.varint()
+            epoch_form, epoch = epochs[index]
             if epoch_form != form:
                 return None
             if form == _MEMORY:
@@ -245,6 +316,8 @@ def _read(data: bytes) -> Cursor | None:
                 value = f"{_base36(epoch)}:{ms}-{reader.varint()}"
             else:
                 return None
+        if reader.at > end or any(reader.take(end - reader.at)):
+            return None
         positions[key] = value
     if not reader.done():
         return None

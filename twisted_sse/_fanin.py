@@ -225,8 +225,17 @@ class Fanin:
         def found(channel: str, position: str, lost: str | None) -> None:
             self._found(channel, position, lost)
 
+        cursor = self._cursor
+
+        def known(channel: str) -> bool:
+            # A channel the cursor holds: resumed from its position, even
+            # if the marker has passed its events (delivered, not written).
+            return cursor is not None and cursor.get(channel) is not None
+
         self._waiting += 1
-        maybeDeferred(watch, pattern[:-1], found, since).addCallbacks(
+        maybeDeferred(
+            watch, pattern[:-1], found, since, known if cursor is not None else None
+        ).addCallbacks(
             self._watching,
             self._child_failed,
             callbackArgs=(pattern, since),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 from attrs import define, field
@@ -532,7 +532,13 @@ class MemoryBroker:
             return None, "trimmed"
         return seq, None
 
-    def watch(self, prefix: str, found: Found, since: str | None = None) -> Watch:
+    def watch(
+        self,
+        prefix: str,
+        found: Found,
+        since: str | None = None,
+        known: Callable[[str], bool] | None = None,
+    ) -> Watch:
         """
         See :meth:`IPatternBroker.watch`.  Markers are ``<epoch>-<n>``, ``n``
         counting publishes over all channels; a publish looks up only the
@@ -550,22 +556,41 @@ class MemoryBroker:
         lost = None
         if since is not None:
             lost = self._tell_since(prefix, watching, since)
+        if known is not None:
+            self._tell_known(prefix, watching, known)
         watches = self._watches.setdefault(prefix, {})
         watches[token] = watching
-
-        def cancel() -> None:
-            found = self._watches.get(prefix)
-            if found is not None:
-                found.pop(token, None)
-                if not found:
-                    del self._watches[prefix]
 
         def marker() -> str:
             # Every publish tells the watches first: a watch has been told
             # of every channel with an event up to now.
             return f"{self.epoch}-{self._order}"
 
-        return Watch(prefix, lost, marker=marker, cancel=cancel)
+        made = Watch(prefix, lost, marker=marker)
+
+        def cancel() -> None:
+            # Told nothing more: the marker stays where the watch stopped.
+            made.moved(marker())
+            found = self._watches.get(prefix)
+            if found is not None:
+                found.pop(token, None)
+                if not found:
+                    del self._watches[prefix]
+
+        made.stopped_by(cancel)
+        return made
+
+    def _tell_known(
+        self, prefix: str, watching: _Watching, known: Callable[[str], bool]
+    ) -> None:
+        """Tell ``watching`` of the channels under ``prefix`` that ``known`` accepts."""
+        names = set(self._under.get(prefix, ()))
+        names.update(name for name in self._forgotten if name.startswith(prefix))
+        for name in sorted(names - watching.told):
+            if known(name):
+                watching.told.add(name)
+                state = self._channels.get(name)
+                watching.found(name, state.position if state is not None else "", None)
 
     def _tell_since(self, prefix: str, watching: _Watching, since: str) -> str | None:
         """
