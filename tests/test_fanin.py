@@ -800,10 +800,11 @@ class CancelTests(FaninTestCase):
         self.assertEqual(len(stream.delivered), 2)
         found: list[tuple[str, str, str | None]] = []
 
-        def record(channel: str, position: str, lost: str | None) -> None:
-            found.append((channel, position, lost))
+        def record(fanin: Fanin, channel: str, position: str, lost: str | None) -> None:
+            if fanin is stream.fanin:
+                found.append((channel, position, lost))
 
-        self.patch(stream.fanin, "_found", record)
+        self.patch(Fanin, "_found", record)
         self.publish("news.us", "1")
         self.assertEqual([channel for channel, _, _ in found], ["news.us"])
         del found[:]

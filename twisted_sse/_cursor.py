@@ -67,7 +67,19 @@ _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 def name_key(name: str) -> bytes:
     """The 5-byte key that stands for a channel or pattern in a cursor."""
-    return hashlib.blake2b(name.encode("utf-8"), digest_size=_KEY_BYTES).digest()
+    key = _KEYS.get(name)
+    if key is None:
+        key = hashlib.blake2b(name.encode("utf-8"), digest_size=_KEY_BYTES).digest()
+        if len(_KEYS) >= _KEYS_MAX:
+            _KEYS.clear()
+        _KEYS[name] = key
+    return key
+
+
+#: Keys of names used lately, shared by every subscription.  Emptied when
+#: full.
+_KEYS: dict[str, bytes] = {}
+_KEYS_MAX = 8192
 
 
 @frozen
@@ -99,15 +111,18 @@ class CursorBuilder:
     A cursor kept up to date as positions move: the entry that moved is
     found ready-encoded (subscribers of a channel write the same
     positions) or encoded once, and the text is the joined entries.
+
+    :ivar positions: The position of each name, as set.
     """
 
-    __slots__ = ("_collided", "_entries", "_epochs", "_head", "_keys", "_text")
+    __slots__ = ("_collided", "_epochs", "_head", "_text", "_texts", "positions")
 
     def __init__(self) -> None:
-        self._keys: dict[str, bytes] = {}
-        #: Each entry's position and base64 text, by name key.
-        self._entries: dict[bytes, tuple[str, str]] = {}
-        self._collided: set[bytes] = set()
+        self.positions: dict[str, str] = {}
+        #: Each entry's base64 text, by name.
+        self._texts: dict[str, str] = {}
+        #: Names left out, their keys colliding with another's.
+        self._collided: set[str] | None = None
         self._epochs: dict[tuple[int, int], int] = {}
         #: The head's base64 text (it changes only when an entry or an
         #: epoch is added).
@@ -116,31 +131,43 @@ class CursorBuilder:
 
     def set(self, name: str, position: str) -> None:
         """Set the position of ``name``."""
-        key = self._keys.get(name)
-        entries = self._entries
-        if key is None:
-            key = self._keys[name] = name_key(name)
-            if key in entries or key in self._collided:
-                entries.pop(key, None)  # a collision: both left out
-                self._collided.add(key)
-                self._head = self._text = None
-                return
+        positions = self.positions
+        if name not in positions:
             self._head = None
-        elif key in self._collided:
+            if self._collides(name):
+                positions[name] = position
+                self._text = None
+                return
+        elif self._collided is not None and name in self._collided:
+            positions[name] = position
             return
+        positions[name] = position
         form, epoch, _ = parsed = _parsed(position)
         index = 0
         if form != _TEXT:
             epochs = self._epochs
             found = epochs.get((form, epoch))
             if found is None:
-                if len(epochs) >= 2 * len(entries) + 4:
+                if len(epochs) >= 2 * len(positions) + 4:
                     self._renumber()
                 found = epochs[(form, epoch)] = len(epochs)
                 self._head = None
             index = found
-        entries[key] = (position, _entry_text(key, position, parsed, index))
+        self._texts[name] = _entry_text(name, position, parsed, index)
         self._text = None
+
+    def _collides(self, name: str) -> bool:
+        """Whether ``name``'s key is another's: then both are left out."""
+        key = name_key(name)
+        for other in self._texts:
+            if name_key(other) == key:
+                del self._texts[other]
+                collided = self._collided = self._collided or set()
+                collided.update((name, other))
+                return True
+        return self._collided is not None and any(
+            name_key(other) == key for other in self._collided
+        )
 
     def _renumber(self) -> None:
         """
@@ -148,13 +175,14 @@ class CursorBuilder:
         uses any more (channels forgotten and made again).
         """
         epochs = self._epochs = {}
-        for key, (position, _) in list(self._entries.items()):
+        for name in list(self._texts):
+            position = self.positions[name]
             parsed = _parsed(position)
             form, epoch, _ = parsed
             index = 0
             if form != _TEXT:
                 index = epochs.setdefault((form, epoch), len(epochs))
-            self._entries[key] = (position, _entry_text(key, position, parsed, index))
+            self._texts[name] = _entry_text(name, position, parsed, index)
 
     def text(self) -> str:
         """The cursor, as text."""
@@ -162,10 +190,8 @@ class CursorBuilder:
         if text is None:
             head = self._head
             if head is None:
-                head = self._head = _head_text(self._epochs, len(self._entries))
-            text = self._text = "".join(
-                [_PREFIX, head, *[entry for _, entry in self._entries.values()]]
-            )
+                head = self._head = _head_text(self._epochs, len(self._texts))
+            text = self._text = "".join([_PREFIX, head, *self._texts.values()])
         return text
 
 
@@ -183,20 +209,20 @@ def _head_text(epochs: dict[tuple[int, int], int], count: int) -> str:
 
 #: Entries encoded lately, shared by every subscription: every subscriber
 #: of a channel writes the same ones.  Emptied when full.
-_ENTRIES: dict[tuple[bytes, str, int], str] = {}
+_ENTRIES: dict[tuple[str, str, int], str] = {}
 _ENTRIES_MAX = 8192
 
 
 def _entry_text(
-    key: bytes, position: str, parsed: tuple[int, int, bytes], index: int
+    name: str, position: str, parsed: tuple[int, int, bytes], index: int
 ) -> str:
-    """The base64 text of the entry of ``key`` at ``position``."""
-    cache_key = (key, position, index)
+    """The base64 text of the entry of ``name`` at ``position``."""
+    cache_key = (name, position, index)
     found = _ENTRIES.get(cache_key)
     if found is not None:
         return found
     form, _, tail = parsed
-    body = bytearray(key)
+    body = bytearray(name_key(name))
     if form == _TEXT:
         body += tail
     elif index < 0x3F:

@@ -16,6 +16,7 @@ channel of a fan-in, on every broker.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -83,7 +84,7 @@ def parse_selection(
     """
     channels: set[str] = set()
     patterns: set[str] = set()
-    for name in names:
+    for name in map(_name, names):
         if name == "*":
             raise ValueError(
                 "channel '*' is refused: subscribing to every channel is not "
@@ -116,6 +117,12 @@ def parse_selection(
     return Selection(tuple(sorted(channels)), tuple(sorted(patterns)))
 
 
+def _name(name: object) -> str:
+    if not isinstance(name, str):
+        raise ValueError(f"a channel name must be a string, not {name!r}")
+    return sys.intern(name)
+
+
 class Fanin:
     """
     One subscription to the channels and patterns of a :class:`Selection`,
@@ -145,6 +152,27 @@ class Fanin:
         back and resumes.  Unset, the failure is logged.
     """
 
+    __slots__ = (
+        "_builder",
+        "_cancelled",
+        "_children",
+        "_cursor",
+        "_deliver",
+        "_failure",
+        "_limited",
+        "_opened",
+        "_replayed_done",
+        "_waiting",
+        "_watches",
+        "broken",
+        "broker",
+        "envelope",
+        "losses",
+        "max_followed",
+        "resuming",
+        "selection",
+    )
+
     def __init__(
         self,
         broker: IBroker,
@@ -168,15 +196,13 @@ class Fanin:
             if self._cursor is None:
                 for name in selection.names:
                     self.losses[name] = "malformed"
-        #: Positions as written, by channel, and the markers of patterns.
-        self._positions: dict[str, str] = {}
         self._children: dict[str, Subscription | None] = {}
         self._watches: dict[str, Watch] = {}
         self._waiting = 0
         self._opened: Deferred[Fanin] | None = None
         self._failure: Failure | None = None
         self._cancelled = False
-        self._limited: set[str] = set()
+        self._limited: set[str] | None = None
         #: Events replayed by the channels' subscriptions once cancelled.
         self._replayed_done = 0
         self._builder = CursorBuilder()
@@ -256,8 +282,9 @@ class Fanin:
         if channel in self._children or self._cancelled:
             return
         if len(self._children) >= self.max_followed:
-            if channel not in self._limited:
-                self._limited.add(channel)
+            limited = self._limited = self._limited or set()
+            if channel not in limited:
+                limited.add(channel)
                 _log.warn(
                     "A subscription follows {limit} channels: {channel} is not "
                     "followed",
@@ -308,12 +335,12 @@ class Fanin:
             return
         self._children[channel] = subscription
         if resume is None or subscription.history_lost is None:
-            if channel not in self._positions:
+            if channel not in self._builder.positions:
                 self._move(channel, resume or subscription.position)
         else:
             # What the client held cannot be resumed: it goes on from the
             # channel's position, unless events of it were written since.
-            if self._positions.get(channel, resume) == resume:
+            if self._builder.positions.get(channel, resume) == resume:
                 self._move(channel, subscription.position)
             if self._opened is not None:
                 self.losses.setdefault(channel, subscription.history_lost)
@@ -350,7 +377,7 @@ class Fanin:
 
     def _tell_loss(self, channel: str, reason: str) -> None:
         """A loss found after the subscription opened, as the next event."""
-        position = self._positions.get(channel, "")
+        position = self._builder.positions.get(channel, "")
         frame = Event(
             event=HISTORY_LOST_EVENT, id=position, data=json.dumps({"reason": reason})
         ).encode()
@@ -364,7 +391,6 @@ class Fanin:
         return self._builder.text()
 
     def _move(self, name: str, position: str) -> None:
-        self._positions[name] = position
         self._builder.set(name, position)
 
     def opening_frames(self, retry: int | None) -> list[bytes]:
@@ -395,7 +421,7 @@ class Fanin:
             self._move(channel, published.id)
         for pattern, watching in self._watches.items():
             marker = watching.marker
-            if self._positions.get(pattern) != marker:
+            if self._builder.positions.get(pattern) != marker:
                 self._move(pattern, marker)
         cursor = self.cursor
         key = published.key

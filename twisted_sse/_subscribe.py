@@ -17,6 +17,7 @@ from ._errors import json_error, method_not_allowed
 from ._fanin import Fanin, Selection, parse_selection
 from ._handoff import Handoff
 from ._resource import StreamResource
+from ._twisted import forget_notification
 
 if TYPE_CHECKING:
     from ._hub import Hub
@@ -183,9 +184,13 @@ class SubscribeResource(StreamResource):
                     resumes["exact"] += 1
             if fanin.losses:
                 request.setHeader(_HISTORY_LOST_HEADER, fanin.lost_header)
-            stream = self.open_stream(
-                request, *fanin.opening_frames(self.hub.retry), finished=finished
-            )
+            frames = fanin.opening_frames(self.hub.retry)
+            opened_with: Deferred[None] | None = finished
+            if forget_notification(request, finished):
+                # Nothing finished the request while it waited: the stream
+                # learns of its end itself, without a Deferred of its own.
+                opened_with = None
+            stream = self.open_stream(request, *frames, finished=opened_with)
             handoff.attach(stream, fanin)
             registry = self.registry
 
