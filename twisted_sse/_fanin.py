@@ -480,6 +480,23 @@ def _loss_reason(frame: bytes) -> str:
 
 def _rewrite(published: Published, cursor: str, envelope: bool) -> bytes:
     """``published.frame`` with ``cursor`` for its id, naming its channel."""
+    global _SPLIT
+    split = _SPLIT
+    if split is None or split[0] is not published or split[1] != envelope:
+        split = _SPLIT = (published, envelope, *_split(published, envelope))
+    return split[2] + b"id: " + cursor.encode("ascii") + b"\n" + split[3]
+
+
+#: The event last split, and how: every subscriber of its channel writes it
+#: next, each with its own cursor.
+_SPLIT: tuple[Published, bool, bytes, bytes] | None = None
+
+
+def _split(published: Published, envelope: bool) -> tuple[bytes, bytes]:
+    """
+    What comes before the id line of ``published``'s frame on
+    ``/subscribe`` (a comment, a ``retry:``), and what comes after.
+    """
     frame = published.frame
     id_line = b"id: " + published.id.encode("utf-8") + b"\n"
     if not published.id:
@@ -494,12 +511,10 @@ def _rewrite(published: Published, cursor: str, envelope: bool) -> bytes:
         head, rest = b"", frame
     else:
         head, rest = frame[:at], frame[at + len(id_line) :]
-    new_id = b"id: " + cursor.encode("ascii") + b"\n"
     if not envelope:
         if rest.startswith(b"event: "):
-            return head + new_id + rest
-        name = published.channel.encode("ascii")
-        return head + new_id + b"event: " + name + b"\n" + rest
+            return head, rest
+        return head, b"event: " + published.channel.encode("ascii") + b"\n" + rest
     event_type = None
     data_lines: list[str] = []
     for line in rest.decode("utf-8").split("\n"):
@@ -518,4 +533,4 @@ def _rewrite(published: Published, cursor: str, envelope: bool) -> bytes:
         ensure_ascii=False,
         separators=(",", ":"),
     )
-    return head + new_id + b"data: " + body.encode("utf-8") + b"\n\n"
+    return head, b"data: " + body.encode("utf-8") + b"\n\n"
