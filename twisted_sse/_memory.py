@@ -259,6 +259,7 @@ class MemoryBroker:
         #: the latest order of one no longer remembered.
         self._forgotten: OrderedDict[str, int] = OrderedDict()
         self._forgotten_floor = 0
+        self._marker_text = (-1, "")
 
     def channel_names(self) -> list[str]:
         """The channels that have history or subscribers."""
@@ -561,11 +562,7 @@ class MemoryBroker:
         watches = self._watches.setdefault(prefix, {})
         watches[token] = watching
 
-        def marker() -> str:
-            # Every publish tells the watches first: a watch has been told
-            # of every channel with an event up to now.
-            return f"{self.epoch}-{self._order}"
-
+        marker = self._marker
         made = Watch(prefix, lost, marker=marker)
 
         def cancel() -> None:
@@ -579,6 +576,17 @@ class MemoryBroker:
 
         made.stopped_by(cancel)
         return made
+
+    def _marker(self) -> str:
+        """
+        Where every watch has got: every publish tells the watches first,
+        so a watch has been told of every channel with an event up to now.
+        (One text per publish, shared by every subscription that asks.)
+        """
+        cached = self._marker_text
+        if cached[0] != self._order:
+            cached = self._marker_text = (self._order, f"{self.epoch}-{self._order}")
+        return cached[1]
 
     def _tell_known(
         self, prefix: str, watching: _Watching, known: Callable[[str], bool]
