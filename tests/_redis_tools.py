@@ -329,8 +329,9 @@ def _parse(text: bytes | str) -> tuple[int, int]:
 
 class FakeRedis:
     """
-    Just enough of Redis for :class:`~twisted_sse.RedisBroker`: its four
-    scripts (run by sha or source, mirrored in Python), ``XREAD BLOCK``
+    Just enough of Redis for :class:`~twisted_sse.RedisBroker`: its
+    scripts (run by sha or source, mirrored in Python, the publish log and
+    the index of names included), ``ZADD``, ``XREAD BLOCK``
     (answered when an entry arrives, ``CLIENT UNBLOCK`` or the clock says
     so), ``CLIENT ID``, ``TYPE``, ``SCRIPT LOAD``.  Entry ids come from the
     clock; a restart or ``FLUSHALL`` is :meth:`flush`.
@@ -347,6 +348,8 @@ class FakeRedis:
         self.streams: dict[bytes, _FakeStream] = {}
         self.hashes: dict[bytes, dict[bytes, bytes]] = {}
         self.strings: dict[bytes, bytes] = {}
+        #: Sorted sets whose scores are all 0 (read by name).
+        self.names: dict[bytes, set[bytes]] = {}
         #: Blocked XREADs: the answer, keys, ids, count and client id.
         self.blocked: list[
             tuple[Any, list[bytes], list[tuple[int, int]], int, int]
@@ -363,6 +366,9 @@ class FakeRedis:
             _scripts.SNAPSHOT: self._snapshot,
             _scripts.ROTATE: self._rotate,
             _scripts.REFRESH: self._refresh,
+            _scripts.LOG: self._log,
+            _scripts.NAMES: self._names,
+            _scripts.HEADS: self._heads,
         }
         self.loaded: set[str] = set()
         #: Whether replies wait for answer().
@@ -384,6 +390,7 @@ class FakeRedis:
         self.streams.clear()
         self.hashes.clear()
         self.strings.clear()
+        self.names.clear()
         self.loaded.clear()
         self.skew_ms += skew_ms
 
@@ -459,6 +466,10 @@ class FakeRedis:
         if name == "CLIENT":
             self.unblock(int(args[2]))
             return succeed(1)
+        if name == "ZADD":
+            members = self.names.setdefault(self._key(args[1]), set())
+            members.update(self._key(member) for member in args[3::2])
+            return succeed(len(args[2:]) // 2)
         if name == "TYPE":
             key = self._key(args[1])
             if key in self.streams:
@@ -549,7 +560,8 @@ class FakeRedis:
     def _publish(self, keys: list[bytes], args: list[bytes]) -> bytes:
         stream_key, meta_key = keys
         meta = self.hashes.setdefault(meta_key, {})
-        fields = list(args[2:])
+        logged = len(args) > 2 and args[2] == b"#log"
+        fields = list(args[6:] if logged else args[2:])
         epoch = meta.get(b"e")
         if epoch is None:
             epoch = meta[b"e"] = self.new_epoch()
@@ -558,6 +570,13 @@ class FakeRedis:
             fields = [b"sse-epoch", epoch, *fields]
         stream = self.streams.setdefault(stream_key, _FakeStream())
         entry_id = stream.add(self.now_ms(), fields, int(args[0]))
+        if logged and args[3] not in self.strings:
+            log = self.streams.setdefault(args[3], _FakeStream())
+            log.add(
+                self.now_ms(),
+                [b"c", args[4], b"e", epoch, b"i", _format(entry_id)],
+                int(args[5]),
+            )
         self._wake()
         event_id = epoch + b":" + _format(entry_id)
         self.published.append(event_id.decode())
@@ -610,6 +629,66 @@ class FakeRedis:
         meta[b"p"] = args[0]
         meta[b"m"] = b"1"
         return new
+
+    def _log(self, keys: list[bytes], args: list[bytes]) -> list[Any]:
+        prefix, names, after, upto, count = (
+            args[0],
+            args[1],
+            args[2],
+            args[3],
+            int(args[4]),
+        )
+        log = self.streams.get(keys[0])
+        if log is None:
+            return [b"0-0", None, 0, 0, None, 0, []]
+        first = _format(log.entries[0][0]) if log.entries else None
+        trimmed = int(log.entries_added > len(log.entries))
+        present = int(bool(after) and any(e == _parse(after) for e, _ in log.entries))
+        found: list[Any] = []
+        end: bytes | None = None
+        more = 0
+        if after and count:
+            page = [
+                (entry, fields)
+                for entry, fields in log.entries
+                if _parse(after) < entry <= _parse(upto)
+            ][:count]
+            seen: set[bytes] = set()
+            for _, fields in page:
+                values = dict(zip(fields[::2], fields[1::2], strict=True))
+                channel = values[b"c"]
+                if channel.startswith(names) and channel not in seen:
+                    seen.add(channel)
+                    now = self.hashes.get(prefix + channel + b"#epoch", {}).get(b"e")
+                    found.append([channel, values[b"e"], values[b"i"], now])
+                    self.names.setdefault(keys[1], set()).add(channel)
+            end = _format(page[-1][0]) if page else None
+            more = int(len(page) >= count)
+        return [_format(log.last_generated), first, trimmed, present, end, more, found]
+
+    def _names(self, keys: list[bytes], args: list[bytes]) -> list[bytes]:
+        prefix, names, after = args[0], args[1], args[2]
+        count, kept = int(args[3]), int(args[4])
+        index = self.names.get(keys[0], set())
+        page = sorted(
+            name for name in index if name.startswith(names) and name > after
+        )[:count]
+        if len(index) > kept:
+            for name in page:
+                if self.hashes.get(prefix + name + b"#epoch", {}).get(b"e") is None:
+                    index.discard(name)
+        return page
+
+    def _heads(self, keys: list[bytes], args: list[bytes]) -> list[Any]:
+        heads: list[Any] = []
+        for index in range(0, len(keys), 2):
+            epoch = self.hashes.get(keys[index + 1], {}).get(b"e")
+            stream = self.streams.get(keys[index])
+            last = b"0-0"
+            if epoch is not None and stream is not None:
+                last = _format(stream.last_generated)
+            heads.append([epoch, last])
+        return heads
 
     def _refresh(self, keys: list[bytes], args: list[bytes]) -> list[Any]:
         return [

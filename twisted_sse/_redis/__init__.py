@@ -34,13 +34,13 @@ resuming with an id of another epoch is told ``history_lost = "unknown"``
 Every command that may create the epoch is one Lua script (``EVALSHA``,
 ``EVAL`` when Redis answers ``NOSCRIPT``), so the epoch is created
 atomically with what uses it: publishing is one script that reads (or
-creates) the epoch, ``XADD``\\ s the entry (``MAXLEN ~ <history>``) and
-sets both keys' TTL; reading a stream's state and a page of it is one
-script that reads (or creates) the epoch, the stream's ``XINFO`` and up to
-a page of entries.  The first entry published in an epoch carries it in a
-first field ``sse-epoch``, so that readers that follow the channel see at
-once, without reading the epoch per event, that Redis lost the channel and
-started a new one.
+creates) the epoch, ``XADD``\\ s the entry (``MAXLEN ~ <history>``),
+sets both keys' TTL and appends to the publish log (below); reading a
+stream's state and a page of it is one script that reads (or creates) the
+epoch, the stream's ``XINFO`` and up to a page of entries.  The first
+entry published in an epoch carries it in a first field ``sse-epoch``, so
+that readers that follow the channel see at once, without reading the
+epoch per event, that Redis lost the channel and started a new one.
 
 A process's reader learns that a channel's epoch changed in three ways:
 that marked entry (a flush or expiry followed by a publish); the check of
@@ -66,6 +66,40 @@ number of entries and bytes, with the stream's state, in one script) and
 kept as a cursor between them; the subscriber joins the live fan-out only
 when its replay reaches the position of the process's reader.
 
+Patterns: the publish log
+-------------------------
+
+A pattern (``news.*``) needs the channels under a prefix as they get
+events, and, to resume, those that got events since a point; Redis has no
+index of stream keys by prefix short of ``SCAN``.  So the publish script
+also appends, in the same script, an entry to one stream per key prefix,
+the *publish log* ``sse:#log`` (``XADD MAXLEN ~ 100000``, with no TTL;
+fields ``c`` the channel, ``e`` its epoch, ``i`` its new entry id: about
+54 bytes each, a few megabytes in all, and a few microseconds of Redis
+time per publish).  A watch's marker is a log entry id: every channel
+under its prefix with a log entry up to it has been told to the watch.
+While a process has watches, its reader also ``XREAD``\\ s the log, in the
+same command as the channels (atomic: a channel entry read comes with its
+log entry), and tells each watch of a channel under its prefix once, with
+the position just before that entry, before moving the watches' markers
+past it.  A watch resuming from a marker first scans the log after it (in
+pages, filtered by prefix in a script, which gives each channel's first
+entry after the marker and its epoch now) up to where the reader is, the
+channels the reader finds meanwhile told after the scan's.  A marker
+older than the log is ``"trimmed"`` (the channels are found from what the
+log keeps), one it never had or past its end ``"unknown"``.  A resuming
+subscription's cursor may also hold channels whose events the marker has
+passed though they were not sent (delivered but not yet written, or a
+paused replay): it finds them in the index of the names patterns found,
+``sse:#names`` (a sorted set read by name; the watches add the channels
+they are told of, and publishing adds nothing), which it reads in pages
+under the prefix.  Bounds: a pattern resumes exactly from a marker at most
+100000 publishes old (over every channel of the key prefix); a reader that
+falls behind by more (a long outage) may miss channels, and logs it; the
+names of forgotten channels leave the index once it holds more than
+100000 names; every process must publish with a version that writes the
+log.
+
 The modules, in the order they import each other:
 
 * ``_address``: :class:`~twisted_sse.RedisAddress` and
@@ -82,8 +116,12 @@ The modules, in the order they import each other:
 * ``_channels``: the state of a followed channel (its local subscribers,
   the replays on their way to them) and the script that reads a stream's
   state;
+* ``_watch``: :class:`~twisted_sse._redis._watch.Watches`, the watches
+  of a process, what they are told of the publish log, the scans of
+  resuming ones and the index of names;
 * ``_reader``: :class:`~twisted_sse._redis._reader.Reader`, the reader
-  loop (``XREAD``, catch-up, fan-out, epoch switches, periodic checks);
+  loop (``XREAD``, catch-up, fan-out, epoch switches, periodic checks,
+  the publish log for the watches);
 * ``_broker``: :class:`~twisted_sse.RedisBroker` (publish, subscribe, the
   paced replays, the life cycle), which composes the reader.
 """

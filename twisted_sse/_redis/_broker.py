@@ -25,16 +25,19 @@ from .._broker import (
     DEFAULT_HISTORY,
     BrokerUnavailable,
     Deliver,
-    IBroker,
+    Found,
+    IPatternBroker,
     Published,
     Subscription,
     TokenSubscription,
+    Watch,
     check_publish,
     loss_event,
     parse_event_id,
     valid_channel,
 )
 from .._event import Event
+from . import _watch
 from ._address import RedisAddress
 from ._channels import BATCH, PAGE_BYTES, Channel, Local, Replay, read_snapshot
 from ._entries import (
@@ -49,7 +52,8 @@ from ._entries import text as reply_text
 from ._link import MakeLink, RedisLink
 from ._protocol import COMMAND_TIMEOUT
 from ._reader import Reader
-from ._scripts import PUBLISH, SCRIPTS, run_script
+from ._scripts import LOG_FIELD, PUBLISH, SCRIPTS, run_script
+from ._watch import Watches
 
 __all__ = ["BATCH", "DEFAULT_PREFIX", "PAGE_BYTES", "RedisBroker"]
 
@@ -111,7 +115,7 @@ class _RedisSubscription(TokenSubscription):
             broker.resume_replay(state, self._token)
 
 
-@implementer(IBroker)
+@implementer(IPatternBroker)
 class RedisBroker(Service):
     """
     A broker over Redis Streams that any number of processes share: events
@@ -126,6 +130,12 @@ class RedisBroker(Service):
     last stream id this process handled, when Redis is back.
 
     Event ids are ``<epoch>:<stream entry id>``; see the module docstring.
+    It can watch the channels under a prefix (:meth:`watch`, what the
+    hub's patterns such as ``news.*`` need): every publish is also written
+    to a publish log, ``<prefix>#log``, of the last
+    :data:`~twisted_sse._redis._watch.LOG_LENGTH` publishes, and the
+    channels watches find are kept in an index of names,
+    ``<prefix>#names``.
 
     Memory: the history is bounded per channel by ``history`` events (each
     at most the publisher's event size), channels by ``channel_ttl``, and
@@ -144,7 +154,8 @@ class RedisBroker(Service):
         least 1: the stream is also how events reach the other processes).
         Use the same value on every process.
     :param prefix: Prepended to the channel name to make the stream key
-        (and, with ``#epoch`` after the name, the epoch's).
+        (and, with ``#epoch`` after the name, the epoch's; with ``#log``
+        and ``#names`` alone, the publish log's and the index's).
     :param block_ms: Milliseconds an idle reader's ``XREAD`` blocks.
     :param timeout: Seconds a Redis reply may take before the connection is
         deemed dead.
@@ -189,6 +200,8 @@ class RedisBroker(Service):
             min(channel_ttl / 3, _CHECK_INTERVAL) if channel_ttl else _CHECK_INTERVAL
         )
         self._commands: RedisLink = make_link("twisted_sse:commands", None, None)
+        self._watches = Watches(self._commands, prefix)
+        self._log_length = _watch.LOG_LENGTH
         self._reader = Reader(
             reactor,
             self._commands,
@@ -198,6 +211,7 @@ class RedisBroker(Service):
             ttl_ms=self._ttl_ms,
             check_interval=self.check_interval,
             on_checked=self._unpark,
+            watches=self._watches,
         )
         self._clock: IReactorTime = reactor
         self._tokens = itertools.count()
@@ -229,6 +243,11 @@ class RedisBroker(Service):
     def reader(self) -> Reader:
         """The reader: its connection, loop and the channels it follows."""
         return self._reader
+
+    @property
+    def watches(self) -> Watches:
+        """The watches of this process, and how far it has read the log."""
+        return self._watches
 
     # Life cycle
 
@@ -277,7 +296,8 @@ class RedisBroker(Service):
     ) -> Deferred[str]:
         """
         See :meth:`IBroker.publish`: one script (the epoch, ``XADD``, the
-        TTLs); the id is ``<epoch>:<stream entry id>``.
+        TTLs, the publish log's entry); the id is ``<epoch>:<stream entry
+        id>``.
         """
         try:
             check_publish(channel, event, key)
@@ -287,9 +307,48 @@ class RedisBroker(Service):
             self._commands,
             PUBLISH,
             (self.key(channel), self.epoch_key(channel)),
-            (self.maxlen, self._ttl_ms, *event_fields(event, key)),
+            (
+                self.maxlen,
+                self._ttl_ms,
+                LOG_FIELD,
+                self._watches.key,
+                channel,
+                self._log_length,
+                *event_fields(event, key),
+            ),
         )
         return added.addCallback(reply_text)
+
+    # Watching
+
+    def watch(
+        self,
+        prefix: str,
+        found: Found,
+        since: str | None = None,
+        known: Callable[[str], bool] | None = None,
+    ) -> Watch | Deferred[Watch]:
+        """
+        See :meth:`IPatternBroker.watch`.  Markers are ids of the publish
+        log (``<ms>-<n>``): how far this process's reader has read it.  A
+        new watch is given at once when the reader reads the log already
+        (another watch of this process); otherwise, or to resume from
+        ``since``, once the log is read: what was published after
+        ``since`` is scanned in pages of log entries, one script each.
+        ``since`` is ``"trimmed"`` when it is older than the log (the
+        channels are found from what it keeps), ``"unknown"`` past its end
+        or from another Redis.  The channels ``known`` may accept are
+        those of the index of the names patterns found (``<prefix>#names``),
+        read in pages.
+
+        :raises ValueError: if ``prefix`` is not a valid channel name
+            followed by a dot.
+        """
+        if not prefix.endswith(".") or not valid_channel(prefix[:-1]):
+            raise ValueError(f"invalid prefix: {prefix!r}")
+        if not self.available:
+            return fail(BrokerUnavailable("Redis is not connected"))
+        return self._watches.watch(prefix, found, since, known)
 
     # Subscribing
 

@@ -4,7 +4,8 @@ that ``XREAD``\\ s the streams of every channel with local subscribers (on
 a :class:`~twisted_sse._redis._link.RedisLink` of its own) and hands each
 entry, encoded once, to them; it catches up after a reconnection or a
 full batch, follows epoch changes and checks the followed channels now
-and then.
+and then.  While the process has watches, it also reads the publish log
+for them (:mod:`twisted_sse._redis._watch`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from ._entries import text as reply_text
 from ._link import MakeLink, RedisLink
 from ._protocol import Arg, RedisCommandError, Reply
 from ._scripts import REFRESH, ROTATE, run_script
+from ._watch import Watches
 
 __all__ = ["Reader"]
 
@@ -66,6 +68,8 @@ class Reader:
         channels.
     :param on_checked: Called with a channel once the reader has checked
         it (the replays parked on it go on).
+    :param watches: The process's watches: while there is one, the reader
+        also reads the publish log for them.
     """
 
     def __init__(
@@ -79,6 +83,7 @@ class Reader:
         ttl_ms: int,
         check_interval: float,
         on_checked: Callable[[Channel], object],
+        watches: Watches | None = None,
     ) -> None:
         self._clock = clock
         self._commands = commands
@@ -100,6 +105,9 @@ class Reader:
         self._blocked = False
         self._warned: deque[str] = deque(maxlen=1024)
         self._check_call: IDelayedCall | None = None
+        self.watches = watches
+        if watches is not None:
+            watches.wake = self._wake
 
     # Life cycle
 
@@ -317,6 +325,8 @@ class Reader:
         self._reader_id = None
         for state in self.channels.values():
             state.check = True
+        if self.watches is not None and self.watches.position is not None:
+            self.watches.check = True
         previous = self._reading
         generation = self._generation
 
@@ -380,6 +390,18 @@ class Reader:
                 )
                 state.position = None
                 dropped = True
+        watches = self.watches
+        if watches is not None and watches.position is not None:
+            kind = reply_text(await self.link.execute("TYPE", watches.key))
+            if kind not in ("stream", "none"):
+                _log.error(
+                    "The publish log {key} is no longer read (patterns find no "
+                    "channel): it holds a {kind}, not a stream",
+                    key=watches.key,
+                    kind=kind,
+                )
+                watches.drop()
+                dropped = True
         return dropped
 
     async def _read_once(self) -> None:
@@ -388,12 +410,20 @@ class Reader:
         if due:
             await self._catch_up(due)
             return
-        if not followed:
+        watches = self.watches
+        log = watches.position if watches is not None else None
+        if watches is not None and log is not None and watches.check:
+            await watches.check_log(self.link)
+            return
+        if not followed and log is None:
             self._idle = Deferred()
             await self._idle
             return
         keys: list[Arg] = [state.key for state in followed]
         ids: list[Arg] = [format_id(state.position or ZERO) for state in followed]
+        if watches is not None and log is not None:
+            keys.append(watches.key)
+            ids.append(format_id(log))
         self._blocked = True
         try:
             reply = await self.link.execute(
@@ -411,8 +441,13 @@ class Reader:
             self._blocked = False
         if reply is None:
             return
+        items = as_list(reply)
+        if watches is not None and log is not None and self._read_log(watches, items):
+            # The log is behind by a full batch: the channels' entries of
+            # this read may be past it; they are read again after it.
+            return
         full = min(BATCH, self.maxlen)
-        for item in as_list(reply):
+        for item in items:
             key, entries = as_list(item)
             state = self._by_key.get(key if isinstance(key, bytes) else b"")
             if state is None:
@@ -426,6 +461,22 @@ class Reader:
                 state.check = True
                 continue
             self._fan_out(state, batch)
+
+    def _read_log(self, watches: Watches, items: list[Reply]) -> bool:
+        """
+        Hand the log's entries of a read to the watches, first: a channel
+        under a watched prefix is found before its entry reaches anyone.
+
+        :returns: Whether the log's batch was full.
+        """
+        key = watches.key.encode("utf-8")
+        for item in items:
+            name, entries = as_list(item)
+            if name == key:
+                batch = reply_entries(entries)
+                watches.take(batch)
+                return len(batch) >= BATCH
+        return False
 
     async def _catch_up(self, states: list[Channel]) -> None:
         # One script per stream, all sent at once (pipelined).

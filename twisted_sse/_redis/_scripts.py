@@ -17,6 +17,10 @@ from twisted.python.failure import Failure
 from ._protocol import Arg, Commands, RedisCommandError, Reply
 
 __all__ = [
+    "HEADS",
+    "LOG",
+    "LOG_FIELD",
+    "NAMES",
     "PUBLISH",
     "REFRESH",
     "ROTATE",
@@ -58,18 +62,29 @@ local function new_epoch()
 end
 """
 
-#: Publish: KEYS stream, epoch; ARGV MAXLEN, TTL in ms (0: none), the
-#: fields.  Returns ``<epoch>:<entry id>``.  The first entry of an epoch
-#: (``m`` is set until it is written) carries the epoch first, for the
-#: readers of the channel (see the module docstring).
+#: The first of the publish script's arguments after the TTL when the
+#: publish is also written to the publish log (see :data:`LOG`).
+LOG_FIELD = "#log"
+
+#: Publish: KEYS stream, epoch; ARGV MAXLEN, TTL in ms (0: none), then
+#: optionally ``#log`` (:data:`LOG_FIELD`), the publish log's key, the
+#: channel's name and the log's MAXLEN, then the fields.  Returns
+#: ``<epoch>:<entry id>``.  The first entry of an epoch (``m`` is set until
+#: it is written) carries the epoch first, for the readers of the channel
+#: (see the module docstring).  The log entry (fields ``c`` the channel,
+#: ``e`` the epoch, ``i`` the entry id) is written in the same script, so
+#: that whoever sees the entry can see its log entry; a log key that is no
+#: stream (another program's) does not fail the publish.
 PUBLISH = script("""
 local stream, meta = KEYS[1], KEYS[2]
 local ttl = tonumber(ARGV[2])
+local logged = ARGV[3] == '#log'
+local fields = logged and 7 or 3
 local known = redis.call('HMGET', meta, 'e', 'm')
 local epoch = known[1]
 local id
 if epoch and not known[2] then
-  id = redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 3))
+  id = redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, fields))
 else
   if epoch then
     redis.call('HDEL', meta, 'm')
@@ -78,7 +93,7 @@ else
     redis.call('HSET', meta, 'e', epoch)
   end
   id = redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], '*',
-                  'sse-epoch', epoch, unpack(ARGV, 3))
+                  'sse-epoch', epoch, unpack(ARGV, fields))
 end
 if ttl > 0 then
   redis.call('PEXPIRE', stream, ttl)
@@ -86,6 +101,10 @@ if ttl > 0 then
 else
   redis.call('PERSIST', stream)
   redis.call('PERSIST', meta)
+end
+if logged then
+  redis.pcall('XADD', ARGV[4], 'MAXLEN', '~', ARGV[6], '*',
+              'c', ARGV[5], 'e', epoch, 'i', id)
 end
 return epoch .. ':' .. id
 """)
@@ -173,7 +192,107 @@ end
 return epochs
 """)
 
-SCRIPTS = (PUBLISH, SNAPSHOT, ROTATE, REFRESH)
+#: The publish log: its state and (if ARGV[5], a count, is not 0) a page
+#: of the channels under a prefix with entries in it: KEYS log, names;
+#: ARGV the channels' key prefix, the channel name prefix, an id (``''``:
+#: none), the page's last id, its most entries.  Returns {last-generated-id,
+#: first entry id, whether entries were ever trimmed, whether the id is an
+#: entry, the page's last entry id, more, found}, found holding for each
+#: channel under the prefix its first entry of the page: {channel, epoch,
+#: entry id, the channel's epoch now}.  The channels found are added to
+#: the index of names (see :data:`NAMES`).
+LOG = script("""
+local log, index = KEYS[1], KEYS[2]
+local keys, names, after, upto = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local count = tonumber(ARGV[5])
+local last, first, trimmed, present = '0-0', false, 0, 0
+local found, page_end, more = {}, false, 0
+if redis.call('EXISTS', log) == 1 then
+  local info = redis.call('XINFO', 'STREAM', log)
+  local length, added = 0, 0
+  for i = 1, #info, 2 do
+    local name, value = info[i], info[i + 1]
+    if name == 'last-generated-id' then last = value
+    elseif name == 'first-entry' then if value then first = value[1] end
+    elseif name == 'length' then length = value
+    elseif name == 'entries-added' then added = value
+    end
+  end
+  if added > length then trimmed = 1 end
+  if after ~= '' then
+    if #redis.call('XRANGE', log, after, after) > 0 then present = 1 end
+  end
+  if after ~= '' and count > 0 then
+    local page = redis.call('XRANGE', log, '(' .. after, upto, 'COUNT', count)
+    local seen = {}
+    for n = 1, #page do
+      local fields = page[n][2]
+      local c, e, id
+      for j = 1, #fields - 1, 2 do
+        local name = fields[j]
+        if name == 'c' then c = fields[j + 1]
+        elseif name == 'e' then e = fields[j + 1]
+        elseif name == 'i' then id = fields[j + 1]
+        end
+      end
+      if c and e and id and not seen[c] and string.sub(c, 1, #names) == names then
+        seen[c] = true
+        local now = redis.call('HGET', keys .. c .. '#epoch', 'e')
+        found[#found + 1] = {c, e, id, now}
+      end
+    end
+    if #page > 0 then page_end = page[#page][1] end
+    if #page >= count then more = 1 end
+    for n = 1, #found do redis.call('ZADD', index, 0, found[n][1]) end
+  end
+end
+return {last, first, trimmed, present, page_end, more, found}
+""")
+
+#: A page of the index of the channel names that patterns found (a sorted
+#: set, every score 0, read by name): KEYS names; ARGV the channels' key
+#: prefix, the name prefix (ending with a dot), the last name of the
+#: previous page (``''``: none), the page's most names, the most names
+#: kept.  Returns the names.  Beyond the most kept, the names of the page
+#: whose channel is forgotten (no epoch) leave the index.
+NAMES = script("""
+local index, keys, prefix, after = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local count, kept = tonumber(ARGV[4]), tonumber(ARGV[5])
+local low = '[' .. prefix
+if after ~= '' then low = '(' .. after end
+local high = '(' .. string.sub(prefix, 1, -2)
+  .. string.char(string.byte(prefix, -1) + 1)
+local page = redis.call('ZRANGE', index, low, high, 'BYLEX', 'LIMIT', 0, count)
+if #page > 0 and redis.call('ZCARD', index) > kept then
+  for i = 1, #page do
+    if redis.call('EXISTS', keys .. page[i] .. '#epoch') == 0 then
+      redis.call('ZREM', index, page[i])
+    end
+  end
+end
+return page
+""")
+
+#: The heads of channels, changing nothing: KEYS stream, epoch, stream,
+#: epoch...  Returns for each {its epoch (nil if none), its stream's
+#: last-generated-id}.
+HEADS = script("""
+local heads = {}
+for i = 1, #KEYS, 2 do
+  local epoch = redis.call('HGET', KEYS[i + 1], 'e')
+  local last = '0-0'
+  if epoch and redis.call('EXISTS', KEYS[i]) == 1 then
+    local info = redis.call('XINFO', 'STREAM', KEYS[i])
+    for j = 1, #info, 2 do
+      if info[j] == 'last-generated-id' then last = info[j + 1] end
+    end
+  end
+  heads[#heads + 1] = {epoch, last}
+end
+return heads
+""")
+
+SCRIPTS = (PUBLISH, SNAPSHOT, ROTATE, REFRESH, LOG, NAMES, HEADS)
 
 
 def run_script(
