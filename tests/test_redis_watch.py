@@ -1219,9 +1219,9 @@ class HubProcessTests(SynchronousTestCase):
         self.name = f"w{uuid.uuid4().hex[:12]}"
         broker = f"redis://{tools.REDIS_HOST}:{tools.REDIS_PORT}/{tools.REDIS_DB}"
         self.server = Twistd("--broker", broker, "--publish-token", "t", "--drain", "0")
+        self.addCleanup(self.forget)
         self.server.start()
         self.addCleanup(self.server.stop)
-        self.addCleanup(self.forget)
         deadline = time.monotonic() + 15
         while not self.healthy():
             if time.monotonic() > deadline:
@@ -1229,11 +1229,16 @@ class HubProcessTests(SynchronousTestCase):
             time.sleep(0.05)
 
     def forget(self) -> None:
+        """Delete this test's channels, and their names from the index."""
         for channel in ["eu", "eu.fr", "x"]:
-            key = f"sse:{self.name}.{channel}"
-            tools.command(
-                tools.REDIS_PORT, "DEL", key, key + "#epoch", db=tools.REDIS_DB
-            )
+            name = f"{self.name}.{channel}"
+            for command in [
+                ("DEL", f"sse:{name}", f"sse:{name}#epoch"),
+                ("ZREM", "sse:#names", name),
+            ]:
+                tools.command(
+                    tools.REDIS_PORT, *command, host=tools.REDIS_HOST, db=tools.REDIS_DB
+                )
 
     def healthy(self) -> bool:
         try:
