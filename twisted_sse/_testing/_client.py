@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 from unittest import TestCase
+from urllib.parse import quote
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
@@ -17,6 +18,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource
 from twisted.web.server import Site
 
+from .._fanin import parse_selection
 from .._resource import StreamResource
 from ._leaks import Checkable, SubscriptionCounter, assert_no_leaks
 from ._response import SentRequest, SSETestResponse
@@ -127,6 +129,56 @@ class SSETestClient:
         :returns: The response, with everything the server wrote so far.
         """
         return self.request("GET", path, headers, last_event_id=last_event_id)
+
+    def subscribe(
+        self,
+        channels: Iterable[str],
+        *,
+        last_event_id: str | None = None,
+        envelope: bool = False,
+        path: str = "/subscribe",
+        headers: Mapping[str, str] | None = None,
+    ) -> SSETestResponse:
+        """
+        Open a stream of several channels and patterns at a hub's
+        ``/subscribe`` (:meth:`Hub.subscribe_resource
+        <twisted_sse.Hub.subscribe_resource>`), as ``new
+        EventSource("/subscribe?channel=a&channel=news.*")`` does.
+
+        To come back after a disconnect, subscribe again with the cursor the
+        stream gave last: ``last_event_id=response.last_event_id``.
+
+        :param channels: The channel names and patterns (``news.*``), sent as
+            ``channel`` query parameters in the order given.
+        :param last_event_id: If given, sent as ``Last-Event-ID``: the
+            stream resumes after it on every channel (see :meth:`get`).
+        :param envelope: Ask for ``envelope=1``: every event's data is a
+            JSON object naming its channel, and no event has a type but
+            ``history-lost``.
+        :param path: Where the hub's subscribe resource is in the tree; it
+            may have a query of its own, which the channels follow.
+        :param headers: See :meth:`get`.
+        :returns: The response, with everything the server wrote so far.
+        :raises TypeError: if ``channels`` is one string rather than names.
+        :raises ValueError: for what the hub would answer ``400`` (no name,
+            an empty or invalid name, ``*``), with the hub's own message.
+            How many names a connection may have is the hub's setting
+            (``max_subscriptions``), so that one is left to the hub.  To
+            send a request the hub refuses, use :meth:`get`.
+        """
+        if isinstance(channels, str):
+            raise TypeError(
+                f"channels must be a list of names, not a string: [{channels!r}]?"
+            )
+        names = list(channels)
+        parse_selection(names, max_subscriptions=max(len(names), 1))
+        query = [f"channel={quote(name, safe=':@*')}" for name in names]
+        if envelope:
+            query.append("envelope=1")
+        separator = "&" if "?" in path else "?"
+        return self.get(
+            path + separator + "&".join(query), headers, last_event_id=last_event_id
+        )
 
     def request(
         self,
