@@ -30,6 +30,7 @@ from twisted_sse._broker import (
 )
 from twisted_sse._event import Event
 from twisted_sse._memory import MemoryBroker
+from twisted_sse.testing import assert_no_leaks
 
 from ._helpers import EPOCH, Collector
 
@@ -619,3 +620,18 @@ class MarkerAfterCancel(WatchTestCase):
         told, _ = self.watch(since=watching.marker)
         self.assertEqual(told.channels, ["a.x"])
         self.assertEqual(watching.marker, kept)
+
+
+class LeakCheckTests(SynchronousTestCase):
+    """assert_no_leaks names a watch left behind, and passes once it is cancelled."""
+
+    def test_watch_left(self) -> None:
+        broker = MemoryBroker(clock=Clock())
+        watching = broker.watch("news.", lambda *_: None)
+        self.assertEqual(broker.watch_prefixes(), {"news.": 1})
+        with self.assertRaises(AssertionError) as raised:
+            assert_no_leaks(brokers=[broker])
+        self.assertIn("1 watch(es) left on prefix 'news.'", str(raised.exception))
+        watching.cancel()
+        self.assertEqual(broker.watch_prefixes(), {})
+        assert_no_leaks(brokers=[broker])

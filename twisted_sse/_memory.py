@@ -270,6 +270,10 @@ class MemoryBroker:
         found = self._channels.get(channel)
         return len(found.subscribers) + len(found.replays) if found else 0
 
+    def watch_prefixes(self) -> dict[str, int]:
+        """How many watches (of patterns) each watched prefix has."""
+        return {prefix: len(watches) for prefix, watches in self._watches.items()}
+
     def history_of(self, channel: str) -> list[Published]:
         """The events kept for ``channel``, oldest first."""
         found = self._channels.get(channel)

@@ -66,7 +66,9 @@ def assert_no_leaks(
         :class:`~twisted_sse.StreamRegistry` or
         :class:`~twisted_sse.Heartbeat` objects to check.
     :param brokers: Brokers whose channels must have no subscriber left (any
-        object with ``channel_names()`` and ``subscriber_count(channel)``).
+        object with ``channel_names()`` and ``subscriber_count(channel)``),
+        and, if they have ``watch_prefixes()`` (as ``MemoryBroker`` does),
+        no watch of a pattern left.
     :param clients: Clients whose connections must all be closed; their
         pending connection closes are delivered first.
     :raises AssertionError: (or ``testcase.failureException``) listing every
@@ -93,6 +95,13 @@ def assert_no_leaks(
                 problems.append(
                     f"{count} subscriber(s) left on channel {channel!r} of {broker!r}"
                 )
+        # Optional: a broker that watches prefixes for patterns.
+        watch_prefixes = getattr(broker, "watch_prefixes", None)
+        if watch_prefixes is not None:
+            problems.extend(
+                f"{count} watch(es) left on prefix {prefix!r} of {broker!r}"
+                for prefix, count in watch_prefixes().items()
+            )
     if clock is not None:
         problems.extend(
             f"pending delayed call: {call!r}"
