@@ -44,7 +44,7 @@ from twisted_sse._redis import _scripts, _watch
 from twisted_sse._redis._address import RedisAddress
 from twisted_sse._redis._broker import RedisBroker
 from twisted_sse._redis._entries import before, entry_id, format_id, text_id
-from twisted_sse.testing import parse_events
+from twisted_sse.testing import assert_no_leaks, parse_events
 
 from . import _helpers
 from . import _redis_tools as tools
@@ -409,6 +409,24 @@ class LiveTests(WatchTestCase):
         self.assertEqual(watch.marker, self.log()[-1][0])
         self.publish(broker, "news.b", "x")
         self.assertEqual(later.channels, ["news.b"])
+
+    def test_no_watch_left(self) -> None:
+        """
+        ``watch_prefixes`` counts the watches of each prefix, so that
+        ``assert_no_leaks`` finds one left behind.
+        """
+        broker = self.broker()
+        _, first = self.watch(broker)
+        _, second = self.watch(broker)
+        _, third = self.watch(broker, "sport.")
+        self.assertEqual(broker.watch_prefixes(), {"news.": 2, "sport.": 1})
+        with self.assertRaises(AssertionError) as raised:
+            assert_no_leaks(brokers=[broker])
+        self.assertIn("2 watch(es) left on prefix 'news.'", str(raised.exception))
+        for watch in [first, second, third]:
+            watch.cancel()
+        self.assertEqual(broker.watch_prefixes(), {})
+        assert_no_leaks(brokers=[broker])
 
     def test_cancel_while_starting(self) -> None:
         """A watch cancelled while the log's end is read is never told."""
@@ -926,7 +944,7 @@ class FaninTests(WatchTestCase):
         )
         cursor = client.cursor
         client.fanin.cancel()
-        self.assertEqual(broker.watches.count, 0)
+        assert_no_leaks(brokers=[broker])
         for channel, data in [("news.eu.fr", "5"), ("news.x", "6"), ("news.eu", "7")]:
             self.publish(publisher, channel, data)
         resumed = self.client(broker, ["a", "news.*"], cursor)

@@ -421,6 +421,10 @@ class RedisBroker(Service):
         state.subscribers[token] = Local(deliver)
         return subscription
 
+    def watch_prefixes(self) -> dict[str, int]:
+        """How many watches (of patterns) each watched prefix has."""
+        return self._watches.prefixes()
+
     def channel_names(self) -> list[str]:
         """The channels that have local subscribers."""
         return list(self._reader.channels)

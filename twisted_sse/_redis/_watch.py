@@ -186,6 +186,13 @@ class Watches:
         """How many watches there are."""
         return sum(len(watches) for watches in self._by_prefix.values())
 
+    def prefixes(self) -> dict[str, int]:
+        """How many watches each watched prefix has."""
+        return {
+            key.decode("utf-8"): len(watches)
+            for key, watches in self._by_prefix.items()
+        }
+
     def marker(self) -> str:
         """Every watch's marker: how far the reader has read the log."""
         position = self.position
