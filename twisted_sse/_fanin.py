@@ -337,15 +337,17 @@ class Fanin:
         if resume is None or subscription.history_lost is None:
             if channel not in self._builder.positions:
                 self._move(channel, resume or subscription.position)
-        else:
+        elif self._opened is not None:
             # What the client held cannot be resumed: it goes on from the
-            # channel's position, unless events of it were written since.
+            # channel's position, said by the opening loss event.
             if self._builder.positions.get(channel, resume) == resume:
                 self._move(channel, subscription.position)
-            if self._opened is not None:
-                self.losses.setdefault(channel, subscription.history_lost)
-            else:
-                self._tell_loss(channel, subscription.history_lost)
+            self.losses.setdefault(channel, subscription.history_lost)
+        else:
+            # Opened already: the cursor moves to the channel's position
+            # when the loss event is written, not before (a cursor written
+            # before it must still hold what the client holds).
+            self._tell_loss(channel, subscription.history_lost, subscription.position)
         self._answered()
 
     def _child_failed(self, failure: Failure) -> None:
@@ -375,9 +377,15 @@ class Fanin:
         else:
             opened.callback(self)
 
-    def _tell_loss(self, channel: str, reason: str) -> None:
-        """A loss found after the subscription opened, as the next event."""
-        position = self._builder.positions.get(channel, "")
+    def _tell_loss(
+        self, channel: str, reason: str, position: str | None = None
+    ) -> None:
+        """
+        A loss found after the subscription opened, as the next event: the
+        channel goes on from ``position`` (where it is, if ``None``).
+        """
+        if position is None:
+            position = self._builder.positions.get(channel, "")
         frame = Event(
             event=HISTORY_LOST_EVENT, id=position, data=json.dumps({"reason": reason})
         ).encode()
