@@ -83,6 +83,9 @@ nitpick_ignore = [
     ("py:class", "SentRequest"),
     ("py:class", "TestCase"),
     ("py:class", "Checkable"),
+    # What a Fanin is made with, in the private module behind it.
+    ("py:class", "Selection"),
+    ("py:class", "Deliver"),
 ]
 
 myst_heading_anchors = 3

@@ -13,12 +13,15 @@ from ._broker import (
     MAX_KEY_LENGTH,
     BrokerUnavailable,
     IBroker,
+    IPatternBroker,
     Published,
     Subscription,
+    Watch,
     check_publish,
     loss_event,
     publish_from_thread,
     valid_channel,
+    valid_pattern,
 )
 from ._client import (
     DEFAULT_IDLE_TIMEOUT,
@@ -37,6 +40,7 @@ from ._event import (
     encode_comment,
     encode_retry,
 )
+from ._fanin import Fanin
 from ._heartbeat import DEFAULT_HEARTBEAT, Heartbeat
 from ._hub import (
     DEFAULT_MAX_EVENT_BYTES,
@@ -126,10 +130,12 @@ __all__ = [
     "EventStream",
     "EventStreamResource",
     "EventStreamService",
+    "Fanin",
     "Heartbeat",
     "Hub",
     "HubUnreachable",
     "IBroker",
+    "IPatternBroker",
     "IdleTimeout",
     "LimitExceeded",
     "MemoryBroker",
@@ -149,6 +155,7 @@ __all__ = [
     "StreamRegistry",
     "StreamResource",
     "Subscription",
+    "Watch",
     "__version__",
     "access_log_formatter",
     "bearer_token_authorizer",
@@ -163,4 +170,5 @@ __all__ = [
     "publish_from_thread",
     "subscribe_url",
     "valid_channel",
+    "valid_pattern",
 ]

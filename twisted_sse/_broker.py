@@ -391,7 +391,7 @@ class IPatternBroker(IBroker):
         - before this returns, for each channel under the prefix with
           events after ``since`` (a :attr:`Watch.marker` this broker gave
           earlier), with the id just before its first such event, so that
-          a subscription from it (:meth:`subscribe`) misses none; or with
+          a subscription from it (:meth:`IBroker.subscribe`) misses none; or with
           ``history_lost`` set when some of them are gone (``"trimmed"``:
           ``position`` is where what is kept begins; ``"unknown"``: the
           channel was forgotten, ``position`` is ``""``);
@@ -410,7 +410,7 @@ class IPatternBroker(IBroker):
 
         If ``since`` cannot be honoured at all (malformed, from another
         broker or run, or older than the broker remembers), the watch
-        says so in :attr:`Watch.history_lost` and starts from now.
+        says so in ``Watch.history_lost`` and starts from now.
 
         :returns: The watch, or a Deferred firing with it for a broker
             that must ask a network first: then the calls of ``found`` for

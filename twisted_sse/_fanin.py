@@ -125,11 +125,11 @@ def _name(name: object) -> str:
 
 class Fanin:
     """
-    One subscription to the channels and patterns of a :class:`Selection`,
-    with one cursor, delivering to one ``deliver`` (a :class:`Handoff`, for
-    a stream) the broker's events, then writing each with :meth:`encode`.
+    One subscription to the channels and patterns of a ``Selection``,
+    with one cursor, delivering to one ``deliver`` (a ``Handoff``, for
+    a stream) the broker's events, then writing each with ``encode``.
 
-    Positions move when an event is written (:meth:`encode`), not when the
+    Positions move when an event is written (``encode``), not when the
     broker delivers it, so the cursor of each frame is exactly what its
     client has been sent.
 

@@ -130,10 +130,10 @@ class RedisBroker(Service):
     last stream id this process handled, when Redis is back.
 
     Event ids are ``<epoch>:<stream entry id>``; see the module docstring.
-    It can watch the channels under a prefix (:meth:`watch`, what the
-    hub's patterns such as ``news.*`` need): every publish is also written
-    to a publish log, ``<prefix>#log``, of the last
-    :data:`~twisted_sse._redis._watch.LOG_LENGTH` publishes, and the
+    It can watch the channels under a prefix (``watch``, of
+    :class:`~twisted_sse.IPatternBroker`: what the hub's patterns such as
+    ``news.*`` need): every publish is also written to a publish log,
+    ``<prefix>#log``, of the last 100,000 publishes, and the
     channels watches find are kept in an index of names,
     ``<prefix>#names``.
 
