@@ -486,3 +486,22 @@ class SizeTests(SynchronousTestCase):
         self.assertLess(len(text), 1000)
         self.assertIsNotNone(_CURSOR_TEXT.fullmatch(text))
         self.assertEqual(round_trip(positions), positions)
+
+
+class RenumberTests(SynchronousTestCase):
+    """The table of epochs started afresh keeps every entry readable."""
+
+    def test_marker_moving_through_milliseconds(self) -> None:
+        """A marker that is a new epoch each time (Redis log ids)."""
+        builder = CursorBuilder()
+        builder.set("a", "hov3kb2nyw:1796662948518-0")
+        # A Redis pattern marker is a publish log id, <ms>-<n>: each new
+        # millisecond is a new epoch of the table.
+        for ms in range(1796662948518, 1796662948518 + 20):
+            builder.set("news.*", f"{ms}-0")
+            text = builder.text()
+            decoded = decode_cursor(text)
+            self.assertIsNotNone(decoded, f"malformed after marker {ms}-0: {text}")
+            assert decoded is not None
+            self.assertEqual(decoded.get("news.*"), f"{ms}-0")
+            self.assertEqual(decoded.get("a"), "hov3kb2nyw:1796662948518-0")

@@ -456,10 +456,9 @@ async def play(
             subscriber.write(step.count)
         elif isinstance(step, Reconnect):
             names = shuffled(subscriber.names, step.shuffle)
-            # A channel is added only when nothing carries it yet: naming
-            # one that a resumed pattern carries is not replayed from the
-            # pattern's marker today (it starts live).
-            if step.add is not None and not subscriber.covered(step.add):
+            # A channel added may be one a resumed pattern carried: it
+            # goes on exactly from where the pattern left it.
+            if step.add is not None and step.add not in names:
                 names.insert(step.shuffle % (len(names) + 1), step.add)
             await subscriber.connect(names, step.envelope, step.room)
         else:

@@ -4,7 +4,8 @@ sharing one Redis, as behind a load balancer: clients of three channels
 drop their connection to one process and resume on the other with the
 last cursor they were sent, while events are published over HTTP on both
 processes at once, and in the end each has every event of every channel
-once, in order per channel.
+once, in order per channel; and the same with a pattern, whose channels are
+made during the run.
 
 They use the shared Redis on 127.0.0.1:6379 (database 13, channel names of
 their own, deleted afterwards); without one they are skipped, and with
@@ -174,6 +175,13 @@ class Reader:
         return self.events + current
 
 
+def carries(name: str, channel: str) -> bool:
+    """Whether the channel or pattern ``name`` carries ``channel``."""
+    if name.endswith(".*"):
+        return channel.startswith(name[:-1])
+    return name == channel
+
+
 class TwoProcessesSubscribeTests(SynchronousTestCase):
     """Two twistd sse processes on one Redis serve one /subscribe stream."""
 
@@ -181,7 +189,11 @@ class TwoProcessesSubscribeTests(SynchronousTestCase):
         tools.need(tools.unavailable_reason())
         tag = f"sub-{uuid.uuid4().hex[:12]}"
         self.channels = [f"{tag}-{name}" for name in "abc"]
-        for channel in self.channels:
+        #: Channels under the pattern, made during the run, and one beside.
+        self.pattern = f"{tag}-news.*"
+        self.under = [f"{tag}-news.{name}" for name in ("eu", "us", "eu.fr")]
+        self.beside = f"{tag}-newsroom"
+        for channel in [*self.channels, *self.under, self.beside]:
             self.addCleanup(
                 tools.command,
                 tools.REDIS_PORT,
@@ -191,6 +203,16 @@ class TwoProcessesSubscribeTests(SynchronousTestCase):
                 host=tools.REDIS_HOST,
                 db=tools.REDIS_DB,
             )
+        # The names the patterns found, indexed for the resuming cursors.
+        self.addCleanup(
+            tools.command,
+            tools.REDIS_PORT,
+            "ZREM",
+            "sse:#names",
+            *self.under,
+            host=tools.REDIS_HOST,
+            db=tools.REDIS_DB,
+        )
         options = ("--broker", BROKER, "--publish-token", TOKEN, "--drain", "0")
         self.processes = [self.start(*options), self.start(*options)]
         self.ports = [process.port for process in self.processes]
@@ -252,7 +274,11 @@ class TwoProcessesSubscribeTests(SynchronousTestCase):
         for channel, events in expected.items():
             self.assertEqual(len({stream_order(i)[0] for i, _ in events}), 1, channel)
         for reader in readers:
-            carried = [channel for channel in channels if channel in reader.names]
+            carried = [
+                channel
+                for channel in channels
+                if any(carries(name, channel) for name in reader.names)
+            ]
             total = sum(len(expected[channel]) for channel in carried)
             reader.read(total - len(reader.events), WAIT)
             got: dict[str, list[str]] = {}
@@ -280,3 +306,15 @@ class TwoProcessesSubscribeTests(SynchronousTestCase):
         a, b, c = self.channels
         orders = [[a, b, c], [c, a, b], [b, c, a], [c, b, a]]
         self.exchange([Reader(names) for names in orders], self.channels)
+
+    def test_pattern_resume_on_the_other_process(self) -> None:
+        """
+        The same for readers of a pattern (and a channel), whose channels
+        are made while they come and go: each ends with every event of
+        every channel under the pattern once, in order per channel, and
+        none of the channel beside it.
+        """
+        a, _, c = self.channels
+        orders = [[self.pattern, a], [c, self.pattern]]
+        channels = [a, c, *self.under, self.beside]
+        self.exchange([Reader(names) for names in orders], channels)

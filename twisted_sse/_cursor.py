@@ -150,7 +150,10 @@ class CursorBuilder:
             if found is None:
                 if len(epochs) >= 2 * len(positions) + 4:
                     self._renumber()
-                found = epochs[(form, epoch)] = len(epochs)
+                    epochs = self._epochs
+                found = epochs.get((form, epoch))
+                if found is None:
+                    found = epochs[(form, epoch)] = len(epochs)
                 self._head = None
             index = found
         self._texts[name] = _entry_text(name, position, parsed, index)

@@ -159,6 +159,7 @@ class Fanin:
         "_cursor",
         "_deliver",
         "_failure",
+        "_later",
         "_limited",
         "_opened",
         "_replayed_done",
@@ -206,6 +207,8 @@ class Fanin:
         #: Events replayed by the channels' subscriptions once cancelled.
         self._replayed_done = 0
         self._builder = CursorBuilder()
+        #: Channels named that wait for the patterns' watches to answer.
+        self._later: list[str] = []
         self.broken: Callable[[Failure], object] | None = None
 
     # Opening
@@ -222,9 +225,22 @@ class Fanin:
         """
         opened = self._opened = Deferred()
         self._waiting += 1
-        for channel in self.selection.channels:
-            self._follow(channel, self._resume_from(channel), None)
         patterns = self.selection.patterns
+        cursor = self._cursor
+        for channel in self.selection.channels:
+            resume = self._resume_from(channel)
+            if resume is None and any(
+                channel.startswith(pattern[:-1])
+                and cursor is not None
+                and cursor.get(pattern) is not None
+                for pattern in patterns
+            ):
+                # Named now, carried by a resumed pattern before: that
+                # pattern's watch finds it if the client missed events of
+                # it; otherwise it starts live once the watches answered.
+                self._later.append(channel)
+            else:
+                self._follow(channel, resume, None)
         watch = getattr(self.broker, "watch", None)
         if patterns and watch is None:
             self._fail(
@@ -275,6 +291,11 @@ class Fanin:
         self._move(pattern, watching.marker)
         if since is not None and watching.history_lost is not None:
             self.losses[pattern] = watching.history_lost
+        if len(self._watches) == len(self.selection.patterns):
+            later, self._later = self._later, []
+            for channel in later:
+                if channel not in self._children:
+                    self._follow(channel, None, None)
         self._answered()
 
     def _found(self, channel: str, position: str, lost: str | None) -> None:
@@ -451,6 +472,11 @@ class Fanin:
         return self._replayed_done + sum(
             child.replayed for child in self._children.values() if child is not None
         )
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether :meth:`cancel` was called."""
+        return self._cancelled
 
     @property
     def followed(self) -> list[str]:

@@ -339,7 +339,15 @@ class _Sink:
         self.fanin: Fanin | None = None
         self.waiting: list[Published] | None = []
 
+    @property
+    def cancelled(self) -> bool:
+        """Whether the subscription was cancelled: nothing more is given."""
+        fanin = self.fanin
+        return fanin is not None and fanin.cancelled
+
     def __call__(self, published: Published) -> bool:
+        if self.cancelled:
+            return False
         waiting = self.waiting
         if waiting is not None:
             waiting.append(published)
