@@ -208,7 +208,7 @@ class Fanin:
         self._replayed_done = 0
         self._builder = CursorBuilder()
         #: Channels named that wait for the patterns' watches to answer.
-        self._later: list[str] = []
+        self._later: list[str] | None = None
         self.broken: Callable[[Failure], object] | None = None
 
     # Opening
@@ -238,6 +238,7 @@ class Fanin:
                 # Named now, carried by a resumed pattern before: that
                 # pattern's watch finds it if the client missed events of
                 # it; otherwise it starts live once the watches answered.
+                self._later = self._later or []
                 self._later.append(channel)
             else:
                 self._follow(channel, resume, None)
@@ -292,7 +293,7 @@ class Fanin:
         if since is not None and watching.history_lost is not None:
             self.losses[pattern] = watching.history_lost
         if len(self._watches) == len(self.selection.patterns):
-            later, self._later = self._later, []
+            later, self._later = self._later or [], None
             for channel in later:
                 if channel not in self._children:
                     self._follow(channel, None, None)

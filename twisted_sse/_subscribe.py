@@ -191,6 +191,9 @@ class SubscribeResource(StreamResource):
                 # learns of its end itself, without a Deferred of its own.
                 opened_with = None
             stream = self.open_stream(request, *frames, finished=opened_with)
+            # The parsed query is read: an open stream need not keep it (a
+            # list of names per subscriber, for as long as it is open).
+            request.args = {}
             handoff.attach(stream, fanin)
             registry = self.registry
 
