@@ -16,6 +16,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from importlib import metadata
 from types import TracebackType
 
@@ -141,6 +143,34 @@ class Twistd:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def health(server: Twistd) -> int:
+    """The status ``server`` answers on ``/healthz``."""
+    try:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{server.port}/healthz", timeout=5
+        ) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def start_healthy(
+    testcase: SynchronousTestCase, *options: str, wait: float = 15.0
+) -> Twistd:
+    """
+    Start ``twistd sse`` with ``options``, stopped when ``testcase`` ends,
+    and wait until its broker is up (``/healthz`` answers 200).
+    """
+    server = Twistd(*options).start()
+    testcase.addCleanup(server.stop)
+    deadline = time.monotonic() + wait
+    while health(server) != 200:
+        if time.monotonic() > deadline:
+            testcase.fail(f"not healthy: {server.output.decode(errors='replace')}")
+        time.sleep(0.05)
+    return server
 
 
 def run_twistd(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[bytes]:

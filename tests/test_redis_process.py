@@ -11,7 +11,6 @@ their own, deleted afterwards); without one they are skipped, and with
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -22,7 +21,7 @@ from twisted_sse import MessageEvent
 
 from . import _redis_tools as tools
 from ._http import SocketClient, http_request
-from ._process import USAGE_EXITS_NONZERO, Twistd, run_twistd
+from ._process import USAGE_EXITS_NONZERO, Twistd, run_twistd, start_healthy
 
 TOKEN = "process-test-token"
 BROKER = f"redis://{tools.REDIS_HOST}:{tools.REDIS_PORT}/{tools.REDIS_DB}"
@@ -64,23 +63,7 @@ class TwoProcessesTests(SynchronousTestCase):
         self.b = self.start(*options)
 
     def start(self, *options: str) -> Twistd:
-        server = Twistd(*options).start()
-        self.addCleanup(server.stop)
-        deadline = time.monotonic() + 15
-        while self.health(server) != 200:
-            if time.monotonic() > deadline:
-                self.fail(f"not healthy: {server.output.decode(errors='replace')}")
-            time.sleep(0.05)
-        return server
-
-    def health(self, server: Twistd) -> int:
-        try:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{server.port}/healthz", timeout=5
-            ) as answer:
-                return int(answer.status)
-        except urllib.error.HTTPError as error:
-            return error.code
+        return start_healthy(self, *options, wait=15)
 
     def publish(self, server: Twistd, data: str) -> str:
         request = urllib.request.Request(

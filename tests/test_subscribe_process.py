@@ -30,7 +30,7 @@ from twisted_sse import MessageEvent
 
 from . import _redis_tools as tools
 from ._http import SocketClient, http_request
-from ._process import Twistd
+from ._process import Twistd, start_healthy
 
 TOKEN = "t"
 BROKER = f"redis://{tools.REDIS_HOST}:{tools.REDIS_PORT}/{tools.REDIS_DB}"
@@ -218,23 +218,7 @@ class TwoProcessesSubscribeTests(SynchronousTestCase):
         self.ports = [process.port for process in self.processes]
 
     def start(self, *options: str) -> Twistd:
-        server = Twistd(*options).start()
-        self.addCleanup(server.stop)
-        deadline = time.monotonic() + WAIT
-        while self.health(server) != 200:
-            if time.monotonic() > deadline:
-                self.fail(f"not healthy: {server.output.decode(errors='replace')}")
-            time.sleep(0.05)
-        return server
-
-    def health(self, server: Twistd) -> int:
-        try:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{server.port}/healthz", timeout=5
-            ) as answer:
-                return int(answer.status)
-        except urllib.error.HTTPError as error:
-            return error.code
+        return start_healthy(self, *options, wait=WAIT)
 
     def exchange(self, readers: list[Reader], channels: list[str]) -> None:
         """

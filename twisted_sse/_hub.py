@@ -45,7 +45,12 @@ from ._handoff import Handoff
 from ._heartbeat import DEFAULT_HEARTBEAT, Heartbeat
 from ._publish_body import MAX_JSON_DEPTH, BadPublish, read_publish
 from ._registry import StreamRegistry
-from ._resource import StreamResource, default_clock
+from ._resource import (
+    StreamResource,
+    abandon,
+    default_clock,
+    requested_last_event_id,
+)
 from ._stream import EventStream, SlowClientPolicy
 from ._twisted import forget_notification
 
@@ -469,7 +474,7 @@ class ChannelResource(StreamResource):
         self, allowed: object, request: Any, finished: Deferred[None]
     ) -> None:
         if finished.called:
-            _abandon(finished)
+            abandon(finished)
         elif not allowed:
             request.write(json_error(request, 403, "not allowed to subscribe"))
             request.finish()
@@ -491,7 +496,7 @@ class ChannelResource(StreamResource):
         subscribe_now = getattr(self.hub.broker, "subscribe_now", None)
         if subscribe_now is None:
             return False
-        last_event_id = _last_event_id(request)
+        last_event_id = requested_last_event_id(request)
         handoff = Handoff(self.max_queue_events, self.max_queue_bytes, self.hub)
         subscription = subscribe_now(self.channel, handoff, last_event_id)
         if subscription is None:
@@ -504,7 +509,7 @@ class ChannelResource(StreamResource):
         return True
 
     def _subscribe(self, request: Any, finished: Deferred[None]) -> None:
-        last_event_id = _last_event_id(request)
+        last_event_id = requested_last_event_id(request)
         handoff = Handoff(self.max_queue_events, self.max_queue_bytes, self.hub)
         # A broker that answers at once calls _subscribed before this
         # returns: the admission decided just before still holds.
@@ -528,14 +533,14 @@ class ChannelResource(StreamResource):
             if not result.check(BrokerUnavailable):
                 self._subscribe_failed(result, request, finished)
             elif finished.called:
-                _abandon(finished)
+                abandon(finished)
             else:
                 self.send_away(request, str(result.value))
             return
         try:
             if finished.called:
                 result.cancel()
-                _abandon(finished)
+                abandon(finished)
                 return
             if self._answering is not handoff:
                 # Admission again: while the broker took its time, other
@@ -555,7 +560,7 @@ class ChannelResource(StreamResource):
     ) -> None:
         _log.failure("Subscribing to {channel} failed", failure, channel=self.channel)
         if finished is not None and finished.called:
-            _abandon(finished)
+            abandon(finished)
         elif not request.startedWriting:
             request.write(json_error(request, 500, "internal error"))
             request.finish()
@@ -667,21 +672,3 @@ class ChannelResource(StreamResource):
             if code == 401:
                 request.setHeader(b"WWW-Authenticate", WWW_AUTHENTICATE)
             raise BadPublish(code, message)
-
-
-def _abandon(finished: Deferred[None]) -> None:
-    """
-    The client went away before its stream opened: its request's finish
-    Deferred failed, which is no error to report.
-    """
-    finished.addErrback(lambda _: None)
-
-
-def _last_event_id(request: Any) -> str | None:
-    header = request.getHeader(b"Last-Event-ID")
-    if header is not None:
-        return str(header.decode("utf-8", "replace"))
-    values = request.args.get(b"lastEventId")
-    if values:
-        return str(values[0].decode("utf-8", "replace"))
-    return None

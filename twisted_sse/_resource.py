@@ -46,8 +46,10 @@ __all__ = [
     "FAILURE_RETRY",
     "EventStreamResource",
     "StreamResource",
+    "abandon",
     "counter",
     "default_clock",
+    "requested_last_event_id",
 ]
 
 _log = Logger()
@@ -90,6 +92,29 @@ def _access_log(request: Any) -> None:
         log(request)
     except Exception:
         _log.failure("Writing the access log failed")
+
+
+def requested_last_event_id(request: Any) -> str | None:
+    """
+    The id a client resumes after: its ``Last-Event-ID`` header, or the
+    ``lastEventId`` query parameter of ``EventSource`` polyfills (which
+    cannot send the header); ``None`` for neither.
+    """
+    header = request.getHeader(b"Last-Event-ID")
+    if header is not None:
+        return str(header.decode("utf-8", "replace"))
+    values = request.args.get(b"lastEventId")
+    if values:
+        return str(values[0].decode("utf-8", "replace"))
+    return None
+
+
+def abandon(finished: Deferred[None]) -> None:
+    """
+    The client went away before its stream opened: its request's finish
+    Deferred failed, which is no error to report.
+    """
+    finished.addErrback(lambda _: None)
 
 
 def default_clock() -> IReactorTime:

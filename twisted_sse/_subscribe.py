@@ -16,7 +16,7 @@ from ._broker import BrokerUnavailable
 from ._errors import json_error, method_not_allowed
 from ._fanin import Fanin, Selection, parse_selection
 from ._handoff import Handoff
-from ._resource import StreamResource
+from ._resource import StreamResource, abandon, requested_last_event_id
 from ._twisted import forget_notification
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ class SubscribeResource(StreamResource):
         selection: Selection,
     ) -> None:
         if finished.called:
-            _abandon(finished)
+            abandon(finished)
             return
         for name, allowed in zip(selection.names, answers, strict=True):
             if not allowed:
@@ -149,7 +149,7 @@ class SubscribeResource(StreamResource):
         fanin = Fanin(
             hub.broker,
             selection,
-            _last_event_id(request),
+            requested_last_event_id(request),
             handoff,
             envelope=request.args.get(b"envelope", [b""])[0] in (b"1", b"true"),
             max_followed=hub.max_followed,
@@ -168,7 +168,7 @@ class SubscribeResource(StreamResource):
         try:
             if finished.called:
                 fanin.cancel()
-                _abandon(finished)
+                abandon(finished)
                 return
             refused = self.refusal(request)
             if refused is not None:
@@ -216,7 +216,7 @@ class SubscribeResource(StreamResource):
         self, failure: Failure, request: Any, finished: Deferred[None]
     ) -> None:
         if finished.called:
-            _abandon(finished)
+            abandon(finished)
         elif failure.check(BrokerUnavailable):
             self.send_away(request, str(failure.value))
         elif failure.check(ValueError):
@@ -230,7 +230,7 @@ class SubscribeResource(StreamResource):
             "Subscribing to {channels} failed", failure, channels=_names(request)
         )
         if finished.called:
-            _abandon(finished)
+            abandon(finished)
         elif not request.startedWriting:
             request.write(json_error(request, 500, "internal error"))
             request.finish()
@@ -242,17 +242,3 @@ def _names(request: Any) -> list[str]:
     return [
         value.decode("utf-8", "replace") for value in request.args.get(b"channel", [])
     ][:8]
-
-
-def _abandon(finished: Deferred[None]) -> None:
-    finished.addErrback(lambda _: None)
-
-
-def _last_event_id(request: Any) -> str | None:
-    header = request.getHeader(b"Last-Event-ID")
-    if header is not None:
-        return str(header.decode("utf-8", "replace"))
-    values = request.args.get(b"lastEventId")
-    if values:
-        return str(values[0].decode("utf-8", "replace"))
-    return None
