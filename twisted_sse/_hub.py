@@ -291,6 +291,22 @@ class Hub:
         sink.fanin = fanin
         return fanin.open().addCallback(sink.opened)
 
+    def stream_options(self, policy: SlowClientPolicy) -> dict[str, Any]:
+        """
+        What the hub's stream resources are made with: its clock, retry,
+        heartbeat, CORS origin, queue bounds and registry, and ``policy``.
+        """
+        return {
+            "clock": self.clock,
+            "retry": self.retry,
+            "heartbeat_timer": self.heartbeat,
+            "allow_origin": self.allow_origin,
+            "max_queue_events": self.max_queue_events,
+            "max_queue_bytes": self.max_queue_bytes,
+            "policy": policy,
+            "registry": self.registry,
+        }
+
     def subscribe_resource(self) -> Resource:
         """
         The resource of ``GET /subscribe?channel=...`` (one stream carrying
@@ -415,14 +431,7 @@ class ChannelResource(StreamResource):
 
     def __init__(self, hub: Hub, channel: str) -> None:
         super().__init__(
-            clock=hub.clock,
-            retry=hub.retry,
-            heartbeat_timer=hub.heartbeat,
-            allow_origin=hub.allow_origin,
-            max_queue_events=hub.max_queue_events,
-            max_queue_bytes=hub.max_queue_bytes,
-            policy=hub.channel_policies.get(channel, hub.policy),
-            registry=hub.registry,
+            **hub.stream_options(hub.channel_policies.get(channel, hub.policy))
         )
         self.hub = hub
         self.channel = channel

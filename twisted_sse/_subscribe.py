@@ -48,16 +48,7 @@ class SubscribeResource(StreamResource):
     """
 
     def __init__(self, hub: Hub) -> None:
-        super().__init__(
-            clock=hub.clock,
-            retry=hub.retry,
-            heartbeat_timer=hub.heartbeat,
-            allow_origin=hub.allow_origin,
-            max_queue_events=hub.max_queue_events,
-            max_queue_bytes=hub.max_queue_bytes,
-            policy=hub.policy,
-            registry=hub.registry,
-        )
+        super().__init__(**hub.stream_options(hub.policy))
         self.hub = hub
 
     def render(self, request: Any) -> bytes | int:
