@@ -187,6 +187,34 @@ class CursorBuilder:
                 index = epochs.setdefault((form, epoch), len(epochs))
             self._texts[name] = _entry_text(name, position, parsed, index)
 
+    @property
+    def head_known(self) -> bool:
+        """
+        Whether the head is as it was at the last :meth:`text`: no name
+        and no epoch was added since.
+        """
+        return self._head is not None
+
+    def entry(self, name: str) -> str | None:
+        """The encoded entry of ``name`` (``None`` if it is left out)."""
+        return self._texts.get(name)
+
+    def adopt(self, moves: tuple[tuple[str, str, str | None], ...], text: str) -> None:
+        """
+        Take the moves another builder made from the very state this one
+        is in (its same text), and the text they gave, rather than making
+        them again: each move is a name, its position and its encoded
+        entry.  Only for moves of names already here under epochs already
+        here (:attr:`head_known` was true after them).
+        """
+        positions = self.positions
+        texts = self._texts
+        for name, position, entry in moves:
+            positions[name] = position
+            if entry is not None:
+                texts[name] = entry
+        self._text = text
+
     def text(self) -> str:
         """The cursor, as text."""
         text = self._text

@@ -445,20 +445,56 @@ class Fanin:
         the cursor (with its channel's position moved to it), and its
         channel named.  (The :data:`~twisted_sse._handoff.Encode` of the
         stream's handoff.)
+
+        Subscribers of the same channels in the same state, written the
+        same event one after the other, get the same cursor: the first
+        makes it, the others take it (and the same bytes) from it.
         """
+        global _LAST
+        builder = self._builder
+        before = builder.text()
+        last = _LAST
+        if (
+            last is not None
+            and last.published is published
+            and last.before == before
+            and last.selection == self.selection
+            and last.envelope == self.envelope
+        ):
+            builder.adopt(last.moves, last.after)
+            return last.frame, last.key
         channel = published.channel
+        moves: list[tuple[str, str]] = []
         if published.id:
             self._move(channel, published.id)
+            moves.append((channel, published.id))
         for pattern, watching in self._watches.items():
             marker = watching.marker
-            if self._builder.positions.get(pattern) != marker:
+            if builder.positions.get(pattern) != marker:
                 self._move(pattern, marker)
-        cursor = self.cursor
+                moves.append((pattern, marker))
+        stable = builder.head_known
+        cursor = builder.text()
         key = published.key
         if key == HISTORY_LOST_EVENT:
             reason = _loss_reason(published.frame)
             return self._loss_frame(cursor, {channel: reason}), f"{channel} {key}"
-        return _rewrite(published, cursor, self.envelope), f"{channel} {key}"
+        frame = _rewrite(published, cursor, self.envelope)
+        conflation = f"{channel} {key}"
+        if stable:
+            _LAST = _Written(
+                published,
+                before,
+                self.selection,
+                self.envelope,
+                tuple(
+                    (name, position, builder.entry(name)) for name, position in moves
+                ),
+                cursor,
+                frame,
+                conflation,
+            )
+        return frame, conflation
 
     def _loss_frame(self, cursor: str, losses: dict[str, str]) -> bytes:
         first = next(iter(losses.values()))
@@ -502,6 +538,26 @@ class Fanin:
             if child is not None:
                 child.cancel()
                 self._replayed_done += child.replayed
+
+
+@frozen
+class _Written:
+    """
+    The event a fan-in wrote last, from which state, and how: the next
+    subscriber in that same state takes it as it is.
+    """
+
+    published: Published
+    before: str
+    selection: Selection
+    envelope: bool
+    moves: tuple[tuple[str, str, str | None], ...]
+    after: str
+    frame: bytes
+    key: str
+
+
+_LAST: _Written | None = None
 
 
 def _loss_reason(frame: bytes) -> str:
