@@ -957,3 +957,56 @@ class PostOpenLossTests(SynchronousTestCase):
         assert decoded is not None
         position = decoded.get("news.eu")
         self.assertIn(position, (None, "1700000000000-0"))
+
+
+class SharedWritingTests(FaninTestCase):
+    """
+    Subscribers in the same state, written the same event one after the
+    other, share its cursor and bytes; one in another state never takes
+    them.
+    """
+
+    def test_same_state_shares(self) -> None:
+        """The second takes the first's frame, and its cursor moves as well."""
+        first = self.stream(["a", "news.*"])
+        second = self.stream(["a", "news.*"])
+        self.publish("news.eu", "1")
+        first.write()
+        second.write()
+        self.assertIs(first.frames[-1], second.frames[-1])
+        self.assertEqual(first.fanin.cursor, second.fanin.cursor)
+        cursor = decode_cursor(second.fanin.cursor)
+        assert cursor is not None
+        self.assertEqual(cursor.get("news.eu"), f"{EPOCH}-1")
+        # The state taken is the second's own from then on.
+        self.publish("a", "2")
+        self.assertEqual(by_channel(second.write()), {"a": ["2"]})
+        cursor = decode_cursor(second.fanin.cursor)
+        assert cursor is not None
+        self.assertEqual(cursor.get("a"), f"{EPOCH}-1")
+        self.assertEqual(cursor.get("news.eu"), f"{EPOCH}-1")
+
+    def test_other_state_not_shared(self) -> None:
+        """One that was written another event first makes its own cursor."""
+        first = self.stream(["a", "b"])
+        second = self.stream(["a", "b"])
+        self.publish("b", "1")
+        second.write()  # only the second is written b's event
+        self.publish("a", "2")
+        first.fanin.encode(first.delivered[-1])  # a's event, not b's
+        second.write()
+        one = decode_cursor(first.fanin.cursor)
+        two = decode_cursor(second.fanin.cursor)
+        assert one is not None and two is not None
+        self.assertEqual(one.get("a"), two.get("a"))
+        self.assertNotEqual(one.get("b"), two.get("b"))
+        self.assertEqual(two.get("b"), f"{EPOCH}-1")
+
+    def test_other_selection_not_shared(self) -> None:
+        """The same cursor text under other names is not the same state."""
+        first = self.stream(["a"], envelope=True)
+        second = self.stream(["a"])
+        self.publish("a", "1")
+        first.write()
+        events = second.write()
+        self.assertEqual([(e.type, e.data) for e in events], [("a", "1")])
