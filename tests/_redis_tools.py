@@ -281,7 +281,8 @@ class RedisServer:
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
-def _base36(number: int) -> str:
+def base36(number: int) -> str:
+    """``number`` in base 36, as the Redis broker writes its epochs."""
     text = ""
     while True:
         number, digit = divmod(number, 36)
@@ -429,7 +430,7 @@ class FakeRedis:
     def new_epoch(self) -> bytes:
         # Like the script's: increasing, never given twice.
         self._epochs += 1
-        return _base36(10**9 + self._epochs).encode()
+        return base36(10**9 + self._epochs).encode()
 
     def epoch(self, key: bytes) -> bytes | None:
         return self.hashes.get(key + b"#epoch", {}).get(b"e")

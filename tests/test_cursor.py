@@ -25,21 +25,12 @@ from twisted_sse._cursor import (
     positions_of,
 )
 
+from ._redis_tools import base36
+
 #: What a cursor is made of: ``~`` and URL-safe base64, unpadded.
 _CURSOR_TEXT = re.compile(r"~[A-Za-z0-9_-]*")
 #: A realistic in-memory broker epoch: milliseconds since 1970.
 _MEMORY_EPOCH = 1765000000000
-_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
-
-
-def base36(value: int) -> str:
-    """``value`` in base 36, as the Redis broker writes its epochs."""
-    text = ""
-    while True:
-        value, digit = divmod(value, 36)
-        text = _DIGITS[digit] + text
-        if not value:
-            return text
 
 
 def round_trip(positions: dict[str, str]) -> dict[str, str]:

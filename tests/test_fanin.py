@@ -863,51 +863,37 @@ class FoundNotWritten(FaninTestCase):
         self.assertEqual(by_channel(events), {"news.eu": ["e2"]})
 
 
-class PatternThenExplicitTests(SynchronousTestCase):
+class PatternThenExplicitTests(FaninTestCase):
     """A channel a resumed pattern carried, named on reconnect."""
+
+    def missed_then_resumed(self, names: list[str]) -> Stream:
+        """
+        A ``news.*`` stream that ``news.eu`` was published on while it was
+        open but before it was written (its client never got it), resumed
+        with ``names`` from the cursor it had.
+        """
+        first = self.stream(["news.*"])
+        cursor = first.fanin.cursor
+        self.publish("news.eu", "missed")
+        self.assertEqual(len(first.delivered), 1)
+        first.fanin.cancel()
+        return self.stream(names, cursor)
 
     def test_named_on_reconnect(self) -> None:
         """It gets what the client missed of it, as under the pattern."""
-        broker = MemoryBroker(epoch=1700000000000, clock=Clock())
-        delivered: list[Published] = []
-        first = Fanin(broker, parse_selection(["news.*"]), None, delivered.append)
-        self.successResultOf(first.open())
-        cursor = (
-            first.opening_frames(1000)[0].split(b"id: ")[1].split(b"\n")[0].decode()
+        second = self.missed_then_resumed(["news.*", "news.eu"])
+        second.write()
+        self.assertEqual(
+            [(e.type, e.data) for e in second.events()], [("news.eu", "missed")]
         )
-        # news.eu is published while the client is connected but before it
-        # is written: the client never got it.
-        broker.publish("news.eu", Event(data="missed"))
-        self.assertEqual(len(delivered), 1)
-        first.cancel()
-        # Resume with the same pattern plus news.eu named explicitly.
-        again: list[Published] = []
-        second = Fanin(
-            broker, parse_selection(["news.*", "news.eu"]), cursor, again.append
-        )
-        self.successResultOf(second.open())
-        frames = second.opening_frames(1000) + [second.encode(p)[0] for p in again]
-        events = parse_events(b"".join(frames))
-        # Expected: the missed event, or a history-lost naming news.eu.
-        self.assertEqual([(e.type, e.data) for e in events], [("news.eu", "missed")])
 
     def test_pattern_alone_replays(self) -> None:
         """The same resume without news.eu named gets the event."""
-        broker = MemoryBroker(epoch=1700000000000, clock=Clock())
-        delivered: list[Published] = []
-        first = Fanin(broker, parse_selection(["news.*"]), None, delivered.append)
-        self.successResultOf(first.open())
-        cursor = (
-            first.opening_frames(1000)[0].split(b"id: ")[1].split(b"\n")[0].decode()
+        second = self.missed_then_resumed(["news.*"])
+        second.write()
+        self.assertEqual(
+            [(e.type, e.data) for e in second.events()], [("news.eu", "missed")]
         )
-        broker.publish("news.eu", Event(data="missed"))
-        first.cancel()
-        again: list[Published] = []
-        second = Fanin(broker, parse_selection(["news.*"]), cursor, again.append)
-        self.successResultOf(second.open())
-        frames = second.opening_frames(1000) + [second.encode(p)[0] for p in again]
-        events = parse_events(b"".join(frames))
-        self.assertEqual([(e.type, e.data) for e in events], [("news.eu", "missed")])
 
 
 class LateBroker(MemoryBroker):
