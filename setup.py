@@ -31,6 +31,11 @@ setup(
         "zope.interface>=6.0",
         "prometheus_client>=0.17",
         "hiredis>=3.0",
+        # Signed tokens (JWT) for authorization: PyJWT checks signatures and
+        # claims, with cryptography for RSA, EC and Ed25519 keys.
+        "PyJWT[crypto]>=2.10.0",
+        # twistd sse --auth-url asks the application over HTTP.
+        "treq>=23.11.0",
     ],
     extras_require={
         "tls": ["Twisted[tls]>=24.7.0"],
@@ -41,8 +46,6 @@ setup(
             "hypothesis>=6.90",
             "pytest>=8.0",
             "pytest-twisted>=1.14",
-            # treq.testing drives the client in memory; docs/examples use treq.
-            "treq>=23.11.0",
             "mypy>=1.10",
             "mypy-zope>=1.0.5",
             "ruff>=0.5",

@@ -7,6 +7,15 @@ The public API; everything else lives in private modules.
 from typing import TYPE_CHECKING, Any
 
 from ._agent import MAX_RESPONSE_HEADER_BYTES, MAX_RESPONSE_HEADERS
+from ._auth import (
+    MAX_TOKEN_BYTES,
+    Access,
+    AuthHook,
+    AuthRequest,
+    Credentials,
+    Grant,
+    Refused,
+)
 from ._broker import (
     DEFAULT_CHANNEL_TTL,
     DEFAULT_HISTORY,
@@ -80,6 +89,8 @@ from ._url import subscribe_url
 
 if TYPE_CHECKING:
     from ._app import SSEApp
+    from ._authhook import HTTPAuthHook
+    from ._jwt import JWTVerifier
 
 __version__ = "0.1.0"
 
@@ -92,6 +103,15 @@ def __getattr__(name: str) -> Any:
         from ._app import SSEApp
 
         return SSEApp
+    # PyJWT (with cryptography) and treq are imported by those who use them.
+    if name == "JWTVerifier":
+        from ._jwt import JWTVerifier
+
+        return JWTVerifier
+    if name == "HTTPAuthHook":
+        from ._authhook import HTTPAuthHook
+
+        return HTTPAuthHook
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -120,9 +140,14 @@ __all__ = [
     "MAX_RESPONSE_HEADERS",
     "MAX_RESPONSE_HEADER_BYTES",
     "MAX_RETRY",
+    "MAX_TOKEN_BYTES",
+    "Access",
+    "AuthHook",
+    "AuthRequest",
     "Authorizer",
     "BrokerUnavailable",
     "ChannelResource",
+    "Credentials",
     "Event",
     "EventParser",
     "EventSource",
@@ -131,12 +156,15 @@ __all__ = [
     "EventStreamResource",
     "EventStreamService",
     "Fanin",
+    "Grant",
+    "HTTPAuthHook",
     "Heartbeat",
     "Hub",
     "HubUnreachable",
     "IBroker",
     "IPatternBroker",
     "IdleTimeout",
+    "JWTVerifier",
     "LimitExceeded",
     "MemoryBroker",
     "MessageEvent",
@@ -147,6 +175,7 @@ __all__ = [
     "ReadyState",
     "RedisAddress",
     "RedisBroker",
+    "Refused",
     "SSEApp",
     "SSECollector",
     "Sendable",

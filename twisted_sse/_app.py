@@ -5,7 +5,7 @@ The Klein application that ``twistd sse`` serves: the seed example's page at
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from importlib.resources import files
 from typing import Any
 
@@ -53,8 +53,9 @@ class SSEApp:
     :param retry: The reconnection time sent first, in milliseconds.
     :param heartbeat: Seconds of silence before a heartbeat comment; ``0``
         disables.
-    :param allow_origin: ``Access-Control-Allow-Origin`` for the streams, or
-        ``None`` for none.
+    :param allow_origin: Who may read the streams from another origin: ``"*"``,
+        an origin or a sequence of them, or ``None`` for no CORS headers
+        (see :class:`~twisted_sse.StreamResource`).
     :param registry: Open streams, for connection limits and the drain.
     :param metrics: Serve ``GET /metrics`` (Prometheus text format).
     :param metrics_token: If set, ``/metrics`` needs this bearer token.
@@ -73,7 +74,7 @@ class SSEApp:
         interval: float = 1.0,
         retry: int = 1000,
         heartbeat: float = DEFAULT_HEARTBEAT,
-        allow_origin: str | None = "*",
+        allow_origin: str | Sequence[str] | None = "*",
         registry: StreamRegistry | None = None,
         metrics: bool = True,
         metrics_token: str | None = None,

@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
+from weakref import WeakKeyDictionary
 
 from attrs import field, frozen
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -39,12 +40,15 @@ __all__ = [
     "check_claims",
     "covers",
     "credentials",
+    "grant_of",
     "identity_hash",
+    "remember",
+    "when_decided",
 ]
 
 #: The two things a credential may allow.
-SUBSCRIBE = "subscribe"
-PUBLISH = "publish"
+SUBSCRIBE: Final = "subscribe"
+PUBLISH: Final = "publish"
 Action = Literal["subscribe", "publish"]
 
 #: A claim that covers every channel and pattern.
@@ -229,11 +233,13 @@ class Credentials:
 _NONE = Credentials()
 
 
-def credentials(request: Any) -> Credentials:
+def credentials(request: Any, query: bool = True) -> Credentials:
     """
     The token ``request`` carries, looked for in this order: the
     ``Authorization: Bearer`` header, the ``sse_token`` cookie, the
-    ``access_token`` query parameter.
+    ``access_token`` query parameter (unless ``query`` is false: a
+    publisher can always send a header, and a publish's URL must not
+    carry a secret into proxies' logs).
 
     :raises Refused: ``401`` for an ``Authorization`` header of another
         scheme (``Basic``), an empty ``Bearer``, or a token over
@@ -245,14 +251,15 @@ def credentials(request: Any) -> Credentials:
         if scheme.lower() != b"bearer":
             raise Refused(
                 401,
-                "the Authorization header must use the Bearer scheme",
+                "the Authorization header must carry a Bearer token",
                 error="invalid_request",
             )
         return Credentials(_bounded(token.strip(), "the Bearer token"), "header")
     cookie = request.getCookie(TOKEN_COOKIE)
     if cookie is not None:
         return Credentials(_bounded(cookie, "the sse_token cookie"), "cookie")
-    values = request.args.get(TOKEN_PARAMETER)
+    # No args before Twisted has parsed the request line's query.
+    values = getattr(request, "args", {}).get(TOKEN_PARAMETER) if query else None
     if values:
         return Credentials(_bounded(values[0], "the access_token parameter"), "query")
     return _NONE
@@ -390,6 +397,26 @@ class Access:
 
         :raises Refused: (or a Deferred failing with it) when it may not.
         """
+        decision = self._decide(request, action, names, True)
+        assert decision is not None
+        return decision
+
+    def decide_now(
+        self, request: Any, action: Action, names: Sequence[str]
+    ) -> Grant | None:
+        """
+        The decision :meth:`decide` would take, if it can be taken without
+        asking the application's hook; ``None`` if it cannot.
+
+        :raises Refused: when it may not.
+        """
+        decision = self._decide(request, action, names, False)
+        assert not isinstance(decision, Deferred)
+        return decision
+
+    def _decide(
+        self, request: Any, action: Action, names: Sequence[str], ask: bool
+    ) -> Grant | Deferred[Grant] | None:
         if action == SUBSCRIBE:
             if not self.guards_subscribing:
                 return _OPEN
@@ -399,14 +426,14 @@ class Access:
                 "publishing over HTTP is disabled: start the server with "
                 "--publish-token or a JWT key",
             )
-        found = credentials(request)
+        found = credentials(request, query=action == SUBSCRIBE)
         token = found.token
         if token is None:
             if action == SUBSCRIBE and all(covers(self.public, n) for n in names):
                 return _ANONYMOUS
             if self.hook is None:
                 raise Refused(401, _wanted(action))
-            return self._ask(request, action, names, found)
+            return self._ask(request, action, names, found) if ask else None
         static = self.subscribe_token if action == SUBSCRIBE else self.publish_token
         if static is not None and hmac.compare_digest(token, static):
             return _EVERY_SUBSCRIBE if action == SUBSCRIBE else _EVERY_PUBLISH
@@ -415,8 +442,8 @@ class Access:
             self.check(grant, action, names)
             return grant
         if self.hook is not None:
-            return self._ask(request, action, names, found)
-        raise _invalid("the token is not valid")
+            return self._ask(request, action, names, found) if ask else None
+        raise _invalid(_BAD_TOKEN if action == SUBSCRIBE else _NEEDS_BEARER)
 
     def check(self, grant: Grant, action: Action, names: Sequence[str]) -> None:
         """
@@ -465,12 +492,36 @@ class Access:
         return asking.addCallback(decided)
 
 
+_BAD_TOKEN = "the token is not valid"
+_NEEDS_BEARER = "a valid Authorization: Bearer token is required"
+
+
 def _wanted(action: Action) -> str:
-    verb = "subscribing" if action == SUBSCRIBE else "publishing"
+    if action == PUBLISH:
+        return _NEEDS_BEARER
     return (
-        f"{verb} here needs a token: an Authorization: Bearer header, the "
+        "subscribing here needs a token: an Authorization: Bearer header, the "
         "sse_token cookie or the access_token parameter"
     )
+
+
+#: The grants of requests allowed with an identity or an expiry, for the
+#: streams they open (see :func:`remember`).
+_GRANTS: WeakKeyDictionary[Any, Grant] = WeakKeyDictionary()
+
+
+def remember(request: Any, grant: Grant) -> None:
+    """
+    Keep what ``request`` was allowed with, for the stream it opens: its
+    identity (in the logs, hashed) and its expiry (when the stream ends).
+    """
+    if grant.identity is not None or grant.expires is not None:
+        _GRANTS[request] = grant
+
+
+def grant_of(request: Any) -> Grant | None:
+    """What ``request`` was allowed with (see :func:`remember`), if kept."""
+    return _GRANTS.get(request)
 
 
 def when_decided(

@@ -13,8 +13,8 @@ from __future__ import annotations
 import hmac
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
@@ -23,6 +23,15 @@ from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
+from ._auth import (
+    PUBLISH,
+    SUBSCRIBE,
+    Access,
+    AuthHook,
+    Grant,
+    Refused,
+    remember,
+)
 from ._broker import (
     HISTORY_LOST_EVENT,
     BrokerUnavailable,
@@ -54,6 +63,9 @@ from ._resource import (
 from ._stream import EventStream, SlowClientPolicy
 from ._twisted import forget_notification
 
+if TYPE_CHECKING:
+    from ._jwt import JWTVerifier
+
 __all__ = [
     "DEFAULT_MAX_EVENT_BYTES",
     "HISTORY_LOST_EVENT",
@@ -71,7 +83,7 @@ _log = Logger()
 DEFAULT_MAX_EVENT_BYTES = 64 * 1024
 #: The response header that says the same, with the reason as its value.
 HISTORY_LOST_HEADER = b"SSE-History-Lost"
-#: The challenge sent with a 401 to a publisher.
+#: The challenge sent with a 401 when no credentials came.
 WWW_AUTHENTICATE = b'Bearer realm="twisted_sse"'
 
 #: Decides whether ``request`` may subscribe to ``channel``: returns a bool
@@ -103,6 +115,22 @@ def bearer_token_authorizer(tokens: Mapping[str, str] | str) -> Authorizer:
     return authorize
 
 
+def answer_refused(request: Any, refused: Refused) -> bytes:
+    """
+    Make ``request`` the answer to ``refused``: its status, a
+    ``WWW-Authenticate`` challenge for a ``401``, ``Retry-After`` for a
+    ``503``, and ``{"error": reason}``.
+
+    :returns: The body to write.
+    """
+    challenge = refused.challenge
+    if challenge is not None:
+        request.setHeader(b"WWW-Authenticate", challenge)
+    if refused.retry is not None:
+        request.setHeader(b"Retry-After", b"%d" % max(1, round(refused.retry)))
+    return json_error(request, refused.code, refused.reason)
+
+
 def _bearer(request: Any) -> bytes | None:
     header = request.getHeader(b"Authorization")
     if header is None:
@@ -125,17 +153,31 @@ class Hub:
         seconds if ``None``.
     :param heartbeat: Seconds of silence before a heartbeat comment.
     :param retry: The reconnection time sent first, in milliseconds.
-    :param allow_origin: ``Access-Control-Allow-Origin``, or ``None``.
-    :param publish_token: The bearer token that ``POST`` must present; with
-        ``None``, publishing over HTTP is off (403).
+    :param allow_origin: Who may read the channels from another origin:
+        ``"*"``, an origin or a sequence of them (a listed origin gets
+        credentialed access), or ``None`` (see
+        :class:`~twisted_sse.StreamResource`).
+    :param publish_token: A static bearer token that may publish on every
+        channel; with ``None`` (and no ``jwt`` nor ``auth_hook``),
+        publishing over HTTP is off (403).
     :param max_event_bytes: Largest publish body (413 beyond).
     :param policy: The slow-client policy of every channel...
     :param channel_policies: ...except those named here.
     :param max_queue_events: Frames a non-reading subscriber may have queued.
     :param max_queue_bytes: Bytes a non-reading subscriber may have queued.
-    :param authorizer: Decides who may subscribe to what; everyone if
-        ``None``.  On ``/subscribe`` it is asked for each channel and
-        pattern named (``news.*`` as it is), and all must be allowed.
+    :param jwt: Checks signed tokens whose ``sse`` claim lists the
+        channels their holder may read and publish (see
+        :class:`~twisted_sse.JWTVerifier`); with it, every channel but the
+        public ones needs a token.
+    :param public: Channels and ``.*`` patterns anyone may read without a
+        token, when something else guards the others.
+    :param auth_hook: The application's decision for requests without a
+        JWT (see :data:`~twisted_sse.AuthHook`, :class:`~twisted_sse.HTTPAuthHook`).
+    :param subscribe_token: A static bearer token that may read every
+        channel.
+    :param authorizer: A simpler check, asked after the decision above for
+        each channel (on ``/subscribe``, for each channel and pattern
+        named: all must be allowed); everyone if ``None``.
     :param max_subscriptions: Channels and patterns one ``/subscribe``
         connection may name (``400`` beyond).
     :param max_followed: Channels one ``/subscribe`` connection follows at
@@ -152,7 +194,7 @@ class Hub:
         heartbeat_timer: Heartbeat | None = None,
         heartbeat: float = DEFAULT_HEARTBEAT,
         retry: int | None = 1000,
-        allow_origin: str | None = None,
+        allow_origin: str | Sequence[str] | None = None,
         publish_token: str | None = None,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         policy: SlowClientPolicy = SlowClientPolicy.DISCONNECT,
@@ -162,6 +204,10 @@ class Hub:
         authorizer: Authorizer | None = None,
         max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS,
         max_followed: int = DEFAULT_MAX_FOLLOWED,
+        jwt: JWTVerifier | None = None,
+        public: Iterable[str] = (),
+        auth_hook: AuthHook | None = None,
+        subscribe_token: str | None = None,
     ) -> None:
         if max_event_bytes < 1:
             raise ValueError(f"max_event_bytes must be >= 1, not {max_event_bytes!r}")
@@ -171,8 +217,14 @@ class Hub:
             )
         if max_followed < 1:
             raise ValueError(f"max_followed must be >= 1, not {max_followed!r}")
-        if publish_token is not None and not publish_token:
-            raise ValueError("publish_token must not be empty (use None to disable)")
+        #: Who may read and publish what (see :class:`~twisted_sse.Access`).
+        self.access = Access(
+            verifier=jwt,
+            public=public,
+            hook=auth_hook,
+            subscribe_token=subscribe_token,
+            publish_token=publish_token,
+        )
         self.broker = broker
         self.clock = clock if clock is not None else default_clock()
         self.registry = registry if registry is not None else StreamRegistry(self.clock)
@@ -234,28 +286,32 @@ class Hub:
         self, request: Any, length: int | None = None
     ) -> tuple[int, str] | None:
         """
-        Whether a publish must be refused on its head alone, and why: no
-        publishing over HTTP (403), a missing or wrong token (401), a
-        declared body ``length`` over ``max_event_bytes`` (413).  A server
-        can ask this as soon as a request's headers arrive, before it reads
-        (or asks for, with ``100 Continue``) a body that it would refuse.
+        Whether a publish must be refused on its head alone, and why (see
+        :meth:`publish_refused`).
 
         :returns: ``None``, or the status code and the reason.
         """
-        token = self.publish_token
-        if token is None:
-            return (
-                403,
-                "publishing over HTTP is disabled: start the server with "
-                "--publish-token",
-            )
-        presented = _bearer(request)
-        if presented is None or not hmac.compare_digest(
-            presented, token.encode("utf-8")
-        ):
-            return 401, "a valid Authorization: Bearer token is required"
+        refused = self.publish_refused(request, length)
+        return None if refused is None else (refused.code, refused.reason)
+
+    def publish_refused(
+        self, request: Any, length: int | None = None
+    ) -> Refused | None:
+        """
+        Whether a publish must be refused on its head alone: no publishing
+        over HTTP (403), missing, malformed or invalid credentials (401), a
+        declared body ``length`` over ``max_event_bytes`` (413).  A server
+        can ask this as soon as a request's headers arrive, before it reads
+        (or asks for, with ``100 Continue``) a body that it would refuse.
+        What needs the channel's name (whether the credentials cover it)
+        or the application's hook is decided when the request is rendered.
+        """
+        try:
+            self.access.decide_now(request, PUBLISH, ())
+        except Refused as refused:
+            return refused
         if length is not None and length > self.max_event_bytes:
-            return 413, f"the body is larger than {self.max_event_bytes} bytes"
+            return Refused(413, f"the body is larger than {self.max_event_bytes} bytes")
         return None
 
     def subscribe(
@@ -464,6 +520,23 @@ class ChannelResource(StreamResource):
         if refused is not None:
             self.send_away(request, refused)
             return NOT_DONE_YET
+        access = self.hub.access
+        if access.guards_subscribing:
+            try:
+                decision = access.decide(request, SUBSCRIBE, (self.channel,))
+            except Refused as refusal:
+                self.set_cors_headers(request)
+                return answer_refused(request, refusal)
+            if not isinstance(decision, Grant):
+                finished = request.notifyFinish()
+                decision.addCallbacks(
+                    self._granted,
+                    self._not_granted,
+                    callbackArgs=(request, finished),
+                    errbackArgs=(request, finished),
+                )
+                return NOT_DONE_YET
+            remember(request, decision)
         # Without an authoriser, on a broker that answers at once, the
         # stream opens before this method returns.  Otherwise, `finished`
         # fires once the client has gone (nothing finishes the request
@@ -473,11 +546,39 @@ class ChannelResource(StreamResource):
             if not self._subscribe_now(request):
                 self._subscribe(request, request.notifyFinish())
         else:
-            finished = request.notifyFinish()
-            maybeDeferred(authorizer, request, self.channel).addCallback(
-                self._authorized, request, finished
-            ).addErrback(self._subscribe_failed, request, finished)
+            self._ask_authorizer(request, request.notifyFinish())
         return NOT_DONE_YET
+
+    def _granted(self, grant: Grant, request: Any, finished: Deferred[None]) -> None:
+        if finished.called:
+            abandon(finished)
+            return
+        remember(request, grant)
+        if self.hub.authorizer is None:
+            self._authorized(True, request, finished)
+        else:
+            self._ask_authorizer(request, finished)
+
+    def _not_granted(
+        self, failure: Failure, request: Any, finished: Deferred[None]
+    ) -> None:
+        if finished.called:
+            abandon(finished)
+        elif failure.check(Refused):
+            self.set_cors_headers(request)
+            refused = failure.value
+            assert isinstance(refused, Refused)
+            request.write(answer_refused(request, refused))
+            request.finish()
+        else:
+            self._subscribe_failed(failure, request, finished)
+
+    def _ask_authorizer(self, request: Any, finished: Deferred[None]) -> None:
+        authorizer = self.hub.authorizer
+        assert authorizer is not None
+        maybeDeferred(authorizer, request, self.channel).addCallback(
+            self._authorized, request, finished
+        ).addErrback(self._subscribe_failed, request, finished)
 
     def _authorized(
         self, allowed: object, request: Any, finished: Deferred[None]
@@ -626,9 +727,18 @@ class ChannelResource(StreamResource):
             self.hub.went_idle(self)
 
     def render_HEAD(self, request: Any) -> bytes:
-        """Answer the headers a GET would get (400 for a bad name)."""
+        """
+        Answer the headers a GET would get: 400 for a bad name, the
+        refusal of missing or bad credentials (what the application's hook
+        would decide is not asked).
+        """
         if not self._valid:
             return json_error(request, 400, f"invalid channel name: {self.channel!r}")
+        try:
+            self.hub.access.decide_now(request, SUBSCRIBE, (self.channel,))
+        except Refused as refusal:
+            self.set_cors_headers(request)
+            return answer_refused(request, refusal)
         return super().render_HEAD(request)
 
     # Publishing
@@ -636,16 +746,48 @@ class ChannelResource(StreamResource):
     def render_POST(self, request: Any) -> bytes | int:
         """Publish the body as an event; answer ``{"id": ...}``."""
         self.set_cors_headers(request)
+        gone: list[bool] = []
+        request.notifyFinish().addBoth(lambda _: gone.append(True))
         try:
-            self._check_publisher(request)
+            decision = self.hub.access.decide(request, PUBLISH, (self.channel,))
+        except Refused as refusal:
+            return answer_refused(request, refusal)
+        if isinstance(decision, Grant):
+            return self._publish(request, gone)
+
+        def refused(failure: Failure) -> None:
+            if gone:
+                return
+            if isinstance(failure.value, Refused):
+                request.write(answer_refused(request, failure.value))
+            else:
+                _log.failure(
+                    "Authorising a publish on {channel} failed",
+                    failure,
+                    channel=self.channel,
+                )
+                request.write(json_error(request, 500, "internal error"))
+            request.finish()
+
+        def granted(_: Grant) -> None:
+            if gone:
+                return
+            body = self._publish(request, gone)
+            if body is not NOT_DONE_YET:
+                assert isinstance(body, bytes)
+                request.write(body)
+                request.finish()
+
+        decision.addCallbacks(granted, refused)
+        return NOT_DONE_YET
+
+    def _publish(self, request: Any, gone: list[bool]) -> bytes | int:
+        try:
             if not self._valid:
                 raise BadPublish(400, f"invalid channel name: {self.channel!r}")
             event, key = read_publish(request, self.hub.max_event_bytes)
         except BadPublish as error:
             return json_error(request, error.code, error.message)
-
-        gone: list[bool] = []
-        request.notifyFinish().addBoth(lambda _: gone.append(True))
 
         def answer(body: bytes) -> None:
             # The event is published whether or not the publisher stayed to
@@ -673,11 +815,3 @@ class ChannelResource(StreamResource):
             published, failed
         )
         return NOT_DONE_YET
-
-    def _check_publisher(self, request: Any) -> None:
-        refused = self.hub.publish_refusal(request)
-        if refused is not None:
-            code, message = refused
-            if code == 401:
-                request.setHeader(b"WWW-Authenticate", WWW_AUTHENTICATE)
-            raise BadPublish(code, message)

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import AsyncGeneratorType, GeneratorType
 from typing import Any
 
@@ -29,6 +30,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from ._auth import Grant, grant_of, identity_hash
 from ._event import MAX_RETRY, Event, encode_comment
 from ._handlers import feed
 from ._heartbeat import DEFAULT_HEARTBEAT, Heartbeat
@@ -109,6 +111,47 @@ def requested_last_event_id(request: Any) -> str | None:
     return None
 
 
+#: The ``retry:`` (ms) of a stream ended by its credentials' expiry, when
+#: its resource has no retry of its own.
+_EXPIRED_RETRY = 1000
+
+
+def _holder(grant: Grant | None) -> dict[str, str]:
+    # Who holds the credentials, in the logs: a hash, never the identity.
+    if grant is None or grant.identity is None:
+        return {}
+    return {"user": identity_hash(grant.identity)}
+
+
+def check_origins(allow_origin: str | Sequence[str] | None) -> tuple[str, ...]:
+    """
+    The origins of ``allow_origin`` (see :class:`StreamResource`).
+
+    :raises ValueError: for an origin that is not ``*`` nor
+        ``scheme://host[:port]`` in ASCII, or ``*`` among others.
+    """
+    if allow_origin is None:
+        return ()
+    origins = (allow_origin,) if isinstance(allow_origin, str) else tuple(allow_origin)
+    for origin in origins:
+        if not isinstance(origin, str) or (
+            origin != "*" and _ORIGIN.fullmatch(origin) is None
+        ):
+            raise ValueError(
+                f"allow_origin must be * or origins like https://app.example "
+                f"(scheme://host[:port], no path), not {origin!r}"
+            )
+    if "*" in origins and len(origins) > 1:
+        raise ValueError("allow_origin: * cannot be listed with other origins")
+    return origins
+
+
+#: An origin as browsers send it: a scheme, a host, maybe a port, no path.
+_ORIGIN = re.compile(
+    r"[a-z][a-z0-9+.-]*://(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::[0-9]{1,5})?"
+)
+
+
 def abandon(finished: Deferred[None]) -> None:
     """
     The client went away before its stream opened: its request's finish
@@ -136,8 +179,15 @@ class StreamResource(Resource):
     :param heartbeat: Seconds of silence before a heartbeat comment; ``0``
         disables.  Ignored when ``heartbeat_timer`` is given.
     :param heartbeat_timer: A :class:`Heartbeat` shared with other resources.
-    :param allow_origin: The ``Access-Control-Allow-Origin`` value, or
-        ``None`` to send no CORS headers.
+    :param allow_origin: Who may read the streams from another origin:
+        ``"*"`` (anyone, never with credentials), an origin
+        (``"https://app.example"``) or a sequence of them, or ``None`` to
+        send no CORS headers.  A request from a listed origin gets that
+        origin back with ``Access-Control-Allow-Credentials: true``, so
+        that a page's ``EventSource`` with ``withCredentials`` (or a
+        ``fetch`` with ``credentials: "include"``) sends its cookies; one
+        from another origin gets no ``Access-Control-Allow-Origin`` (a
+        single configured origin is sent as it is).
     :param max_queue_events: Frames a non-reading client may have queued.
     :param max_queue_bytes: Bytes a non-reading client may have queued.
     :param policy: What happens when that queue is full.
@@ -160,7 +210,7 @@ class StreamResource(Resource):
         retry: int | None = None,
         heartbeat: float = DEFAULT_HEARTBEAT,
         heartbeat_timer: Heartbeat | None = None,
-        allow_origin: str | None = None,
+        allow_origin: str | Sequence[str] | None = None,
         max_queue_events: int = DEFAULT_MAX_QUEUE_EVENTS,
         max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
         policy: SlowClientPolicy = SlowClientPolicy.DISCONNECT,
@@ -169,8 +219,7 @@ class StreamResource(Resource):
         super().__init__()  # type: ignore[no-untyped-call]
         if retry is not None:
             Event(retry=retry)  # validates: a ValueError names the field
-        if allow_origin is not None and ("\r" in allow_origin or "\n" in allow_origin):
-            raise ValueError(f"allow_origin must be one line: {allow_origin!r}")
+        origins = check_origins(allow_origin)
         if max_queue_events < 1 or max_queue_bytes < 1:
             raise ValueError("max_queue_events and max_queue_bytes must be >= 1")
         self.clock = clock if clock is not None else default_clock()
@@ -181,6 +230,12 @@ class StreamResource(Resource):
             else Heartbeat(self.clock, heartbeat)
         )
         self.allow_origin = allow_origin
+        # The listed origins, as a request's Origin header spells them; the
+        # one origin sent to every request when exactly one is configured.
+        self._origins = frozenset(o.encode("ascii") for o in origins if o != "*")
+        self._origin: bytes | None = (
+            origins[0].encode("ascii") if len(origins) == 1 else None
+        )
         self.max_queue_events = max_queue_events
         self.max_queue_bytes = max_queue_bytes
         self.policy = policy
@@ -203,11 +258,22 @@ class StreamResource(Resource):
     # Building blocks for subclasses
 
     def set_cors_headers(self, request: Any) -> None:
-        """Set ``Access-Control-Allow-Origin`` (and ``Vary``) if configured."""
-        if self.allow_origin is not None:
-            request.setHeader(b"Access-Control-Allow-Origin", self.allow_origin)
-            if self.allow_origin != "*":
-                request.setHeader(b"Vary", b"Origin")
+        """
+        Set ``Access-Control-Allow-Origin`` (with ``Vary: Origin`` and, for a
+        listed origin, ``Access-Control-Allow-Credentials``) if configured.
+        """
+        origins = self._origins
+        if not origins:
+            if self._origin is not None:
+                request.setHeader(b"Access-Control-Allow-Origin", self._origin)
+            return
+        request.setHeader(b"Vary", b"Origin")
+        origin = request.getHeader(b"Origin")
+        if origin in origins:
+            request.setHeader(b"Access-Control-Allow-Origin", origin)
+            request.setHeader(b"Access-Control-Allow-Credentials", b"true")
+        elif self._origin is not None:
+            request.setHeader(b"Access-Control-Allow-Origin", self._origin)
 
     def set_stream_headers(self, request: Any) -> None:
         """Set the status and headers of an event-stream response."""
@@ -282,11 +348,31 @@ class StreamResource(Resource):
             # The first stream since the set was last empty (and unwatched).
             self.heartbeat.watch(streams)
         peer = client_ip(request)
-        _info("Stream opened for {peer}", peer=peer, **self.log_fields(request))
+        grant = grant_of(request)
+        _info(
+            "Stream opened for {peer}",
+            peer=peer,
+            **self.log_fields(request),
+            **_holder(grant),
+        )
         if self.registry is not None:
             self.registry.track(stream, peer)
         stream.start(b"".join(frames) if frames else self.first_frame, finished)
+        if grant is not None and grant.expires is not None and not stream.closed:
+            # Credentials that expire end the stream when they do: its
+            # client comes back with fresh ones, or is refused.
+            delay = max(0.0, grant.expires - self.clock.seconds())
+            stream.call_later(delay, self._expired, stream)
         return stream
+
+    def _expired(self, stream: EventStream) -> None:
+        _info(
+            "Ending a stream for {peer}: its credentials expired",
+            peer=client_ip(stream.request),
+            **stream.log_fields,
+            **_holder(grant_of(stream.request)),
+        )
+        stream.close(self.retry if self.retry is not None else _EXPIRED_RETRY)
 
     def stream_closed(self, stream: EventStream) -> None:
         """
@@ -307,6 +393,7 @@ class StreamResource(Resource):
             frames=stream.frames,
             dropped=stream.dropped,
             **stream.log_fields,
+            **_holder(grant_of(stream.request)),
         )
         if stream.close_reason != "closed":
             # Twisted writes a request's access-log line when it finishes; a
@@ -329,7 +416,7 @@ class StreamResource(Resource):
         request.setResponseCode(204)
         request.setHeader(b"Allow", self._allow)
         self.set_cors_headers(request)
-        if self.allow_origin is not None:
+        if self._origin is not None or self._origins:
             request.setHeader(b"Access-Control-Allow-Methods", self._allow)
             request.setHeader(
                 b"Access-Control-Allow-Headers",

@@ -16,7 +16,7 @@ from twisted.web.server import Request, Site
 
 from ._errors import error_body
 from ._guard import ConnectionGuard
-from ._hub import WWW_AUTHENTICATE, Hub
+from ._hub import Hub
 
 __all__ = ["LINGER", "CappedBody", "CappedSite"]
 
@@ -84,13 +84,15 @@ class _Request(Request):
             and site.hub is not None
             and _has_body(self, length)
         ):
-            refused = site.hub.publish_refusal(self, length)
+            refused = site.hub.publish_refused(self, length)
             if refused is not None:
-                self._refuse(site, *refused)
+                self._refuse(site, refused.code, refused.reason, refused.challenge)
                 return
         super().gotLength(length)  # type: ignore[no-untyped-call]
 
-    def _refuse(self, site: CappedSite, code: int, message: str) -> None:
+    def _refuse(
+        self, site: CappedSite, code: int, message: str, challenge: bytes | None
+    ) -> None:
         self.refused = True
         self._room = site.max_body
         # Nothing of the body is kept, and no "100 Continue" invites the
@@ -105,8 +107,8 @@ class _Request(Request):
             b"Content-Length: %d" % len(body),
             b"Connection: close",
         ]
-        if code == 401:
-            head.append(b"WWW-Authenticate: " + WWW_AUTHENTICATE)
+        if challenge is not None:
+            head.append(b"WWW-Authenticate: " + challenge)
         transport: Any = self.channel.transport
         transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
         self._linger = site.reactor.callLater(LINGER, self._close)

@@ -12,15 +12,18 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
 
+from ._auth import SUBSCRIBE, Grant, Refused, remember
 from ._broker import BrokerUnavailable
 from ._errors import json_error, method_not_allowed
 from ._fanin import Fanin, Selection, parse_selection
 from ._handoff import Handoff
+from ._hub import answer_refused
 from ._resource import StreamResource, abandon, requested_last_event_id
 from ._twisted import forget_notification
 
 if TYPE_CHECKING:
     from ._hub import Hub
+
 
 __all__ = ["MAX_TARGET_BYTES", "SubscribeResource"]
 
@@ -63,9 +66,14 @@ class SubscribeResource(StreamResource):
 
     def render_HEAD(self, request: Any) -> bytes:
         """Answer the headers a GET would get (4xx for what GET refuses)."""
-        refused = self._judge(request)
-        if isinstance(refused, bytes):
-            return refused
+        selection = self._judge(request)
+        if isinstance(selection, bytes):
+            return selection
+        try:
+            self.hub.access.decide_now(request, SUBSCRIBE, selection.names)
+        except Refused as refusal:
+            self.set_cors_headers(request)
+            return answer_refused(request, refusal)
         return super().render_HEAD(request)
 
     def render_GET(self, request: Any) -> bytes | int:
@@ -77,18 +85,67 @@ class SubscribeResource(StreamResource):
         if refused is not None:
             self.send_away(request, refused)
             return NOT_DONE_YET
-        finished = request.notifyFinish()
+        access = self.hub.access
+        if access.guards_subscribing:
+            try:
+                decision = access.decide(request, SUBSCRIBE, selection.names)
+            except Refused as refusal:
+                self.set_cors_headers(request)
+                return answer_refused(request, refusal)
+            if not isinstance(decision, Grant):
+                finished = request.notifyFinish()
+                decision.addCallbacks(
+                    self._granted,
+                    self._not_granted,
+                    callbackArgs=(request, finished, selection),
+                    errbackArgs=(request, finished),
+                )
+                return NOT_DONE_YET
+            remember(request, decision)
+        if self.hub.authorizer is None:
+            self._subscribe(request, request.notifyFinish(), selection)
+        else:
+            self._ask_authorizer(request, request.notifyFinish(), selection)
+        return NOT_DONE_YET
+
+    def _granted(
+        self,
+        grant: Grant,
+        request: Any,
+        finished: Deferred[None],
+        selection: Selection,
+    ) -> None:
+        if finished.called:
+            abandon(finished)
+            return
+        remember(request, grant)
+        self._ask_authorizer(request, finished, selection)
+
+    def _not_granted(
+        self, failure: Failure, request: Any, finished: Deferred[None]
+    ) -> None:
+        if finished.called:
+            abandon(finished)
+        elif isinstance(failure.value, Refused):
+            self.set_cors_headers(request)
+            request.write(answer_refused(request, failure.value))
+            request.finish()
+        else:
+            self._failed(failure, request, finished)
+
+    def _ask_authorizer(
+        self, request: Any, finished: Deferred[None], selection: Selection
+    ) -> None:
         authorizer = self.hub.authorizer
         if authorizer is None:
-            self._subscribe(request, finished, selection)
-        else:
-            gatherResults(
-                [maybeDeferred(authorizer, request, name) for name in selection.names],
-                consumeErrors=True,
-            ).addCallback(self._authorized, request, finished, selection).addErrback(
-                self._failed, request, finished
-            )
-        return NOT_DONE_YET
+            self._authorized([], request, finished, selection)
+            return
+        gatherResults(
+            [maybeDeferred(authorizer, request, name) for name in selection.names],
+            consumeErrors=True,
+        ).addCallback(self._authorized, request, finished, selection).addErrback(
+            self._failed, request, finished
+        )
 
     def _judge(self, request: Any) -> Selection | bytes:
         """The selection ``request`` names, or the error body refusing it."""
@@ -119,7 +176,7 @@ class SubscribeResource(StreamResource):
         if finished.called:
             abandon(finished)
             return
-        for name, allowed in zip(selection.names, answers, strict=True):
+        for name, allowed in zip(selection.names, answers, strict=False):
             if not allowed:
                 request.write(
                     json_error(request, 403, f"not allowed to subscribe to {name!r}")

@@ -17,6 +17,8 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from ._app import SSEApp
+from ._auth import check_claims
+from ._authhook import DEFAULT_HOOK_TIMEOUT
 from ._broker import DEFAULT_CHANNEL_TTL, DEFAULT_HISTORY, IBroker, valid_channel
 from ._fanin import DEFAULT_MAX_SUBSCRIPTIONS
 from ._guard import (
@@ -28,15 +30,14 @@ from ._guard import (
     raise_fd_limit,
 )
 from ._heartbeat import DEFAULT_HEARTBEAT
-from ._hub import (
-    DEFAULT_MAX_EVENT_BYTES,
-    bearer_token_authorizer,
-)
+from ._hub import DEFAULT_MAX_EVENT_BYTES
+from ._jwt import DEFAULT_LEEWAY, MIN_SECRET_BYTES
 from ._logs import access_log_formatter
 from ._memory import DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_TOTAL, MemoryBroker
 from ._redis._address import parse_redis_url
 from ._redis._broker import RedisBroker
 from ._registry import StreamRegistry
+from ._resource import check_origins
 from ._service import EventStreamService
 from ._site import CappedSite
 from ._stream import (
@@ -159,12 +160,6 @@ class Options(usage.Options):
             _non_negative_float("heartbeat"),
         ],
         [
-            "allow-origin",
-            None,
-            "*",
-            "Access-Control-Allow-Origin for the streams ('' sends none).",
-        ],
-        [
             "timeout",
             None,
             DEFAULT_TIMEOUT,
@@ -206,10 +201,56 @@ class Options(usage.Options):
             "subscribe-token",
             None,
             None,
-            "Bearer token that GET /channels/{name} must present (as an "
-            "Authorization header, or as ?access_token= for a browser's "
-            "EventSource); without it, anyone may subscribe. Also read from "
-            "the TWISTED_SSE_SUBSCRIBE_TOKEN environment variable.",
+            "Bearer token that may read every channel (as an Authorization "
+            "header, the sse_token cookie or ?access_token= for a browser's "
+            "EventSource); without it, a JWT key or --auth-url, anyone may "
+            "subscribe. Also read from the TWISTED_SSE_SUBSCRIBE_TOKEN "
+            "environment variable.",
+        ],
+        [
+            "jwt-secret",
+            None,
+            None,
+            "Verify signed tokens (JWT, HS256/HS384/HS512) with this secret, "
+            f"at least {MIN_SECRET_BYTES} bytes; their sse claim lists the "
+            "channels their holder may read and publish. Better read from "
+            "the TWISTED_SSE_JWT_SECRET environment variable, which keeps it "
+            "out of the process list.",
+        ],
+        [
+            "jwt-audience",
+            None,
+            None,
+            "Tokens must name this audience in their aud claim.",
+        ],
+        [
+            "jwt-issuer",
+            None,
+            None,
+            "Tokens must name this issuer in their iss claim.",
+        ],
+        [
+            "jwt-leeway",
+            None,
+            DEFAULT_LEEWAY,
+            "Seconds of clock skew allowed for a token's exp and nbf.",
+            _non_negative_float("jwt-leeway"),
+        ],
+        [
+            "auth-url",
+            None,
+            None,
+            "Ask the application at this http(s) URL whether a request "
+            "without a JWT may subscribe or publish: it gets a POST with the "
+            "channels, the cookies and the Authorization header, and allows "
+            "with a 2xx.",
+        ],
+        [
+            "auth-timeout",
+            None,
+            DEFAULT_HOOK_TIMEOUT,
+            "Seconds the application has to answer --auth-url (503 after).",
+            _positive_float("auth-timeout"),
         ],
         [
             "broker",
@@ -320,6 +361,9 @@ class Options(usage.Options):
         self["slow-client"] = SlowClientPolicy.DISCONNECT
         self["channel-policies"] = {}
         self["metrics-channels"] = []
+        self["jwt-keys"] = []
+        self["public"] = []
+        self["allow-origins"] = []
 
     optFlags = [
         ["no-metrics", None, "Do not serve GET /metrics."],
@@ -329,6 +373,42 @@ class Options(usage.Options):
         """Display twisted_sse's, Twisted's and Python's versions and exit."""
         print(version_text())
         sys.exit(0)
+
+    def opt_allow_origin(self, value: str) -> None:
+        """
+        An origin whose pages may read the streams (repeatable): a request
+        from a listed origin gets it back, with
+        Access-Control-Allow-Credentials so its cookies are sent; * allows
+        every origin, without credentials; '' sends no CORS headers.
+        [default: *]
+        """
+        self["allow-origins"].append(value.strip())
+
+    def opt_jwt_key(self, path: str) -> None:
+        """
+        A PEM public key (RSA, EC or Ed25519) whose signed tokens are
+        accepted (repeatable, for key rotation); its type decides the
+        algorithms accepted.
+        """
+        try:
+            with open(path, "rb") as file:
+                self["jwt-keys"].append((path, file.read(64 * 1024)))
+        except OSError as error:
+            raise usage.UsageError(
+                f"--jwt-key: cannot read {path}: {error.strerror}"
+            ) from None
+
+    def opt_public(self, name: str) -> None:
+        """
+        A channel, or a pattern like news.*, that anyone may read without
+        a token when tokens guard the others (repeatable). Publishing on it
+        still needs one.
+        """
+        try:
+            check_claims([name], "--public")
+        except ValueError as error:
+            raise usage.UsageError(str(error)) from None
+        self["public"].append(name)
 
     def opt_metrics_token(self, value: str) -> None:
         """Bearer token GET /metrics must present (or TWISTED_SSE_METRICS_TOKEN)."""
@@ -362,14 +442,39 @@ class Options(usage.Options):
             self["slow-client"] = policies[name]
 
     def postOptions(self) -> None:
-        """Check what the coercers cannot: the endpoint and the origin."""
-        origin = self["allow-origin"]
-        if "\r" in origin or "\n" in origin:
-            raise usage.UsageError("--allow-origin must be one line")
+        """Check what the coercers cannot: the endpoint, origins and keys."""
+        origins = self["allow-origins"] or ["*"]
+        if origins == [""]:
+            self["allow-origin"] = None
+        else:
+            try:
+                check_origins(origins)
+            except ValueError as error:
+                raise usage.UsageError(
+                    str(error).replace("allow_origin", "--allow-origin")
+                ) from None
+            self["allow-origin"] = origins[0] if len(origins) == 1 else origins
         self["endpoint"] = endpoint_description(self["port"])
-        for name in ("publish-token", "subscribe-token"):
+        for name in ("publish-token", "subscribe-token", "jwt-secret"):
             variable = "TWISTED_SSE_" + name.replace("-", "_").upper()
             self[name] = self[name] or os.environ.get(variable) or None
+        self["jwt"] = self._verifier()
+        if (
+            self["public"]
+            and self["jwt"] is None
+            and not self["auth-url"]
+            and not (self["subscribe-token"])
+        ):
+            raise usage.UsageError(
+                "--public names what anyone may read when something guards the "
+                "rest: give --jwt-secret, --jwt-key, --auth-url or "
+                "--subscribe-token too"
+            )
+        url = self["auth-url"]
+        if url is not None and not re.fullmatch(
+            r"https?://[^/?#\s]+(?:[/?#]\S*)?", url
+        ):
+            raise usage.UsageError("--auth-url must be an http:// or https:// URL")
         broker = self["broker"] or os.environ.get("TWISTED_SSE_BROKER") or "memory"
         self["redis"] = None
         if broker.strip().lower() not in ("memory", "memory://"):
@@ -381,6 +486,37 @@ class Options(usage.Options):
                     "--broker must be memory or redis://[[user]:password@]host"
                     f"[:port][/db] (rediss:// for TLS): {error}"
                 ) from None
+
+    def _verifier(self) -> Any:
+        """The JWT verifier the options make, or ``None``."""
+        secret, keys = self["jwt-secret"], self["jwt-keys"]
+        if secret is None and not keys:
+            for name in ("jwt-audience", "jwt-issuer"):
+                if self[name] is not None:
+                    raise usage.UsageError(f"--{name} needs --jwt-secret or --jwt-key")
+            return None
+        from ._jwt import JWTVerifier, load_public_key
+
+        for path, data in keys:
+            try:
+                load_public_key(data, path)
+            except ValueError as error:
+                raise usage.UsageError(f"--jwt-key: {error}") from None
+        try:
+            return JWTVerifier(
+                secret=secret,
+                keys=[data for _, data in keys],
+                audience=self["jwt-audience"],
+                issuer=self["jwt-issuer"],
+                leeway=self["jwt-leeway"],
+            )
+        except ValueError as error:
+            # Never the secret itself: a message names the option only.
+            raise usage.UsageError(f"JWT options: {error}") from None
+
+
+#: What --auth-url must look like (HTTPAuthHook checks it further).
+_HTTP_URL = re.compile(r"https?://[^/?#\s]+(?:[/?#]\S*)?")
 
 
 def _fail(code: int, message: str) -> NoReturn:
@@ -398,6 +534,18 @@ def _select_cap(reactor: Any) -> int | None:
     from twisted.internet.selectreactor import SelectReactor
 
     return 1024 if isinstance(reactor, SelectReactor) else None
+
+
+def _auth_hook(options: Options, reactor: Any) -> Any:
+    url = options["auth-url"]
+    if url is None:
+        return None
+    from ._authhook import HTTPAuthHook
+
+    try:
+        return HTTPAuthHook(url, clock=reactor, timeout=options["auth-timeout"])
+    except ValueError as error:
+        _fail(2, f"--auth-url: {error}")
 
 
 def makeService(options: Options) -> IService:
@@ -435,7 +583,7 @@ def makeService(options: Options) -> IService:
         interval=options["interval"],
         retry=options["retry"],
         heartbeat=options["heartbeat"],
-        allow_origin=options["allow-origin"] or None,
+        allow_origin=options["allow-origin"],
         registry=registry,
         publish_token=options["publish-token"],
         metrics=not options["no-metrics"],
@@ -449,11 +597,10 @@ def makeService(options: Options) -> IService:
         max_queue_events=options["queue-events"],
         max_queue_bytes=options["queue-bytes"],
         max_subscriptions=options["max-subscriptions"],
-        authorizer=(
-            bearer_token_authorizer(options["subscribe-token"])
-            if options["subscribe-token"]
-            else None
-        ),
+        subscribe_token=options["subscribe-token"],
+        jwt=options["jwt"],
+        public=options["public"],
+        auth_hook=_auth_hook(options, reactor),
     )
     guard = ConnectionGuard(
         reactor,
