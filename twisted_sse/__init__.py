@@ -15,6 +15,7 @@ from ._auth import (
     Credentials,
     Grant,
     Refused,
+    TokenVerifier,
 )
 from ._broker import (
     DEFAULT_CHANNEL_TTL,
@@ -184,6 +185,7 @@ __all__ = [
     "StreamRegistry",
     "StreamResource",
     "Subscription",
+    "TokenVerifier",
     "Watch",
     "__version__",
     "access_log_formatter",

@@ -11,16 +11,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 from weakref import WeakKeyDictionary
 
 from attrs import field, frozen
 from twisted.internet.defer import Deferred, maybeDeferred
 
 from ._broker import valid_channel, valid_pattern
-
-if TYPE_CHECKING:
-    from ._jwt import JWTVerifier
 
 __all__ = [
     "ALL",
@@ -37,6 +34,7 @@ __all__ = [
     "Credentials",
     "Grant",
     "Refused",
+    "TokenVerifier",
     "check_claims",
     "covers",
     "credentials",
@@ -311,6 +309,21 @@ class AuthRequest:
 AuthHook = Callable[[AuthRequest], "Grant | Deferred[Grant | None] | None"]
 
 
+class TokenVerifier(Protocol):
+    """
+    What checks signed tokens for :class:`Access`:
+    :class:`~twisted_sse.JWTVerifier`, or one of the application's own.
+    """
+
+    def verify(self, token: bytes) -> Grant:
+        """
+        The grant of a valid ``token``.
+
+        :raises Refused: ``401`` with ``error="invalid_token"`` for any
+            other.
+        """
+
+
 def _looks_like_jwt(token: bytes) -> bool:
     # A JWS in compact form: three base64url parts, two dots.
     return token.count(b".") == 2
@@ -347,7 +360,7 @@ class Access:
     def __init__(
         self,
         *,
-        verifier: JWTVerifier | None = None,
+        verifier: TokenVerifier | None = None,
         public: Iterable[str] = (),
         hook: AuthHook | None = None,
         subscribe_token: str | None = None,

@@ -14,7 +14,7 @@ import hmac
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
@@ -30,6 +30,7 @@ from ._auth import (
     AuthHook,
     Grant,
     Refused,
+    TokenVerifier,
     remember,
 )
 from ._broker import (
@@ -62,9 +63,6 @@ from ._resource import (
 )
 from ._stream import EventStream, SlowClientPolicy
 from ._twisted import forget_notification
-
-if TYPE_CHECKING:
-    from ._jwt import JWTVerifier
 
 __all__ = [
     "DEFAULT_MAX_EVENT_BYTES",
@@ -204,7 +202,7 @@ class Hub:
         authorizer: Authorizer | None = None,
         max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS,
         max_followed: int = DEFAULT_MAX_FOLLOWED,
-        jwt: JWTVerifier | None = None,
+        jwt: TokenVerifier | None = None,
         public: Iterable[str] = (),
         auth_hook: AuthHook | None = None,
         subscribe_token: str | None = None,
