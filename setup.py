@@ -33,7 +33,7 @@ setup(
         "hiredis>=3.0",
         # Signed tokens (JWT) for authorization: PyJWT checks signatures and
         # claims, with cryptography for RSA, EC and Ed25519 keys.
-        "PyJWT[crypto]>=2.10.0",
+        "PyJWT[crypto]>=2.10.1",
         # twistd sse --auth-url asks the application over HTTP.
         "treq>=23.11.0",
     ],
