@@ -46,8 +46,15 @@ class Twistd:
     through the current directory).
     """
 
-    def __init__(self, *args: str, port: str = "tcp:0:interface=127.0.0.1") -> None:
+    def __init__(
+        self,
+        *args: str,
+        port: str = "tcp:0:interface=127.0.0.1",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.args = ["-n", "--pidfile=", "sse", "--port", port, *args]
+        #: Environment variables set for the child, beside the test's own.
+        self.env = env or {}
         self.cwd = tempfile.mkdtemp(prefix="twisted-sse-test-")
         self._output = bytearray()
         self._lock = threading.Lock()
@@ -68,7 +75,7 @@ class Twistd:
             cwd=self.cwd,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
         )
         # Always drain the child's output: a child whose pipe fills up (its
         # access log, say) blocks in write() and stops serving.
@@ -157,13 +164,17 @@ def health(server: Twistd) -> int:
 
 
 def start_healthy(
-    testcase: SynchronousTestCase, *options: str, wait: float = 15.0
+    testcase: SynchronousTestCase,
+    *options: str,
+    wait: float = 15.0,
+    env: dict[str, str] | None = None,
 ) -> Twistd:
     """
-    Start ``twistd sse`` with ``options``, stopped when ``testcase`` ends,
-    and wait until its broker is up (``/healthz`` answers 200).
+    Start ``twistd sse`` with ``options`` (and ``env``), stopped when
+    ``testcase`` ends, and wait until its broker is up (``/healthz``
+    answers 200).
     """
-    server = Twistd(*options).start()
+    server = Twistd(*options, env=env).start()
     testcase.addCleanup(server.stop)
     deadline = time.monotonic() + wait
     while health(server) != 200:
@@ -173,13 +184,16 @@ def start_healthy(
     return server
 
 
-def run_twistd(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[bytes]:
+def run_twistd(
+    *args: str, timeout: float = 30.0, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
     """Run ``twistd -n sse ARGS`` to completion (for start-up failures)."""
     return subprocess.run(
         [*TWISTD, "-n", "--pidfile=", "sse", *args],
         cwd=tempfile.mkdtemp(prefix="twisted-sse-test-"),
         capture_output=True,
         timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
 
 
