@@ -43,7 +43,8 @@ class AuthHub(SubscribeHub):
 
     def __init__(self, testcase: SynchronousTestCase, **options: Any) -> None:
         clock = _Clock()
-        options.setdefault("jwt", JWTVerifier(secret=SECRET, clock=clock))  # type: ignore[arg-type]
+        verifier = JWTVerifier(secret=SECRET, clock=clock, leeway=0)  # type: ignore[arg-type]
+        options.setdefault("jwt", verifier)
         super().__init__(testcase, **options)
         clock.fixture = self
 

@@ -487,10 +487,14 @@ class TimeTests(VerifierCase):
     """C{exp} and C{nbf} are read on the injected clock, with leeway."""
 
     def test_expires(self) -> None:
-        """A grant expires when its token does."""
+        """A grant expires when its token stops being accepted: exp + leeway."""
         grant = self.verifier(secret=SECRET).verify(hs({**CLAIMS, "exp": NOW + 60}))
-        self.assertEqual(grant.expires, NOW + 60)
+        self.assertEqual(grant.expires, NOW + 60 + DEFAULT_LEEWAY)
         self.assertIsInstance(grant.expires, float)
+        grant = self.verifier(secret=SECRET, leeway=0).verify(
+            hs({**CLAIMS, "exp": NOW + 60})
+        )
+        self.assertEqual(grant.expires, NOW + 60)
 
     def test_no_expiry(self) -> None:
         """A token without C{exp} makes a grant that does not expire."""
@@ -543,13 +547,16 @@ class TimeTests(VerifierCase):
         token = hs({**CLAIMS, "nbf": NOW + 100, "exp": NOW + 200})
         self.assertRefused(verifier, token, "the token is not valid yet")
         self.clock.advance(100)
-        self.assertEqual(verifier.verify(token).expires, NOW + 200)
+        self.assertEqual(verifier.verify(token).expires, NOW + 200 + DEFAULT_LEEWAY)
 
     def test_wall_clock_by_default(self) -> None:
         """Without a clock, the time is the wall clock's."""
         verifier = JWTVerifier(secret=SECRET)
         now = time.time()
-        self.assertEqual(verifier.verify(hs({"exp": now + 3600})).expires, now + 3600)
+        self.assertEqual(
+            verifier.verify(hs({"exp": now + 3600})).expires,
+            now + 3600 + DEFAULT_LEEWAY,
+        )
         self.assertRefused(verifier, hs({"exp": now - 3600}), "the token has expired")
 
 

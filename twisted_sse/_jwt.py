@@ -221,7 +221,9 @@ class JWTVerifier:
         {"sub": "alice", "exp": 1767225600,
          "sse": {"subscribe": ["news.*"], "publish": ["chat.alice"]}}
 
-    A valid token without ``sse`` allows nothing.  Verified tokens are
+    A valid token without ``sse`` allows nothing.  The grant's ``expires``
+    is when the token stops being accepted: its ``exp`` plus the leeway;
+    the streams it opened end then.  Verified tokens are
     remembered (up to ``cache_size``, by a hash of the token) until they
     expire, so that a client reconnecting with the same token costs a
     lookup.
@@ -365,10 +367,7 @@ class JWTVerifier:
         if len(cache) >= self.cache_size:
             del cache[next(iter(cache))]
         expires = grant.expires
-        cache[digest] = (
-            grant,
-            math.inf if expires is None else expires + self.leeway,
-        )
+        cache[digest] = (grant, math.inf if expires is None else expires)
         return grant
 
     def _refused(self, reason: str) -> Refused:
@@ -466,6 +465,11 @@ class JWTVerifier:
             raise _invalid(_EXPIRED)
         if not_before is not None and now + self.leeway < not_before:
             raise _invalid(_NOT_YET)
+        # The grant ends when the token stops being accepted, so that a
+        # stream it opened ends exactly when a reconnection with it would be
+        # refused.
+        if expires is not None:
+            expires += self.leeway
         if "sse" not in claims:
             return Grant(identity=subject, expires=expires)
         sse = claims["sse"]

@@ -7,9 +7,11 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
@@ -536,6 +538,18 @@ def _select_cap(reactor: Any) -> int | None:
     return 1024 if isinstance(reactor, SelectReactor) else None
 
 
+class _Closing(Service):
+    """A service whose stop closes something (the hook's connections)."""
+
+    def __init__(self, close: Callable[[], Deferred[None]]) -> None:
+        self.close = close
+
+    def stopService(self) -> Deferred[None]:
+        """Close it."""
+        super().stopService()  # type: ignore[no-untyped-call]
+        return self.close()
+
+
 def _auth_hook(options: Options, reactor: Any) -> Any:
     url = options["auth-url"]
     if url is None:
@@ -577,6 +591,7 @@ def makeService(options: Options) -> IService:
             channel_ttl=options["channel-ttl"],
             clock=reactor,
         )
+    hook = _auth_hook(options, reactor)
     app = SSEApp(
         reactor,
         broker=broker,
@@ -600,7 +615,7 @@ def makeService(options: Options) -> IService:
         subscribe_token=options["subscribe-token"],
         jwt=options["jwt"],
         public=options["public"],
-        auth_hook=_auth_hook(options, reactor),
+        auth_hook=hook,
     )
     guard = ConnectionGuard(
         reactor,
@@ -642,6 +657,10 @@ def makeService(options: Options) -> IService:
         )
         _fail(1, f"cannot listen on {options['endpoint']}: {reason}")
     service = MultiService()
+    if hook is not None:
+        # Stopped last (a MultiService stops its children in reverse): its
+        # connections to the application close once the streams are gone.
+        _Closing(hook.close).setServiceParent(service)  # type: ignore[no-untyped-call]
     if isinstance(broker, RedisBroker):
         # Connects in the background: until Redis answers, publishing gets
         # 503 and subscribers a retry hint.
