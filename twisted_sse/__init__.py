@@ -91,9 +91,15 @@ from ._url import subscribe_url
 if TYPE_CHECKING:
     from ._app import SSEApp
     from ._authhook import HTTPAuthHook
-    from ._jwt import JWTVerifier
+    from ._jwt import DEFAULT_LEEWAY, MIN_SECRET_BYTES, JWTVerifier, load_public_key
 
 __version__ = "0.1.0"
+
+
+#: The names of the signed-token verifier's module, imported on first use.
+_JWT_NAMES = frozenset(
+    {"JWTVerifier", "load_public_key", "DEFAULT_LEEWAY", "MIN_SECRET_BYTES"}
+)
 
 
 def __getattr__(name: str) -> Any:
@@ -105,10 +111,10 @@ def __getattr__(name: str) -> Any:
 
         return SSEApp
     # PyJWT (with cryptography) and treq are imported by those who use them.
-    if name == "JWTVerifier":
-        from ._jwt import JWTVerifier
+    if name in _JWT_NAMES:
+        from . import _jwt
 
-        return JWTVerifier
+        return getattr(_jwt, name)
     if name == "HTTPAuthHook":
         from ._authhook import HTTPAuthHook
 
@@ -123,6 +129,7 @@ __all__ = [
     "DEFAULT_HISTORY_BYTES",
     "DEFAULT_HISTORY_TOTAL",
     "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_LEEWAY",
     "DEFAULT_MAX_BACKOFF",
     "DEFAULT_MAX_EVENT_BYTES",
     "DEFAULT_MAX_EVENT_DATA_BYTES",
@@ -142,6 +149,7 @@ __all__ = [
     "MAX_RESPONSE_HEADER_BYTES",
     "MAX_RETRY",
     "MAX_TOKEN_BYTES",
+    "MIN_SECRET_BYTES",
     "Access",
     "AuthHook",
     "AuthRequest",
@@ -195,6 +203,7 @@ __all__ = [
     "encode_comment",
     "encode_retry",
     "json_log_observer",
+    "load_public_key",
     "loss_event",
     "parse_redis_url",
     "publish",

@@ -289,7 +289,8 @@ class AuthRequest:
     :ivar path: The request's path, without its query (which may hold a
         token).
     :ivar channels: The channels and patterns asked for.
-    :ivar credentials: The token found, if any (see :func:`credentials`).
+    :ivar credentials: The token found, if any (in the header, the
+        ``sse_token`` cookie or ``access_token``).
     :ivar request: The :class:`~twisted.web.server.Request` itself, for
         its cookies and headers.
     """
@@ -340,10 +341,11 @@ class Access:
 
     - the public channels and patterns can be read by anyone, without a
       token (publishing on them still needs one);
-    - a token is looked for (:func:`credentials`): a static token allows
-      its action on every channel; a JWT is checked by the verifier; any
-      other credentials, or none, go to the application's hook when there
-      is one;
+    - a token is looked for (the ``Authorization: Bearer`` header, the
+      ``sse_token`` cookie, the ``access_token`` query parameter): a static
+      token allows its action on every channel; a JWT is checked by the
+      verifier; any other credentials, or none, go to the application's
+      hook when there is one;
     - no credentials: ``401`` with a challenge; bad ones: ``401`` with
       ``error="invalid_token"``; credentials that do not cover every
       channel and pattern named: ``403``.

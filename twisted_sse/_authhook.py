@@ -177,7 +177,7 @@ def _why(failure: Failure) -> str:
 
 class HTTPAuthHook:
     """
-    An auth hook (see :data:`~twisted_sse._auth.AuthHook`) that asks the
+    An auth hook (see :data:`~twisted_sse.AuthHook`) that asks the
     application at ``url``, like nchan's ``nchan_authorize_request``.
 
     It ``POST``-s ``{"action", "method", "path", "channels"}`` as JSON, with

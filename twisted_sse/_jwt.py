@@ -231,7 +231,7 @@ class JWTVerifier:
     :param secret: An HMAC secret (HS256; HS384 and HS512 when it is at
         least 48 and 64 bytes long), ``str`` ones encoded as UTF-8.
     :param keys: PEM public keys or certificates (see
-        :func:`load_public_key`); several for key rotation.
+        :func:`~twisted_sse.load_public_key`); several for key rotation.
     :param audience: The ``aud`` a token must name, or ``None`` to not look
         at ``aud``.
     :param issuer: The ``iss`` a token must have, or ``None``.
@@ -239,8 +239,8 @@ class JWTVerifier:
     :param clock: Tells the time; the wall clock when ``None``.
     :param cache_size: How many verified tokens are remembered.
     :raises ValueError: naming the parameter, for neither a secret nor a
-        key, a secret shorter than :data:`MIN_SECRET_BYTES`, a key that
-        :func:`load_public_key` refuses, an empty ``audience`` or
+        key, a secret shorter than :data:`~twisted_sse.MIN_SECRET_BYTES`, a key that
+        :func:`~twisted_sse.load_public_key` refuses, an empty ``audience`` or
         ``issuer``, a negative or infinite ``leeway``, a ``cache_size``
         under 1.
     """
@@ -327,7 +327,7 @@ class JWTVerifier:
         at ``paths``, with the other ``options`` of :class:`JWTVerifier`.
 
         :raises ValueError: naming the file, for one that cannot be read
-            or holds no key that :func:`load_public_key` accepts.
+            or holds no key that :func:`~twisted_sse.load_public_key` accepts.
         """
         keys = []
         for path in paths:
