@@ -13,11 +13,13 @@ import json
 from typing import Any
 
 import jwt
+from prometheus_client import generate_latest
+from prometheus_client.registry import CollectorRegistry
 from twisted.internet.defer import Deferred
 from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_sse import AuthRequest, Grant, JWTVerifier, Refused
+from twisted_sse import AuthRequest, Grant, JWTVerifier, Refused, SSECollector
 from twisted_sse._auth import identity_hash
 
 from ._helpers import TOKEN, answer
@@ -507,6 +509,29 @@ class SecretsTests(SynchronousTestCase):
             self.assertEqual(response.code, 401, token)
             self.assertEqual(json.loads(response.raw).keys(), {"error"})
         self.assertEqual(self.flushLoggedErrors(), [])
+
+
+def registry_of(collector: SSECollector) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(collector)
+    return registry
+
+
+class RefusalMetricsTests(SynchronousTestCase):
+    """Refusals are counted, by status, for /metrics."""
+
+    def test_counted(self) -> None:
+        """401s and 403s are counted, and exported with fixed labels."""
+        hub = AuthHub(self)
+        hub.subscribe("a")
+        hub.subscribe("a", headers=hub.bearer(hub.token(sse={"subscribe": ["b"]})))
+        hub.post(b'{"data": "x"}', "a", token=None)
+        self.assertEqual(hub.hub.refusals, {"401": 2, "403": 1})
+        text = generate_latest(
+            registry_of(SSECollector(hub.registry, hub.hub))
+        ).decode()
+        self.assertIn('sse_auth_refusals_total{status="401"} 2.0', text)
+        self.assertIn('sse_auth_refusals_total{status="503"} 0.0', text)
 
 
 class LegacyAuthorizerTests(SynchronousTestCase):

@@ -253,6 +253,20 @@ class Hub:
         self.publish_failures = 0
         self.resumes: Counter[str] = Counter()
         self.replayed = 0
+        #: Requests refused by the access decision, by status ("401",
+        #: "403", "503").
+        self.refusals: Counter[str] = Counter()
+
+    def refuse(self, request: Any, refused: Refused) -> bytes:
+        """
+        Count ``refused`` and make ``request`` its answer: its status, a
+        ``WWW-Authenticate`` challenge for a ``401``, ``Retry-After`` for a
+        ``503``, and ``{"error": reason}``.
+
+        :returns: The body to write.
+        """
+        self.refusals[str(refused.code)] += 1
+        return answer_refused(request, refused)
 
     def publish(
         self, channel: str, event: Event, key: str | None = None
@@ -307,6 +321,7 @@ class Hub:
         try:
             self.access.decide_now(request, PUBLISH, ())
         except Refused as refused:
+            self.refusals[str(refused.code)] += 1
             return refused
         if length is not None and length > self.max_event_bytes:
             return Refused(413, f"the body is larger than {self.max_event_bytes} bytes")
@@ -524,7 +539,7 @@ class ChannelResource(StreamResource):
                 decision = access.decide(request, SUBSCRIBE, (self.channel,))
             except Refused as refusal:
                 self.set_cors_headers(request)
-                return answer_refused(request, refusal)
+                return self.hub.refuse(request, refusal)
             if not isinstance(decision, Grant):
                 finished = request.notifyFinish()
                 decision.addCallbacks(
@@ -566,7 +581,7 @@ class ChannelResource(StreamResource):
             self.set_cors_headers(request)
             refused = failure.value
             assert isinstance(refused, Refused)
-            request.write(answer_refused(request, refused))
+            request.write(self.hub.refuse(request, refused))
             request.finish()
         else:
             self._subscribe_failed(failure, request, finished)
@@ -736,7 +751,7 @@ class ChannelResource(StreamResource):
             self.hub.access.decide_now(request, SUBSCRIBE, (self.channel,))
         except Refused as refusal:
             self.set_cors_headers(request)
-            return answer_refused(request, refusal)
+            return self.hub.refuse(request, refusal)
         return super().render_HEAD(request)
 
     # Publishing
@@ -749,7 +764,7 @@ class ChannelResource(StreamResource):
         try:
             decision = self.hub.access.decide(request, PUBLISH, (self.channel,))
         except Refused as refusal:
-            return answer_refused(request, refusal)
+            return self.hub.refuse(request, refusal)
         if isinstance(decision, Grant):
             return self._publish(request, gone)
 
@@ -757,7 +772,7 @@ class ChannelResource(StreamResource):
             if gone:
                 return
             if isinstance(failure.value, Refused):
-                request.write(answer_refused(request, failure.value))
+                request.write(self.hub.refuse(request, failure.value))
             else:
                 _log.failure(
                     "Authorising a publish on {channel} failed",

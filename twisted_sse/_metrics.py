@@ -34,6 +34,10 @@ _REFUSALS = ("total", "per-ip", "draining")
 _RESUMES = ("exact", "malformed", "unknown", "trimmed")
 
 
+#: The statuses of sse_auth_refusals.
+_REFUSALS = ("401", "403", "503")
+
+
 def _by_label(
     name: str, documentation: str, label: str, keys: Iterable[str], counts: Any
 ) -> CounterMetricFamily:
@@ -154,6 +158,15 @@ class SSECollector(Collector):
                 "sse_events_replayed",
                 "History events replayed to resuming clients.",
                 value=hub.replayed,
+            )
+            yield _by_label(
+                "sse_auth_refusals",
+                "Requests refused by the access decision: 401 (no or bad "
+                "credentials), 403 (credentials that do not cover the "
+                "channels), 503 (the application's hook down).",
+                "status",
+                _REFUSALS,
+                hub.refusals,
             )
 
         guard = self.guard

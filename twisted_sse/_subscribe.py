@@ -17,7 +17,6 @@ from ._broker import BrokerUnavailable
 from ._errors import json_error, method_not_allowed
 from ._fanin import Fanin, Selection, parse_selection
 from ._handoff import Handoff
-from ._hub import answer_refused
 from ._resource import StreamResource, abandon, requested_last_event_id
 from ._twisted import forget_notification
 
@@ -73,7 +72,7 @@ class SubscribeResource(StreamResource):
             self.hub.access.decide_now(request, SUBSCRIBE, selection.names)
         except Refused as refusal:
             self.set_cors_headers(request)
-            return answer_refused(request, refusal)
+            return self.hub.refuse(request, refusal)
         return super().render_HEAD(request)
 
     def render_GET(self, request: Any) -> bytes | int:
@@ -91,7 +90,7 @@ class SubscribeResource(StreamResource):
                 decision = access.decide(request, SUBSCRIBE, selection.names)
             except Refused as refusal:
                 self.set_cors_headers(request)
-                return answer_refused(request, refusal)
+                return self.hub.refuse(request, refusal)
             if not isinstance(decision, Grant):
                 finished = request.notifyFinish()
                 decision.addCallbacks(
@@ -128,7 +127,7 @@ class SubscribeResource(StreamResource):
             abandon(finished)
         elif isinstance(failure.value, Refused):
             self.set_cors_headers(request)
-            request.write(answer_refused(request, failure.value))
+            request.write(self.hub.refuse(request, failure.value))
             request.finish()
         else:
             self._failed(failure, request, finished)
