@@ -467,12 +467,16 @@ class HubProcessTests(SynchronousTestCase):
     def test_subscribe_token(self) -> None:
         """
         With --subscribe-token, a subscriber presents it as a Bearer header
-        or as ?access_token=; one without it gets 403.
+        or as ?access_token=; one without it, or with another, gets 401.
         """
         server = self.start("--publish-token", TOKEN, "--subscribe-token", "R-1")
         refused = SocketClient(server.port, http_request("/channels/news"))
         self.addCleanup(refused.close)
-        self.assertEqual(refused.code, 403)
+        self.assertEqual(refused.code, 401)
+        wrong = SocketClient(server.port, http_request("/channels/news?access_token=R"))
+        self.addCleanup(wrong.close)
+        self.assertEqual(wrong.code, 401)
+        self.assertIn("invalid_token", wrong.header("WWW-Authenticate") or "")
         by_header = SocketClient(
             server.port, http_request("/channels/news", "Authorization: Bearer R-1")
         )

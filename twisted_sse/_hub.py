@@ -294,6 +294,58 @@ class Hub:
 
         return self.broker.publish(channel, event, key).addCallbacks(counted, failed)
 
+    def decide_subscription(
+        self,
+        resource: StreamResource,
+        request: Any,
+        names: Sequence[str],
+        granted: Callable[[Any, Deferred[None]], object],
+        failed: Callable[[Failure, Any, Deferred[None]], object],
+    ) -> bytes | int | None:
+        """
+        Decide whether ``request`` may subscribe to ``names`` (see
+        :class:`~twisted_sse.Access`), for ``resource``.
+
+        :returns: ``None`` when it may, now (its grant is kept for the
+            stream it opens); the body of the refusal to answer now; or
+            ``NOT_DONE_YET`` when the application's hook is asked: then
+            ``granted(request, finished)`` is called once it allows (unless
+            the client has gone), ``failed(failure, request, finished)``
+            for an unexpected error, and a refusal is answered here.
+        """
+        access = self.access
+        if not access.guards_subscribing:
+            return None
+        try:
+            decision = access.decide(request, SUBSCRIBE, names)
+        except Refused as refusal:
+            resource.set_cors_headers(request)
+            return self.refuse(request, refusal)
+        if isinstance(decision, Grant):
+            remember(request, decision)
+            return None
+        finished = request.notifyFinish()
+
+        def allowed(grant: Grant) -> None:
+            if finished.called:
+                abandon(finished)
+                return
+            remember(request, grant)
+            granted(request, finished)
+
+        def refused(failure: Failure) -> None:
+            if finished.called:
+                abandon(finished)
+            elif isinstance(failure.value, Refused):
+                resource.set_cors_headers(request)
+                request.write(self.refuse(request, failure.value))
+                request.finish()
+            else:
+                failed(failure, request, finished)
+
+        decision.addCallbacks(allowed, refused)
+        return NOT_DONE_YET
+
     def publish_refusal(
         self, request: Any, length: int | None = None
     ) -> tuple[int, str] | None:
@@ -533,23 +585,11 @@ class ChannelResource(StreamResource):
         if refused is not None:
             self.send_away(request, refused)
             return NOT_DONE_YET
-        access = self.hub.access
-        if access.guards_subscribing:
-            try:
-                decision = access.decide(request, SUBSCRIBE, (self.channel,))
-            except Refused as refusal:
-                self.set_cors_headers(request)
-                return self.hub.refuse(request, refusal)
-            if not isinstance(decision, Grant):
-                finished = request.notifyFinish()
-                decision.addCallbacks(
-                    self._granted,
-                    self._not_granted,
-                    callbackArgs=(request, finished),
-                    errbackArgs=(request, finished),
-                )
-                return NOT_DONE_YET
-            remember(request, decision)
+        answered = self.hub.decide_subscription(
+            self, request, (self.channel,), self._granted, self._subscribe_failed
+        )
+        if answered is not None:
+            return answered
         # Without an authoriser, on a broker that answers at once, the
         # stream opens before this method returns.  Otherwise, `finished`
         # fires once the client has gone (nothing finishes the request
@@ -562,29 +602,11 @@ class ChannelResource(StreamResource):
             self._ask_authorizer(request, request.notifyFinish())
         return NOT_DONE_YET
 
-    def _granted(self, grant: Grant, request: Any, finished: Deferred[None]) -> None:
-        if finished.called:
-            abandon(finished)
-            return
-        remember(request, grant)
+    def _granted(self, request: Any, finished: Deferred[None]) -> None:
         if self.hub.authorizer is None:
             self._authorized(True, request, finished)
         else:
             self._ask_authorizer(request, finished)
-
-    def _not_granted(
-        self, failure: Failure, request: Any, finished: Deferred[None]
-    ) -> None:
-        if finished.called:
-            abandon(finished)
-        elif failure.check(Refused):
-            self.set_cors_headers(request)
-            refused = failure.value
-            assert isinstance(refused, Refused)
-            request.write(self.hub.refuse(request, refused))
-            request.finish()
-        else:
-            self._subscribe_failed(failure, request, finished)
 
     def _ask_authorizer(self, request: Any, finished: Deferred[None]) -> None:
         authorizer = self.hub.authorizer

@@ -12,7 +12,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
 
-from ._auth import SUBSCRIBE, Grant, Refused, remember
+from ._auth import SUBSCRIBE, Refused
 from ._broker import BrokerUnavailable
 from ._errors import json_error, method_not_allowed
 from ._fanin import Fanin, Selection, parse_selection
@@ -84,53 +84,22 @@ class SubscribeResource(StreamResource):
         if refused is not None:
             self.send_away(request, refused)
             return NOT_DONE_YET
-        access = self.hub.access
-        if access.guards_subscribing:
-            try:
-                decision = access.decide(request, SUBSCRIBE, selection.names)
-            except Refused as refusal:
-                self.set_cors_headers(request)
-                return self.hub.refuse(request, refusal)
-            if not isinstance(decision, Grant):
-                finished = request.notifyFinish()
-                decision.addCallbacks(
-                    self._granted,
-                    self._not_granted,
-                    callbackArgs=(request, finished, selection),
-                    errbackArgs=(request, finished),
-                )
-                return NOT_DONE_YET
-            remember(request, decision)
+        answered = self.hub.decide_subscription(
+            self,
+            request,
+            selection.names,
+            lambda request, finished: self._ask_authorizer(
+                request, finished, selection
+            ),
+            self._failed,
+        )
+        if answered is not None:
+            return answered
         if self.hub.authorizer is None:
             self._subscribe(request, request.notifyFinish(), selection)
         else:
             self._ask_authorizer(request, request.notifyFinish(), selection)
         return NOT_DONE_YET
-
-    def _granted(
-        self,
-        grant: Grant,
-        request: Any,
-        finished: Deferred[None],
-        selection: Selection,
-    ) -> None:
-        if finished.called:
-            abandon(finished)
-            return
-        remember(request, grant)
-        self._ask_authorizer(request, finished, selection)
-
-    def _not_granted(
-        self, failure: Failure, request: Any, finished: Deferred[None]
-    ) -> None:
-        if finished.called:
-            abandon(finished)
-        elif isinstance(failure.value, Refused):
-            self.set_cors_headers(request)
-            request.write(self.hub.refuse(request, failure.value))
-            request.finish()
-        else:
-            self._failed(failure, request, finished)
 
     def _ask_authorizer(
         self, request: Any, finished: Deferred[None], selection: Selection
