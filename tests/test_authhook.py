@@ -17,13 +17,12 @@ from treq.testing import StubTreq
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
+from twisted.logger import LogEvent, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.test.requesthelper import DummyRequest
-from zope.interface import implementer
 
 from twisted_sse._auth import (
     Access,
@@ -41,6 +40,8 @@ from twisted_sse._authhook import (
     MAX_HOOK_BODY,
     HTTPAuthHook,
 )
+
+from ._redis_fakes import Logs as AllLogs
 
 URL = "http://app.example/sse-auth"
 NOW = 1_700_000_000.0
@@ -146,14 +147,8 @@ class Application(Resource):
         return self.body
 
 
-@implementer(ILogObserver)
-class Logs:
-    """The log events emitted while a test runs."""
-
-    def __init__(self, case: SynchronousTestCase) -> None:
-        self.events: list[LogEvent] = []
-        globalLogPublisher.addObserver(self)
-        case.addCleanup(globalLogPublisher.removeObserver, self)
+class Logs(AllLogs):
+    """The hook's log events emitted while a test runs."""
 
     def __call__(self, event: LogEvent) -> None:
         if event.get("log_namespace") == "twisted_sse._authhook":
