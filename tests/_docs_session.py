@@ -107,7 +107,9 @@ def listening(port: int) -> bool:
 def clean(raw: bytes) -> str:
     """What a terminal shows of ``raw``: no colours, no carriage returns."""
     text = _ANSI.sub("", raw.decode("utf-8", "replace")).replace("\r\n", "\n")
-    return "\n".join(line.rpartition("\r")[2] for line in text.split("\n"))
+    # A pseudo-terminal writes a program's CRLF as CR CR LF: the CRs that
+    # end a line are dropped, then what a CR inside it overwrote.
+    return "\n".join(line.rstrip("\r").rpartition("\r")[2] for line in text.split("\n"))
 
 
 class Job:

@@ -14,14 +14,12 @@ there.
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import textwrap
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -213,27 +211,19 @@ def serve_app(case: SynchronousTestCase) -> _AppServer:
     return server
 
 
-@contextmanager
-def environment(name: str, value: str) -> Iterator[None]:
-    """``os.environ[name]`` is ``value`` inside (for a child started there)."""
-    saved = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if saved is None:
-            del os.environ[name]
-        else:
-            os.environ[name] = saved
-
-
 def start_hub(case: SynchronousTestCase, *options: str) -> Twistd:
     """
     ``twistd -n sse`` verifying tokens signed with :data:`SECRET`, given
     to it in its environment; stopped when ``case`` ends.
     """
-    with environment("TWISTED_SSE_JWT_SECRET", SECRET):
-        hub = Twistd("--retry", "1000", "--drain", "0.2", *options).start()
+    hub = Twistd(
+        "--retry",
+        "1000",
+        "--drain",
+        "0.2",
+        *options,
+        env={"TWISTED_SSE_JWT_SECRET": SECRET},
+    ).start()
     case.addCleanup(hub.stop)
     return hub
 

@@ -44,7 +44,7 @@ from sybil.evaluators.skip import Skipper
 from sybil.parsers import markdown, myst, rest
 from twisted.trial.unittest import SynchronousTestCase
 
-from ._docs_session import Session
+from ._docs_session import Session, clean
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -356,3 +356,22 @@ class InventoryTests(SynchronousTestCase):
         assert match is not None
         ci = (ROOT / ".ci" / "run").read_text("utf-8").splitlines()
         self.assertIn(match.group(0), ci)
+
+
+class TerminalTests(SynchronousTestCase):
+    """What a page's terminal shows of a program's raw output."""
+
+    def test_crlf(self) -> None:
+        """Lines a program ends with CRLF (curl -i's headers) are kept."""
+        self.assertEqual(
+            clean(b"HTTP/1.1 200 OK\r\r\nVary: Origin\r\r\n"),
+            "HTTP/1.1 200 OK\nVary: Origin\n",
+        )
+
+    def test_overwritten(self) -> None:
+        """What a carriage return inside a line overwrote is gone."""
+        self.assertEqual(clean(b"10%\r50%\r100%\n"), "100%\n")
+
+    def test_colours(self) -> None:
+        """Colour codes are dropped."""
+        self.assertEqual(clean(b"\x1b[32mok\x1b[0m\n"), "ok\n")
