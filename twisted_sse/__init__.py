@@ -84,6 +84,7 @@ from ._redis._address import RedisAddress, parse_redis_url
 from ._redis._broker import RedisBroker
 from ._registry import StreamRegistry
 from ._resource import FAILURE_RETRY, EventStreamResource, StreamResource, counter
+from ._script import ClientScriptResource
 from ._service import EventStreamService
 from ._stream import MAX_LAST_EVENT_ID, EventStream, SlowClientPolicy, StreamHandler
 from ._url import subscribe_url
@@ -156,6 +157,7 @@ __all__ = [
     "Authorizer",
     "BrokerUnavailable",
     "ChannelResource",
+    "ClientScriptResource",
     "Credentials",
     "Event",
     "EventParser",
