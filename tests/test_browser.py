@@ -11,6 +11,7 @@ import re
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -109,18 +110,21 @@ class DemoPageTests(SynchronousTestCase):
         """Events published on the page's channel appear in its log."""
         self.browser.goto(self.base + "/#lobby")
         self.browser.wait(f"{text_of('channel-state')} === 'open'")
-        first = publish(self.base, "lobby", TOKEN, data="hello")
-        second = publish(self.base, "lobby", TOKEN, data="two\nlines")
+        publish(self.base, "lobby", TOKEN, data="hello")
+        publish(self.base, "lobby", TOKEN, data="two\nlines")
         self.browser.wait(f"{text_of('channel-count')} === '2'")
         rows = self.browser.eval(
             "[...document.querySelectorAll('#channel-log li.event')].map("
-            "(li) => [li.dataset.id, li.dataset.type,"
-            " li.querySelector('.data').textContent])"
+            "(li) => [li.dataset.type, li.querySelector('.data').textContent])"
         )
-        self.assertEqual(
-            rows, [[second, "message", "two\nlines"], [first, "message", "hello"]]
+        self.assertEqual(rows, [["message", "two\nlines"], ["message", "hello"]])
+        # Each event's id is the page's cursor on /subscribe, not the channel's.
+        ids = self.browser.eval(
+            "[...document.querySelectorAll('#channel-log li.event')]"
+            ".map((li) => li.dataset.id)"
         )
-        self.assertEqual(self.browser.eval(text_of("channel-last-id")), second)
+        self.assertEqual(len(set(ids)), 2, ids)
+        self.assertEqual(self.browser.eval(text_of("channel-last-id")), ids[0])
 
     def test_publish_form(self) -> None:
         """The page's form publishes with the token the user typed."""
@@ -165,7 +169,10 @@ class DemoPageTests(SynchronousTestCase):
         self.browser.wait(f"{text_of('channel-count')} === '1'")
         paths = [head.split(b" ")[1].decode() for head in proxy.requests()]
         self.assertIn("/sse/events", paths)
-        self.assertIn("/sse/channels/deep", paths)
+        self.assertIn("/sse/sse.js", paths)
+        self.assertTrue(
+            any(p.startswith("/sse/subscribe?channel=deep&") for p in paths), paths
+        )
         for path in paths:
             self.assertTrue(path.startswith("/sse/"), path)
         self.assertEqual(
@@ -263,6 +270,22 @@ class ResumeTests(SynchronousTestCase):
         # The page's own stream may reconnect a moment after the recorder's:
         # wait until it has every event before counting the resumes.
         browser.wait(f"{text_of('channel-count')} === '7'")
+        # The page's client (sse.js on /subscribe) resumes with the cursor it
+        # had after 3, in its URL.
+        cursor = browser.eval(
+            "document.querySelectorAll('#channel-log li.event')[4].dataset.id"
+        )
+        self.assertTrue(
+            any(
+                head.startswith(b"GET /subscribe?")
+                and parse_qs(urlsplit(head.split(b" ")[1].decode()).query).get(
+                    "lastEventId"
+                )
+                == [cursor]
+                for head in proxy.requests()
+            ),
+            proxy.requests(),
+        )
         resumed = [
             head
             for head in proxy.requests()
@@ -271,16 +294,16 @@ class ResumeTests(SynchronousTestCase):
                 rb"(?im)^last-event-id: " + re.escape(ids[2].encode()) + rb"\r?$", head
             )
         ]
-        # The recorder's and the page's reconnections both resumed after 3.
-        self.assertEqual(len(resumed), 2, proxy.requests())
+        # The recorder's reconnection resumed after 3.
+        self.assertEqual(len(resumed), 1, proxy.requests())
         # The page shows the reconnect and logs every event once.
         self.assertEqual(browser.eval(text_of("channel-reconnects")), "1")
         self.assertEqual(browser.eval(text_of("counter-reconnects")), "1")
         logged = browser.eval(
             "[...document.querySelectorAll('#channel-log li.event')]"
-            ".map((li) => li.dataset.id).reverse()"
+            ".map((li) => li.querySelector('.data').textContent).reverse()"
         )
-        self.assertEqual(logged, ids)
+        self.assertEqual(logged, [str(n) for n in range(1, 8)])
 
 
 class CrossOriginTests(SynchronousTestCase):

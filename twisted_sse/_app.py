@@ -24,6 +24,7 @@ from ._memory import MemoryBroker
 from ._metrics import MetricsResource, SSECollector
 from ._registry import StreamRegistry
 from ._resource import EventStreamResource, counter
+from ._script import ClientScriptResource
 
 __all__ = ["SSEApp"]
 
@@ -43,7 +44,8 @@ class SSEApp:
 
     ``GET /events`` streams ``retry: <retry>`` then ``data: 1``,
     ``data: 2``, ... every ``interval`` seconds, each connection counting
-    from 1; ``GET /`` serves a page whose ``EventSource`` shows the messages;
+    from 1; ``GET /`` serves a page that shows the messages and a channel
+    through the browser client, ``/sse.js`` (with ``/sse.d.ts``);
     ``/channels/{name}`` is the broadcast hub (GET subscribes, POST
     publishes).
 
@@ -111,12 +113,17 @@ class SSEApp:
             **hub_options,
         )
         self._page = _page()
+        #: The browser client, ``/sse.js``, and its declarations, ``/sse.d.ts``.
+        self.client_script = ClientScriptResource("sse.js")
+        self.client_types = ClientScriptResource("sse.d.ts")
         paths = [
             "/",
             "/events",
             "/healthz",
             "/metrics",
             "/subscribe",
+            "/sse.js",
+            "/sse.d.ts",
             "/channels/{name}",
         ]
         if not metrics:
@@ -167,7 +174,7 @@ class SSEApp:
 
     @app.route("/", methods=["GET", "HEAD"])
     def index(self, request: Any) -> bytes:
-        """The seed's page: an ``EventSource`` on ``events``."""
+        """The demo page: the counter and a channel, through ``sse.js``."""
         request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
         return self._page
 
@@ -206,6 +213,16 @@ class SSEApp:
         if request.method not in allowed:
             return method_not_allowed(request, allowed)
         return resource
+
+    @app.route("/sse.js", branch=False)
+    def script(self, request: Any) -> IResource:
+        """The browser client (a JSON 405 for methods but GET and HEAD)."""
+        return self.client_script
+
+    @app.route("/sse.d.ts", branch=False)
+    def script_types(self, request: Any) -> IResource:
+        """The browser client's TypeScript declarations."""
+        return self.client_types
 
     @app.route("/channels/<string:name>", branch=False)
     def channel(self, request: Any, name: str) -> IResource:
