@@ -52,7 +52,8 @@ class RoutesTests(TransportCase):
         self.assertEqual(response.code, 200)
         self.assertEqual(response.header("Content-Type"), "text/html; charset=utf-8")
         self.assertEqual(response.raw, page)
-        self.assertIn(b'new EventSource("events")', page)
+        self.assertIn(b'from "./sse.js"', page)
+        self.assertIn(b'new SSEStream("events")', page)
         head = self.client.request("HEAD", "/")
         self.assertEqual((head.code, head.raw), (200, b""))
 
@@ -147,8 +148,8 @@ class _FailingBroker(MemoryBroker):
 
 NO_CHANNEL = "no channel here: a channel is /channels/{name}, one path segment"
 NOT_FOUND = (
-    "not found: this server answers /, /events, /healthz, /metrics, /subscribe "
-    "and /channels/{name}"
+    "not found: this server answers /, /events, /healthz, /metrics, /subscribe, "
+    "/sse.js, /sse.d.ts and /channels/{name}"
 )
 
 
@@ -218,8 +219,8 @@ class AppErrorTests(TransportCase):
         self.assert_error(
             client.get("/nope"),
             404,
-            "not found: this server answers /, /events, /healthz, /subscribe and "
-            "/channels/{name}",
+            "not found: this server answers /, /events, /healthz, /subscribe, "
+            "/sse.js, /sse.d.ts and /channels/{name}",
         )
 
     def test_url_not_utf8(self) -> None:

@@ -88,7 +88,7 @@ class TwistdSSETests(SynchronousTestCase):
         self.assertEqual(response.code, 200)
         self.assertEqual(response.header("Content-Type"), "text/html; charset=utf-8")
         response.at_eof()
-        self.assertIn(b'new EventSource("events")', response.body)
+        self.assertIn(b'new SSEStream("events")', response.body)
 
     def _check_signal_ends_streams(self, signal_number: int) -> None:
         responses = [self.get("/events") for _ in range(3)]

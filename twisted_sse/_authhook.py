@@ -464,17 +464,20 @@ def _default_client(agent: Agent) -> Any:
     the application sets while answering for one client must never go out
     with another's ask.  (treq is imported here, when it is used.)
     """
-    from treq.client import HTTPClient
-    from treq.cookies import IndexableCookieJar
+    from http.cookiejar import CookieJar
 
-    class NoCookies(IndexableCookieJar):
+    from treq.client import HTTPClient
+
+    class NoCookies(CookieJar):
         def extract_cookies(self, response: Any, request: Any) -> None:
             return None
 
         def set_cookie(self, cookie: Any) -> None:
             return None
 
-    return HTTPClient(agent, cookiejar=NoCookies())
+    # A plain CookieJar: treq before 24.9 has no IndexableCookieJar, and
+    # every version takes one.
+    return HTTPClient(agent, cookiejar=NoCookies())  # type: ignore[arg-type]
 
 
 def _wait(waiting: list[Deferred[Grant | None]]) -> Deferred[Grant | None]:
