@@ -316,3 +316,34 @@ class AuthTests(_ClientCase):
         self.tabs.wait(page, "window.client.state === 'closed'", show="window.seen")
         auth = self.tabs.eval(page, "window.seen.auth")
         self.assertEqual([status for status, _ in auth], [401])
+
+
+class DemoPageTests(_ClientCase):
+    """The demo page at ``/``, in five tabs, as a visitor would open it."""
+
+    def test_five_tabs_of_the_demo(self) -> None:
+        """
+        Five tabs of the demo page hold one counter stream and one channel
+        stream between them, and every tab shows the count and the channel.
+        """
+        pages = []
+        for _ in range(5):
+            page = self.tabs.new_page(0)
+            self.assertEqual(self.tabs.goto(page, self.base + "/"), 200)
+            pages.append(page)
+        for page in pages:
+            self.tabs.wait(
+                page,
+                "Number(document.getElementById('count').textContent) >= 2",
+                timeout=20,
+            )
+        # One counter stream and one /subscribe stream, whatever the tabs.
+        wait_for(lambda: streams_open(self.base) == 2, "two streams for five tabs")
+        self.publish("demo", "seen in every tab")
+        for page in pages:
+            self.tabs.wait(
+                page,
+                "[...document.querySelectorAll('#channel-log li.event .data')]"
+                ".some((cell) => cell.textContent === 'seen in every tab')",
+            )
+        self.assertEqual(streams_open(self.base), 2)
