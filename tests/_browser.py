@@ -28,21 +28,22 @@ class BrowserError(AssertionError):
     """A command failed in the browser (a JavaScript error or a timeout)."""
 
 
-class Browser(Closing):
+class Driver(Closing):
     """
-    One Chromium with one page, as a child process.
+    A playwright-core driver of ``tests/js`` as a child process, which
+    answers one JSON line per command (``{"ok": ..., "value": ...}``).
 
-    :param ignore_https_errors: Accept the tests' self-signed certificates.
+    :param script: The driver's file in ``tests/js``.
+    :param options: Its options, given as its argument.
     """
 
-    def __init__(self, ignore_https_errors: bool = False) -> None:
+    def __init__(self, script: str, options: dict[str, Any]) -> None:
         node = require_chromium()
-        options = {"executablePath": CHROMIUM, "ignoreHTTPSErrors": ignore_https_errors}
         # stderr goes to a file: a pipe nobody reads could fill and stall it.
         # close() closes it.
         self._errors = tempfile.TemporaryFile()  # noqa: SIM115
         self.process = subprocess.Popen(
-            [node, str(JS / "browser.mjs"), json.dumps(options)],
+            [node, str(JS / script), json.dumps(options)],
             cwd=JS,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -50,15 +51,6 @@ class Browser(Closing):
         )
         self._buffer = b""
         self._reply()  # "ready": Chromium is up
-
-    @classmethod
-    def for_test(
-        cls, case: SynchronousTestCase, ignore_https_errors: bool = False
-    ) -> Browser:
-        """A browser that ``case`` closes in a cleanup."""
-        browser = cls(ignore_https_errors)
-        case.addCleanup(browser.close)
-        return browser
 
     def _reply(self, timeout: float = COMMAND_TIMEOUT) -> Any:
         stdout = self.process.stdout
@@ -94,6 +86,43 @@ class Browser(Closing):
         stdin.flush()
         return self._reply()
 
+    def close(self) -> None:
+        """Close Chromium and reap the driver; safe to call twice."""
+        if self.process.poll() is None:
+            try:
+                self.command("close")
+                self.process.wait(15)
+            except (BrowserError, OSError, subprocess.TimeoutExpired):
+                self.process.kill()
+                self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout):
+            if stream is not None and not stream.closed:
+                stream.close()
+        self._errors.close()
+
+
+class Browser(Driver):
+    """
+    One Chromium with one page, as a child process.
+
+    :param ignore_https_errors: Accept the tests' self-signed certificates.
+    """
+
+    def __init__(self, ignore_https_errors: bool = False) -> None:
+        super().__init__(
+            "browser.mjs",
+            {"executablePath": CHROMIUM, "ignoreHTTPSErrors": ignore_https_errors},
+        )
+
+    @classmethod
+    def for_test(
+        cls, case: SynchronousTestCase, ignore_https_errors: bool = False
+    ) -> Browser:
+        """A browser that ``case`` closes in a cleanup."""
+        browser = cls(ignore_https_errors)
+        case.addCleanup(browser.close)
+        return browser
+
     def goto(self, url: str) -> int:
         """Load ``url``; return the HTTP status."""
         status: int = self.command("goto", url=url)
@@ -127,17 +156,3 @@ class Browser(Closing):
         """The page's console lines so far (``type: text``)."""
         lines: list[str] = self.command("console")
         return lines
-
-    def close(self) -> None:
-        """Close Chromium and reap the driver; safe to call twice."""
-        if self.process.poll() is None:
-            try:
-                self.command("close")
-                self.process.wait(15)
-            except (BrowserError, OSError, subprocess.TimeoutExpired):
-                self.process.kill()
-                self.process.wait()
-        for stream in (self.process.stdin, self.process.stdout):
-            if stream is not None and not stream.closed:
-                stream.close()
-        self._errors.close()

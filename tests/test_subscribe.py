@@ -202,10 +202,11 @@ class FramesTests(TransportCase):
         """
         hub = SubscribeHub(self)
         response = hub.get("a", "news.*", query="&envelope=1")
+        self.assertEqual(response.events.pop(0).type, "cursor")
         hub.publish("x", "a")
         hub.publish("line 1\nline 2", "news.eu", event="update")
         self.assertEqual([event.type for event in response.events], ["message"] * 2)
-        self.assertNotIn(b"\nevent:", response.raw)
+        self.assertNotIn(b"\nevent: message", response.raw)
         self.assertEqual(
             [json.loads(event.data) for event in response.events],
             [
@@ -216,13 +217,28 @@ class FramesTests(TransportCase):
         for event in response.events:
             self.assertRegex(event.last_event_id.encode(), CURSOR)
 
+    def test_envelope_opens_with_the_cursor(self) -> None:
+        """
+        An envelope stream's first frames end with a ``cursor`` event whose
+        id is the cursor, so that an EventSource learns it before any event.
+        """
+        hub = SubscribeHub(self)
+        response = hub.get("a", query="&envelope=1")
+        [opened] = response.events
+        self.assertEqual((opened.type, opened.data), ("cursor", "{}"))
+        self.assertEqual(opened.last_event_id, response.last_event_id)
+        self.assertRegex(opened.last_event_id.encode(), CURSOR)
+        plain = hub.get("a")
+        self.assertEqual(plain.events, [])
+
     def test_envelope_keeps_history_lost(self) -> None:
         """In the envelope, the loss signal is still a history-lost event."""
         hub = SubscribeHub(self)
         response = hub.get("a", query="&envelope=1", last_event_id="nonsense")
         hub.publish("x", "a")
         self.assertEqual(
-            [event.type for event in response.events], [HISTORY_LOST_EVENT, "message"]
+            [event.type for event in response.events],
+            [HISTORY_LOST_EVENT, "cursor", "message"],
         )
         self.assertEqual(
             json.loads(response.events[0].data),
@@ -1055,9 +1071,10 @@ class SubscribeProcessTests(SynchronousTestCase):
             server,
             f"/subscribe?channel=a&channel=news.*&envelope=1&lastEventId={resumed_id}",
         )
-        third.wait_for(lambda response: len(response.events) == 1)
+        third.wait_for(lambda response: len(response.events) == 2)
+        self.assertEqual(third.events[0].type, "cursor")
         self.assertEqual(
-            json.loads(third.events[0].data),
+            json.loads(third.events[1].data),
             {"channel": "news.eu", "event": None, "data": "eight"},
         )
         self.assertNotIn(b"Traceback", server.output)

@@ -188,8 +188,13 @@ class SubscribeStreamTests(TransportCase):
         self.assertEqual(response.last_event_id, ids[-1])
 
     def test_envelope(self) -> None:
-        """With envelope=True the data names the channel and events are untyped."""
+        """
+        With envelope=True the data names the channel and events are
+        untyped, after the opening ``cursor`` event.
+        """
         response = self.client.subscribe(["a", "news.*"], envelope=True)
+        self.assertEqual([event.type for event in response.events], ["cursor"])
+        response.events.clear()
         self.served.publish("news.eu", "eu1")
         self.served.publish("a", "a1", event="alert")
         self.assertEqual([event.type for event in response.events], ["message"] * 2)

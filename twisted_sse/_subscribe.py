@@ -31,6 +31,9 @@ _log = Logger()
 #: The longest request target (path and query) ``/subscribe`` reads; a
 #: longer one is answered ``414``.
 MAX_TARGET_BYTES = 8 * 1024
+#: The event that ends the opening frames of an envelope stream (its id is
+#: the cursor the frames before it set).
+_OPENED = b"event: cursor\ndata: {}\n\n"
 #: The response header that names why history was lost.
 _HISTORY_LOST_HEADER = b"SSE-History-Lost"
 
@@ -201,6 +204,11 @@ class SubscribeResource(StreamResource):
             if fanin.losses:
                 request.setHeader(_HISTORY_LOST_HEADER, fanin.lost_header)
             frames = fanin.opening_frames(self.hub.retry)
+            if fanin.envelope:
+                # A page's EventSource sees no id of a frame without data:
+                # this event gives it the cursor before any other, so that it
+                # resumes exactly even if its first connection ends first.
+                frames.append(_OPENED)
             opened_with: Deferred[None] | None = finished
             if forget_notification(request, finished):
                 # Nothing finished the request while it waited: the stream

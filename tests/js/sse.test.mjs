@@ -645,6 +645,26 @@ describe("SSEClient", () => {
     bare.close();
   });
 
+  test("the cursor event gives the cursor before any event, and reaches no handler", async () => {
+    const browser = new Browser();
+    const client = browser.client();
+    const got = [];
+    client.subscribe("a", (event) => got.push(event));
+    await settle();
+    const first = browser.sources.all[0];
+    first.open();
+    first.emit("cursor", "{}", "~5");
+    assert.equal(client.cursor, "~5");
+    assert.deepEqual(got, []);
+    // Cut before any event: the next stream resumes from that cursor.
+    first.fail();
+    await browser.clock.advance(60000);
+    const second = browser.sources.all.at(-1);
+    assert.notEqual(second, first);
+    assert.equal(second.url.searchParams.get("lastEventId"), "~5");
+    client.close();
+  });
+
   test("history-lost goes to onhistorylost once; a throwing handler stops nothing", async () => {
     const browser = new Browser();
     const lost = [];

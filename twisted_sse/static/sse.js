@@ -315,7 +315,7 @@ class Shared {
     const on = (e) => conn === this._conn && this._receive({ type: e.type, data: e.data, id: e.lastEventId });
     conn.close = () => source.close();
     // Adding a listener twice adds it once.
-    const types = () => ["message", "history-lost", ...(this._channels ? [] : this._union)];
+    const types = () => ["message", "history-lost", ...(this._channels ? ["cursor"] : this._union)];
     conn.listen = () => types().forEach((type) => source.addEventListener(type, on));
     conn.listen();
     source.onopen = () => this._opened(conn);
