@@ -212,6 +212,22 @@ class PublishTests(ScriptTestCase):
         length = self.redis.run("XLEN", self.keys()[0])
         self.assertTrue(10 <= length < 250, length)
 
+    def test_made_again_after(self) -> None:
+        """
+        A stream made again (Redis lost its keys) starts after every id the
+        old one gave out, even within the same millisecond, so that a
+        reader waiting after the old last id sees its first entry.
+        """
+        stream, meta = self.keys()
+        for _ in range(50):
+            before = self.publish().split(":")[1]
+            self.publish()
+            held = self.publish().split(":")[1]
+            self.redis.run("DEL", stream, meta)
+            again = self.publish().split(":")[1]
+            self.assertGreater(entry_id(again.encode()), entry_id(held.encode()))
+            self.assertGreater(entry_id(held.encode()), entry_id(before.encode()))
+
 
 class SnapshotTests(ScriptTestCase):
     """SNAPSHOT: the epoch, the stream's state and a page, in one script."""

@@ -92,7 +92,20 @@ else
     epoch = new_epoch()
     redis.call('HSET', meta, 'e', epoch)
   end
-  id = redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], '*',
+  -- A stream made again (Redis lost it) must start after every id the old
+  -- one gave out, or a reader still waiting after the old last id would
+  -- never see it.  Those ids are of this millisecond or before; in this
+  -- millisecond, their sequence numbers are small, or (a stream made
+  -- again earlier in the same millisecond) below this microsecond's
+  -- multiple of 2^20.
+  local start = '*'
+  if redis.call('EXISTS', stream) == 0 then
+    local now = redis.call('TIME')
+    local micros = tonumber(now[2])
+    start = string.format('%d-%d', tonumber(now[1]) * 1000 + math.floor(micros / 1000),
+                          (micros % 1000 + 1) * 1048576)
+  end
+  id = redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], start,
                   'sse-epoch', epoch, unpack(ARGV, fields))
 end
 if ttl > 0 then
