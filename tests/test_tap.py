@@ -9,6 +9,7 @@ process is in test_twistd.py.
 from __future__ import annotations
 
 import os
+import re
 
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
@@ -27,6 +28,14 @@ class TwistdOptionsTests(SynchronousTestCase):
         options = Options()
         options.parseOptions(list(args))
         return options
+
+    def test_help_folded(self) -> None:
+        """--help shows every description as text, without runs of spaces."""
+        text = Options().getUsage(width=80)
+        self.assertIn("--jwt-key=", text)
+        for line in text.splitlines():
+            description = line[33:]
+            self.assertIsNone(re.search(r"\S {2,}\S", description), line)
 
     def test_defaults(self) -> None:
         """Publishing is off, history is 1000, drain 5 s, no limits."""

@@ -517,6 +517,13 @@ class Options(usage.Options):
             raise usage.UsageError(f"JWT options: {error}") from None
 
 
+# usage.Options prints an opt_ method's docstring as it is, the
+# indentation of its continuation lines included: fold each into one line.
+for _name, _method in list(vars(Options).items()):
+    if _name.startswith("opt_") and _method.__doc__:
+        _method.__doc__ = " ".join(_method.__doc__.split())
+
+
 #: What --auth-url must look like (HTTPAuthHook checks it further).
 _HTTP_URL = re.compile(r"https?://[^/?#\s]+(?:[/?#]\S*)?")
 
