@@ -12,26 +12,11 @@
 //   {"op": "console"}                          -> the console lines so far
 //   {"op": "close"}                            -> null, then the process ends
 //
-// Chromium is Debian's (no browser download), with the flags this machine
-// needs: background networking off (the closed network refuses it), no
-// sandbox (root), and a fresh profile that Playwright makes and removes.
-import { createInterface } from "node:readline";
-import { chromium } from "playwright-core";
+// Chromium is Debian's (no browser download), launched by driver.mjs, with
+// a fresh profile that Playwright makes and removes.
+import { launch, options, serve } from "./driver.mjs";
 
-const options = JSON.parse(process.argv[2] || "{}");
-const browser = await chromium.launch({
-  executablePath: options.executablePath || "/usr/bin/chromium",
-  headless: true,
-  args: [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-  ],
-});
+const browser = await launch();
 const context = await browser.newContext({
   ignoreHTTPSErrors: Boolean(options.ignoreHTTPSErrors),
   viewport: options.viewport || { width: 1100, height: 860 },
@@ -70,19 +55,4 @@ async function run(command) {
   }
 }
 
-const answer = (reply) => process.stdout.write(JSON.stringify(reply) + "\n");
-answer({ ok: true, value: "ready" });
-for await (const line of createInterface({ input: process.stdin })) {
-  if (!line.trim()) continue;
-  let command;
-  try {
-    command = JSON.parse(line);
-    answer({ ok: true, value: (await run(command)) ?? null });
-  } catch (error) {
-    answer({ ok: false, error: String(error && error.stack ? error.stack : error) });
-  }
-  if (command && command.op === "close") break;
-}
-await browser.close();
-// stdin may still hold the event loop open.
-process.exit(0);
+await serve(browser, run);

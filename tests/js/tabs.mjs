@@ -24,28 +24,15 @@
 //   {"op": "console", "page": P}                  -> that tab's console lines
 //   {"op": "close"}                               -> null, then the process ends
 //
-// Chromium is Debian's, with the flags browser.mjs explains.
-import { createInterface } from "node:readline";
-import { chromium } from "playwright-core";
+// Chromium is Debian's, launched by driver.mjs.
+import { launch, serve } from "./driver.mjs";
 
-const options = JSON.parse(process.argv[2] || "{}");
-const browser = await chromium.launch({
-  executablePath: options.executablePath || "/usr/bin/chromium",
-  headless: true,
-  args: [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    // Background tabs must keep their timers: followers heartbeat each second.
-    "--disable-background-timer-throttling",
-    "--disable-renderer-backgrounding",
-    "--disable-backgrounding-occluded-windows",
-  ],
-});
+const browser = await launch([
+  // Background tabs must keep their timers: followers heartbeat each second.
+  "--disable-background-timer-throttling",
+  "--disable-renderer-backgrounding",
+  "--disable-backgrounding-occluded-windows",
+]);
 
 const contexts = [];
 const pages = [];
@@ -122,19 +109,4 @@ async function run(command) {
   }
 }
 
-const answer = (reply) => process.stdout.write(JSON.stringify(reply) + "\n");
-answer({ ok: true, value: "ready" });
-for await (const line of createInterface({ input: process.stdin })) {
-  if (!line.trim()) continue;
-  let command;
-  try {
-    command = JSON.parse(line);
-    answer({ ok: true, value: (await run(command)) ?? null });
-  } catch (error) {
-    answer({ ok: false, error: String(error && error.stack ? error.stack : error) });
-  }
-  if (command && command.op === "close") break;
-}
-await browser.close();
-// stdin may still hold the event loop open.
-process.exit(0);
+await serve(browser, run);
