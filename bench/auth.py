@@ -55,7 +55,6 @@ import argparse
 import errno
 import json
 import os
-import re
 import secrets
 import selectors
 import socket
@@ -64,8 +63,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,8 +71,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import machine_facts, raise_nofile, stop, taskset  # noqa: E402
-from subscriptions import twistd  # noqa: E402
+from run import machine_facts, raise_nofile, taskset  # noqa: E402
+from subscriptions import server  # noqa: E402
 
 #: The channel every set-up opens; the tokens cover it through ``news.*``.
 CHANNEL = "news.eu"
@@ -83,7 +81,6 @@ PATH = f"/channels/{CHANNEL}"
 BAR = 1.25
 #: What the verifier remembers (twisted_sse._jwt.DEFAULT_CACHE_SIZE).
 CACHE_SIZE = 10_000
-_PORT_LINE = re.compile(r"starting on (\d+)")
 
 
 @dataclass(frozen=True)
@@ -249,39 +246,6 @@ def server_args(keys: Keys, config: Config) -> list[str]:
     if config.auth == "ES256":
         return ["--jwt-key", str(keys.ec_public)]
     return []
-
-
-@contextmanager
-def server(
-    cpu: str, args: list[str], env: dict[str, str], log_path: Path
-) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """A ``twistd -n sse`` on a free port; yields it and its port."""
-    argv = [
-        *taskset(cpu),
-        *twistd(),
-        *("-n", "--pidfile=", "sse"),
-        *("--port", "tcp:0:interface=127.0.0.1", *args),
-    ]
-    with (
-        tempfile.TemporaryDirectory(prefix="sse-bench-") as scratch,
-        open(log_path, "wb") as log,
-    ):
-        process = subprocess.Popen(
-            argv, cwd=scratch, stdout=log, stderr=subprocess.STDOUT, env=env
-        )
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                found = _PORT_LINE.search(log_path.read_text(errors="replace"))
-                if found:
-                    break
-                if process.poll() is not None or time.monotonic() > deadline:
-                    tail = log_path.read_text(errors="replace")[-500:]
-                    raise RuntimeError(f"twistd did not start: {tail}")
-                time.sleep(0.05)
-            yield process, int(found.group(1))
-        finally:
-            stop(process)
 
 
 def cpu_ns(pid: int) -> int:
@@ -465,9 +429,9 @@ def run_config(
     try:
         with server(
             args.server_cpu,
+            logdir / f"{config.name}-{round_}.log",
             server_args(keys, config),
             server_env(keys, config),
-            logdir / f"{config.name}-{round_}.log",
         ) as (proc, port):
             settle(proc.pid)
             warm = drive_client(
@@ -526,9 +490,9 @@ def run_memory(
     try:
         with server(
             args.server_cpu,
+            logdir / f"memory-{'distinct' if distinct else 'same'}.log",
             [],
             server_env(keys, config),
-            logdir / f"memory-{'distinct' if distinct else 'same'}.log",
         ) as (proc, port):
             settle(proc.pid)
             folder = keys.folder

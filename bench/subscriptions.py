@@ -60,7 +60,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,13 +140,21 @@ def twistd() -> list[str]:
 
 
 @contextmanager
-def server(cpu: str, log_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """A ``twistd -n sse`` on a free port; yields it and its port."""
+def server(
+    cpu: str,
+    log_path: Path,
+    args: Sequence[str] = ("--publish-token", TOKEN),
+    env: dict[str, str] | None = None,
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """
+    A ``twistd -n sse`` with ``args`` on a free port, pinned to ``cpu``,
+    its output in ``log_path``; yields it and its port.
+    """
     argv = [
         *taskset(cpu),
         *twistd(),
         *("-n", "--pidfile=", "sse"),
-        *("--port", "tcp:0:interface=127.0.0.1", "--publish-token", TOKEN),
+        *("--port", "tcp:0:interface=127.0.0.1", *args),
     ]
     with (
         tempfile.TemporaryDirectory(prefix="sse-bench-") as scratch,
@@ -157,7 +165,7 @@ def server(cpu: str, log_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], 
             cwd=scratch,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            env=env if env is not None else dict(os.environ, PYTHONUNBUFFERED="1"),
         )
         try:
             deadline = time.monotonic() + 30
