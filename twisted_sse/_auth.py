@@ -41,7 +41,6 @@ __all__ = [
     "grant_of",
     "identity_hash",
     "remember",
-    "when_decided",
 ]
 
 #: The two things a credential may allow.
@@ -537,27 +536,3 @@ def remember(request: Any, grant: Grant) -> None:
 def grant_of(request: Any) -> Grant | None:
     """What ``request`` was allowed with (see :func:`remember`), if kept."""
     return _GRANTS.get(request)
-
-
-def when_decided(
-    decision: Grant | Deferred[Grant],
-    done: Callable[[Grant], object],
-    refused: Callable[[Refused], object],
-    failed: Callable[[Any], object],
-) -> None:
-    """
-    Call ``done`` with the grant, ``refused`` with the refusal or
-    ``failed`` with any other failure, now when ``decision`` is a grant,
-    later when it is a Deferred.
-    """
-    if isinstance(decision, Grant):
-        done(decision)
-        return
-
-    def errback(failure: Any) -> None:
-        if failure.check(Refused):
-            refused(failure.value)
-        else:
-            failed(failure)
-
-    decision.addCallbacks(done, errback)

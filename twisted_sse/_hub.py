@@ -81,8 +81,6 @@ _log = Logger()
 DEFAULT_MAX_EVENT_BYTES = 64 * 1024
 #: The response header that says the same, with the reason as its value.
 HISTORY_LOST_HEADER = b"SSE-History-Lost"
-#: The challenge sent with a 401 when no credentials came.
-WWW_AUTHENTICATE = b'Bearer realm="twisted_sse"'
 
 #: Decides whether ``request`` may subscribe to ``channel``: returns a bool
 #: or a Deferred that fires with one.
@@ -111,22 +109,6 @@ def bearer_token_authorizer(tokens: Mapping[str, str] | str) -> Authorizer:
         return hmac.compare_digest(presented, expected.encode("utf-8"))
 
     return authorize
-
-
-def answer_refused(request: Any, refused: Refused) -> bytes:
-    """
-    Make ``request`` the answer to ``refused``: its status, a
-    ``WWW-Authenticate`` challenge for a ``401``, ``Retry-After`` for a
-    ``503``, and ``{"error": reason}``.
-
-    :returns: The body to write.
-    """
-    challenge = refused.challenge
-    if challenge is not None:
-        request.setHeader(b"WWW-Authenticate", challenge)
-    if refused.retry is not None:
-        request.setHeader(b"Retry-After", b"%d" % max(1, round(refused.retry)))
-    return json_error(request, refused.code, refused.reason)
 
 
 def _bearer(request: Any) -> bytes | None:
@@ -266,7 +248,12 @@ class Hub:
         :returns: The body to write.
         """
         self.refusals[str(refused.code)] += 1
-        return answer_refused(request, refused)
+        challenge = refused.challenge
+        if challenge is not None:
+            request.setHeader(b"WWW-Authenticate", challenge)
+        if refused.retry is not None:
+            request.setHeader(b"Retry-After", b"%d" % max(1, round(refused.retry)))
+        return json_error(request, refused.code, refused.reason)
 
     def publish(
         self, channel: str, event: Event, key: str | None = None
