@@ -6,16 +6,15 @@ configuration, no timing assertion.
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 from twisted.trial.unittest import SynchronousTestCase
+
+from .test_bench_smoke import run_bench
 
 AUTH = Path(__file__).resolve().parent.parent / "bench" / "auth.py"
 
@@ -43,25 +42,7 @@ class AuthBenchSmokeTests(SynchronousTestCase):
 
     def run_quick(self) -> tuple[str, list[dict[str, Any]]]:
         """Run the script's quick mode unpinned: its output and JSON lines."""
-        done = subprocess.run(
-            [
-                sys.executable,
-                str(AUTH),
-                "--quick",
-                *("--server-cpu", "", "--client-cpu", ""),
-                *("--out", str(self.out)),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
-        results = [
-            json.loads(line)
-            for line in done.stdout.splitlines()
-            if line.startswith("{")
-        ]
-        return done.stdout, results
+        return run_bench(self, AUTH, "--quick", "--out", str(self.out))
 
     @pytest.mark.slow
     def test_quick(self) -> None:

@@ -39,6 +39,26 @@ KEYS = {
 }
 
 
+def run_bench(
+    case: SynchronousTestCase, script: Path, *args: str
+) -> tuple[str, list[dict[str, Any]]]:
+    """
+    Run a benchmark script unpinned (no CPU given to server or client): its
+    output and its JSON lines; ``case`` fails if it exits with an error.
+    """
+    done = subprocess.run(
+        [sys.executable, str(script), *args, "--server-cpu", "", "--client-cpu", ""],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    case.assertEqual(done.returncode, 0, done.stdout + done.stderr)
+    results = [
+        json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")
+    ]
+    return done.stdout, results
+
+
 class BenchSmokeTests(SynchronousTestCase):
     """``python bench/run.py`` measures both configurations and loses nothing."""
 
@@ -50,27 +70,7 @@ class BenchSmokeTests(SynchronousTestCase):
 
     def run_script(self, script: Path, *args: str) -> tuple[str, list[dict[str, Any]]]:
         """Run a benchmark script unpinned: its output and its JSON lines."""
-        done = subprocess.run(
-            [
-                sys.executable,
-                str(script),
-                *args,
-                "--server-cpu",
-                "",
-                "--client-cpu",
-                "",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
-        results = [
-            json.loads(line)
-            for line in done.stdout.splitlines()
-            if line.startswith("{")
-        ]
-        return done.stdout, results
+        return run_bench(self, script, *args)
 
     def test_smoke(self) -> None:
         """N=10 for a second: one JSON line per configuration, every event there."""
