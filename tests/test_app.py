@@ -149,7 +149,7 @@ class _FailingBroker(MemoryBroker):
 NO_CHANNEL = "no channel here: a channel is /channels/{name}, one path segment"
 NOT_FOUND = (
     "not found: this server answers /, /events, /healthz, /metrics, /subscribe, "
-    "/sse.js, /sse.d.ts and /channels/{name}"
+    "/sse.js, /sse.d.ts, /channels/{name} and /presence/{channel}"
 )
 
 
@@ -220,7 +220,7 @@ class AppErrorTests(TransportCase):
             client.get("/nope"),
             404,
             "not found: this server answers /, /events, /healthz, /subscribe, "
-            "/sse.js, /sse.d.ts and /channels/{name}",
+            "/sse.js, /sse.d.ts, /channels/{name} and /presence/{channel}",
         )
 
     def test_url_not_utf8(self) -> None:

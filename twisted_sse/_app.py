@@ -22,6 +22,7 @@ from ._heartbeat import DEFAULT_HEARTBEAT, Heartbeat
 from ._hub import Hub
 from ._memory import MemoryBroker
 from ._metrics import MetricsResource, SSECollector
+from ._presence_http import PresenceResource
 from ._registry import StreamRegistry
 from ._resource import EventStreamResource, counter
 from ._script import ClientScriptResource
@@ -125,6 +126,7 @@ class SSEApp:
             "/sse.js",
             "/sse.d.ts",
             "/channels/{name}",
+            "/presence/{channel}",
         ]
         if not metrics:
             paths.remove("/metrics")
@@ -159,6 +161,9 @@ class SSEApp:
             if request.postpath[:1] == [b"channels"]:
                 hub = [*request.prepath, b"channels"]
                 return json_error(request, 404, no_channel(hub))
+            if request.postpath[:1] == [b"presence"]:
+                where = [*request.prepath, b"presence"]
+                return json_error(request, 404, no_channel(where))
             return json_error(request, 404, self._not_found)
         if isinstance(error, MethodNotAllowed):
             methods = sorted(error.valid_methods or ())
@@ -228,6 +233,11 @@ class SSEApp:
     def channel(self, request: Any, name: str) -> IResource:
         """A hub channel: GET subscribes, POST publishes."""
         return self.hub.channel_resource(name)
+
+    @app.route("/presence/<string:name>", branch=False)
+    def presence(self, request: Any, name: str) -> IResource:
+        """Who is on a hub channel."""
+        return PresenceResource(self.hub, name)
 
 
 class _UTF8URLs(Resource):

@@ -22,6 +22,7 @@ from ._broker import valid_channel, valid_pattern
 __all__ = [
     "ALL",
     "MAX_TOKEN_BYTES",
+    "PRESENCE",
     "PUBLISH",
     "REALM",
     "SUBSCRIBE",
@@ -43,10 +44,12 @@ __all__ = [
     "remember",
 ]
 
-#: The two things a credential may allow.
+#: The things a credential may allow: reading a channel, publishing on
+#: it, and reading who is on it (see :class:`Access`).
 SUBSCRIBE: Final = "subscribe"
 PUBLISH: Final = "publish"
-Action = Literal["subscribe", "publish"]
+PRESENCE: Final = "presence"
+Action = Literal["subscribe", "publish", "presence"]
 
 #: A claim that covers every channel and pattern.
 ALL = "*"
@@ -122,6 +125,10 @@ def _publish_claims(value: Iterable[str]) -> tuple[str, ...]:
     return _claims(value, "publish")
 
 
+def _presence_claims(value: Iterable[str]) -> tuple[str, ...]:
+    return _claims(value, "presence")
+
+
 @frozen
 class Grant:
     """
@@ -131,6 +138,9 @@ class Grant:
     :ivar subscribe: The channels and ``.*`` patterns it may read
         (``"*"``: every channel).
     :ivar publish: The channels and patterns it may publish on.
+    :ivar presence: The channels and patterns whose presence it may read
+        where the hub asks for a claim of its own (``presence_claim``);
+        elsewhere, reading presence goes with reading the channel.
     :ivar expires: When it ends, in POSIX seconds on the hub's clock, or
         ``None``: the streams opened with it end then.
     """
@@ -139,6 +149,7 @@ class Grant:
     subscribe: tuple[str, ...] = field(default=(), converter=_subscribe_claims)
     publish: tuple[str, ...] = field(default=(), converter=_publish_claims)
     expires: float | None = None
+    presence: tuple[str, ...] = field(default=(), converter=_presence_claims)
 
     def __attrs_post_init__(self) -> None:
         if self.identity is not None and not isinstance(self.identity, str):
@@ -155,15 +166,19 @@ class Grant:
 
     def allows(self, action: Action, name: str) -> bool:
         """Whether it allows ``action`` on ``name`` (a channel or pattern)."""
-        return covers(self.subscribe if action == SUBSCRIBE else self.publish, name)
+        if action == SUBSCRIBE:
+            return covers(self.subscribe, name)
+        if action == PUBLISH:
+            return covers(self.publish, name)
+        return covers(self.presence, name)
 
 
 #: What everyone gets where nothing guards subscribing.
-_OPEN = Grant(subscribe=(ALL,))
+_OPEN = Grant(subscribe=(ALL,), presence=(ALL,))
 #: What a request gets for public channels, without credentials.
 _ANONYMOUS = Grant()
 #: What the static tokens allow.
-_EVERY_SUBSCRIBE = Grant(subscribe=(ALL,))
+_EVERY_SUBSCRIBE = Grant(subscribe=(ALL,), presence=(ALL,))
 _EVERY_PUBLISH = Grant(publish=(ALL,))
 
 
@@ -283,7 +298,8 @@ class AuthRequest:
     """
     What an application's hook is asked about: who wants to do what.
 
-    :ivar action: ``"subscribe"`` or ``"publish"``.
+    :ivar action: ``"subscribe"``, ``"publish"`` or ``"presence"`` (reading
+        who is on the channels).
     :ivar method: The HTTP method (``"GET"``, ``"POST"``).
     :ivar path: The request's path, without its query (which may hold a
         token).
@@ -349,6 +365,12 @@ class Access:
       ``error="invalid_token"``; credentials that do not cover every
       channel and pattern named: ``403``.
 
+    Reading who is on a channel (:data:`PRESENCE`) is decided as reading
+    the channel is, unless ``presence_claim``: then it needs credentials
+    whose :attr:`Grant.presence` covers the channel (a JWT's
+    ``sse.presence`` claim), public channels included; the static
+    subscribe token still reads every channel's presence.
+
     :param verifier: Checks signed tokens (see :class:`~twisted_sse.JWTVerifier`).
     :param public: Channels and ``.*`` patterns anyone may read.
     :param hook: The application's decision for requests without a JWT.
@@ -356,6 +378,8 @@ class Access:
     :param publish_token: A static token that may publish on every
         channel; without it, a verifier or a hook, publishing over HTTP is
         off.
+    :param presence_claim: Whether reading presence needs a presence
+        claim of its own; only with a verifier or a hook.
     """
 
     def __init__(
@@ -366,7 +390,12 @@ class Access:
         hook: AuthHook | None = None,
         subscribe_token: str | None = None,
         publish_token: str | None = None,
+        presence_claim: bool = False,
     ) -> None:
+        if presence_claim and verifier is None and hook is None:
+            raise ValueError(
+                "presence_claim needs a JWT verifier or an auth hook to grant it"
+            )
         for name, token in (
             ("subscribe_token", subscribe_token),
             ("publish_token", publish_token),
@@ -382,6 +411,7 @@ class Access:
         self.publish_token = (
             publish_token.encode("utf-8") if publish_token is not None else None
         )
+        self.presence_claim = presence_claim
 
     @property
     def guards_subscribing(self) -> bool:
@@ -431,7 +461,8 @@ class Access:
     def _decide(
         self, request: Any, action: Action, names: Sequence[str], ask: bool
     ) -> Grant | Deferred[Grant] | None:
-        if action == SUBSCRIBE:
+        reading = action != PUBLISH
+        if reading:
             if not self.guards_subscribing:
                 return _OPEN
         elif not self.takes_publishes:
@@ -440,24 +471,25 @@ class Access:
                 "publishing over HTTP is disabled: start the server with "
                 "--publish-token or a JWT key",
             )
-        found = credentials(request, query=action == SUBSCRIBE)
+        found = credentials(request, query=reading)
         token = found.token
         if token is None:
-            if action == SUBSCRIBE and all(covers(self.public, n) for n in names):
+            public = self._public(action)
+            if public and all(covers(public, n) for n in names):
                 return _ANONYMOUS
             if self.hook is None:
                 raise Refused(401, _wanted(action))
             return self._ask(request, action, names, found) if ask else None
-        static = self.subscribe_token if action == SUBSCRIBE else self.publish_token
+        static = self.subscribe_token if reading else self.publish_token
         if static is not None and hmac.compare_digest(token, static):
-            return _EVERY_SUBSCRIBE if action == SUBSCRIBE else _EVERY_PUBLISH
+            return _EVERY_SUBSCRIBE if reading else _EVERY_PUBLISH
         if self.verifier is not None and _looks_like_jwt(token):
             grant: Grant = self.verifier.verify(token)
             self.check(grant, action, names)
             return grant
         if self.hook is not None:
             return self._ask(request, action, names, found) if ask else None
-        raise _invalid(_BAD_TOKEN if action == SUBSCRIBE else _NEEDS_BEARER)
+        raise _invalid(_BAD_TOKEN if reading else _NEEDS_BEARER)
 
     def check(self, grant: Grant, action: Action, names: Sequence[str]) -> None:
         """
@@ -466,11 +498,21 @@ class Access:
 
         :raises Refused: ``403`` naming the first one it does not.
         """
-        public = self.public if action == SUBSCRIBE else ()
+        public = self._public(action)
+        claim: Action = action
+        if action == PRESENCE and not self.presence_claim:
+            claim = SUBSCRIBE
         for name in names:
-            if not grant.allows(action, name) and not covers(public, name):
-                verb = "subscribe to" if action == SUBSCRIBE else "publish on"
-                raise Refused(403, f"the credentials do not allow to {verb} {name!r}")
+            if not grant.allows(claim, name) and not covers(public, name):
+                raise Refused(
+                    403, f"the credentials do not allow to {_VERBS[action]} {name!r}"
+                )
+
+    def _public(self, action: Action) -> tuple[str, ...]:
+        """What anyone may do ``action`` on without credentials."""
+        if action == SUBSCRIBE or (action == PRESENCE and not self.presence_claim):
+            return self.public
+        return ()
 
     def _ask(
         self,
@@ -481,6 +523,9 @@ class Access:
     ) -> Deferred[Grant]:
         hook = self.hook
         assert hook is not None
+        if action == PRESENCE and not self.presence_claim:
+            # Reading who is on a channel goes with reading it.
+            action = SUBSCRIBE
         asked = AuthRequest(
             action=action,
             method=request.method.decode("latin-1"),
@@ -492,8 +537,9 @@ class Access:
 
         def decided(grant: Grant | None) -> Grant:
             if grant is None:
-                verb = "subscribe to" if action == SUBSCRIBE else "publish on"
-                raise Refused(403, f"the application does not allow to {verb} these")
+                raise Refused(
+                    403, f"the application does not allow to {_VERBS[action]} these"
+                )
             if not isinstance(grant, Grant):
                 raise TypeError(
                     f"an auth hook must answer a Grant or None, "
@@ -506,6 +552,11 @@ class Access:
         return asking.addCallback(decided)
 
 
+_VERBS: dict[str, str] = {
+    SUBSCRIBE: "subscribe to",
+    PUBLISH: "publish on",
+    PRESENCE: "read the presence on",
+}
 _BAD_TOKEN = "the token is not valid"
 _NEEDS_BEARER = "a valid Authorization: Bearer token is required"
 

@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 
-from ._auth import PUBLISH, AuthRequest, Grant, Refused, check_claims
+from ._auth import PRESENCE, PUBLISH, AuthRequest, Grant, Refused, check_claims
 from ._stream import client_ip
 
 __all__ = [
@@ -187,7 +187,9 @@ class HTTPAuthHook:
     (the path, never the query).  A ``2xx`` grants: an empty body the
     channels asked for, or a JSON object's ``"sub"`` (identity),
     ``"channels"`` (the claims, which must cover what was asked) and
-    ``"exp"`` (POSIX seconds).  A ``401`` or ``403`` refuses, with the
+    ``"exp"`` (POSIX seconds).  The action is ``"subscribe"``,
+    ``"publish"``, or ``"presence"`` where the hub asks for a presence
+    claim of its own.  A ``401`` or ``403`` refuses, with the
     answer's ``"error"`` as the reason when it has one.  Anything else is a
     ``503``.
 
@@ -442,6 +444,8 @@ class HTTPAuthHook:
                     return Refused(401, _EXPIRED, error="invalid_token")
         if asked.action == PUBLISH:
             return Grant(identity=identity, publish=channels, expires=expires)
+        if asked.action == PRESENCE:
+            return Grant(identity=identity, presence=channels, expires=expires)
         return Grant(identity=identity, subscribe=channels, expires=expires)
 
     def _unavailable(self, failure: Failure) -> Refused:

@@ -24,6 +24,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
 from ._auth import (
+    PRESENCE,
     PUBLISH,
     SUBSCRIBE,
     Access,
@@ -31,6 +32,7 @@ from ._auth import (
     Grant,
     Refused,
     TokenVerifier,
+    grant_of,
     remember,
 )
 from ._broker import (
@@ -53,6 +55,16 @@ from ._fanin import (
 )
 from ._handoff import Handoff
 from ._heartbeat import DEFAULT_HEARTBEAT, Heartbeat
+from ._presence import (
+    DEFAULT_PRESENCE_MEMBERS,
+    MAX_PRESENCE_MEMBERS,
+    IPresenceBroker,
+    NoPresence,
+    PresenceChange,
+    PresenceFollow,
+    PresenceInfo,
+    wants_presence,
+)
 from ._publish_body import MAX_JSON_DEPTH, BadPublish, read_publish
 from ._registry import StreamRegistry
 from ._resource import (
@@ -163,6 +175,14 @@ class Hub:
     :param max_followed: Channels one ``/subscribe`` connection follows at
         most, those its patterns found included; one found beyond is
         announced with a ``history-lost`` event (reason ``"limit"``).
+    :param presence: Whether to keep who is on each channel (see
+        :meth:`presence`), when the broker can
+        (:class:`~twisted_sse.IPresenceBroker`).
+    :param presence_members: The most identities an answer about presence
+        lists (``GET /presence/{channel}``, the ``presence`` event).
+    :param presence_claim: Whether reading presence needs a claim of its
+        own (a JWT's ``sse.presence``) rather than going with reading the
+        channel (see :class:`~twisted_sse.Access`).
     """
 
     def __init__(
@@ -188,7 +208,15 @@ class Hub:
         public: Iterable[str] = (),
         auth_hook: AuthHook | None = None,
         subscribe_token: str | None = None,
+        presence: bool = True,
+        presence_members: int = DEFAULT_PRESENCE_MEMBERS,
+        presence_claim: bool = False,
     ) -> None:
+        if not 0 <= presence_members <= MAX_PRESENCE_MEMBERS:
+            raise ValueError(
+                f"presence_members must be 0 to {MAX_PRESENCE_MEMBERS}, "
+                f"not {presence_members!r}"
+            )
         if max_event_bytes < 1:
             raise ValueError(f"max_event_bytes must be >= 1, not {max_event_bytes!r}")
         if max_subscriptions < 1:
@@ -204,8 +232,15 @@ class Hub:
             hook=auth_hook,
             subscribe_token=subscribe_token,
             publish_token=publish_token,
+            presence_claim=presence_claim,
         )
         self.broker = broker
+        #: The broker's presence, or ``None`` where there is none (turned
+        #: off, or a broker without it).
+        self.presence_broker: IPresenceBroker | None = (
+            broker if presence and IPresenceBroker.providedBy(broker) else None
+        )
+        self.presence_members = presence_members
         self.clock = clock if clock is not None else default_clock()
         self.registry = registry if registry is not None else StreamRegistry(self.clock)
         self.heartbeat = (
@@ -225,6 +260,7 @@ class Hub:
         self.max_subscriptions = max_subscriptions
         self.max_followed = max_followed
         self._subscribe_resource: Resource | None = None
+        self._presence_resource: Resource | None = None
         # The channel resources with open streams, so that every subscriber
         # of a channel shares one (and its set of streams).
         self._live: dict[str, ChannelResource] = {}
@@ -288,10 +324,12 @@ class Hub:
         names: Sequence[str],
         granted: Callable[[Any, Deferred[None]], object],
         failed: Callable[[Failure, Any, Deferred[None]], object],
+        presence: Sequence[str] = (),
     ) -> bytes | int | None:
         """
         Decide whether ``request`` may subscribe to ``names`` (see
-        :class:`~twisted_sse.Access`), for ``resource``.
+        :class:`~twisted_sse.Access`), for ``resource``, and read the
+        presence on the channels ``presence`` names (``presence=1``).
 
         :returns: ``None`` when it may, now (its grant is kept for the
             stream it opens); the body of the refusal to answer now; or
@@ -305,18 +343,28 @@ class Hub:
             return None
         try:
             decision = access.decide(request, SUBSCRIBE, names)
+            if isinstance(decision, Grant):
+                if presence:
+                    access.check(decision, PRESENCE, presence)
+                remember(request, decision)
+                return None
         except Refused as refusal:
             resource.set_cors_headers(request)
             return self.refuse(request, refusal)
-        if isinstance(decision, Grant):
-            remember(request, decision)
-            return None
         finished = request.notifyFinish()
 
         def allowed(grant: Grant) -> None:
             if finished.called:
                 abandon(finished)
                 return
+            if presence:
+                try:
+                    access.check(grant, PRESENCE, presence)
+                except Refused as refusal:
+                    resource.set_cors_headers(request)
+                    request.write(self.refuse(request, refusal))
+                    request.finish()
+                    return
             remember(request, grant)
             granted(request, finished)
 
@@ -398,6 +446,95 @@ class Hub:
         )
         sink.fanin = fanin
         return fanin.open().addCallback(sink.opened)
+
+    # Presence
+
+    def presence(
+        self, channel: str, limit: int | None = None
+    ) -> Deferred[PresenceInfo]:
+        """
+        Who is on ``channel``, over every process sharing the broker: the
+        data of ``GET /presence/{channel}``.
+
+        :param limit: The most identities listed; the hub's
+            ``presence_members`` if ``None`` (and never more).
+        :returns: A Deferred firing with the answer, or failing with
+            :class:`ValueError` for an invalid channel name,
+            :class:`~twisted_sse.NoPresence` where the hub keeps none, or
+            :class:`~twisted_sse.BrokerUnavailable`.
+        """
+        broker = self.presence_broker
+        if broker is None:
+            return fail(NoPresence("presence is turned off on this hub"))
+        if not isinstance(channel, str) or not valid_channel(channel):
+            return fail(ValueError(f"invalid channel name: {channel!r}"))
+        if limit is None or limit > self.presence_members:
+            limit = self.presence_members
+        if limit < 0:
+            return fail(ValueError(f"limit must be >= 0, not {limit!r}"))
+        return maybeDeferred(broker.presence, channel, limit)
+
+    def presence_refusal(self, request: Any) -> bytes | None:
+        """
+        The answer to a subscription asking for ``presence=1`` where the
+        hub keeps no presence (a JSON ``400``), or ``None``.
+        """
+        if self.presence_broker is None and wants_presence(request):
+            return json_error(
+                request, 400, "presence=1: presence is turned off on this server"
+            )
+        return None
+
+    def present(
+        self,
+        request: Any,
+        stream: EventStream,
+        channels: Sequence[str],
+        follow: bool,
+    ) -> None:
+        """
+        Count ``stream``, just opened for ``request``, as present on
+        ``channels`` until it closes, under the identity its credentials
+        named; with ``follow``, write the presence of each channel on it,
+        then the ``join`` and ``leave`` events.
+        """
+        broker = self.presence_broker
+        if broker is None or not channels or stream.closed:
+            return
+        grant = grant_of(request)
+        identity = grant.identity if grant is not None else None
+        for channel in channels:
+            broker.enter(channel, identity)
+        follows: list[PresenceFollow] = []
+        if follow:
+
+            def told(news: PresenceInfo | PresenceChange) -> None:
+                stream.write(news.frame())
+
+            follows = [
+                broker.follow_presence(channel, self.presence_members, told)
+                for channel in channels
+            ]
+
+        def gone() -> None:
+            for following in follows:
+                following.cancel()
+            for channel in channels:
+                broker.leave(channel, identity)
+
+        stream.on_close(gone)
+
+    def presence_resource(self) -> Resource:
+        """
+        The resource of ``GET /presence/{channel}``, for a plain
+        ``twisted.web`` tree: ``root.putChild(b"presence",
+        hub.presence_resource())``.
+        """
+        if self._presence_resource is None:
+            from ._presence_http import PresenceRoot
+
+            self._presence_resource = PresenceRoot(self)
+        return self._presence_resource
 
     def stream_options(self, policy: SlowClientPolicy) -> dict[str, Any]:
         """
@@ -568,12 +705,22 @@ class ChannelResource(StreamResource):
         """Subscribe: authorise, replay after Last-Event-ID, then go live."""
         if not self._valid:
             return json_error(request, 400, f"invalid channel name: {self.channel!r}")
+        hub = self.hub
+        no_presence = hub.presence_refusal(request)
+        if no_presence is not None:
+            return no_presence
         refused = self.refusal(request)
         if refused is not None:
             self.send_away(request, refused)
             return NOT_DONE_YET
-        answered = self.hub.decide_subscription(
-            self, request, (self.channel,), self._granted, self._subscribe_failed
+        channels = (self.channel,)
+        answered = hub.decide_subscription(
+            self,
+            request,
+            channels,
+            self._granted,
+            self._subscribe_failed,
+            presence=channels if wants_presence(request) else (),
         )
         if answered is not None:
             return answered
@@ -731,7 +878,9 @@ class ChannelResource(StreamResource):
             finished = None
         stream = self.open_stream(request, *frames, finished=finished)
         handoff.attach(stream, subscription)
-        self.hub.went_live(self)
+        hub = self.hub
+        hub.went_live(self)
+        hub.present(request, stream, (self.channel,), wants_presence(request))
 
     def _opening_frame(self, position: str) -> bytes:
         # Subscribers arriving between two publishes share one position:

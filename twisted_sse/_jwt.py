@@ -221,7 +221,9 @@ class JWTVerifier:
         {"sub": "alice", "exp": 1767225600,
          "sse": {"subscribe": ["news.*"], "publish": ["chat.alice"]}}
 
-    A valid token without ``sse`` allows nothing.  The grant's ``expires``
+    ``sse.presence`` lists the channels whose presence it may read, where
+    the hub asks for that claim (``presence_claim``).  A valid token
+    without ``sse`` allows nothing.  The grant's ``expires``
     is when the token stops being accepted: its ``exp`` plus the leeway;
     the streams it opened end then.  Verified tokens are
     remembered (up to ``cache_size``, by a hash of the token) until they
@@ -478,8 +480,13 @@ class JWTVerifier:
         try:
             subscribe = check_claims(sse.get("subscribe", ()), "sse.subscribe")
             publish = check_claims(sse.get("publish", ()), "sse.publish")
+            presence = check_claims(sse.get("presence", ()), "sse.presence")
         except ValueError as e:
             raise _invalid(str(e)) from None
         return Grant(
-            identity=subject, subscribe=subscribe, publish=publish, expires=expires
+            identity=subject,
+            subscribe=subscribe,
+            publish=publish,
+            presence=presence,
+            expires=expires,
         )

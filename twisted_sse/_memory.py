@@ -36,6 +36,17 @@ from ._broker import (
     valid_channel,
 )
 from ._event import Event
+from ._presence import (
+    JOIN_EVENT,
+    LEAVE_EVENT,
+    IPresenceBroker,
+    LocalPresence,
+    PresenceChange,
+    PresenceFollow,
+    PresenceInfo,
+    Told,
+    tell_one,
+)
 
 __all__ = [
     "DEFAULT_HISTORY_BYTES",
@@ -182,7 +193,7 @@ class _ReplayingSubscription(TokenSubscription):
             self._running = False
 
 
-@implementer(IPatternBroker)
+@implementer(IPatternBroker, IPresenceBroker)
 class MemoryBroker:
     """
     The in-process broker: ids ``<epoch>-<n>`` increasing within each
@@ -260,6 +271,8 @@ class MemoryBroker:
         self._forgotten: OrderedDict[str, int] = OrderedDict()
         self._forgotten_floor = 0
         self._marker_text = (-1, "")
+        #: Who is on each channel (see :meth:`enter`).
+        self.present = LocalPresence()
 
     def channel_names(self) -> list[str]:
         """The channels that have history or subscribers."""
@@ -652,6 +665,30 @@ class MemoryBroker:
                     watching.found(name, state.position, None)
                 except Exception:
                     _log.failure("A watch failed to take a channel")
+
+    # Presence: one process, so the tally is the whole truth.
+
+    def enter(self, channel: str, identity: str | None) -> None:
+        """A subscriber connection opened on ``channel`` (see
+        :class:`~twisted_sse.IPresenceBroker`)."""
+        present = self.present
+        if present.enter(channel, identity) and identity is not None:
+            present.tell(PresenceChange(channel, JOIN_EVENT, identity))
+
+    def leave(self, channel: str, identity: str | None) -> None:
+        """The connection :meth:`enter` was told of closed."""
+        present = self.present
+        if present.leave(channel, identity) and identity is not None:
+            present.tell(PresenceChange(channel, LEAVE_EVENT, identity))
+
+    def presence(self, channel: str, limit: int) -> Deferred[PresenceInfo]:
+        """Who is on ``channel``, at once."""
+        return succeed(self.present.info(channel, limit))
+
+    def follow_presence(self, channel: str, limit: int, told: Told) -> PresenceFollow:
+        """Tell ``told`` who is on ``channel`` now, then each change."""
+        tell_one(told, self.present.info(channel, limit))
+        return self.present.follow(channel, told)
 
     def stop(self) -> Deferred[None]:
         """Nothing to release."""

@@ -17,6 +17,7 @@ from ._broker import BrokerUnavailable
 from ._errors import json_error, method_not_allowed
 from ._fanin import Fanin, Selection, parse_selection
 from ._handoff import Handoff
+from ._presence import wants_presence
 from ._resource import StreamResource, abandon, requested_last_event_id
 from ._twisted import forget_notification
 
@@ -83,6 +84,9 @@ class SubscribeResource(StreamResource):
         selection = self._judge(request)
         if isinstance(selection, bytes):
             return selection
+        no_presence = self.hub.presence_refusal(request)
+        if no_presence is not None:
+            return no_presence
         refused = self.refusal(request)
         if refused is not None:
             self.send_away(request, refused)
@@ -95,6 +99,7 @@ class SubscribeResource(StreamResource):
                 request, finished, selection
             ),
             self._failed,
+            presence=selection.channels if wants_presence(request) else (),
         )
         if answered is not None:
             return answered
@@ -177,12 +182,17 @@ class SubscribeResource(StreamResource):
         fanin.open().addCallbacks(
             self._opened,
             self._refused,
-            callbackArgs=(request, finished, handoff),
+            callbackArgs=(request, finished, handoff, selection),
             errbackArgs=(request, finished),
         )
 
     def _opened(
-        self, fanin: Fanin, request: Any, finished: Deferred[None], handoff: Handoff
+        self,
+        fanin: Fanin,
+        request: Any,
+        finished: Deferred[None],
+        handoff: Handoff,
+        selection: Selection,
     ) -> None:
         try:
             if finished.called:
@@ -215,10 +225,13 @@ class SubscribeResource(StreamResource):
                 # learns of its end itself, without a Deferred of its own.
                 opened_with = None
             stream = self.open_stream(request, *frames, finished=opened_with)
+            follow = wants_presence(request)
             # The parsed query is read: an open stream need not keep it (a
             # list of names per subscriber, for as long as it is open).
             request.args = {}
             handoff.attach(stream, fanin)
+            # Present on the channels it names (a pattern is no presence).
+            self.hub.present(request, stream, selection.channels, follow)
             registry = self.registry
 
             def broken(failure: Failure) -> None:

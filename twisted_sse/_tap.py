@@ -36,6 +36,7 @@ from ._hub import DEFAULT_MAX_EVENT_BYTES
 from ._jwt import DEFAULT_LEEWAY, MIN_SECRET_BYTES
 from ._logs import access_log_formatter
 from ._memory import DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_TOTAL, MemoryBroker
+from ._presence import DEFAULT_PRESENCE_MEMBERS, MAX_PRESENCE_MEMBERS
 from ._redis._address import parse_redis_url
 from ._redis._broker import RedisBroker
 from ._registry import StreamRegistry
@@ -94,6 +95,19 @@ def _non_negative_float(name: str) -> Any:
 
 def _non_negative_int(name: str) -> Any:
     return _number(name, int, positive=False)
+
+
+def _presence_members(value: str) -> int:
+    number = int(_non_negative_int("presence-members")(value))
+    if number > MAX_PRESENCE_MEMBERS:
+        raise ValueError(
+            f"--presence-members must be at most {MAX_PRESENCE_MEMBERS}, "
+            f"not {value!r}"
+        )
+    return number
+
+
+_presence_members.coerceDoc = ""  # type: ignore[attr-defined]
 
 
 def _positive_int(name: str) -> Any:
@@ -311,6 +325,14 @@ class Options(usage.Options):
             _positive_int("max-subscriptions"),
         ],
         [
+            "presence-members",
+            None,
+            DEFAULT_PRESENCE_MEMBERS,
+            "Most identities GET /presence/{channel} and the presence event "
+            f"list (0 to {MAX_PRESENCE_MEMBERS}; 0: counts only).",
+            _presence_members,
+        ],
+        [
             "queue-events",
             None,
             DEFAULT_MAX_QUEUE_EVENTS,
@@ -369,6 +391,17 @@ class Options(usage.Options):
 
     optFlags = [
         ["no-metrics", None, "Do not serve GET /metrics."],
+        [
+            "no-presence",
+            None,
+            "Keep no presence: no GET /presence/{channel}, no presence=1.",
+        ],
+        [
+            "presence-claim",
+            None,
+            "Reading presence needs a token whose sse.presence claim covers "
+            "the channel (with --jwt-secret, --jwt-key or --auth-url).",
+        ],
     ]
 
     def opt_version(self) -> NoReturn:
@@ -471,6 +504,15 @@ class Options(usage.Options):
                 "--public names what anyone may read when something guards the "
                 "rest: give --jwt-secret, --jwt-key, --auth-url or "
                 "--subscribe-token too"
+            )
+        if (
+            self["presence-claim"]
+            and self["jwt"] is None
+            and not self["auth-url"]
+        ):
+            raise usage.UsageError(
+                "--presence-claim needs tokens that can carry the claim: give "
+                "--jwt-secret, --jwt-key or --auth-url too"
             )
         url = self["auth-url"]
         if url is not None and not re.fullmatch(
@@ -622,6 +664,9 @@ def makeService(options: Options) -> IService:
         subscribe_token=options["subscribe-token"],
         jwt=options["jwt"],
         public=options["public"],
+        presence=not options["no-presence"],
+        presence_members=options["presence-members"],
+        presence_claim=bool(options["presence-claim"]),
         auth_hook=hook,
     )
     guard = ConnectionGuard(
