@@ -12,6 +12,7 @@ from unittest import TestCase
 from twisted.internet.task import Clock
 
 from .._heartbeat import Heartbeat
+from .._presence import LocalPresence
 from .._registry import StreamRegistry
 from .._resource import StreamResource
 
@@ -68,7 +69,9 @@ def assert_no_leaks(
     :param brokers: Brokers whose channels must have no subscriber left (any
         object with ``channel_names()`` and ``subscriber_count(channel)``),
         and, if they have ``watch_prefixes()`` (as ``MemoryBroker`` does),
-        no watch of a pattern left.
+        no watch of a pattern left, and if they keep presence in a
+        :class:`~twisted_sse.LocalPresence` named ``present``, no connection
+        still present nor presence followed.
     :param clients: Clients whose connections must all be closed; their
         pending connection closes are delivered first.
     :raises AssertionError: (or ``testcase.failureException``) listing every
@@ -95,6 +98,18 @@ def assert_no_leaks(
                 problems.append(
                     f"{count} subscriber(s) left on channel {channel!r} of {broker!r}"
                 )
+        # Optional: a broker keeping presence in a LocalPresence.
+        present = getattr(broker, "present", None)
+        if isinstance(present, LocalPresence):
+            problems.extend(
+                f"{present.count(channel)} connection(s) still present on "
+                f"channel {channel!r} of {broker!r}"
+                for channel in present.channels()
+            )
+            problems.extend(
+                f"presence still followed on channel {channel!r} of {broker!r}"
+                for channel in present.followed()
+            )
         # Optional: a broker that watches prefixes for patterns.
         watch_prefixes = getattr(broker, "watch_prefixes", None)
         if watch_prefixes is not None:
