@@ -28,6 +28,15 @@ events or ``--timeout`` seconds, or when stdout is closed; 1, with one line
 on stderr, when the connection fails for good (another status, a wrong
 Content-Type); 2 on a usage error.
 
+``twisted-sse presence URL CHANNEL`` asks the hub at ``URL`` (its base URL)
+who is on ``CHANNEL`` (``GET /presence/CHANNEL``) and prints the count of
+connections and each identity with its connections, or with ``--json`` the
+hub's JSON object on one line.  Exit status: 0 with the answer; 1, with one
+line on stderr (``twisted-sse presence: 403 <the hub's reason>``), when the
+hub refuses or cannot be reached in ``--timeout`` seconds; 2 on a usage
+error (a channel that is not a channel name, a URL that is not a hub's
+base).
+
 Every command ends at once and quietly on SIGINT (Ctrl-C) or SIGTERM, with
 exit status 128 plus the signal's number (130, 143), as a shell reports a
 program the signal killed.  ``--version`` prints this package's version,
@@ -46,7 +55,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from types import FrameType
 from typing import Any, NoReturn, TextIO
 from urllib.parse import urlsplit
@@ -58,6 +67,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.iweb import IAgent
 
+from ._agent import default_agent
 from ._check import Connector, Plan, judge, observe, render_text
 from ._client import (
     DEFAULT_IDLE_TIMEOUT,
@@ -67,10 +77,21 @@ from ._client import (
     ReadyState,
 )
 from ._parser import DEFAULT_MAX_EVENT_DATA_BYTES, DEFAULT_MAX_LINE_BYTES, LimitExceeded
-from ._url import strict_url, subscribe_url
+from ._presence import MAX_PRESENCE_MEMBERS
+from ._presence_cli import (
+    Answer,
+    ask,
+    base_problem,
+    channel_problem,
+    presence_url,
+    read_presence,
+    refusal,
+    render_table,
+)
+from ._url import URL, strict_url, subscribe_url
 from ._version import version_text
 
-__all__ = ["build_parser", "check", "listen", "main", "strict_url"]
+__all__ = ["build_parser", "check", "listen", "main", "presence", "strict_url"]
 
 _PROG = "twisted-sse"
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", re.ASCII)
@@ -81,6 +102,8 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", re.ASCII)
 #: silence that common proxies and load balancers let pass.
 DEFAULT_DURATION = 10.0
 DEFAULT_IDLE = 30.0
+#: Seconds ``twisted-sse presence`` waits for the whole answer.
+DEFAULT_PRESENCE_TIMEOUT = 10.0
 #: Where ``twisted-sse check --publish`` reads its token when ``--token`` is
 #: not given (the variable ``twistd sse`` reads it from too).
 TOKEN_VARIABLE = "TWISTED_SSE_PUBLISH_TOKEN"
@@ -128,6 +151,16 @@ def _non_negative_int(text: str) -> int:
     return number
 
 
+def _limit(text: str) -> int:
+    number = _positive_int(text)
+    if number > MAX_PRESENCE_MEMBERS:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of members from 1 to {MAX_PRESENCE_MEMBERS}, "
+            f"not {text!r}"
+        )
+    return number
+
+
 def _seconds(text: str, allow_zero: bool) -> float:
     try:
         number = float(text)
@@ -171,8 +204,8 @@ class _Version(argparse.Action):
 
 def build_parser() -> argparse.ArgumentParser:
     """
-    The command line parser: one subcommand per action (``check`` and
-    ``listen``).
+    The command line parser: one subcommand per action (``check``,
+    ``listen`` and ``presence``).
 
     :returns: A parser whose namespaces have ``command`` set.
     """
@@ -276,7 +309,54 @@ def build_parser() -> argparse.ArgumentParser:
             "N bytes of data (default: %(default)s)"
         ),
     )
+    _add_presence(commands)
     return parser
+
+
+def _add_presence(commands: Any) -> None:
+    presence_parser = commands.add_parser(
+        "presence",
+        help="show who is on a channel of a hub",
+        description=(
+            "Ask the hub at URL who is on CHANNEL (GET URL/presence/CHANNEL) and "
+            "print its connections and members, each identity with its "
+            "connections.  Exit status 0 with an answer, 1 when the hub refuses "
+            "or cannot be reached, 2 on a usage error."
+        ),
+    )
+    presence_parser.add_argument(
+        "url",
+        metavar="URL",
+        help="the hub's base http(s) URL, such as http://127.0.0.1:8080",
+    )
+    presence_parser.add_argument("channel", metavar="CHANNEL", help="the channel")
+    presence_parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the hub's JSON object on one line, not a table",
+    )
+    presence_parser.add_argument(
+        "--limit",
+        metavar="N",
+        type=_limit,
+        help=(
+            f"list at most N members, 1 to {MAX_PRESENCE_MEMBERS} (default: the hub's, "
+            "100 unless it was set otherwise)"
+        ),
+    )
+    presence_parser.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help="the bearer token to send (Authorization: Bearer TOKEN)",
+    )
+    presence_parser.add_argument(
+        "--timeout",
+        metavar="S",
+        type=_positive_seconds,
+        default=DEFAULT_PRESENCE_TIMEOUT,
+        help="give up when the whole answer has not come in S seconds "
+        "(default: %(default)g)",
+    )
 
 
 def _add_check(commands: Any) -> None:
@@ -374,6 +454,18 @@ def _usage_problem(options: argparse.Namespace) -> str | None:
             subscribe_url(options.url, options.channel)
         except ValueError as e:
             return f"bad --channel: {e}"
+    if options.command == "presence":
+        problem = channel_problem(options.channel)
+        if problem is not None:
+            return f"bad CHANNEL {options.channel!r}: {problem}"
+        problem = base_problem(options.url)
+        if problem is not None:
+            return f"bad URL {options.url!r}: {problem}"
+        token = options.token
+        if token is not None and (
+            not token.strip() or any(ord(c) < 32 or ord(c) == 127 for c in token)
+        ):
+            return "bad --token: it is empty, or holds a control character"
     if options.command == "check":
         if options.origin is not None:
             try:
@@ -560,6 +652,93 @@ async def listen(
     return 0
 
 
+class _NoAnswer(Exception):
+    """The whole answer did not come in time."""
+
+
+def _no_answer(result: object, timeout: float) -> object:
+    # The request was cancelled when its time was up; an answer that came
+    # anyway (the cancel lost the race) is kept.
+    if isinstance(result, Failure):
+        return Failure(_NoAnswer())
+    return result
+
+
+async def presence(
+    reactor: IReactorTime,
+    options: argparse.Namespace,
+    out: TextIO,
+    err: TextIO,
+    agent: IAgent | None = None,
+) -> int:
+    """
+    Run ``twisted-sse presence``.
+
+    :param reactor: The reactor to run on (time, and TCP for the default
+        agent).
+    :param options: Parsed by :func:`build_parser`.
+    :param out: Where the table or the JSON goes.
+    :param err: Where diagnostics go.
+    :param agent: The agent to ask with (one capping response heads, as
+        ``listen``'s, if ``None``).
+    :returns: The exit status: 0, 1 when the hub refused or could not be
+        reached, 2 on a usage error.
+    """
+    problem = _usage_problem(options)
+    if problem is not None:
+        _say(err, problem)
+        return 2
+    url = presence_url(options.url, options.channel, options.limit)
+    where = URL.parse(url).origin
+    prog = f"{_PROG} presence"
+    if agent is None:
+        agent = default_agent(reactor)
+    asking = Deferred.fromCoroutine(ask(agent, url, options.token))
+    asking.addTimeout(options.timeout, reactor, onTimeoutCancel=_no_answer)
+    # A signal cancels this command through ``waiting``: that is not a
+    # failure to report.
+    stopped: list[bool] = []
+
+    def stop(waiting: Deferred[Answer]) -> None:
+        stopped.append(True)
+        asking.cancel()
+
+    waiting: Deferred[Answer] = Deferred(stop)
+
+    def settle(result: Answer | Failure) -> None:
+        if not waiting.called:
+            waiting.callback(result)  # a Failure errbacks
+
+    asking.addBoth(settle)
+    try:
+        answer = await waiting
+    except _NoAnswer:
+        _say(err, f"no answer from {where} within {options.timeout:g} s", prog)
+        return 1
+    except Exception as e:
+        if stopped:
+            raise
+        # Whatever the agent raises when it cannot connect or the
+        # connection fails: said in one line, never a traceback.
+        _say(err, f"cannot reach {where}: {_describe(Failure(e))}", prog)
+        return 1
+    if answer.code != 200:
+        _say(err, refusal(answer, token=options.token is not None), prog)
+        return 1
+    try:
+        document = read_presence(answer)
+    except ValueError as e:
+        _say(err, str(e), prog)
+        return 1
+    text = json.dumps(document) + "\n" if options.json else render_table(document)
+    try:
+        out.write(text)
+        out.flush()
+    except BrokenPipeError:
+        pass
+    return 0
+
+
 def _describe(failure: Failure) -> str:
     if failure.check(ResponseDone):
         return "the server ended the stream"
@@ -579,8 +758,8 @@ def _describe(failure: Failure) -> str:
     return failure.getErrorMessage()
 
 
-def _say(err: TextIO, message: str) -> None:
-    err.write(f"{_PROG}: {message}\n")
+def _say(err: TextIO, message: str, prog: str = _PROG) -> None:
+    err.write(f"{prog}: {message}\n")
     err.flush()
 
 
@@ -595,7 +774,12 @@ def _run(options: argparse.Namespace) -> int:
 
     # The module stands for the reactor, which provides more than mypy sees.
     reactor: Any = installed
-    command = check if options.command == "check" else listen
+    commands: dict[str, Callable[..., Coroutine[Any, Any, int]]] = {
+        "check": check,
+        "listen": listen,
+        "presence": presence,
+    }
+    command = commands[options.command]
     signalled: list[int] = []
     results: list[int | Failure] = []
     running = Deferred.fromCoroutine(command(reactor, options, sys.stdout, sys.stderr))
