@@ -165,9 +165,8 @@ class OptionTests(SynchronousTestCase):
         self.assertEqual(usage("presence", HUB)[0], 2)
 
     def test_bad_numbers(self) -> None:
-        """--limit is 1 to 10000, --timeout a positive number of seconds."""
+        """--limit is 0 to 10000, --timeout a positive number of seconds."""
         for argv in [
-            ["--limit", "0"],
             ["--limit", "-1"],
             ["--limit", "10001"],
             ["--limit", "1.5"],
@@ -293,7 +292,7 @@ class URLTests(SynchronousTestCase):
             ("http://h/presence/news", "news", None),
             ("http://h/", "news.*", None),
             ("http://h/", "a b", None),
-            ("http://h/", "news", 0),
+            ("http://h/", "news", -1),
             ("http://h/", "news", 10001),
         ]:
             with self.assertRaises(ValueError):

@@ -152,13 +152,12 @@ def _non_negative_int(text: str) -> int:
 
 
 def _limit(text: str) -> int:
-    number = _positive_int(text)
-    if number > MAX_PRESENCE_MEMBERS:
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_PRESENCE_MEMBERS:
         raise argparse.ArgumentTypeError(
-            f"expected a number of members from 1 to {MAX_PRESENCE_MEMBERS}, "
+            f"expected a number of members from 0 to {MAX_PRESENCE_MEMBERS}, "
             f"not {text!r}"
         )
-    return number
+    return int(text)
 
 
 def _seconds(text: str, allow_zero: bool) -> float:
@@ -340,8 +339,8 @@ def _add_presence(commands: Any) -> None:
         metavar="N",
         type=_limit,
         help=(
-            f"list at most N members, 1 to {MAX_PRESENCE_MEMBERS} (default: the hub's, "
-            "100 unless it was set otherwise)"
+            f"list at most N members, 0 (count only) to {MAX_PRESENCE_MEMBERS} "
+            "(default: the hub's, 100 unless it was set otherwise)"
         ),
     )
     presence_parser.add_argument(

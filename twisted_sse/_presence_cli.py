@@ -109,7 +109,7 @@ def presence_url(base_url: str, channel: str, limit: int | None = None) -> str:
 
     :param base_url: The hub's absolute ``http`` or ``https`` URL.
     :param channel: A channel name (see :func:`~twisted_sse.valid_channel`).
-    :param limit: The most members to list, 1 to
+    :param limit: The most members to list, 0 (the count only) to
         :data:`~twisted_sse.MAX_PRESENCE_MEMBERS`; the hub's default if
         ``None``.
     :raises ValueError: naming the problem: the URL (see
@@ -124,8 +124,8 @@ def presence_url(base_url: str, channel: str, limit: int | None = None) -> str:
     problem = channel_problem(channel)
     if problem is not None:
         raise ValueError(f"{channel!r}: {problem}")
-    if limit is not None and not 1 <= limit <= MAX_PRESENCE_MEMBERS:
-        raise ValueError(f"limit must be 1 to {MAX_PRESENCE_MEMBERS}, not {limit!r}")
+    if limit is not None and not 0 <= limit <= MAX_PRESENCE_MEMBERS:
+        raise ValueError(f"limit must be 0 to {MAX_PRESENCE_MEMBERS}, not {limit!r}")
     parts = urlsplit(base_url)
     # A channel name is made of characters a path segment may hold as they
     # are ("_.:@-", letters, digits), and never "." or "..".
