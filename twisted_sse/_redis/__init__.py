@@ -100,6 +100,59 @@ names of forgotten channels leave the index once it holds more than
 100000 names; every process must publish with a version that writes the
 log.
 
+Presence: who is on a channel
+-----------------------------
+
+Each process counts its subscriber connections per channel and identity
+(``enter`` and ``leave`` only count, and mark the channel) and keeps them
+in Redis under a lease.  Per channel ``C``, the keys share the hash tag
+``{C}`` (so that Redis Cluster can keep them on one node) and start with
+``#`` after the prefix (no channel name has one):
+
+* ``sse:#presence:{C}:procs``, a hash: field ``#e`` the presence's epoch
+  (made, as a channel's, from Redis's clock whenever the hash is made
+  again), ``#n`` the number of changes ever logged under it, and one field
+  per process with connections on ``C`` (its id, 16 hex digits, new at
+  each start): ``<lease expiry> <connections> <version>``, the expiry in
+  milliseconds of Redis's clock (``TIME``), so that the processes' clocks
+  do not matter;
+* ``sse:#presence:{C}:proc:<id>``, a hash per process: the connections of
+  each identity there;
+* ``sse:#presence:{C}:subs``, a sorted set of the identities on ``C`` over
+  every live process, each scored minus its connections: ``ZRANGE 0
+  limit-1`` lists the most connected first, then by name, as
+  :class:`~twisted_sse.PresenceInfo` does, and ``ZCARD`` tells whether the
+  list is truncated;
+* ``sse:#presence:{C}:log``, a list of the last 1000 changes (``j`` or
+  ``l`` and the identity), numbered by ``#n``: the last entry is change
+  ``#n``.
+
+A change is logged when an identity's connections over every live process
+go from none to some (a join) or back to none (a leave), and only then;
+anonymous connections change the count alone.  Each process writes the
+channels it marked every 0.2 seconds (``presence_flush``), up to 200 of
+them a script: what changed since its last write, or all of it when Redis
+may hold another version (a write failed, Redis lost it), which the
+script checks against the version in the process's field.  Every 5
+seconds (``presence_renew``) one script per 200 channels renews the
+leases (15 seconds, ``presence_lease``) of the channels it has
+connections on, and has written whole those whose entry Redis lost; the
+same is done at once when the command connection is ready again.  Every
+script that touches a channel first forgets the processes whose lease
+ended, as if their connections had left (leaves logged), and sets the
+keys' TTL to twice the lease (a process's own hash one lease more), so
+nothing outlives its processes.  A broker that stops removes its entries.
+
+Reading a channel's presence is one script (the forgetting, the live
+processes' connections summed, the first identities, their number and
+the number of the last change): one round trip.  A follower starts from
+such a read, and then gets the changes numbered after it; each process
+reads the changes of every channel it has followers of every 0.5 seconds
+(``presence_poll``), one script per 200 channels, from the first change
+any of its followers lacks.  A follower that lacks changes the log no
+longer has, or that knew another epoch (Redis lost the presence), is
+given a new :class:`~twisted_sse.PresenceInfo` instead.
+
 The modules, in the order they import each other:
 
 * ``_address``: :class:`~twisted_sse.RedisAddress` and
@@ -122,6 +175,9 @@ The modules, in the order they import each other:
 * ``_reader``: :class:`~twisted_sse._redis._reader.Reader`, the reader
   loop (``XREAD``, catch-up, fan-out, epoch switches, periodic checks,
   the publish log for the watches);
+* ``_presence``: :class:`~twisted_sse._redis._presence.RedisPresence`,
+  this process's connections in Redis and its followers;
 * ``_broker``: :class:`~twisted_sse.RedisBroker` (publish, subscribe, the
-  paced replays, the life cycle), which composes the reader.
+  paced replays, the life cycle), which composes the reader and the
+  presence.
 """

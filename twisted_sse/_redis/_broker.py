@@ -2,8 +2,10 @@
 The Redis broker: :class:`RedisBroker`, :class:`~twisted_sse.IBroker` over
 Redis Streams (the design is in :mod:`twisted_sse._redis`).  Two
 :class:`~twisted_sse._redis._link.RedisLink`\\ s per process: one for
-commands (publish, replay pages, checks), one for the
+commands (publish, replay pages, checks, presence), one for the
 :class:`~twisted_sse._redis._reader.Reader` that this broker composes.
+Presence is the :class:`~twisted_sse._redis._presence.RedisPresence` it
+composes too.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from .._broker import (
     valid_channel,
 )
 from .._event import Event
+from .._presence import IPresenceBroker, PresenceFollow, PresenceInfo, Told
 from . import _watch
 from ._address import RedisAddress
 from ._channels import BATCH, PAGE_BYTES, Channel, Local, Replay, read_snapshot
@@ -50,6 +53,13 @@ from ._entries import (
 )
 from ._entries import text as reply_text
 from ._link import MakeLink, RedisLink
+from ._presence import (
+    PRESENCE_FLUSH,
+    PRESENCE_LEASE,
+    PRESENCE_POLL,
+    PRESENCE_RENEW,
+    RedisPresence,
+)
 from ._protocol import COMMAND_TIMEOUT
 from ._reader import Reader
 from ._scripts import LOG_FIELD, PUBLISH, SCRIPTS, run_script
@@ -115,7 +125,7 @@ class _RedisSubscription(TokenSubscription):
             broker.resume_replay(state, self._token)
 
 
-@implementer(IPatternBroker)
+@implementer(IPatternBroker, IPresenceBroker)
 class RedisBroker(Service):
     """
     A broker over Redis Streams that any number of processes share: events
@@ -136,6 +146,16 @@ class RedisBroker(Service):
     ``<prefix>#log``, of the last 100,000 publishes, and the
     channels watches find are kept in an index of names,
     ``<prefix>#names``.
+
+    It tells who is on a channel (``enter``, ``leave``, ``presence``,
+    ``follow_presence``, of :class:`~twisted_sse.IPresenceBroker`): each
+    process keeps its connections of each channel in Redis under a lease of
+    ``presence_lease`` seconds, renewed every ``presence_renew`` seconds, so
+    that a process that dies without a word drops out of every count when
+    it ends (15 seconds, and at most 5 more before a live process notices).
+    Changes are written every ``presence_flush`` seconds, in batches, and
+    followers read the changes of their channels every ``presence_poll``
+    seconds.  Stopping removes this process's connections.
 
     Memory: the history is bounded per channel by ``history`` events (each
     at most the publisher's event size), channels by ``channel_ttl``, and
@@ -166,6 +186,21 @@ class RedisBroker(Service):
         name and the ``on_ready`` and ``on_lost`` callbacks, as
         ``RedisLink``\\ s to ``address`` do (with ``timeout``), which it
         makes if ``None``: tests give it links to a fake Redis.
+    :param presence_lease: Seconds a process's presence lasts in Redis
+        unless renewed (15): a process that died leaves every count once
+        it ends.  Use the same value on every process.
+    :param presence_renew: Seconds between two renewals of the lease (5);
+        less than ``presence_lease``.
+    :param presence_flush: Seconds from a connection's arrival or
+        departure to its write to Redis (0.2): the changes of that time
+        are written together, up to 200 channels and 2,000 identities a
+        script.
+    :param presence_poll: Seconds between two reads of the changes of the
+        channels with local followers (0.5), all in one script (per 200
+        channels).
+    :raises ValueError: for a negative ``history``, a ``block_ms`` below 1,
+        a negative ``channel_ttl``, or presence intervals out of bounds
+        (see :class:`~twisted_sse._redis._presence.RedisPresence`).
     """
 
     def __init__(
@@ -179,6 +214,10 @@ class RedisBroker(Service):
         timeout: float = COMMAND_TIMEOUT,
         channel_ttl: float = DEFAULT_CHANNEL_TTL,
         make_link: Callable[..., Any] | None = None,
+        presence_lease: float = PRESENCE_LEASE,
+        presence_renew: float = PRESENCE_RENEW,
+        presence_flush: float = PRESENCE_FLUSH,
+        presence_poll: float = PRESENCE_POLL,
     ) -> None:
         if make_link is None:
             make_link = _redis_links(reactor, address, timeout)
@@ -199,7 +238,18 @@ class RedisBroker(Service):
         self.check_interval = (
             min(channel_ttl / 3, _CHECK_INTERVAL) if channel_ttl else _CHECK_INTERVAL
         )
-        self._commands: RedisLink = make_link("twisted_sse:commands", None, None)
+        self._commands: RedisLink = make_link(
+            "twisted_sse:commands", self._commands_ready, None
+        )
+        self._presence = RedisPresence(
+            reactor,
+            self._commands,
+            prefix,
+            lease=presence_lease,
+            renew=presence_renew,
+            flush=presence_flush,
+            poll=presence_poll,
+        )
         self._watches = Watches(self._commands, prefix)
         self._log_length = _watch.LOG_LENGTH
         self._reader = Reader(
@@ -249,6 +299,11 @@ class RedisBroker(Service):
         """The watches of this process, and how far it has read the log."""
         return self._watches
 
+    @property
+    def presence_state(self) -> RedisPresence:
+        """This process's presence: its connections and followers."""
+        return self._presence
+
     # Life cycle
 
     @property
@@ -259,6 +314,7 @@ class RedisBroker(Service):
     def startService(self) -> None:
         """Connect to Redis (in the background; see :attr:`available`)."""
         super().startService()  # type: ignore[no-untyped-call]
+        self._presence.start()
         self._commands.start()
         self._reader.start()
 
@@ -268,18 +324,58 @@ class RedisBroker(Service):
         return self.stop()
 
     def stop(self) -> Deferred[None]:
-        """Close both connections and stop the timers; fires when closed."""
+        """
+        Remove this process's presence, close both connections and stop
+        the timers; fires when closed.
+        """
         self.running = False
         call, self._retry_call = self._retry_call, None
         if call is not None and call.active():
             call.cancel()
         self._reader.stop_checks()
+        goodbye = self._presence.stop()
 
         async def stop() -> None:
+            await goodbye
             await self._commands.stop()
             await self._reader.stop()
 
         return Deferred.fromCoroutine(stop())
+
+    def _commands_ready(self) -> None:
+        """The command connection is (again) ready."""
+        self._presence.connected()
+
+    # Presence
+
+    def enter(self, channel: str, identity: str | None) -> None:
+        """
+        See :meth:`IPresenceBroker.enter`: counted here, written to Redis
+        with the other changes of the next ``presence_flush`` seconds.
+        """
+        self._presence.enter(channel, identity)
+
+    def leave(self, channel: str, identity: str | None) -> None:
+        """See :meth:`IPresenceBroker.leave` (and :meth:`enter`)."""
+        self._presence.leave(channel, identity)
+
+    def presence(self, channel: str, limit: int) -> Deferred[PresenceInfo]:
+        """
+        See :meth:`IPresenceBroker.presence`: one script, after this
+        process's own changes on ``channel`` if they wait (sent together);
+        fails with :class:`BrokerUnavailable` while Redis is unreachable.
+        """
+        return self._presence.presence(channel, limit)
+
+    def follow_presence(self, channel: str, limit: int, told: Told) -> PresenceFollow:
+        """
+        See :meth:`IPresenceBroker.follow_presence`: the first
+        :class:`PresenceInfo` is read at the end of the reactor turn (or
+        when Redis is back), changes every ``presence_poll`` seconds.
+
+        :raises ValueError: for an invalid channel name.
+        """
+        return self._presence.follow_presence(channel, limit, told)
 
     # Publishing
 

@@ -21,6 +21,9 @@ __all__ = [
     "LOG",
     "LOG_FIELD",
     "NAMES",
+    "PRESENCE_CHANGES",
+    "PRESENCE_READ",
+    "PRESENCE_UPDATE",
     "PUBLISH",
     "REFRESH",
     "ROTATE",
@@ -305,7 +308,253 @@ end
 return heads
 """)
 
-SCRIPTS = (PUBLISH, SNAPSHOT, ROTATE, REFRESH, LOG, NAMES, HEADS)
+# Presence (see twisted_sse._redis._presence): the keys of one channel are
+# its processes' hash, its identities' sorted set, its log (a list), given
+# in that order in KEYS, and one hash per process of the connections of
+# each identity there, named after the processes' hash (``...:procs`` ->
+# ``...:proc:<process id>``).  In the processes' hash, field ``#e`` is the
+# presence's epoch (new whenever the hash is made again), ``#n`` the number
+# of changes ever logged in it (the log keeps the last ones: the entry
+# numbered ``#n`` is its last), and each process's field holds ``<lease
+# expiry, ms of Redis's clock> <connections> <version>``.
+PRESENCE_LIB = """
+local function now_ms()
+  local now = redis.call('TIME')
+  return tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+end
+
+-- Call command on key with the values of list, a few hundred at a time.
+local function each_chunk(command, key, list)
+  for i = 1, #list, 500 do
+    redis.call(command, key, unpack(list, i, math.min(i + 499, #list)))
+  end
+end
+
+-- Count delta more connections of sub over every process: a change from
+-- none to some is a join, from some to none a leave; changes are added
+-- to log ('j' or 'l' and the identity), for keep_log.
+local function add(k, sub, delta, log)
+  local score = tonumber(redis.call('ZINCRBY', k[2], -delta, sub))
+  local was = -(score + delta)
+  if score >= 0 then
+    redis.call('ZREM', k[2], sub)
+    if was > 0 then log[#log + 1] = 'l' .. sub end
+  elseif was <= 0 then
+    log[#log + 1] = 'j' .. sub
+  end
+end
+
+-- Append the changes in log to the channel's log, which keeps logmax.
+local function keep_log(k, log, logmax)
+  if #log == 0 then return end
+  redis.call('HINCRBY', k[1], '#n', #log)
+  each_chunk('RPUSH', k[3], log)
+  redis.call('LTRIM', k[3], -logmax, -1)
+end
+
+-- The key of a process's connections by identity.
+local function proc_key(k, pid)
+  return string.sub(k[1], 1, #k[1] - 5) .. 'proc:' .. pid
+end
+
+-- Forget the processes (but keep) whose lease has ended, as if their
+-- connections had all left.  Returns whether any was.
+local function reap(k, now, keep, log)
+  local all = redis.call('HGETALL', k[1])
+  local changed = false
+  for i = 1, #all, 2 do
+    local pid = all[i]
+    if string.byte(pid, 1) ~= 35 and pid ~= keep then
+      local expiry = tonumber(string.match(all[i + 1], '^(%d+) ')) or 0
+      if expiry <= now then
+        local key = proc_key(k, pid)
+        local subs = redis.call('HGETALL', key)
+        for j = 1, #subs, 2 do
+          add(k, subs[j], -tonumber(subs[j + 1]), log)
+        end
+        redis.call('DEL', key)
+        redis.call('HDEL', k[1], pid)
+        changed = true
+      end
+    end
+  end
+  return changed
+end
+
+local function expire(k, ttl)
+  for i = 1, 3 do redis.call('PEXPIRE', k[i], ttl) end
+end
+"""
+
+#: Write this process's presence on channels: KEYS per channel its
+#: processes' hash, identities, log and this process's hash; ARGV the
+#: process id, the lease and the keys' TTL in ms, the log's length, then
+#: per channel a new version, the version it changes (``*``: any, the
+#: identities being all of them; ``''``: none), the connections (-1: only
+#: renew the lease) and a JSON object of the identities' connections (all
+#: of them, or what changed since the version it changes).  Returns per
+#: channel 0, or 1 when the version stored is not the one changed (this
+#: process must write all of it).
+PRESENCE_UPDATE = script(
+    PRESENCE_LIB
+    + """
+local pid, lease = ARGV[1], tonumber(ARGV[2])
+local ttl, logmax = tonumber(ARGV[3]), tonumber(ARGV[4])
+local now = now_ms()
+local answers = {}
+for c = 1, #KEYS / 4 do
+  local k = {KEYS[4 * c - 3], KEYS[4 * c - 2], KEYS[4 * c - 1], KEYS[4 * c]}
+  local a = 4 * c
+  local version, base, total = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
+  local log = {}
+  if redis.call('HEXISTS', k[1], '#e') == 0 then
+    -- Made anew: what is left of an older presence goes.
+    redis.call('DEL', k[1], k[2], k[3], k[4])
+  else
+    reap(k, now, pid, log)
+  end
+  local mine = redis.call('HGET', k[1], pid)
+  local stored = mine and string.match(mine, ' (%d+)$') or ''
+  local answer = 0
+  if base ~= '*' and base ~= stored then
+    answer = 1
+  elseif total < 0 then
+    if mine then
+      local kept = string.match(mine, ' (%d+ %d+)$')
+      redis.call('HSET', k[1], pid, (now + lease) .. ' ' .. kept)
+      redis.call('PEXPIRE', k[4], ttl + lease)
+    end
+  else
+    if total > 0 and redis.call('HEXISTS', k[1], '#e') == 0 then
+      redis.call('HSET', k[1], '#e', new_epoch(), '#n', 0)
+    end
+    local given = cjson.decode(ARGV[a + 4])
+    if base == '*' then
+      local old = redis.call('HGETALL', k[4])
+      local had = {}
+      for j = 1, #old, 2 do had[old[j]] = tonumber(old[j + 1]) end
+      redis.call('DEL', k[4])
+      for sub, n in pairs(had) do
+        local delta = (given[sub] or 0) - n
+        if delta ~= 0 then add(k, sub, delta, log) end
+      end
+      local pairs_kept = {}
+      for sub, n in pairs(given) do
+        if not had[sub] and n ~= 0 then add(k, sub, n, log) end
+        if n > 0 then
+          pairs_kept[#pairs_kept + 1] = sub
+          pairs_kept[#pairs_kept + 1] = n
+        end
+      end
+      each_chunk('HSET', k[4], pairs_kept)
+    else
+      for sub, delta in pairs(given) do
+        if delta ~= 0 then
+          add(k, sub, delta, log)
+          if tonumber(redis.call('HINCRBY', k[4], sub, delta)) <= 0 then
+            redis.call('HDEL', k[4], sub)
+          end
+        end
+      end
+    end
+    if total > 0 then
+      redis.call('HSET', k[1], pid, (now + lease) .. ' ' .. total .. ' ' .. version)
+      redis.call('PEXPIRE', k[4], ttl + lease)
+    else
+      redis.call('HDEL', k[1], pid)
+      redis.call('DEL', k[4])
+    end
+  end
+  keep_log(k, log, logmax)
+  expire(k, ttl)
+  answers[c] = answer
+end
+return answers
+""",
+)
+
+#: Who is on a channel: KEYS its processes' hash, identities and log; ARGV
+#: the most identities to list, the log's length and the keys' TTL in ms.
+#: Forgets the processes whose lease ended first.  Returns {epoch (nil:
+#: nobody was ever there, or Redis lost it), the number of the last change
+#: logged, connections of the live processes, identities, the first
+#: identities and their scores (minus their connections)}.
+PRESENCE_READ = script(
+    PRESENCE_LIB
+    + """
+local k = {KEYS[1], KEYS[2], KEYS[3]}
+local limit, logmax, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local epoch = redis.call('HGET', k[1], '#e')
+if not epoch then return {false, 0, 0, 0, {}} end
+local log = {}
+if reap(k, now_ms(), '', log) then
+  keep_log(k, log, logmax)
+  expire(k, ttl)
+end
+local count = 0
+local all = redis.call('HGETALL', k[1])
+for i = 1, #all, 2 do
+  if string.byte(all[i], 1) ~= 35 then
+    count = count + (tonumber(string.match(all[i + 1], '^%d+ (%d+)')) or 0)
+  end
+end
+local members = {}
+if limit > 0 then
+  members = redis.call('ZRANGE', k[2], 0, limit - 1, 'WITHSCORES')
+end
+local changes = tonumber(redis.call('HGET', k[1], '#n') or '0')
+return {epoch, changes, count, redis.call('ZCARD', k[2]), members}
+""",
+)
+
+#: The changes of followed channels: KEYS per channel its processes' hash,
+#: identities and log; ARGV the most changes per channel, the log's
+#: length, the keys' TTL in ms, then per channel the epoch its followers
+#: know (``''``: none) and the number of the last change they have.
+#: Forgets the processes whose lease ended first.  Returns per channel
+#: {epoch (nil: none), the number of the last change, of the first one
+#: the log keeps, of the first one given, the changes given}: those after
+#: the one asked for, if the epoch is the one known (or none was).
+PRESENCE_CHANGES = script(
+    PRESENCE_LIB
+    + """
+local page, logmax, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local now = now_ms()
+local answers = {}
+for c = 1, #KEYS / 3 do
+  local k = {KEYS[3 * c - 2], KEYS[3 * c - 1], KEYS[3 * c]}
+  local want, after = ARGV[2 * c + 2], tonumber(ARGV[2 * c + 3])
+  local epoch = redis.call('HGET', k[1], '#e')
+  local log = {}
+  if epoch and reap(k, now, '', log) then
+    keep_log(k, log, logmax)
+    expire(k, ttl)
+  end
+  local changes = tonumber(redis.call('HGET', k[1], '#n') or '0')
+  local first = changes - redis.call('LLEN', k[3]) + 1
+  local from = math.max(after + 1, first)
+  local given = {}
+  if epoch and (want == '' or want == epoch) and from <= changes then
+    given = redis.call('LRANGE', k[3], from - first, from - first + page - 1)
+  end
+  answers[c] = {epoch or false, changes, first, from, given}
+end
+return answers
+""",
+)
+
+SCRIPTS = (
+    PUBLISH,
+    SNAPSHOT,
+    ROTATE,
+    REFRESH,
+    LOG,
+    NAMES,
+    HEADS,
+    PRESENCE_UPDATE,
+    PRESENCE_READ,
+    PRESENCE_CHANGES,
+)
 
 
 def run_script(
