@@ -365,9 +365,9 @@ class Access:
       ``error="invalid_token"``; credentials that do not cover every
       channel and pattern named: ``403``.
 
-    Reading who is on a channel (:data:`PRESENCE`) is decided as reading
+    Reading who is on a channel (``PRESENCE``) is decided as reading
     the channel is, unless ``presence_claim``: then it needs credentials
-    whose :attr:`Grant.presence` covers the channel (a JWT's
+    whose ``Grant.presence`` covers the channel (a JWT's
     ``sse.presence`` claim), public channels included; the static
     subscribe token still reads every channel's presence.
 

@@ -155,7 +155,7 @@ class PresenceChange:
     broker.
 
     :ivar channel: The channel.
-    :ivar kind: :data:`JOIN_EVENT` or :data:`LEAVE_EVENT`.
+    :ivar kind: ``"join"`` or ``"leave"``.
     :ivar sub: The identity.
     """
 

@@ -157,9 +157,7 @@ class PresenceResource(StreamResource):
         def failed(failure: Failure) -> None:
             if failure.check(BrokerUnavailable):
                 request.setHeader(b"Retry-After", b"%d" % _UNAVAILABLE_RETRY)
-                answer(
-                    json_error(request, 503, f"broker unavailable: {failure.value}")
-                )
+                answer(json_error(request, 503, f"broker unavailable: {failure.value}"))
             elif failure.check(NoPresence):
                 answer(json_error(request, 404, str(failure.value)))
             else:

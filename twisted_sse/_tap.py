@@ -101,8 +101,7 @@ def _presence_members(value: str) -> int:
     number = int(_non_negative_int("presence-members")(value))
     if number > MAX_PRESENCE_MEMBERS:
         raise ValueError(
-            f"--presence-members must be at most {MAX_PRESENCE_MEMBERS}, "
-            f"not {value!r}"
+            f"--presence-members must be at most {MAX_PRESENCE_MEMBERS}, not {value!r}"
         )
     return number
 
@@ -505,11 +504,7 @@ class Options(usage.Options):
                 "rest: give --jwt-secret, --jwt-key, --auth-url or "
                 "--subscribe-token too"
             )
-        if (
-            self["presence-claim"]
-            and self["jwt"] is None
-            and not self["auth-url"]
-        ):
+        if self["presence-claim"] and self["jwt"] is None and not self["auth-url"]:
             raise usage.UsageError(
                 "--presence-claim needs tokens that can carry the claim: give "
                 "--jwt-secret, --jwt-key or --auth-url too"

@@ -4,8 +4,7 @@ Redis Streams (the design is in :mod:`twisted_sse._redis`).  Two
 :class:`~twisted_sse._redis._link.RedisLink`\\ s per process: one for
 commands (publish, replay pages, checks, presence), one for the
 :class:`~twisted_sse._redis._reader.Reader` that this broker composes.
-Presence is the :class:`~twisted_sse._redis._presence.RedisPresence` it
-composes too.
+Presence is the ``RedisPresence`` it composes too.
 """
 
 from __future__ import annotations
@@ -200,7 +199,7 @@ class RedisBroker(Service):
         channels).
     :raises ValueError: for a negative ``history``, a ``block_ms`` below 1,
         a negative ``channel_ttl``, or presence intervals out of bounds
-        (see :class:`~twisted_sse._redis._presence.RedisPresence`).
+        (see ``RedisPresence``).
     """
 
     def __init__(
