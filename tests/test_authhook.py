@@ -84,6 +84,7 @@ def asking(
     request: Incoming | None = None,
     action: Action = "subscribe",
     channels: tuple[str, ...] = ("a", "news.*"),
+    presence: tuple[str, ...] = (),
 ) -> AuthRequest:
     """What ``Access`` would ask the hook about ``request``."""
     request = Incoming() if request is None else request
@@ -94,6 +95,7 @@ def asking(
         channels=channels,
         credentials=credentials(request),
         request=request,
+        presence=presence,
     )
 
 
@@ -285,6 +287,25 @@ class GrantTests(HookCase):
         grant = self.grant(self.hook()(asking(channels=("a", "news.*"))))
         self.assertEqual(grant, Grant(subscribe=("a", "news.*")))
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_presence(self) -> None:
+        """
+        A subscription that reads presence too names those channels in
+        the body; the answer grants both, and is remembered apart from
+        the same subscription without presence.
+        """
+        hook = self.hook()
+        grant = self.grant(hook(asking(channels=("a",), presence=("a",))))
+        self.assertEqual(grant, Grant(subscribe=("a",), presence=("a",)))
+        self.assertEqual(self.app.got[0].body["presence"], ["a"])
+        self.app.answer(200)
+        plain = self.grant(hook(asking(channels=("a",))))
+        self.assertEqual(plain, Grant(subscribe=("a",)))
+        self.assertNotIn("presence", self.app.got[1].body)
+        self.app.answer(200)
+        read = self.grant(hook(asking(action="presence", channels=("a",))))
+        self.assertEqual(read, Grant(presence=("a",)))
+        self.assertEqual(self.app.got[2].body["action"], "presence")
 
     def test_empty_publish(self) -> None:
         """An empty 204 for a publish grants publishing on the channels."""

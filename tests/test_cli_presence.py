@@ -765,8 +765,8 @@ class Channel(Resource):
         request.write(
             b"retry: 60000\\nid: 1-0\\n\\n"
             b'event: presence\\ndata: {"channel":"news","count":0,"members":[]}\\n\\n'
-            b'event: join\\ndata: {"channel": "news", "sub": "alice"}\\n\\n'
-            b'event: leave\\ndata: {"channel": "news", "sub": "alice"}\\n\\n'
+            b'event: join\\ndata: {"channel":"news","sub":"alice"}\\n\\n'
+            b'event: leave\\ndata: {"channel":"news","sub":"alice"}\\n\\n'
         )
         return NOT_DONE_YET
 

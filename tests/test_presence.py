@@ -529,7 +529,9 @@ class PresenceAuthTests(SynchronousTestCase):
         self.assertEqual(hub.subscribe("room", headers=reader).code, 200)
         refused = hub.subscribe("room", headers=reader, query="?presence=1")
         self.assertEqual(refused.code, 403)
-        self.assertEqual(hub.subscribe("lobby", query="?presence=1").code, 403)
+        anonymous = hub.subscribe("lobby", query="?presence=1")
+        self.assertEqual(anonymous.code, 401)
+        self.assertIn("reading the presence here needs a token", anonymous.raw.decode())
         following = hub.subscribe("room", headers=both, query="?presence=1")
         self.assertEqual(following.code, 200)
         self.assertEqual(following.events[0].type, "presence")
@@ -561,6 +563,40 @@ class PresenceAuthTests(SynchronousTestCase):
         claimed = PresenceHub(self, auth_hook=hook, presence_claim=True)
         self.assertEqual(claimed.presence("room").code, 200)
         self.assertEqual(asked, ["subscribe", "presence"])
+
+    def test_hook_stream_with_claim(self) -> None:
+        """
+        Where the hub asks for a presence claim, a ``presence=1`` stream
+        asks the hook about subscribing and names the channels whose
+        presence it reads; the hook's grant must cover both.
+        """
+        from twisted_sse import AuthRequest, Grant
+
+        asked: list[AuthRequest] = []
+
+        def hook(request: AuthRequest) -> Grant:
+            asked.append(request)
+            presence = ("room",) if request.presence else ()
+            return Grant(identity="x", subscribe=("room",), presence=presence)
+
+        hub = PresenceHub(self, auth_hook=hook, presence_claim=True)
+        self.assertEqual(hub.subscribe("room", query="?presence=1").code, 200)
+        self.assertEqual(hub.subscribe("room").code, 200)
+        self.assertEqual(
+            [(a.action, a.channels, a.presence) for a in asked],
+            [("subscribe", ("room",), ("room",)), ("subscribe", ("room",), ())],
+        )
+
+        def narrow(request: AuthRequest) -> Grant:
+            return Grant(identity="x", subscribe=("room",))
+
+        refused = PresenceHub(self, auth_hook=narrow, presence_claim=True)
+        response = refused.subscribe("room", query="?presence=1")
+        self.assertEqual(response.code, 403)
+        self.assertEqual(
+            answer_of(response),
+            {"error": "the credentials do not allow to read the presence on 'room'"},
+        )
 
     def test_identity_from_token(self) -> None:
         """Members are the tokens' ``sub``; anonymous readers only count."""

@@ -308,6 +308,9 @@ class AuthRequest:
         ``sse_token`` cookie or ``access_token``).
     :ivar request: The :class:`~twisted.web.server.Request` itself, for
         its cookies and headers.
+    :ivar presence: The channels whose presence a subscription reads too
+        (``presence=1``), where the hub asks for a presence claim: a grant
+        must cover them in its ``presence``.
     """
 
     action: Action
@@ -316,6 +319,7 @@ class AuthRequest:
     channels: tuple[str, ...]
     credentials: Credentials
     request: Any = field(repr=False)
+    presence: tuple[str, ...] = ()
 
 
 #: An application's decision: a :class:`Grant` (whose claims for the
@@ -432,21 +436,32 @@ class Access:
         )
 
     def decide(
-        self, request: Any, action: Action, names: Sequence[str]
+        self,
+        request: Any,
+        action: Action,
+        names: Sequence[str],
+        presence: Sequence[str] = (),
     ) -> Grant | Deferred[Grant]:
         """
         The decision on ``request``, which asks to ``action`` on ``names``
         (channels and patterns): a :class:`Grant` now, or a Deferred of
         one when the application's hook is asked.
 
+        :param presence: Channels whose presence the request reads too (a
+            stream with ``presence=1``): the grant must cover them for
+            :data:`PRESENCE` as well.
         :raises Refused: (or a Deferred failing with it) when it may not.
         """
-        decision = self._decide(request, action, names, True)
+        decision = self._decide(request, action, names, True, presence)
         assert decision is not None
         return decision
 
     def decide_now(
-        self, request: Any, action: Action, names: Sequence[str]
+        self,
+        request: Any,
+        action: Action,
+        names: Sequence[str],
+        presence: Sequence[str] = (),
     ) -> Grant | None:
         """
         The decision :meth:`decide` would take, if it can be taken without
@@ -454,12 +469,17 @@ class Access:
 
         :raises Refused: when it may not.
         """
-        decision = self._decide(request, action, names, False)
+        decision = self._decide(request, action, names, False, presence)
         assert not isinstance(decision, Deferred)
         return decision
 
     def _decide(
-        self, request: Any, action: Action, names: Sequence[str], ask: bool
+        self,
+        request: Any,
+        action: Action,
+        names: Sequence[str],
+        ask: bool,
+        presence: Sequence[str] = (),
     ) -> Grant | Deferred[Grant] | None:
         reading = action != PUBLISH
         if reading:
@@ -474,21 +494,26 @@ class Access:
         found = credentials(request, query=reading)
         token = found.token
         if token is None:
-            public = self._public(action)
-            if public and all(covers(public, n) for n in names):
+            if self._all_public(action, names) and self._all_public(PRESENCE, presence):
                 return _ANONYMOUS
             if self.hook is None:
-                raise Refused(401, _wanted(action))
-            return self._ask(request, action, names, found) if ask else None
+                wanted = PRESENCE if self._all_public(action, names) else action
+                raise Refused(401, _wanted(wanted))
+            if not ask:
+                return None
+            return self._ask(request, action, names, found, presence)
         static = self.subscribe_token if reading else self.publish_token
         if static is not None and hmac.compare_digest(token, static):
             return _EVERY_SUBSCRIBE if reading else _EVERY_PUBLISH
         if self.verifier is not None and _looks_like_jwt(token):
             grant: Grant = self.verifier.verify(token)
             self.check(grant, action, names)
+            self.check(grant, PRESENCE, presence)
             return grant
         if self.hook is not None:
-            return self._ask(request, action, names, found) if ask else None
+            if not ask:
+                return None
+            return self._ask(request, action, names, found, presence)
         raise _invalid(_BAD_TOKEN if reading else _NEEDS_BEARER)
 
     def check(self, grant: Grant, action: Action, names: Sequence[str]) -> None:
@@ -508,6 +533,13 @@ class Access:
                     403, f"the credentials do not allow to {_VERBS[action]} {name!r}"
                 )
 
+    def _all_public(self, action: Action, names: Sequence[str]) -> bool:
+        """Whether anyone may do ``action`` on all of ``names``."""
+        if not names:
+            return True
+        public = self._public(action)
+        return bool(public) and all(covers(public, name) for name in names)
+
     def _public(self, action: Action) -> tuple[str, ...]:
         """What anyone may do ``action`` on without credentials."""
         if action == SUBSCRIBE or (action == PRESENCE and not self.presence_claim):
@@ -520,6 +552,7 @@ class Access:
         action: Action,
         names: Sequence[str],
         found: Credentials,
+        presence: Sequence[str] = (),
     ) -> Deferred[Grant]:
         hook = self.hook
         assert hook is not None
@@ -533,6 +566,7 @@ class Access:
             channels=tuple(names),
             credentials=found,
             request=request,
+            presence=tuple(presence) if self.presence_claim else (),
         )
 
         def decided(grant: Grant | None) -> Grant:
@@ -546,6 +580,7 @@ class Access:
                     f"not {type(grant).__name__}"
                 )
             self.check(grant, action, names)
+            self.check(grant, PRESENCE, presence)
             return grant
 
         asking: Deferred[Grant | None] = maybeDeferred(hook, asked)  # type: ignore[call-overload]
@@ -564,6 +599,11 @@ _NEEDS_BEARER = "a valid Authorization: Bearer token is required"
 def _wanted(action: Action) -> str:
     if action == PUBLISH:
         return _NEEDS_BEARER
+    if action == PRESENCE:
+        return (
+            "reading the presence here needs a token: an Authorization: "
+            "Bearer header, the sse_token cookie or the access_token parameter"
+        )
     return (
         "subscribing here needs a token: an Authorization: Bearer header, the "
         "sse_token cookie or the access_token parameter"

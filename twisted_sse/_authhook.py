@@ -189,7 +189,9 @@ class HTTPAuthHook:
     ``"channels"`` (the claims, which must cover what was asked) and
     ``"exp"`` (POSIX seconds).  The action is ``"subscribe"``,
     ``"publish"``, or ``"presence"`` where the hub asks for a presence
-    claim of its own.  A ``401`` or ``403`` refuses, with the
+    claim of its own; there, a subscription that also reads presence
+    (``presence=1``) names those channels in ``"presence"``, and a ``2xx``
+    grants both.  A ``401`` or ``403`` refuses, with the
     answer's ``"error"`` as the reason when it has one.  Anything else is a
     ``503``.
 
@@ -316,6 +318,8 @@ class HTTPAuthHook:
         for part in (
             asked.action.encode("ascii"),
             *(channel.encode("utf-8") for channel in asked.channels),
+            b"presence",
+            *(channel.encode("utf-8") for channel in asked.presence),
         ):
             key.update(b"%d:" % len(part) + part)
         for secret in (cookie, authorization, query):
@@ -368,15 +372,15 @@ class HTTPAuthHook:
         self, asked: AuthRequest, headers: dict[bytes, list[bytes]]
     ) -> Deferred[_Answer]:
         """One ``POST``: its answer, which never fails (a ``503`` instead)."""
-        body = json.dumps(
-            {
-                "action": asked.action,
-                "method": asked.method,
-                "path": asked.path.partition("?")[0],
-                "channels": list(asked.channels),
-            },
-            separators=(",", ":"),
-        ).encode("utf-8")
+        question: dict[str, object] = {
+            "action": asked.action,
+            "method": asked.method,
+            "path": asked.path.partition("?")[0],
+            "channels": list(asked.channels),
+        }
+        if asked.presence:
+            question["presence"] = list(asked.presence)
+        body = json.dumps(question, separators=(",", ":")).encode("utf-8")
         try:
             # Redirects are not followed: the credentials would go along.
             posting: Deferred[Any] = self.client.post(
@@ -446,7 +450,14 @@ class HTTPAuthHook:
             return Grant(identity=identity, publish=channels, expires=expires)
         if asked.action == PRESENCE:
             return Grant(identity=identity, presence=channels, expires=expires)
-        return Grant(identity=identity, subscribe=channels, expires=expires)
+        return Grant(
+            identity=identity,
+            subscribe=channels,
+            # A subscription that also reads presence (presence=1) was asked
+            # about both: the answer's channels grant both.
+            presence=channels if asked.presence else (),
+            expires=expires,
+        )
 
     def _unavailable(self, failure: Failure) -> Refused:
         _log.warn(

@@ -24,7 +24,6 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
 from ._auth import (
-    PRESENCE,
     PUBLISH,
     SUBSCRIBE,
     Access,
@@ -342,29 +341,19 @@ class Hub:
         if not access.guards_subscribing:
             return None
         try:
-            decision = access.decide(request, SUBSCRIBE, names)
-            if isinstance(decision, Grant):
-                if presence:
-                    access.check(decision, PRESENCE, presence)
-                remember(request, decision)
-                return None
+            decision = access.decide(request, SUBSCRIBE, names, presence)
         except Refused as refusal:
             resource.set_cors_headers(request)
             return self.refuse(request, refusal)
+        if isinstance(decision, Grant):
+            remember(request, decision)
+            return None
         finished = request.notifyFinish()
 
         def allowed(grant: Grant) -> None:
             if finished.called:
                 abandon(finished)
                 return
-            if presence:
-                try:
-                    access.check(grant, PRESENCE, presence)
-                except Refused as refusal:
-                    resource.set_cors_headers(request)
-                    request.write(self.refuse(request, refusal))
-                    request.finish()
-                    return
             remember(request, grant)
             granted(request, finished)
 

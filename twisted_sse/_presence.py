@@ -166,7 +166,9 @@ class PresenceChange:
     def frame(self) -> bytes:
         """The ``join`` or ``leave`` event, encoded: no id, so that a
         client's resume cursor does not move."""
-        data = json.dumps({"channel": self.channel, "sub": self.sub})
+        data = json.dumps(
+            {"channel": self.channel, "sub": self.sub}, separators=(",", ":")
+        )
         return Event(event=self.kind, data=data).encode()
 
 
