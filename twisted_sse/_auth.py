@@ -449,7 +449,7 @@ class Access:
 
         :param presence: Channels whose presence the request reads too (a
             stream with ``presence=1``): the grant must cover them for
-            :data:`PRESENCE` as well.
+            reading presence as well.
         :raises Refused: (or a Deferred failing with it) when it may not.
         """
         decision = self._decide(request, action, names, True, presence)
