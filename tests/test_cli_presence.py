@@ -356,6 +356,17 @@ class PresenceTests(SynchronousTestCase):
             ],
         )
 
+    def test_count_only(self) -> None:
+        """--limit 0: the count, and that members are not listed."""
+        asker = Asker(HUB, "news", "--limit", "0")
+        asker.answer(
+            data=body({"channel": "news", "count": 3, "members": [], "truncated": True})
+        )
+        self.assertEqual(asker.result(self), 0)
+        self.assertEqual(
+            asker.out.getvalue(), "news: 3 connections, members not listed\n"
+        )
+
     def test_nobody(self) -> None:
         """Nobody there: the first line alone; singulars for one."""
         asker = Asker(HUB, "news")

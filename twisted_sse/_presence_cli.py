@@ -309,11 +309,14 @@ def render_table(presence: dict[str, Any]) -> str:
     truncated = presence.get("truncated", False)
     listed = _counted(len(members), "member")
     if truncated:
-        listed = f"more than {listed}"
+        listed = f"more than {listed}" if members else "members not listed"
     lines = [
         f"{printable(presence['channel'])}: "
         f"{_counted(presence['count'], 'connection')}, {listed}"
     ]
+    if truncated and not members:
+        # Asked for the count only (--limit 0), or the hub lists none.
+        return lines[0] + "\n"
     subs = [printable(member["sub"]) for member in members]
     width = max(map(len, subs), default=0)
     for sub, member in zip(subs, members, strict=True):
