@@ -3,7 +3,7 @@ What presence costs, against a real ``twistd -n sse`` on 127.0.0.1: each
 measurement twice, with presence on and with ``--no-presence``, on the memory
 broker and on Redis, all in one run:
 
-    python bench/presence.py                         # ~12 min
+    python bench/presence.py                         # ~10 min
     python bench/presence.py --brokers memory --parts setup,deliveries
     python bench/presence.py --quick                 # a few dozen subscribers
 
@@ -44,15 +44,17 @@ storm (Redis only)
     a pipeline) and the calls its scripts make, by name.  They are counted
     while the subscribers first open, over ``--idle-s`` (10) s while they
     stay open (lease renewals), and while all of them close and open again
-    at once (the storm), each until 1 s after the server went idle.  The
-    Redis runs of *setup* count the first opening and the reconnect the
-    same way.
+    at once (the storm), each until 1 s after the server went idle, with
+    Redis's CPU time over each (``INFO cpu``, its work for ``MONITOR``
+    included).  The Redis runs of *setup* count the first opening and the
+    reconnect the same way.
 
 Redis is a ``redis-server`` this script starts on a free port, pinned to
-the client's CPU, and the hub uses its database ``--redis-db`` (11),
-flushed before every run.  ``MONITOR`` sees every client of the server, so
-none other may share it (``--redis redis://HOST:PORT`` uses another server;
-the counts then include whatever else it runs).
+the client's CPU (as is this script, which reads ``MONITOR``), and the hub
+uses its database ``--redis-db`` (11), flushed before every run.
+``MONITOR`` sees every client of the server, so none other may share it
+(``--redis redis://HOST:PORT`` uses another server; the counts then
+include whatever else it runs).
 
 The target: presence costs at most 10 % of the set-up rate and of the
 deliveries per second, so on/off >= 0.90.  For set-ups it is given for the
@@ -390,6 +392,17 @@ def redis_call(url: str, *words: str) -> bytes:
             raise RuntimeError(f"redis {words[0]}: unexpected {head[:40]!r}")
 
 
+def redis_cpu_us(url: str) -> int:
+    """The CPU time the Redis server has used (user + system), in µs."""
+    fields = dict(
+        line.split(":", 1)
+        for line in redis_call(url, "INFO", "cpu").decode().splitlines()
+        if ":" in line
+    )
+    seconds = float(fields["used_cpu_user"]) + float(fields["used_cpu_sys"])
+    return int(seconds * 1e6)
+
+
 def flush_db(url: str) -> None:
     """Empty the database of ``url``."""
     db = url.rsplit("/", 1)[1]
@@ -457,6 +470,8 @@ class Monitor:
         origin = "script" if line[opened:closed].endswith(b" lua") else "client"
         name_end = line.find(b'"', closed + 3)
         name = line[closed + 3 : name_end].decode("ascii", "replace").lower()
+        if name == "info":
+            return  # Ours (counts).
         if name == "echo":
             word = line[name_end + 1 :].strip().strip(b'"').decode("ascii", "replace")
             if word.startswith("bench-mark-"):
@@ -468,7 +483,9 @@ class Monitor:
     def counts(self) -> dict[tuple[str, str], int]:
         """
         The counts so far, once every command Redis ran before this call
-        has been read (a marker sent through another connection came back).
+        has been read (a marker sent through another connection came back),
+        and Redis's CPU time in µs (``("cpu", "us")``: user + system, its
+        work for ``MONITOR`` included).
         """
         self._next += 1
         mark = f"bench-mark-{self._next}"
@@ -480,7 +497,9 @@ class Monitor:
                 if left <= 0 or not self._thread.is_alive():
                     raise RuntimeError("MONITOR fell behind")
                 self._seen.wait(left)
-            return dict(self._counts)
+            counts = dict(self._counts)
+        counts["cpu", "us"] = redis_cpu_us(self.url)
+        return counts
 
     def close(self) -> None:
         """Stop monitoring."""
@@ -495,7 +514,9 @@ def commands_between(
     What Redis ran between two readings: ``client`` (commands sent) and
     ``script`` (run by scripts) totals, and each by name, largest first.
     """
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {
+        "cpu_s": round((after["cpu", "us"] - before["cpu", "us"]) / 1e6, 3)
+    }
     for origin in ("client", "script"):
         diff = {
             name: count - before.get((kind, name), 0)
@@ -1014,11 +1035,12 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             "Redis (MONITOR): commands sent to it, and in brackets the calls "
             "its scripts made, while N subscribers first open, per second while "
             f"they stay open (storm runs, over {args.idle_s:g} s), and while "
-            f"all of them close and open again (the storm); medians of {args.repeat}",
+            "all of them close and open again (the storm); Redis's CPU time "
+            f"(its work for MONITOR included); medians of {args.repeat}",
             "",
             "| broker | N | channels | presence | first open | idle /s "
-            "| storm (runs) | storm median | per subscriber "
-            "| RSS KB/conn | storm's commands (last run) |",
+            "| storm (runs) | storm median | storm per subscriber "
+            "| Redis CPU s, first open / storm | RSS KB/conn |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for key, on, off in redis_rows:
@@ -1040,17 +1062,19 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
                         f"({statistics.median(calls_s):,.1f})"
                     )
                 each = " / ".join(f"{r['storm_redis']['client']:,}" for r in runs)
+                n = runs[0]["n"]
                 sent = statistics.median(r["storm_redis"]["client"] for r in runs)
-                top = ", ".join(
-                    f"{name} {count:,}"
-                    for name, count in list(
-                        runs[-1]["storm_redis"]["client_by_name"].items()
-                    )[:5]
-                )
+                calls = statistics.median(r["storm_redis"]["script"] for r in runs)
+                cpu = [
+                    statistics.median(r[window]["cpu_s"] for r in runs)
+                    for window in ("open_redis", "storm_redis")
+                ]
                 out.append(
                     f"| {key} | {label} | {both('open_redis')} | {idle} "
-                    f"| {each} | {both('storm_redis')} | {sent / runs[0]['n']:.3f} "
-                    f"| {_median(runs, 'rss_per_conn_kb'):.2f} | {top} |"
+                    f"| {each} | {both('storm_redis')} "
+                    f"| {sent / n:.3f} ({calls / n:.1f}) "
+                    f"| {cpu[0]:.2f} / {cpu[1]:.2f} "
+                    f"| {_median(runs, 'rss_per_conn_kb'):.2f} |"
                 )
     return "\n".join(out).lstrip("\n")
 
@@ -1141,6 +1165,13 @@ def main(argv: list[str] | None = None) -> int:
         setting_load = build(source / "sseload.c", "harness-sseload")
         setting_pub = build(source / "pub.c", "harness-pub")
 
+    if args.client_cpu and taskset(args.client_cpu):
+        # This process reads MONITOR, which can be busy: on the load's CPU.
+        subprocess.run(
+            ["taskset", "-pc", args.client_cpu, str(os.getpid())],
+            check=True,
+            capture_output=True,
+        )
     out = Path(args.out)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     logdir = out / f"{stamp}-presence-logs"
