@@ -11,6 +11,7 @@ Redis one in :mod:`._redis`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -28,7 +29,9 @@ from ._event import Event
 __all__ = [
     "DEFAULT_CHANNEL_TTL",
     "DEFAULT_HISTORY",
+    "DEFAULT_IDEMPOTENCY_TTL",
     "HISTORY_LOST_EVENT",
+    "MAX_IDEMPOTENCY_KEY_LENGTH",
     "MAX_KEY_LENGTH",
     "BrokerUnavailable",
     "Deliver",
@@ -36,15 +39,20 @@ __all__ = [
     "Found",
     "IBroker",
     "IPatternBroker",
+    "IdempotencyConflict",
+    "IdempotencyUnavailable",
     "Published",
+    "Replayed",
     "Subscription",
     "TokenSubscription",
     "Watch",
     "check_publish",
+    "event_digest",
     "loss_event",
     "parse_event_id",
     "publish_from_thread",
     "valid_channel",
+    "valid_idempotency_key",
     "valid_pattern",
 ]
 
@@ -58,6 +66,13 @@ DEFAULT_CHANNEL_TTL = 3600.0
 MAX_KEY_LENGTH = 256
 #: The event type that tells a client events may be missing before it.
 HISTORY_LOST_EVENT = "history-lost"
+#: The longest idempotency key a publish may carry, in characters.
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+#: Seconds a broker remembers an idempotency key after the publish that
+#: first carried it: a repeat within them is answered the first id.
+DEFAULT_IDEMPOTENCY_TTL = 300.0
+
+_IDEMPOTENCY_KEY = re.compile(rf"[\x20-\x7e]{{1,{MAX_IDEMPOTENCY_KEY_LENGTH}}}")
 
 _CHANNEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
 #: Event ids are ``<epoch>-<sequence>``: the epoch (milliseconds when the
@@ -83,15 +98,29 @@ def valid_pattern(name: str) -> bool:
     return name.endswith(".*") and valid_channel(name[:-2])
 
 
-def check_publish(channel: str, event: Event, key: str | None = None) -> None:
+def valid_idempotency_key(key: object) -> bool:
+    """
+    Whether ``key`` is a valid idempotency key: a string of 1 to 255
+    printable ASCII characters (space to ``~``).
+    """
+    return isinstance(key, str) and _IDEMPOTENCY_KEY.fullmatch(key) is not None
+
+
+def check_publish(
+    channel: str,
+    event: Event,
+    key: str | None = None,
+    idempotency_key: str | None = None,
+) -> None:
     """
     Check what a publish names before any broker takes it: what one broker
     accepts, every broker stores and delivers.  The event's own fields were
     checked when it was made (:class:`Event`).
 
     :raises ValueError: naming what is wrong: the channel name (see
-        :func:`valid_channel`) or the key (a string of 1 to
-        :data:`MAX_KEY_LENGTH` characters).
+        :func:`valid_channel`), the key (a string of 1 to
+        :data:`MAX_KEY_LENGTH` characters) or the idempotency key (1 to 255
+        printable ASCII characters).
     """
     if not isinstance(channel, str) or not valid_channel(channel):
         raise ValueError(f"invalid channel name: {channel!r}")
@@ -101,6 +130,61 @@ def check_publish(channel: str, event: Event, key: str | None = None) -> None:
         not isinstance(key, str) or not 1 <= len(key) <= MAX_KEY_LENGTH
     ):
         raise ValueError(f"key must be a string of 1 to {MAX_KEY_LENGTH} characters")
+    if idempotency_key is not None and not valid_idempotency_key(idempotency_key):
+        raise ValueError(
+            f"the idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} "
+            "printable ASCII characters"
+        )
+
+
+def event_digest(event: Event, key: str | None = None) -> str:
+    """
+    What an idempotency key is remembered with besides the id, to tell a
+    repeat from another event under the same key: the SHA-256 (in hex) of
+    the event's fields (``data``, ``event``, ``retry``, ``comment``; its
+    ``id`` is the broker's) and its conflation key (``key``, else the event
+    type, else ``message``, as it is stored).  The same for every broker
+    and process.
+    """
+    conflation = key if key is not None else (event.event or "message")
+    fields = [event.data, event.event, event.retry, event.comment, conflation]
+    text = json.dumps(fields, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class Replayed(str):
+    """
+    The id a broker answers a repeat with: a publish whose idempotency key
+    an earlier publish of the same event on the same channel carried, within
+    the broker's TTL.  It is that publish's id (a ``str`` like any other),
+    and nothing was published again; the hub tells its publisher so
+    (``Idempotency-Replayed: true``).
+    """
+
+    __slots__ = ()
+
+
+class IdempotencyConflict(ValueError):
+    """
+    A publish carried an idempotency key that an earlier publish on the
+    same channel carried, within the broker's TTL, with another event: it is
+    refused (the hub answers ``422``), and nothing is published.
+
+    :ivar event_id: The id of the earlier publish.
+    """
+
+    def __init__(self, message: str, event_id: str) -> None:
+        super().__init__(message)
+        self.event_id = event_id
+
+
+class IdempotencyUnavailable(NotImplementedError):
+    """
+    A publish carried an idempotency key that the broker cannot honour: it
+    remembers no keys (its TTL is 0), or it was written before keys (its
+    ``publish`` takes no ``idempotency_key``).  Nothing is published; the
+    hub answers ``501``.
+    """
 
 
 def loss_event(channel: str, position: str, reason: str) -> Published:
@@ -294,6 +378,21 @@ class IBroker(Interface):
         Give ``event`` an id, keep it in the channel's history and deliver it
         to every subscriber of the channel.
 
+        A broker may also take a keyword argument ``idempotency_key``
+        (``publish(channel, event, key, *, idempotency_key=None)``, as
+        :class:`MemoryBroker` and :class:`RedisBroker` do).  With it, a
+        repeat (the same key on the same channel, within the time the
+        broker remembers keys) publishes nothing: it fires with the first
+        publish's id, as a ``Replayed`` (a ``str``), when it carries the
+        same event (the same ``event_digest``), and fails with
+        ``IdempotencyConflict`` when it carries another.  That must hold
+        however the repeats arrive: at once, or on processes sharing the
+        broker's store (one atomic step there).  It is optional: a broker
+        without it (one written before it was added) is never passed one,
+        and the hub refuses the publishes that carry a key (``501``).  A
+        broker that takes it but remembers no keys fails them with
+        ``IdempotencyUnavailable``.
+
         :param key: The conflation key; the event type (or ``message``) if
             ``None``.
         :returns: A Deferred firing with the id, or failing with
@@ -452,6 +551,8 @@ def publish_from_thread(
     channel: str,
     event: Event,
     key: str | None = None,
+    *,
+    idempotency_key: str | None = None,
 ) -> str:
     """
     Publish from a thread that is not the reactor's (a worker, a thread
@@ -461,6 +562,8 @@ def publish_from_thread(
 
     :param reactor: The running reactor.
     :param broker: The broker to publish on.
+    :param idempotency_key: Passed on to the broker (see
+        :meth:`IBroker.publish`), and only when given.
     :raises RuntimeError: when called on the reactor thread, where it would
         deadlock: call ``broker.publish`` there.
     :raises BrokerUnavailable: and any error of the publish.
@@ -472,7 +575,10 @@ def publish_from_thread(
         )
 
     def publish() -> Deferred[str]:
-        return broker.publish(channel, event, key)
+        if idempotency_key is None:
+            return broker.publish(channel, event, key)
+        keyed: Callable[..., Deferred[str]] = broker.publish
+        return keyed(channel, event, key, idempotency_key=idempotency_key)
 
     # mypy cannot solve blockingCallFromThread's union of callables for a
     # Deferred-returning function; the result is the Deferred's value.

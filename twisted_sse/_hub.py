@@ -11,7 +11,9 @@ publishes.  Flow control, admission and the drain come from
 from __future__ import annotations
 
 import hmac
+import inspect
 import json
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -36,13 +38,19 @@ from ._auth import (
 )
 from ._broker import (
     HISTORY_LOST_EVENT,
+    MAX_IDEMPOTENCY_KEY_LENGTH,
     BrokerUnavailable,
     IBroker,
+    IdempotencyConflict,
+    IdempotencyUnavailable,
     Published,
+    Replayed,
     Subscription,
     check_publish,
+    event_digest,
     loss_event,
     valid_channel,
+    valid_idempotency_key,
 )
 from ._errors import ErrorResource, json_error, method_not_allowed, no_channel
 from ._event import Event
@@ -79,6 +87,8 @@ __all__ = [
     "DEFAULT_MAX_EVENT_BYTES",
     "HISTORY_LOST_EVENT",
     "HISTORY_LOST_HEADER",
+    "IDEMPOTENCY_KEY_HEADER",
+    "IDEMPOTENCY_REPLAYED_HEADER",
     "MAX_JSON_DEPTH",
     "Authorizer",
     "ChannelResource",
@@ -92,6 +102,18 @@ _log = Logger()
 DEFAULT_MAX_EVENT_BYTES = 64 * 1024
 #: The response header that says the same, with the reason as its value.
 HISTORY_LOST_HEADER = b"SSE-History-Lost"
+#: The request header of a publish that may be repeated safely: a repeat
+#: with the same key on the same channel is answered the first id.
+IDEMPOTENCY_KEY_HEADER = b"Idempotency-Key"
+#: The response header (``true``) of a publish answered as a repeat.
+IDEMPOTENCY_REPLAYED_HEADER = b"Idempotency-Replayed"
+#: An Idempotency-Key sent as a structured-field string: quoted, with
+#: ``\"`` and ``\\`` escaped.
+_QUOTED_KEY = re.compile(rb'"((?:[^"\\]|\\["\\])*)"')
+
+#: A repeat waiting for the first publish with its idempotency key: its
+#: event's digest, its answer, its event and its conflation key.
+_Waiting = tuple[str, Deferred[str], Event, "str | None"]
 
 #: Decides whether ``request`` may subscribe to ``channel``: returns a bool
 #: or a Deferred that fires with one.
@@ -268,6 +290,18 @@ class Hub:
         #: events replayed to resuming subscribers.
         self.published = 0
         self.publish_failures = 0
+        #: Publishes answered as repeats of an earlier one with the same
+        #: idempotency key (nothing published again).
+        self.replays = 0
+        # The publishes with an idempotency key under way, by channel and
+        # key: their event's digest and the repeats waiting for them.
+        self._in_flight: dict[
+            tuple[str, str],
+            tuple[str, list[tuple[str, Deferred[str], Event, str | None]]],
+        ] = {}
+        # Whether the broker's publish takes an idempotency key: (the
+        # broker asked, the answer).
+        self._takes_key: tuple[object, bool] | None = None
         self.resumes: Counter[str] = Counter()
         self.replayed = 0
         #: Requests refused by the access decision, by status ("401",
@@ -291,30 +325,124 @@ class Hub:
         return json_error(request, refused.code, refused.reason)
 
     def publish(
-        self, channel: str, event: Event, key: str | None = None
+        self,
+        channel: str,
+        event: Event,
+        key: str | None = None,
+        *,
+        idempotency_key: str | None = None,
     ) -> Deferred[str]:
         """
         Publish ``event`` on ``channel`` from Python (on the reactor thread;
         see :func:`~twisted_sse.publish_from_thread` for other threads).
 
-        :returns: A Deferred firing with the event's id.
+        With ``idempotency_key`` (1 to 255 printable ASCII characters), a
+        repeat of the publish (the same key on the same channel, while the
+        broker remembers it) publishes nothing and fires with the first
+        id; a repeat carrying another event fails with a
+        ``ValueError`` (an ``IdempotencyConflict``).  Repeats made while
+        the first is under way wait for it.  A broker that cannot keep
+        keys fails the publish with a ``NotImplementedError`` (an
+        ``IdempotencyUnavailable``).
+
+        :returns: A Deferred firing with the event's id (for a repeat, a
+            ``Replayed``: a ``str`` that says so).
         """
 
         try:
-            check_publish(channel, event, key)
+            check_publish(channel, event, key, idempotency_key)
         except ValueError as error:
             self.publish_failures += 1
             return fail(error)
 
         def counted(event_id: str) -> str:
-            self.published += 1
+            if isinstance(event_id, Replayed):
+                self.replays += 1
+            else:
+                self.published += 1
             return event_id
 
         def failed(failure: Failure) -> Failure:
             self.publish_failures += 1
             return failure
 
-        return self.broker.publish(channel, event, key).addCallbacks(counted, failed)
+        if idempotency_key is None:
+            published = self.broker.publish(channel, event, key)
+        else:
+            published = self._publish_once(channel, event, key, idempotency_key)
+        return published.addCallbacks(counted, failed)
+
+    def _broker_takes_key(self) -> bool:
+        """Whether the broker's ``publish`` takes ``idempotency_key``."""
+        broker = self.broker
+        known = self._takes_key
+        if known is not None and known[0] is broker:
+            return known[1]
+        try:
+            parameters = inspect.signature(broker.publish).parameters.values()
+        except (TypeError, ValueError):
+            takes = True  # cannot tell: it says so itself if it does not
+        else:
+            takes = any(
+                parameter.name == "idempotency_key"
+                or parameter.kind is inspect.Parameter.VAR_KEYWORD
+                for parameter in parameters
+            )
+        self._takes_key = (broker, takes)
+        return takes
+
+    def _publish_once(
+        self, channel: str, event: Event, key: str | None, idempotency_key: str
+    ) -> Deferred[str]:
+        """
+        Publish with ``idempotency_key``; a repeat while the first publish
+        with it is under way waits for that one's answer instead of asking
+        the broker too.
+        """
+        if not self._broker_takes_key():
+            return fail(
+                IdempotencyUnavailable("this broker cannot publish idempotently")
+            )
+        name = (channel, idempotency_key)
+        digest = event_digest(event, key)
+        first = self._in_flight.get(name)
+        if first is not None:
+            answer: Deferred[str] = Deferred()
+            first[1].append((digest, answer, event, key))
+            return answer
+        waiting: list[_Waiting] = []
+        self._in_flight[name] = (digest, waiting)
+
+        def settled(result: str | Failure) -> str | Failure:
+            del self._in_flight[name]
+            for their_digest, answer, their_event, their_key in waiting:
+                if isinstance(result, Failure):
+                    # The key may not be kept: each repeat publishes in
+                    # turn (those after the first waiting again).
+                    self._publish_once(
+                        channel, their_event, their_key, idempotency_key
+                    ).chainDeferred(answer)
+                elif their_digest == digest:
+                    answer.callback(Replayed(result))
+                else:
+                    answer.errback(
+                        IdempotencyConflict(
+                            "the Idempotency-Key was used for another event on "
+                            f"this channel (published as {result})",
+                            str(result),
+                        )
+                    )
+            return result
+
+        # Optional in IBroker (see _broker_takes_key).
+        publish: Callable[..., Deferred[str]] = self.broker.publish
+        return maybeDeferred(
+            publish,
+            channel,
+            event,
+            key,
+            idempotency_key=idempotency_key,
+        ).addBoth(settled)
 
     def decide_subscription(
         self,
@@ -945,6 +1073,7 @@ class ChannelResource(StreamResource):
         try:
             if not self._valid:
                 raise BadPublish(400, f"invalid channel name: {self.channel!r}")
+            idempotency_key = _idempotency_key(request)
             event, key = read_publish(request, self.hub.max_event_bytes)
         except BadPublish as error:
             return json_error(request, error.code, error.message)
@@ -958,11 +1087,17 @@ class ChannelResource(StreamResource):
 
         def published(event_id: str) -> None:
             request.setHeader(b"Content-Type", b"application/json")
-            answer(json.dumps({"id": event_id}).encode("utf-8") + b"\n")
+            if isinstance(event_id, Replayed):
+                request.setHeader(IDEMPOTENCY_REPLAYED_HEADER, b"true")
+            answer(json.dumps({"id": str(event_id)}).encode("utf-8") + b"\n")
 
         def failed(failure: Failure) -> None:
             if failure.check(BrokerUnavailable):
                 answer(json_error(request, 503, f"broker unavailable: {failure.value}"))
+            elif failure.check(IdempotencyConflict):
+                answer(json_error(request, 422, str(failure.value)))
+            elif failure.check(IdempotencyUnavailable):
+                answer(json_error(request, 501, str(failure.value)))
             elif failure.check(ValueError):
                 answer(json_error(request, 400, str(failure.value)))
             else:
@@ -971,7 +1106,34 @@ class ChannelResource(StreamResource):
                 )
                 answer(json_error(request, 500, "internal error"))
 
-        maybeDeferred(self.hub.publish, self.channel, event, key).addCallbacks(
-            published, failed
-        )
+        maybeDeferred(
+            self.hub.publish, self.channel, event, key, idempotency_key=idempotency_key
+        ).addCallbacks(published, failed)
         return NOT_DONE_YET
+
+
+def _idempotency_key(request: Any) -> str | None:
+    """
+    The ``Idempotency-Key`` of a publish, or ``None``: as it is, or as a
+    structured-field string (``"..."``, as the IETF draft writes it).
+
+    :raises BadPublish: ``400`` for several of them, or one that is not
+        1 to 255 printable ASCII characters.
+    """
+    values = request.requestHeaders.getRawHeaders(IDEMPOTENCY_KEY_HEADER)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise BadPublish(400, "the Idempotency-Key header must be given once")
+    value = values[0].strip(b" \t")
+    quoted = _QUOTED_KEY.fullmatch(value)
+    if quoted is not None:
+        value = re.sub(rb"\\(.)", rb"\1", quoted.group(1))
+    text: str = value.decode("latin-1")
+    if not valid_idempotency_key(text):
+        raise BadPublish(
+            400,
+            f"the Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} "
+            "printable ASCII characters",
+        )
+    return text

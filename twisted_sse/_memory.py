@@ -9,6 +9,7 @@ than the events.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
@@ -23,14 +24,19 @@ from zope.interface import implementer
 from ._broker import (
     DEFAULT_CHANNEL_TTL,
     DEFAULT_HISTORY,
+    DEFAULT_IDEMPOTENCY_TTL,
     Deliver,
     Found,
+    IdempotencyConflict,
+    IdempotencyUnavailable,
     IPatternBroker,
     Published,
+    Replayed,
     Subscription,
     TokenSubscription,
     Watch,
     check_publish,
+    event_digest,
     loss_event,
     parse_event_id,
     valid_channel,
@@ -51,6 +57,7 @@ from ._presence import (
 __all__ = [
     "DEFAULT_HISTORY_BYTES",
     "DEFAULT_HISTORY_TOTAL",
+    "MAX_IDEMPOTENCY_KEYS",
     "MemoryBroker",
 ]
 
@@ -60,6 +67,9 @@ _log = Logger()
 DEFAULT_HISTORY_BYTES = 16 * 1024 * 1024
 #: Bytes of encoded events kept in all, over every channel.
 DEFAULT_HISTORY_TOTAL = 16 * 1024 * 1024
+#: Idempotency keys remembered at most, over all channels: past it the
+#: oldest go first, before their TTL.
+MAX_IDEMPOTENCY_KEYS = 100_000
 #: Forgotten channels remembered (their names and when their last event
 #: was published), so that a pattern resuming tells which lost events.
 _FORGOTTEN = 10_000
@@ -218,6 +228,12 @@ class MemoryBroker:
         if ``None``.
     :param epoch: The id prefix; the start time in milliseconds by default,
         so ids of a restarted server never match an earlier run's.
+    :param idempotency_ttl: Seconds an idempotency key is remembered after
+        the publish that first carried it (see :meth:`IBroker.publish`);
+        ``0`` remembers none, and a publish carrying one fails.
+    :param max_idempotency_keys: Keys remembered at most, over all
+        channels (100,000); past it the oldest are forgotten first, before
+        their TTL.
     """
 
     available = True
@@ -231,6 +247,8 @@ class MemoryBroker:
         history_total: int = DEFAULT_HISTORY_TOTAL,
         channel_ttl: float = DEFAULT_CHANNEL_TTL,
         clock: IReactorTime | None = None,
+        idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL,
+        max_idempotency_keys: int = MAX_IDEMPOTENCY_KEYS,
     ) -> None:
         if history < 0:
             raise ValueError(f"history must be >= 0 events, not {history!r}")
@@ -240,7 +258,20 @@ class MemoryBroker:
             raise ValueError(f"history_total must be >= 0, not {history_total!r}")
         if not channel_ttl >= 0:
             raise ValueError(f"channel_ttl must be >= 0 seconds, not {channel_ttl!r}")
+        if not idempotency_ttl >= 0:
+            raise ValueError(
+                f"idempotency_ttl must be >= 0 seconds, not {idempotency_ttl!r}"
+            )
+        if max_idempotency_keys < 1:
+            raise ValueError(
+                f"max_idempotency_keys must be >= 1, not {max_idempotency_keys!r}"
+            )
         self.history = history
+        self.idempotency_ttl = idempotency_ttl
+        self.max_idempotency_keys = max_idempotency_keys
+        #: The idempotency keys remembered, by the SHA-256 of channel and
+        #: key, oldest first: when each expires, the id, the event's digest.
+        self._idempotency: OrderedDict[bytes, tuple[float, str, str]] = OrderedDict()
         self.history_bytes = history_bytes
         self.history_total = history_total
         self.channel_ttl = channel_ttl
@@ -377,16 +408,66 @@ class MemoryBroker:
         # the same name: channels made from now on get a new epoch.
         self._channel_epoch = max(int(self._now() * 1000), self._channel_epoch + 1)
 
+    def idempotency_keys(self) -> int:
+        """How many idempotency keys are remembered (expired ones included
+        until a publish with a key looks)."""
+        return len(self._idempotency)
+
     def publish(
-        self, channel: str, event: Event, key: str | None = None
+        self,
+        channel: str,
+        event: Event,
+        key: str | None = None,
+        *,
+        idempotency_key: str | None = None,
     ) -> Deferred[str]:
-        """See :meth:`IBroker.publish`."""
+        """
+        See :meth:`IBroker.publish`.  Idempotency keys are remembered for
+        ``idempotency_ttl`` seconds, ``max_idempotency_keys`` at most.
+        """
         try:
-            check_publish(channel, event, key)
-            self._sweep()
-            state = self._channel(channel)
+            check_publish(channel, event, key, idempotency_key)
         except ValueError as error:
             return fail(error)
+        try:
+            if idempotency_key is None:
+                return succeed(self._publish(channel, event, key))
+            return succeed(self._publish_once(channel, event, key, idempotency_key))
+        except (ValueError, IdempotencyUnavailable) as error:
+            return fail(error)
+
+    def _publish_once(
+        self, channel: str, event: Event, key: str | None, idempotency_key: str
+    ) -> str:
+        """Publish unless ``idempotency_key`` was seen: the first id, then."""
+        if not self.idempotency_ttl:
+            raise IdempotencyUnavailable(
+                "idempotency keys are turned off on this broker"
+            )
+        remembered = self._idempotency
+        now = self._now()
+        while remembered:
+            oldest = next(iter(remembered.values()))
+            if oldest[0] > now:
+                break
+            remembered.popitem(last=False)
+        name = hashlib.sha256(f"{channel}\0{idempotency_key}".encode()).digest()
+        digest = event_digest(event, key)
+        found = remembered.get(name)
+        if found is not None:
+            _, first_id, first_digest = found
+            if first_digest != digest:
+                raise _conflict(first_id)
+            return Replayed(first_id)
+        event_id = self._publish(channel, event, key)
+        remembered[name] = (now + self.idempotency_ttl, event_id, digest)
+        while len(remembered) > self.max_idempotency_keys:
+            remembered.popitem(last=False)
+        return event_id
+
+    def _publish(self, channel: str, event: Event, key: str | None) -> str:
+        self._sweep()
+        state = self._channel(channel)
         if self._watches:
             self._tell_watches(state)
         self._order += 1
@@ -413,7 +494,7 @@ class MemoryBroker:
             state.trimmed_order = state.last_order
         if not state.delivering:
             self._fan_out(state)
-        return succeed(event_id)
+        return event_id
 
     def _keep(self, state: _Channel, published: Published) -> None:
         size = len(published.frame)
@@ -721,6 +802,14 @@ def _first_after(state: _Channel, after: int) -> tuple[str, str | None]:
         return f"{state.epoch}-{first_kept - 1}", "trimmed"
     index = bisect.bisect_right(state.orders, after)
     return f"{state.epoch}-{first_kept + index - 1}", None
+
+
+def _conflict(event_id: str) -> IdempotencyConflict:
+    return IdempotencyConflict(
+        "the Idempotency-Key was used for another event on this channel "
+        f"(published as {event_id})",
+        event_id,
+    )
 
 
 def _with_id(event: Event, event_id: str) -> Event:

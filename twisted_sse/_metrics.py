@@ -146,6 +146,12 @@ class SSECollector(Collector):
                 "Publishes the broker failed.",
                 value=hub.publish_failures,
             )
+            yield CounterMetricFamily(
+                "sse_publish_replays",
+                "Publishes answered as repeats of an earlier one with the same "
+                "Idempotency-Key (not published again).",
+                value=getattr(hub, "replays", 0),
+            )
             yield _by_label(
                 "sse_resumes",
                 "Subscribers that resumed with Last-Event-ID, by outcome: exact, "

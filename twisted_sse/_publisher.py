@@ -19,7 +19,12 @@ import urllib.request
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-from ._broker import MAX_KEY_LENGTH, valid_channel
+from ._broker import (
+    MAX_IDEMPOTENCY_KEY_LENGTH,
+    MAX_KEY_LENGTH,
+    valid_channel,
+    valid_idempotency_key,
+)
 from ._event import MAX_RETRY
 from ._url import strict_url
 
@@ -130,6 +135,7 @@ def publish(
     event: str | None = None,
     retry: int | None = None,
     key: str | None = None,
+    idempotency_key: str | None = None,
     timeout: float = 10,
 ) -> str:
     """
@@ -165,16 +171,22 @@ def publish(
     :param key: The conflation key for subscribers under the ``latest``
         slow-client policy, 1 to :data:`MAX_KEY_LENGTH` characters; the
         event type by default.
+    :param idempotency_key: Sent as the ``Idempotency-Key`` header, 1 to
+        255 printable ASCII characters (a UUID, say): publishing again with
+        the same key on the same channel, within the hub's
+        ``--idempotency-ttl``, returns the first publish's id and publishes
+        nothing, so that retrying after :class:`HubUnreachable` is safe.
+        The same key with another event is refused (``422``).
     :param timeout: Seconds to wait for the connection, and for each read
         of the answer (as ``urllib.request.urlopen`` takes it).
     :returns: The event's id.
     :raises ValueError: before any request, naming the argument whose
         value is wrong: ``hub_url``, ``channel``, ``data``, ``event``,
-        ``retry``, ``key``, ``token`` or ``timeout``.
+        ``retry``, ``key``, ``idempotency_key``, ``token`` or ``timeout``.
     :raises TypeError: before any request, naming the argument and the
         type, if ``data`` is not a ``str``, ``bytes``, ``dict`` or ``list``
         (or holds what JSON cannot carry), or ``hub_url``, ``event``,
-        ``key`` or ``token`` is not a ``str``.
+        ``key``, ``idempotency_key`` or ``token`` is not a ``str``.
     :raises PublishRefused: if the server answers with anything but an id,
         with its status and reason.
     :raises HubUnreachable: if no answer comes.
@@ -190,6 +202,8 @@ def publish(
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
     if token is not None:
         headers["Authorization"] = f"Bearer {_check_token(token)}"
+    if idempotency_key is not None:
+        headers["Idempotency-Key"] = _check_idempotency_key(idempotency_key)
     _check_timeout(timeout)
     request = urllib.request.Request(
         url,
@@ -362,6 +376,17 @@ def _check_key(key: object) -> str:
     if not 1 <= len(key) <= MAX_KEY_LENGTH:
         raise ValueError(f"key must be 1 to {MAX_KEY_LENGTH} characters long")
     return key
+
+
+def _check_idempotency_key(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"idempotency_key must be a str, not {type(value).__name__}")
+    if not valid_idempotency_key(value) or value != value.strip():
+        raise ValueError(
+            f"idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable "
+            "ASCII characters, without space at either end"
+        )
+    return value
 
 
 def _check_token(token: object) -> str:

@@ -21,7 +21,13 @@ from twisted.python.failure import Failure
 from ._app import SSEApp
 from ._auth import check_claims
 from ._authhook import DEFAULT_HOOK_TIMEOUT
-from ._broker import DEFAULT_CHANNEL_TTL, DEFAULT_HISTORY, IBroker, valid_channel
+from ._broker import (
+    DEFAULT_CHANNEL_TTL,
+    DEFAULT_HISTORY,
+    DEFAULT_IDEMPOTENCY_TTL,
+    IBroker,
+    valid_channel,
+)
 from ._fanin import DEFAULT_MAX_SUBSCRIPTIONS
 from ._guard import (
     DEFAULT_BACKLOG,
@@ -308,6 +314,16 @@ class Options(usage.Options):
             "Seconds after which a channel with no subscriber and no publish "
             "is forgotten, its history with it (0: never).",
             _non_negative_float("channel-ttl"),
+        ],
+        [
+            "idempotency-ttl",
+            None,
+            DEFAULT_IDEMPOTENCY_TTL,
+            "Seconds an Idempotency-Key of POST /channels/{name} is "
+            "remembered: a repeat within them is answered the first id and "
+            "not published again (0: keys are refused with 501). With Redis, "
+            "use the same value on every process.",
+            _non_negative_float("idempotency-ttl"),
         ],
         [
             "max-event-bytes",
@@ -626,6 +642,7 @@ def makeService(options: Options) -> IService:
             options["redis"],
             history=options["history"],
             channel_ttl=options["channel-ttl"],
+            idempotency_ttl=options["idempotency-ttl"],
         )
     else:
         broker = MemoryBroker(
@@ -634,6 +651,7 @@ def makeService(options: Options) -> IService:
             history_total=options["history-total"],
             channel_ttl=options["channel-ttl"],
             clock=reactor,
+            idempotency_ttl=options["idempotency-ttl"],
         )
     hook = _auth_hook(options, reactor)
     app = SSEApp(

@@ -9,6 +9,7 @@ Presence is the ``RedisPresence`` it composes too.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections.abc import Callable
 from typing import Any
@@ -24,15 +25,20 @@ from zope.interface import implementer
 from .._broker import (
     DEFAULT_CHANNEL_TTL,
     DEFAULT_HISTORY,
+    DEFAULT_IDEMPOTENCY_TTL,
     BrokerUnavailable,
     Deliver,
     Found,
+    IdempotencyConflict,
+    IdempotencyUnavailable,
     IPatternBroker,
     Published,
+    Replayed,
     Subscription,
     TokenSubscription,
     Watch,
     check_publish,
+    event_digest,
     loss_event,
     parse_event_id,
     valid_channel,
@@ -59,9 +65,9 @@ from ._presence import (
     PRESENCE_RENEW,
     RedisPresence,
 )
-from ._protocol import COMMAND_TIMEOUT
+from ._protocol import COMMAND_TIMEOUT, Arg, Reply
 from ._reader import Reader
-from ._scripts import LOG_FIELD, PUBLISH, SCRIPTS, run_script
+from ._scripts import IDEMPOTENCY_FIELD, LOG_FIELD, PUBLISH, SCRIPTS, run_script
 from ._watch import Watches
 
 __all__ = ["BATCH", "DEFAULT_PREFIX", "PAGE_BYTES", "RedisBroker"]
@@ -104,6 +110,24 @@ def _redis_links(reactor: Any, address: RedisAddress, timeout: float) -> MakeLin
         )
 
     return make_link
+
+
+def _answer_once(reply: Reply, digest: str) -> str:
+    """
+    The id of a publish with an idempotency key: its own, or, if the key
+    was set, the one it holds (the same event) or a conflict (another).
+    """
+    if not isinstance(reply, list):
+        return reply_text(reply)
+    stored = reply_text(reply[0]) if reply else ""
+    first_digest, _, first_id = stored.partition(" ")
+    if first_digest != digest:
+        raise IdempotencyConflict(
+            "the Idempotency-Key was used for another event on this channel "
+            f"(published as {first_id or 'an unknown id'})",
+            first_id,
+        )
+    return Replayed(first_id)
 
 
 @define(eq=False)
@@ -197,9 +221,13 @@ class RedisBroker(Service):
     :param presence_poll: Seconds between two reads of the changes of the
         channels with local followers (0.5), all in one script (per 200
         channels).
+    :param idempotency_ttl: Seconds an idempotency key is remembered after
+        the publish that first carried it (300; see :meth:`publish`); 0
+        remembers none, and a publish carrying one fails.  Use the same
+        value on every process.
     :raises ValueError: for a negative ``history``, a ``block_ms`` below 1,
-        a negative ``channel_ttl``, or presence intervals out of bounds
-        (see ``RedisPresence``).
+        a negative ``channel_ttl`` or ``idempotency_ttl``, or presence
+        intervals out of bounds (see ``RedisPresence``).
     """
 
     def __init__(
@@ -217,6 +245,7 @@ class RedisBroker(Service):
         presence_renew: float = PRESENCE_RENEW,
         presence_flush: float = PRESENCE_FLUSH,
         presence_poll: float = PRESENCE_POLL,
+        idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL,
     ) -> None:
         if make_link is None:
             make_link = _redis_links(reactor, address, timeout)
@@ -226,6 +255,14 @@ class RedisBroker(Service):
             raise ValueError(f"block_ms must be >= 1, not {block_ms!r}")
         if not channel_ttl >= 0:
             raise ValueError(f"channel_ttl must be >= 0 seconds, not {channel_ttl!r}")
+        if not idempotency_ttl >= 0:
+            raise ValueError(
+                f"idempotency_ttl must be >= 0 seconds, not {idempotency_ttl!r}"
+            )
+        self.idempotency_ttl = idempotency_ttl
+        self._idempotency_ms = (
+            max(1, round(idempotency_ttl * 1000)) if idempotency_ttl else 0
+        )
         self.address = address
         self.history = history
         self.maxlen = max(history, 1)
@@ -386,33 +423,66 @@ class RedisBroker(Service):
         """The key of the hash that holds ``channel``'s epoch."""
         return self.prefix + channel + "#epoch"
 
+    def idempotency_key(self, channel: str, idempotency_key: str) -> str:
+        """
+        The key under which Redis remembers ``idempotency_key`` of
+        ``channel``: ``<prefix>#idem:{<channel>}:<SHA-256 of the key, in
+        hex>`` (the channel as the hash tag: the keys of one channel live
+        on one node of a cluster).
+        """
+        digest = hashlib.sha256(idempotency_key.encode("utf-8")).hexdigest()
+        return f"{self.prefix}#idem:{{{channel}}}:{digest}"
+
     def publish(
-        self, channel: str, event: Event, key: str | None = None
+        self,
+        channel: str,
+        event: Event,
+        key: str | None = None,
+        *,
+        idempotency_key: str | None = None,
     ) -> Deferred[str]:
         """
         See :meth:`IBroker.publish`: one script (the epoch, ``XADD``, the
         TTLs, the publish log's entry); the id is ``<epoch>:<stream entry
         id>``.
+
+        With ``idempotency_key``, the same script first looks for the key
+        (see ``idempotency_key``): if it is there, it adds nothing and
+        answers the id it holds; otherwise it adds the event and sets the
+        key, with the id and the event's digest, for ``idempotency_ttl``
+        seconds (``PX``).  Redis runs one script at a time, so repeats at
+        once, on any process, publish once.
         """
         try:
-            check_publish(channel, event, key)
+            check_publish(channel, event, key, idempotency_key)
         except ValueError as error:
             return fail(error)
+        keys: list[Arg] = [self.key(channel), self.epoch_key(channel)]
+        args: list[Arg] = [
+            self.maxlen,
+            self._ttl_ms,
+            LOG_FIELD,
+            self._watches.key,
+            channel,
+            self._log_length,
+        ]
+        digest = ""
+        if idempotency_key is not None:
+            if not self._idempotency_ms:
+                return fail(
+                    IdempotencyUnavailable(
+                        "idempotency keys are turned off on this broker"
+                    )
+                )
+            digest = event_digest(event, key)
+            keys.append(self.idempotency_key(channel, idempotency_key))
+            args += [IDEMPOTENCY_FIELD, self._idempotency_ms, digest]
         added = run_script(
-            self._commands,
-            PUBLISH,
-            (self.key(channel), self.epoch_key(channel)),
-            (
-                self.maxlen,
-                self._ttl_ms,
-                LOG_FIELD,
-                self._watches.key,
-                channel,
-                self._log_length,
-                *event_fields(event, key),
-            ),
+            self._commands, PUBLISH, keys, [*args, *event_fields(event, key)]
         )
-        return added.addCallback(reply_text)
+        if idempotency_key is None:
+            return added.addCallback(reply_text)
+        return added.addCallback(_answer_once, digest)
 
     # Watching
 

@@ -18,6 +18,7 @@ from ._protocol import Arg, Commands, RedisCommandError, Reply
 
 __all__ = [
     "HEADS",
+    "IDEMPOTENCY_FIELD",
     "LOG",
     "LOG_FIELD",
     "NAMES",
@@ -69,20 +70,39 @@ end
 #: publish is also written to the publish log (see :data:`LOG`).
 LOG_FIELD = "#log"
 
-#: Publish: KEYS stream, epoch; ARGV MAXLEN, TTL in ms (0: none), then
-#: optionally ``#log`` (:data:`LOG_FIELD`), the publish log's key, the
-#: channel's name and the log's MAXLEN, then the fields.  Returns
-#: ``<epoch>:<entry id>``.  The first entry of an epoch (``m`` is set until
+#: The argument after the publish log's (or the TTL, without a log) when
+#: the publish carries an idempotency key (see :data:`PUBLISH`).
+IDEMPOTENCY_FIELD = "#idem"
+
+#: Publish: KEYS stream, epoch, and the idempotency key's key when the
+#: publish carries one; ARGV MAXLEN, TTL in ms (0: none), then optionally
+#: ``#log`` (:data:`LOG_FIELD`), the publish log's key, the channel's name
+#: and the log's MAXLEN, then with an idempotency key ``#idem``
+#: (:data:`IDEMPOTENCY_FIELD`), its TTL in ms and the event's digest, then
+#: the fields.  Returns ``<epoch>:<entry id>``; or, when the idempotency
+#: key's key exists, adds nothing and returns {its value}: ``<digest>
+#: <epoch>:<entry id>`` of the publish that set it (with ``PX``, in the same
+#: script as its ``XADD``, so that repeats on any process, at once or not,
+#: see it).  The first entry of an epoch (``m`` is set until
 #: it is written) carries the epoch first, for the readers of the channel
 #: (see the module docstring).  The log entry (fields ``c`` the channel,
 #: ``e`` the epoch, ``i`` the entry id) is written in the same script, so
 #: that whoever sees the entry can see its log entry; a log key that is no
 #: stream (another program's) does not fail the publish.
 PUBLISH = script("""
-local stream, meta = KEYS[1], KEYS[2]
+local stream, meta, once = KEYS[1], KEYS[2], KEYS[3]
 local ttl = tonumber(ARGV[2])
 local logged = ARGV[3] == '#log'
 local fields = logged and 7 or 3
+local once_ttl, digest
+if once and ARGV[fields] == '#idem' then
+  once_ttl, digest = ARGV[fields + 1], ARGV[fields + 2]
+  fields = fields + 3
+  local seen = redis.call('GET', once)
+  if seen then return {seen} end
+else
+  once = nil
+end
 local known = redis.call('HMGET', meta, 'e', 'm')
 local epoch = known[1]
 local id
@@ -122,7 +142,11 @@ if logged then
   redis.pcall('XADD', ARGV[4], 'MAXLEN', '~', ARGV[6], '*',
               'c', ARGV[5], 'e', epoch, 'i', id)
 end
-return epoch .. ':' .. id
+local answer = epoch .. ':' .. id
+if once then
+  redis.call('SET', once, digest .. ' ' .. answer, 'PX', once_ttl)
+end
+return answer
 """)
 
 #: A stream's state and (if ARGV[3], an id, is not empty) a page of
