@@ -416,3 +416,19 @@ def test_exactly_once(steps: list[tuple[str, Any]]) -> None:
     }
     for key, results in answers:
         assert results == [first_ids[key]], (key, results)
+
+
+class PublisherTests(SynchronousTestCase):
+    """The stdlib publish() checks its idempotency_key before any request."""
+
+    def test_checked_first(self) -> None:
+        """A bad key is a ValueError or TypeError naming the argument."""
+        from twisted_sse import publish
+
+        # Port 9 (discard): nothing is sent, the checks come first.
+        for bad in ("", "x" * 256, "caf\xe9", " padded"):
+            with self.assertRaises(ValueError) as raised:
+                publish("http://127.0.0.1:9", "news", "x", idempotency_key=bad)
+            self.assertIn("idempotency_key", str(raised.exception))
+        with self.assertRaises(TypeError):
+            publish("http://127.0.0.1:9", "news", "x", idempotency_key=5)  # type: ignore[arg-type]
