@@ -772,6 +772,109 @@ class BatchTests(PresenceTestCase):
         self.clock.advance(_presence.PRESENCE_FLUSH)
         self.assertEqual(b_link.scripts(PRESENCE_UPDATE), [])
 
+    def test_big_channel_one_change(self) -> None:
+        """
+        A write after one connection came (or went) on a channel of 5,000
+        identities carries that identity only, without a copy of the
+        channel's identities.
+        """
+        a, link = self.broker()
+        for n in range(5000):
+            a.enter(CHANNEL, f"user{n}")
+        self.clock.advance(_presence.PRESENCE_FLUSH)
+        written = len(link.scripts(PRESENCE_UPDATE))
+        local = a.presence_state.local
+        with mock.patch.object(local, "identities", side_effect=AssertionError):
+            a.enter(CHANNEL, "user7")
+            self.clock.advance(_presence.PRESENCE_FLUSH)
+            a.leave(CHANNEL, "user8")
+            a.enter(CHANNEL, "newcomer")
+            self.clock.advance(_presence.PRESENCE_FLUSH)
+        first, second = link.scripts(PRESENCE_UPDATE)[written:]
+        self.assertEqual(first[-2], 5001)
+        self.assertEqual(json.loads(first[-1]), {"user7": 1})
+        self.assertEqual(second[-2], 5001)
+        self.assertEqual(json.loads(second[-1]), {"user8": -1, "newcomer": 1})
+        info = self.info(a, limit=10_000)
+        self.assertEqual((info.count, len(info.members)), (5001, 5000))
+        self.assertEqual(members(info)["user7"], 2)
+        self.assertNotIn("user8", members(info))
+
+    def test_changes_cancel_out(self) -> None:
+        """
+        Connections of one identity that came and went between two writes
+        are not sent; the others are, once each, with their sum.
+        """
+        a, link = self.broker()
+        for n in range(100):
+            a.enter(CHANNEL, f"user{n}")
+        self.clock.advance(_presence.PRESENCE_FLUSH)
+        a.enter(CHANNEL, "user1")
+        a.leave(CHANNEL, "user1")
+        a.enter(CHANNEL, "user2")
+        a.enter(CHANNEL, "user2")
+        a.leave(CHANNEL, "user3")
+        a.enter(CHANNEL, None)
+        self.clock.advance(_presence.PRESENCE_FLUSH)
+        last = link.scripts(PRESENCE_UPDATE)[-1]
+        self.assertEqual(last[-2], 102)
+        self.assertEqual(json.loads(last[-1]), {"user2": 2, "user3": -1})
+        # Only the anonymous connection changes: the count alone.
+        a.leave(CHANNEL, None)
+        self.clock.advance(_presence.PRESENCE_FLUSH)
+        last = link.scripts(PRESENCE_UPDATE)[-1]
+        self.assertEqual((last[-2], last[-1]), (101, "{}"))
+        info = self.info(a, limit=1000)
+        self.assertEqual(info.count, 101)
+        self.assertEqual(members(info)["user2"], 3)
+
+    def test_leave_never_entered(self) -> None:
+        """A leave of a connection never entered writes nothing."""
+        a, link = self.broker()
+        a.enter(CHANNEL, "alice")
+        self.clock.advance(_presence.PRESENCE_FLUSH)
+        a.leave(CHANNEL, "bob")
+        a.leave(CHANNEL, None)
+        a.leave("other", "alice")
+        self.clock.advance(_presence.PRESENCE_FLUSH)
+        self.assertEqual(len(link.scripts(PRESENCE_UPDATE)), 1)
+        self.assertEqual(self.info(a), PresenceInfo(CHANNEL, 1, [Member("alice", 1)]))
+
+    def test_stop_with_changes_unwritten(self) -> None:
+        """
+        Stopping with changes not yet written removes what was written;
+        started again, the process writes all it counts.
+        """
+        a, link = self.broker()
+        b, _ = self.broker()
+        b.enter(CHANNEL, "bob")
+        a.enter(CHANNEL, "alice")
+        a.enter(CHANNEL, "bob")
+        self.flush()
+        told = self.follow(b)
+        a.leave(CHANNEL, "alice")
+        a.enter(CHANNEL, "carol")
+        state = a.presence_state
+        self.successResultOf(state.stop())
+        goodbye = link.scripts(PRESENCE_UPDATE)[-1]
+        self.assertEqual(goodbye[-2], 0)
+        self.assertEqual(json.loads(goodbye[-1]), {"alice": -1, "bob": -1})
+        self.assertEqual(self.info(b), PresenceInfo(CHANNEL, 1, [Member("bob", 1)]))
+        self.assertNotIn(state.process_id, self.procs())
+        state.start()
+        self.flush()
+        again = link.scripts(PRESENCE_UPDATE)[-1]
+        self.assertEqual(again[-3:-1], ("", 2))
+        self.assertEqual(json.loads(again[-1]), {"bob": 1, "carol": 1})
+        self.assertEqual(members(self.info(b)), {"bob": 2, "carol": 1})
+        self.assertEqual(
+            told[1:],
+            [
+                PresenceChange(CHANNEL, "leave", "alice"),
+                PresenceChange(CHANNEL, "join", "carol"),
+            ],
+        )
+
 
 class FollowerTests(PresenceTestCase):
     """Each follower: a PresenceInfo, then every change after it, in order."""

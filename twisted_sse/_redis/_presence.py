@@ -126,8 +126,6 @@ class _Written:
     version: int
     #: The connections sent.
     total: int
-    #: The connections of each identity sent.
-    identities: dict[str, int]
     #: Whether the next write must be whole (the last one may be lost, or
     #: Redis holds another version).
     whole: bool = False
@@ -256,6 +254,10 @@ class RedisPresence:
         self._tokens = itertools.count()
         #: Channels whose connections changed since their last write.
         self._dirty: set[str] = set()
+        #: Per channel, how many connections each identity gained (or lost,
+        #: if negative) since the last write planned: what the next write
+        #: sends, so that a write costs its changes, not the channel's size.
+        self._changes: dict[str, dict[str, int]] = {}
         #: What was last sent of each channel that may have an entry.
         self._written: dict[str, _Written] = {}
         self._followed: dict[str, _Followed] = {}
@@ -311,18 +313,38 @@ class RedisPresence:
             if call is not None and call.active():
                 call.cancel()
         self._dirty.update(self.local.channels())
-        if not self._written or not self._commands.ready:
-            self._written = {}
+        written, self._written = self._written, {}
+        # After a start, each channel's first write carries all of it.
+        noted, self._changes = self._changes, {}
+        if not written or not self._commands.ready:
             return succeed(None)
         removals: list[_Write] = []
-        for channel in list(self._written):
-            removals += self._plan(channel, 0, {})
-        self._written = {}
-        sent = [
+        for channel, last in written.items():
+            if last.whole:
+                version = next(self._versions)
+                removals.append((channel, version, "*", 0, "{}", 0))
+                continue
+            # What was sent: what is counted, less what changed since.
+            sent = self.local.identities(channel)
+            for sub, delta in noted.get(channel, {}).items():
+                if left := sent.get(sub, 0) - delta:
+                    sent[sub] = left
+                else:
+                    sent.pop(sub, None)
+            if not sent and last.total == 0:
+                continue  # already removed
+            removals += self._parts(
+                channel,
+                str(last.version),
+                0,
+                last.total,
+                {sub: -n for sub, n in sent.items()},
+            )
+        goodbyes = [
             self._run(PRESENCE_UPDATE, keys, args).addErrback(_goodbye_failed)
             for keys, args, _ in self._update_batches(removals)
         ]
-        return DeferredList(sent).addCallback(lambda _: None)
+        return DeferredList(goodbyes).addCallback(lambda _: None)
 
     def connected(self) -> None:
         """The command link is (again) ready: renew now, write what waits."""
@@ -341,12 +363,27 @@ class RedisPresence:
     def enter(self, channel: str, identity: str | None) -> None:
         """See :meth:`~twisted_sse.IPresenceBroker.enter`."""
         self.local.enter(channel, identity)
+        if identity is not None:
+            self._change(channel, identity, 1)
         self._mark(channel)
 
     def leave(self, channel: str, identity: str | None) -> None:
         """See :meth:`~twisted_sse.IPresenceBroker.leave`."""
-        self.local.leave(channel, identity)
+        local = self.local
+        before = local.count(channel)
+        local.leave(channel, identity)
+        if local.count(channel) == before:
+            return  # never entered: nothing changed
+        if identity is not None:
+            self._change(channel, identity, -1)
         self._mark(channel)
+
+    def _change(self, channel: str, identity: str, delta: int) -> None:
+        changes = self._changes.get(channel)
+        if changes is None:
+            self._changes[channel] = {identity: delta}
+        else:
+            changes[identity] = changes.get(identity, 0) + delta
 
     def _mark(self, channel: str) -> None:
         self._dirty.add(channel)
@@ -376,61 +413,78 @@ class RedisPresence:
         """Send what changed on ``channels`` since their last write."""
         writes: list[_Write] = []
         for channel in channels:
-            writes += self._plan(
-                channel, self.local.count(channel), self.local.identities(channel)
-            )
+            writes += self._plan(channel)
         self._send(writes)
         self._schedule_renew()
 
-    def _plan(
-        self, channel: str, total: int, identities: dict[str, int]
-    ) -> list[_Write]:
+    def _plan(self, channel: str) -> list[_Write]:
         """
         The writes that take ``channel``'s entry from what was last sent to
-        ``total`` connections of ``identities``: what changed, in parts of
-        :data:`WRITE_CHANGES` identities (consecutive versions), or all of
-        it when Redis may hold another version.
+        what is counted now: the identities whose connections changed since
+        (what :meth:`enter` and :meth:`leave` noted, so that it costs the
+        changes, not the channel's size), in parts of :data:`WRITE_CHANGES`
+        identities (consecutive versions); or all of them when there is no
+        entry yet, or Redis may hold another version.
         """
+        noted = self._changes.pop(channel, None)
+        total = self.local.count(channel)
         last = self._written.get(channel)
         if last is not None and last.whole:
+            identities = self.local.identities(channel)
             version = next(self._versions)
-            self._written[channel] = _Written(version, total, identities)
+            self._written[channel] = _Written(version, total)
             return [(channel, version, "*", total, _json(identities), len(identities))]
         if last is None:
             if total == 0:
                 return []  # nothing here, nothing in Redis
-            base, changes, interim = "", identities, total
+            base, changes, interim = "", self.local.identities(channel), total
         else:
-            changes = {
-                sub: delta
-                for sub in identities.keys() | last.identities.keys()
-                if (delta := identities.get(sub, 0) - last.identities.get(sub, 0))
-            }
+            changes = {} if noted is None else {s: d for s, d in noted.items() if d}
             if not changes and total == last.total:
                 return []
             base = str(last.version)
-            # The parts before the last keep the entry (a removal's last
-            # part removes it).
-            interim = last.total if last.total > 0 else total
-        items = sorted(changes.items())
-        writes: list[_Write] = []
+            interim = last.total
+        writes = self._parts(channel, base, total, interim, changes)
+        self._written[channel] = _Written(writes[-1][1], total)
+        return writes
+
+    def _parts(
+        self,
+        channel: str,
+        base: str,
+        total: int,
+        interim: int,
+        changes: dict[str, int],
+    ) -> list[_Write]:
+        """
+        The writes of ``changes`` on version ``base`` of ``channel``'s
+        entry, in parts of :data:`WRITE_CHANGES` identities (consecutive
+        versions, at least one): the last sets ``total`` connections, those
+        before it ``interim`` (or ``total`` if ``interim`` is 0: only the
+        last part of a removal removes the entry).
+        """
+        if interim <= 0:
+            interim = total
         step = WRITE_CHANGES
-        for start in range(0, max(len(items), 1), step):
-            part = dict(items[start : start + step])
+        if len(changes) <= step:
+            parts = [changes]
+        else:
+            items = list(changes.items())
+            parts = [dict(items[i : i + step]) for i in range(0, len(items), step)]
+        writes: list[_Write] = []
+        for number, part in enumerate(parts, 1):
             version = next(self._versions)
-            final = start + step >= len(items)
             writes.append(
                 (
                     channel,
                     version,
                     base,
-                    total if final else interim,
+                    total if number == len(parts) else interim,
                     _json(part),
                     len(part),
                 )
             )
             base = str(version)
-        self._written[channel] = _Written(version, total, identities)
         return writes
 
     def _send(self, writes: Sequence[_Write]) -> None:
