@@ -432,6 +432,18 @@ class DecideTests(SynchronousTestCase):
             self.refused(lambda: access.decide(request, PUBLISH, ["a"])).code, 401
         )
 
+    def test_publish_head_without_token(self) -> None:
+        """
+        A publish without credentials is refused on its head alone (no
+        channel named yet), public channels or not: publishing is never
+        public.
+        """
+        access = Access(publish_token="p" * 8, public=["lobby", "news.*"])
+        request = FakeRequest(method=b"POST")
+        for names in ([], ["lobby"]):
+            refused = self.refused(lambda: access.decide_now(request, PUBLISH, names))
+            self.assertEqual(refused.code, 401)
+
     def test_publish_cookie(self) -> None:
         """A publish may carry its token in the cookie."""
         access = Access(verifier=FakeVerifier({JWT: Grant(publish=["a"])}))

@@ -494,10 +494,12 @@ class Access:
         found = credentials(request, query=reading)
         token = found.token
         if token is None:
-            if self._all_public(action, names) and self._all_public(PRESENCE, presence):
+            # Publishing is never public: no name is, not even none.
+            public = reading and self._all_public(action, names)
+            if public and self._all_public(PRESENCE, presence):
                 return _ANONYMOUS
             if self.hook is None:
-                wanted = PRESENCE if self._all_public(action, names) else action
+                wanted = PRESENCE if public else action
                 raise Refused(401, _wanted(wanted))
             if not ask:
                 return None
