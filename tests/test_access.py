@@ -441,7 +441,9 @@ class DecideTests(SynchronousTestCase):
         access = Access(publish_token="p" * 8, public=["lobby", "news.*"])
         request = FakeRequest(method=b"POST")
         for names in ([], ["lobby"]):
-            refused = self.refused(lambda: access.decide_now(request, PUBLISH, names))
+            refused = self.refused(
+                lambda names=names: access.decide_now(request, PUBLISH, names)
+            )
             self.assertEqual(refused.code, 401)
 
     def test_publish_cookie(self) -> None:
