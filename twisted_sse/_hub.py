@@ -622,24 +622,17 @@ class Hub:
         identity = grant.identity if grant is not None else None
         for channel in channels:
             broker.enter(channel, identity)
-        follows: list[PresenceFollow] = []
+        present = _Present(broker, channels, identity)
         if follow:
 
             def told(news: PresenceInfo | PresenceChange) -> None:
                 stream.write(news.frame())
 
-            follows = [
+            present.follows = [
                 broker.follow_presence(channel, self.presence_members, told)
                 for channel in channels
             ]
-
-        def gone() -> None:
-            for following in follows:
-                following.cancel()
-            for channel in channels:
-                broker.leave(channel, identity)
-
-        stream.on_close(gone)
+        stream.on_close(present)
 
     def presence_resource(self) -> Resource:
         """
@@ -709,6 +702,33 @@ class Hub:
         ``twisted.web`` tree: ``root.putChild(b"channels", hub.resource())``.
         """
         return _ChannelsResource(self)
+
+
+class _Present:
+    """
+    What a stream's end takes away: its connection on each channel, and
+    its follows of their presence.  One small object per stream (it is on
+    the path of every connection), not a closure and its cells.
+    """
+
+    __slots__ = ("broker", "channels", "follows", "identity")
+
+    def __init__(
+        self, broker: IPresenceBroker, channels: Sequence[str], identity: str | None
+    ) -> None:
+        self.broker = broker
+        self.channels = channels
+        self.identity = identity
+        self.follows: list[PresenceFollow] | None = None
+
+    def __call__(self) -> None:
+        follows = self.follows
+        if follows is not None:
+            for following in follows:
+                following.cancel()
+        broker, identity = self.broker, self.identity
+        for channel in self.channels:
+            broker.leave(channel, identity)
 
 
 class _Sink:

@@ -753,13 +753,15 @@ class MemoryBroker:
         """A subscriber connection opened on ``channel`` (see
         :class:`~twisted_sse.IPresenceBroker`)."""
         present = self.present
-        if present.enter(channel, identity) and identity is not None:
+        if present.enter(channel, identity) and present.is_followed(channel):
+            assert identity is not None
             present.tell(PresenceChange(channel, JOIN_EVENT, identity))
 
     def leave(self, channel: str, identity: str | None) -> None:
         """The connection :meth:`enter` was told of closed."""
         present = self.present
-        if present.leave(channel, identity) and identity is not None:
+        if present.leave(channel, identity) and present.is_followed(channel):
+            assert identity is not None
             present.tell(PresenceChange(channel, LEAVE_EVENT, identity))
 
     def presence(self, channel: str, limit: int) -> Deferred[PresenceInfo]:

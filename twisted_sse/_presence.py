@@ -355,6 +355,10 @@ class LocalPresence:
 
         return PresenceFollow(channel, cancel)
 
+    def is_followed(self, channel: str) -> bool:
+        """Whether ``channel`` has followers."""
+        return channel in self._followers
+
     def followed(self) -> list[str]:
         """The channels with followers."""
         return list(self._followers)
