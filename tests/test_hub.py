@@ -145,13 +145,16 @@ class SubscribeTests(TransportCase):
         self.assertEqual(response.header("Allow"), "GET, HEAD, OPTIONS, POST")
 
     def test_preflight(self) -> None:
-        """With CORS on, the preflight allows Authorization and Last-Event-ID."""
+        """With CORS on, the preflight allows Authorization, Last-Event-ID and
+        Idempotency-Key."""
         hub = HubFixture(self, allow_origin="*")
         response = hub.client.request("OPTIONS", "/channels/news")
         self.assertEqual(response.code, 204)
         allowed = response.header("Access-Control-Allow-Headers") or ""
         self.assertIn("Authorization", allowed)
         self.assertIn("Last-Event-ID", allowed)
+        # A page may publish with an idempotency key from another origin.
+        self.assertIn("Idempotency-Key", allowed)
 
     def test_disconnect_unsubscribes(self) -> None:
         """A client that goes away leaves no subscription behind."""

@@ -254,6 +254,9 @@ class HubTests(SynchronousTestCase):
         self.assertEqual(answer(first), answer(again))
         self.assertIsNone(first.header("Idempotency-Replayed"))
         self.assertEqual(again.header("Idempotency-Replayed"), "true")
+        self.assertEqual(
+            again.header("Access-Control-Expose-Headers"), "Idempotency-Replayed"
+        )
         self.assertEqual(self.delivered(), ["x"])
         hub = self.fixture.hub
         self.assertEqual((hub.published, hub.replays), (1, 1))

@@ -1109,6 +1109,10 @@ class ChannelResource(StreamResource):
             request.setHeader(b"Content-Type", b"application/json")
             if isinstance(event_id, Replayed):
                 request.setHeader(IDEMPOTENCY_REPLAYED_HEADER, b"true")
+                # A page publishing from another origin may read it too.
+                request.setHeader(
+                    b"Access-Control-Expose-Headers", IDEMPOTENCY_REPLAYED_HEADER
+                )
             answer(json.dumps({"id": str(event_id)}).encode("utf-8") + b"\n")
 
         def failed(failure: Failure) -> None:

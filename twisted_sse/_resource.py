@@ -420,7 +420,8 @@ class StreamResource(Resource):
             request.setHeader(b"Access-Control-Allow-Methods", self._allow)
             request.setHeader(
                 b"Access-Control-Allow-Headers",
-                b"Last-Event-ID, Cache-Control, Authorization, Content-Type",
+                b"Last-Event-ID, Cache-Control, Authorization, Content-Type, "
+                b"Idempotency-Key",
             )
             request.setHeader(b"Access-Control-Max-Age", b"86400")
         return b""
