@@ -66,6 +66,24 @@ number of entries and bytes, with the stream's state, in one script) and
 kept as a cursor between them; the subscriber joins the live fan-out only
 when its replay reaches the position of the process's reader.
 
+Sentinel: following a failover
+------------------------------
+
+With a ``redis+sentinel://`` address, each connection attempt asks the
+sentinels in turn where the primary of the service is, and the
+connection is used only once ``ROLE`` says ``master``.  A lost
+connection, a ``READONLY`` answer, or the sentinels naming another
+primary at the check they are asked every second (no ``+switch-master``
+subscription: the connections speak no pub/sub) drop the connections,
+which are made again to the new primary; meanwhile the broker is not
+available (publishes fail, new subscribers are sent away, open ones
+resume when it is back).  Replication is asynchronous, so the new primary
+may lack the last events acknowledged: the reader's check after it
+reconnects finds its streams shorter than it read, rotates their epochs,
+and the subscribers are told ``history-lost``.  ``wait_replicas`` makes
+each publish ``WAIT`` for that many replicas before it is acknowledged,
+for those who prefer a slower publish to an announced loss.
+
 Patterns: the publish log
 -------------------------
 
@@ -160,9 +178,12 @@ The modules, in the order they import each other:
 * ``_protocol``: one connection on hiredis (commands packed by
   ``hiredis.pack_command``, replies parsed by ``hiredis.Reader`` and
   matched to a FIFO of Deferreds, reply timeouts);
+* ``_sentinel``: :class:`~twisted_sse._redis._sentinel.Sentinels`, the
+  sentinels of a ``redis+sentinel://`` address asked in turn where the
+  primary is, and checked every second for a switch;
 * ``_link``: :class:`~twisted_sse._redis._link.RedisLink`, a connection
   kept open by Twisted's ``ClientService`` and prepared (AUTH, SELECT,
-  the version check, the scripts) before use;
+  the version check, ``ROLE`` with Sentinel, the scripts) before use;
 * ``_scripts``: the Lua scripts and how they are run;
 * ``_entries``: stream entries, stream state and event ids, read from
   replies;

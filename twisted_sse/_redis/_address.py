@@ -1,21 +1,32 @@
 """
 Where a Redis server is: :class:`RedisAddress`, parsed from a ``redis://``
-URL by :func:`parse_redis_url`, and the Twisted endpoint that reaches it.
+URL (or a ``redis+sentinel://`` one, which names the sentinels that know
+where the primary is) by :func:`parse_redis_url`, and the Twisted endpoint
+that reaches it.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
-from attrs import field, frozen
+from attrs import evolve, field, frozen
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 
-__all__ = ["CONNECT_TIMEOUT", "RedisAddress", "endpoint", "parse_redis_url"]
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "SENTINEL_PORT",
+    "RedisAddress",
+    "endpoint",
+    "parse_redis_url",
+]
 
 #: Seconds to wait for a TCP (and TLS) connection.
 CONNECT_TIMEOUT = 5.0
+#: The port of a sentinel named without one.
+SENTINEL_PORT = 26379
 
 
 @frozen
@@ -33,6 +44,11 @@ class RedisAddress:
     :ivar ca_certs: A PEM file of the authorities that sign the server's
         certificate (``rediss://...?ssl_ca_certs=/path``); the system's
         trust roots if ``None``.
+    :ivar sentinels: For ``redis+sentinel://``: the sentinels (host, port)
+        to ask where the primary of ``service`` is; empty otherwise.
+        ``host`` and ``port`` are then the first sentinel's.
+    :ivar service: The name the sentinels monitor the primary under
+        (``redis+sentinel://`` only).
     """
 
     host: str
@@ -42,6 +58,8 @@ class RedisAddress:
     password: str | None = field(default=None, repr=False)
     tls: bool = False
     ca_certs: str | None = None
+    sentinels: tuple[tuple[str, int], ...] = ()
+    service: str | None = None
 
     def __str__(self) -> str:
         """The URL with the password masked, for logs and messages."""
@@ -49,8 +67,29 @@ class RedisAddress:
         login = ""
         if self.username is not None or self.password is not None:
             login = (self.username or "") + (":***" if self.password else "") + "@"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{scheme}://{login}{host}:{self.port}/{self.db}"
+        if self.sentinels:
+            hosts = ",".join(_host_port(*sentinel) for sentinel in self.sentinels)
+            return f"{scheme}+sentinel://{login}{hosts}/{self.service}/{self.db}"
+        return f"{scheme}://{login}{_host_port(self.host, self.port)}/{self.db}"
+
+    def primary(self, host: str, port: int) -> RedisAddress:
+        """
+        The address of the server at ``host``:``port`` (the primary the
+        sentinels named), with this address's login, database and TLS.
+        """
+        return evolve(self, host=host, port=port, sentinels=(), service=None)
+
+    def sentinel(self, host: str, port: int) -> RedisAddress:
+        """
+        The address of the sentinel at ``host``:``port``: TLS as this
+        address, no database and no login (sentinels are asked without
+        ``AUTH``).
+        """
+        return RedisAddress(host, port, tls=self.tls, ca_certs=self.ca_certs)
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def parse_redis_url(url: str) -> RedisAddress:
@@ -58,13 +97,23 @@ def parse_redis_url(url: str) -> RedisAddress:
     Parse ``redis://[[user]:password@]host[:port][/db]`` (``rediss://`` for
     TLS, with an optional ``?ssl_ca_certs=/path/ca.pem``).
 
+    With Sentinel, ``redis+sentinel://[[user]:password@]host[:port][,host
+    [:port]...]/service[/db]`` (``rediss+sentinel://`` for TLS): the
+    sentinels (port 26379 by default) and the name of the service they
+    monitor; the login, database and TLS are the primary's.
+
     :raises ValueError: naming what is wrong; the message never contains the
         password.
     """
     parts = urlsplit(url.strip())
     scheme = parts.scheme.lower()
+    if scheme in ("redis+sentinel", "rediss+sentinel"):
+        return _parse_sentinel(parts, scheme == "rediss+sentinel")
     if scheme not in ("redis", "rediss"):
-        raise ValueError("the URL must start with redis:// or rediss://")
+        raise ValueError(
+            "the URL must start with redis://, rediss://, redis+sentinel:// or "
+            "rediss+sentinel://"
+        )
     try:
         host = parts.hostname
         port = parts.port
@@ -79,17 +128,7 @@ def parse_redis_url(url: str) -> RedisAddress:
         raise ValueError(
             "the Redis database must be a number, as in redis://host:6379/0"
         )
-    ca_certs = None
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if name == "ssl_ca_certs" and scheme == "rediss" and value:
-            ca_certs = value
-        else:
-            raise ValueError(
-                f"unknown Redis URL parameter {name!r} (only ssl_ca_certs, "
-                "with rediss://)"
-            )
-    if parts.fragment:
-        raise ValueError("a Redis URL has no #fragment")
+    ca_certs = _ca_certs(parts, scheme == "rediss")
     return RedisAddress(
         host=host,
         port=port if port is not None else 6379,
@@ -98,6 +137,68 @@ def parse_redis_url(url: str) -> RedisAddress:
         password=unquote(parts.password) if parts.password is not None else None,
         tls=scheme == "rediss",
         ca_certs=ca_certs,
+    )
+
+
+def _ca_certs(parts: SplitResult, tls: bool) -> str | None:
+    ca_certs = None
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name == "ssl_ca_certs" and tls and value:
+            ca_certs = value
+        else:
+            raise ValueError(
+                f"unknown Redis URL parameter {name!r} (only ssl_ca_certs, "
+                "with rediss:// or rediss+sentinel://)"
+            )
+    if parts.fragment:
+        raise ValueError("a Redis URL has no #fragment")
+    return ca_certs
+
+
+def _parse_sentinel(parts: SplitResult, tls: bool) -> RedisAddress:
+    login, at, hosts = parts.netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = login.partition(":")
+        username = unquote(user) if user else None
+        password = unquote(secret) if colon else None
+    sentinels: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        match = re.fullmatch(r"(?:\[([0-9A-Fa-f:.]+)\]|([^\[\]:/]+))(?::(\d*))?", item)
+        if match is None:
+            raise ValueError(
+                "the Sentinel URL lists hosts as host:port,host:port, as in "
+                "redis+sentinel://s1:26379,s2:26379/mymaster"
+            )
+        host = match.group(1) or match.group(2)
+        port_text = match.group(3)
+        port = int(port_text) if port_text else SENTINEL_PORT
+        if not 0 < port < 65536:
+            raise ValueError("the Sentinel URL has an invalid port")
+        sentinels.append((host, port))
+    segments = parts.path.strip("/").split("/") if parts.path.strip("/") else []
+    if not segments or len(segments) > 2 or not segments[0]:
+        raise ValueError(
+            "the Sentinel URL names the service, and maybe a database, as in "
+            "redis+sentinel://host:26379/mymaster/0"
+        )
+    service = unquote(segments[0])
+    if len(segments) == 2 and not segments[1].isdigit():
+        raise ValueError(
+            "the Redis database must be a number, as in "
+            "redis+sentinel://host:26379/mymaster/0"
+        )
+    ca_certs = _ca_certs(parts, tls)
+    return RedisAddress(
+        host=sentinels[0][0],
+        port=sentinels[0][1],
+        db=int(segments[1]) if len(segments) == 2 else 0,
+        username=username,
+        password=password,
+        tls=tls,
+        ca_certs=ca_certs,
+        sentinels=tuple(sentinels),
+        service=service,
     )
 
 

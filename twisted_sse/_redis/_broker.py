@@ -68,6 +68,7 @@ from ._presence import (
 from ._protocol import COMMAND_TIMEOUT, Arg, Reply
 from ._reader import Reader
 from ._scripts import IDEMPOTENCY_FIELD, LOG_FIELD, PUBLISH, SCRIPTS, run_script
+from ._sentinel import Sentinels
 from ._watch import Watches
 
 __all__ = ["BATCH", "DEFAULT_PREFIX", "PAGE_BYTES", "RedisBroker"]
@@ -90,8 +91,16 @@ _CHECK_INTERVAL = 60.0
 _RETRY_PAGE = 1.0
 
 
-def _redis_links(reactor: Any, address: RedisAddress, timeout: float) -> MakeLink:
-    """Make ``RedisLink``\\ s to ``address``, with the broker's scripts."""
+def _redis_links(
+    reactor: Any,
+    address: RedisAddress,
+    timeout: float,
+    sentinels: Sentinels | None = None,
+) -> MakeLink:
+    """
+    Make ``RedisLink``\\ s to ``address``, with the broker's scripts (and,
+    with Sentinel, ``sentinels`` shared).
+    """
     scripts = [script.source for script in SCRIPTS]
 
     def make_link(
@@ -107,6 +116,7 @@ def _redis_links(reactor: Any, address: RedisAddress, timeout: float) -> MakeLin
             on_lost=on_lost,
             timeout=timeout,
             scripts=scripts,
+            sentinels=sentinels,
         )
 
     return make_link
@@ -225,6 +235,14 @@ class RedisBroker(Service):
         the publish that first carried it (300; see :meth:`publish`); 0
         remembers none, and a publish carrying one fails.  Use the same
         value on every process.
+    :param wait_replicas: After each publish, ``WAIT`` until this many
+        replicas have the event (or ``wait_timeout``) before answering; if
+        fewer had it, the publish fails with :class:`BrokerUnavailable`
+        (the event may still be delivered: it is on the primary).  0 (the
+        default) does not wait: a failover may then lose the last events
+        acknowledged, which the epochs announce as ``history-lost``.
+    :param wait_timeout: Seconds ``WAIT`` may take (1); with
+        ``wait_replicas``, less than ``timeout``.
     :raises ValueError: for a negative ``history``, a ``block_ms`` below 1,
         a negative ``channel_ttl`` or ``idempotency_ttl``, or presence
         intervals out of bounds (see ``RedisPresence``).
@@ -246,9 +264,24 @@ class RedisBroker(Service):
         presence_flush: float = PRESENCE_FLUSH,
         presence_poll: float = PRESENCE_POLL,
         idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL,
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
     ) -> None:
+        if wait_replicas < 0:
+            raise ValueError(f"wait_replicas must be >= 0, not {wait_replicas!r}")
+        if wait_replicas and not 0 < wait_timeout < timeout:
+            raise ValueError(
+                f"wait_timeout must be > 0 and < timeout ({timeout!r}), "
+                f"not {wait_timeout!r}"
+            )
+        self.wait_replicas = wait_replicas
+        self.wait_timeout = wait_timeout
+        #: With Sentinel and links of the broker's own making, the sentinels.
+        self.sentinels: Sentinels | None = None
         if make_link is None:
-            make_link = _redis_links(reactor, address, timeout)
+            if address.sentinels:
+                self.sentinels = Sentinels(reactor, address)
+            make_link = _redis_links(reactor, address, timeout, self.sentinels)
         if history < 0:
             raise ValueError(f"history must be >= 0 events, not {history!r}")
         if block_ms < 1:
@@ -347,12 +380,26 @@ class RedisBroker(Service):
         """Whether publishing and subscribing work right now."""
         return self._commands.ready and self._reader.ready
 
+    @property
+    def failovers(self) -> int:
+        """Times the sentinels named another primary (0 without Sentinel)."""
+        return 0 if self.sentinels is None else self.sentinels.failovers
+
+    def topology(self) -> dict[str, Any] | None:
+        """
+        With Sentinel, the state of the topology (service, primary, each
+        sentinel up or down, failovers), for ``/healthz``; else ``None``.
+        """
+        return None if self.sentinels is None else self.sentinels.state()
+
     def startService(self) -> None:
         """Connect to Redis (in the background; see :attr:`available`)."""
         super().startService()  # type: ignore[no-untyped-call]
         self._presence.start()
         self._commands.start()
         self._reader.start()
+        if self.sentinels is not None:
+            self.sentinels.start()
 
     def stopService(self) -> Deferred[None]:
         """Close the connections; see :meth:`stop`."""
@@ -369,6 +416,8 @@ class RedisBroker(Service):
         if call is not None and call.active():
             call.cancel()
         self._reader.stop_checks()
+        if self.sentinels is not None:
+            self.sentinels.stop()
         goodbye = self._presence.stop()
 
         async def stop() -> None:
@@ -480,9 +529,27 @@ class RedisBroker(Service):
         added = run_script(
             self._commands, PUBLISH, keys, [*args, *event_fields(event, key)]
         )
+        if self.wait_replicas:
+            added.addCallback(self._replicated)
         if idempotency_key is None:
             return added.addCallback(reply_text)
         return added.addCallback(_answer_once, digest)
+
+    def _replicated(self, reply: Reply) -> Deferred[Reply]:
+        """``WAIT`` for the replicas, then ``reply``; or fail."""
+        wanted = self.wait_replicas
+
+        def counted(replicas: Reply) -> Reply:
+            if not isinstance(replicas, int) or replicas < wanted:
+                raise BrokerUnavailable(
+                    f"the event reached {replicas!r} of the {wanted} replicas "
+                    "asked for in time (it may still be delivered)"
+                )
+            return reply
+
+        return self._commands.execute(
+            "WAIT", wanted, max(1, round(self.wait_timeout * 1000))
+        ).addCallback(counted)
 
     # Watching
 

@@ -15,6 +15,13 @@ and a connection it rejects is left open (closing it raises the same).  So
 the link prepares a connection ``ClientService`` already holds as
 connected, closes it if that fails, and counts the failures itself for the
 backoff (``ClientService`` restarts its count at every connection).
+
+With Sentinel (an address from ``redis+sentinel://``), each attempt first
+asks the sentinels where the primary is (see
+:class:`~twisted_sse._redis._sentinel.Sentinels`), and the preparation
+checks with ``ROLE`` that the server is the primary; a ``READONLY`` answer
+(the server was demoted) or the sentinels naming another primary drops
+the connection, which is then made again to the primary they name.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from zope.interface import implementer
 from .._broker import BrokerUnavailable
 from ._address import RedisAddress, endpoint
 from ._protocol import COMMAND_TIMEOUT, Arg, RedisCommandError, RedisProtocol, Reply
+from ._sentinel import Sentinels
 
 __all__ = ["MIN_REDIS", "MakeLink", "RedisLink", "retry_delay"]
 
@@ -102,6 +110,9 @@ class RedisLink:
     :param connect_to: The endpoint to connect to; by default the one of
         ``address`` (TCP, with TLS for ``rediss://``).
     :param jitter: Gives a number in [0, 1) for :func:`retry_delay`.
+    :param sentinels: For a ``redis+sentinel://`` address, the sentinels to
+        ask where the primary is (shared by the links of a broker); made
+        from ``address`` if ``None``.  Ignored with ``connect_to``.
     """
 
     def __init__(
@@ -116,6 +127,7 @@ class RedisLink:
         *,
         connect_to: IStreamClientEndpoint | None = None,
         jitter: Callable[[], float] = random.random,
+        sentinels: Sentinels | None = None,
     ) -> None:
         self.clock: IReactorTime = reactor
         self.address = address
@@ -126,9 +138,20 @@ class RedisLink:
         self._on_lost = on_lost
         self._jitter = jitter
 
+        if sentinels is None and address.sentinels and connect_to is None:
+            sentinels = Sentinels(reactor, address)
+        #: The sentinels asked at each attempt, or ``None``.
+        self.sentinels = sentinels
+        if sentinels is not None:
+            sentinels.on_switch(self.drop)
+
         def target() -> IStreamClientEndpoint:
             # Made at each attempt, as it reads the CA file of rediss://.
-            return connect_to if connect_to is not None else endpoint(reactor, address)
+            if connect_to is not None:
+                return connect_to
+            if sentinels is not None:
+                return _SentinelEndpoint(reactor, address, sentinels)
+            return endpoint(reactor, address)
 
         self._service = ClientService(
             _Reporting(target, self._connect_failed),
@@ -192,7 +215,22 @@ class RedisLink:
         ready = self._ready
         if ready is None:
             return fail(BrokerUnavailable("Redis is not connected"))
-        return ready.execute(*args, timeout=timeout)
+        answer = ready.execute(*args, timeout=timeout)
+        if self.address.sentinels:
+            answer.addErrback(self._read_only, ready)
+        return answer
+
+    def _read_only(self, failure: Failure, protocol: RedisProtocol) -> Failure:
+        """A ``READONLY`` answer: the primary was demoted; find the new one."""
+        if failure.check(RedisCommandError) and "READONLY" in str(failure.value):
+            if protocol is self._ready:
+                _log.warn(
+                    "Redis at {address} ({name}) is no longer the primary",
+                    address=str(self.address),
+                    name=self.name,
+                )
+                protocol.abort()
+        return failure
 
     # The connection's life
 
@@ -282,6 +320,12 @@ class RedisLink:
                 await send("AUTH", address.password)
         if address.db:
             await send("SELECT", address.db)
+        if address.sentinels:
+            role = await send("ROLE")
+            if not isinstance(role, list) or not role or role[0] != b"master":
+                raise RedisCommandError(
+                    "the server the sentinels named is not the primary (yet)"
+                )
         version = redis_version(await send("INFO", "server"))
         if version < MIN_REDIS:
             raise RedisCommandError(
@@ -325,6 +369,25 @@ class _Reporting:
         except Exception:
             connecting = fail()
         return connecting.addErrback(failed)
+
+
+@implementer(IStreamClientEndpoint)
+class _SentinelEndpoint:
+    """Connects to the primary the sentinels name when asked."""
+
+    def __init__(
+        self, reactor: Any, address: RedisAddress, sentinels: Sentinels
+    ) -> None:
+        self._reactor = reactor
+        self._address = address
+        self._sentinels = sentinels
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        def found(primary: tuple[str, int]) -> Deferred[IProtocol]:
+            where = self._address.primary(*primary)
+            return endpoint(self._reactor, where).connect(protocolFactory)
+
+        return self._sentinels.resolve().addCallback(found)
 
 
 def redis_version(info: Reply) -> tuple[int, ...]:

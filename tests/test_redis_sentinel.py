@@ -1,0 +1,246 @@
+"""
+Tests for Sentinel support: C{redis+sentinel://} URLs, and
+L{twisted_sse._redis._sentinel.Sentinels} asking fake sentinels in turn on
+a L{Clock} (order, timeouts, unknown services, failovers told).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from twisted_sse import BrokerUnavailable, RedisAddress, RedisBroker, parse_redis_url
+from twisted_sse._redis._sentinel import Sentinels
+
+URL = "redis+sentinel://:secret@s1:5000,s2,[::1]:5002/cache/3"
+
+
+class ParseTests(SynchronousTestCase):
+    """redis+sentinel:// URLs."""
+
+    def test_parse(self) -> None:
+        """The sentinels (26379 by default), the service, the database."""
+        address = parse_redis_url(URL)
+        self.assertEqual(
+            address.sentinels, (("s1", 5000), ("s2", 26379), ("::1", 5002))
+        )
+        self.assertEqual(address.service, "cache")
+        self.assertEqual(address.db, 3)
+        self.assertEqual(address.password, "secret")
+        self.assertFalse(address.tls)
+        self.assertEqual((address.host, address.port), ("s1", 5000))
+
+    def test_parse_tls(self) -> None:
+        """rediss+sentinel:// turns TLS on, for the sentinels too."""
+        address = parse_redis_url("rediss+sentinel://s1/cache?ssl_ca_certs=/ca.pem")
+        self.assertTrue(address.tls)
+        self.assertEqual(address.db, 0)
+        self.assertEqual(address.ca_certs, "/ca.pem")
+        self.assertTrue(address.sentinel("s1", 1).tls)
+
+    def test_str_hides_password(self) -> None:
+        """str shows the sentinel URL with the password masked."""
+        address = parse_redis_url(URL)
+        self.assertEqual(
+            str(address), "redis+sentinel://:***@s1:5000,s2:26379,[::1]:5002/cache/3"
+        )
+        self.assertNotIn("secret", repr(address))
+
+    def test_primary_and_sentinel(self) -> None:
+        """The primary keeps the login and database; a sentinel has neither."""
+        address = parse_redis_url(URL)
+        self.assertEqual(
+            address.primary("10.0.0.1", 6380),
+            RedisAddress("10.0.0.1", 6380, 3, password="secret"),
+        )
+        self.assertEqual(address.sentinel("s2", 26379), RedisAddress("s2", 26379))
+
+    def test_errors(self) -> None:
+        """Bad sentinel URLs are refused without showing the password."""
+        for url in [
+            "redis+sentinel://:secret@s1:26379",
+            "redis+sentinel://:secret@s1:26379/",
+            "redis+sentinel://:secret@s1:26379/cache/x",
+            "redis+sentinel://:secret@s1:26379/cache/1/2",
+            "redis+sentinel://:secret@s1:port/cache",
+            "redis+sentinel://:secret@s1:0/cache",
+            "redis+sentinel://:secret@s1,,s2/cache",
+            "redis+sentinel://:secret@s1/cache?ssl_ca_certs=/ca.pem",
+            "redis+sentinel://:secret@s1/cache#x",
+        ]:
+            with self.assertRaises(ValueError, msg=url) as caught:
+                parse_redis_url(url)
+            self.assertNotIn("secret", str(caught.exception))
+
+
+class _Sentinels:
+    """Fake sentinels: each question waits for the test's answer."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[tuple[str, int], str, Deferred[Any]]] = []
+
+    def ask(self, address: RedisAddress, service: str) -> Deferred[Any]:
+        self.assertNoLogin(address)
+        answer: Deferred[Any] = Deferred()
+        self.asked.append(((address.host, address.port), service, answer))
+        return answer
+
+    @staticmethod
+    def assertNoLogin(address: RedisAddress) -> None:
+        assert address.password is None and address.db == 0
+
+    def answer(self, reply: Any) -> None:
+        self.asked[-1][2].callback(reply)
+
+    def refuse(self) -> None:
+        self.asked[-1][2].errback(ConnectionRefusedError())
+
+
+class ResolveTests(SynchronousTestCase):
+    """Sentinels.resolve asks the sentinels in turn."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.fake = _Sentinels()
+        self.sentinels = Sentinels(
+            self.clock,
+            parse_redis_url(URL),
+            timeout=0.5,
+            check_interval=2.0,
+            ask=self.fake.ask,
+        )
+        self.switches: list[str] = []
+        self.sentinels.on_switch(lambda: self.switches.append("switch"))
+
+    def test_first_answers(self) -> None:
+        """The first sentinel's answer is the primary."""
+        found = self.sentinels.resolve()
+        self.fake.answer([b"10.0.0.1", b"6379"])
+        self.assertEqual(self.successResultOf(found), ("10.0.0.1", 6379))
+        self.assertEqual(self.fake.asked[0][:2], (("s1", 5000), "cache"))
+        self.assertEqual(self.sentinels.primary, ("10.0.0.1", 6379))
+        self.assertEqual(self.sentinels.failovers, 0)
+
+    def test_next_when_refused_or_silent(self) -> None:
+        """
+        A refused or silent sentinel (past the timeout) is skipped; the one
+        that answered is asked first next time.
+        """
+        found = self.sentinels.resolve()
+        self.fake.refuse()
+        self.clock.advance(0.5)  # s2 says nothing
+        self.fake.answer([b"10.0.0.1", b"6379"])
+        self.assertEqual(self.successResultOf(found), ("10.0.0.1", 6379))
+        self.assertEqual(
+            [where for where, _, _ in self.fake.asked],
+            [("s1", 5000), ("s2", 26379), ("::1", 5002)],
+        )
+        self.assertEqual(
+            self.sentinels.state()["sentinels"],
+            {"s1:5000": "down", "s2:26379": "down", "::1:5002": "up"},
+        )
+        self.sentinels.resolve()
+        self.assertEqual(self.fake.asked[-1][0], ("::1", 5002))
+
+    def test_unknown_service(self) -> None:
+        """A sentinel that knows no such service (nil) is not believed."""
+        found = self.sentinels.resolve()
+        self.fake.answer(None)
+        self.fake.answer([b"10.0.0.2", b"6379"])
+        self.assertEqual(self.successResultOf(found), ("10.0.0.2", 6379))
+
+    def test_none_knows(self) -> None:
+        """When no sentinel answers, no primary is known: BrokerUnavailable."""
+        self.sentinels.primary = ("10.0.0.1", 6379)
+        found = self.sentinels.resolve()
+        for _ in range(3):
+            self.fake.refuse()
+        failure = self.failureResultOf(found, BrokerUnavailable)
+        self.assertIn("cache", str(failure.value))
+        self.assertIsNone(self.sentinels.primary)
+        self.assertIsNone(self.sentinels.state()["primary"])
+
+    def test_failover(self) -> None:
+        """Another primary than before is counted and told, once."""
+        self.sentinels.resolve()
+        self.fake.answer([b"10.0.0.1", b"6379"])
+        self.sentinels.resolve()
+        self.fake.answer([b"10.0.0.1", b"6379"])
+        self.assertEqual(self.switches, [])
+        self.sentinels.resolve()
+        self.fake.answer([b"10.0.0.2", b"6379"])
+        self.assertEqual(self.switches, ["switch"])
+        self.assertEqual(self.sentinels.failovers, 1)
+        self.assertEqual(self.sentinels.state()["primary"], "10.0.0.2:6379")
+
+    def test_periodic_check(self) -> None:
+        """Started, it asks every check_interval, one question at a time."""
+        self.sentinels.start()
+        self.clock.advance(2.0)
+        self.assertEqual(len(self.fake.asked), 1)
+        self.clock.advance(0.2)
+        self.fake.answer([b"10.0.0.2", b"6379"])
+        self.clock.advance(2.0)
+        self.assertEqual(len(self.fake.asked), 2)
+        self.fake.answer([b"10.0.0.3", b"6379"])
+        self.assertEqual(self.switches, ["switch"])
+        self.sentinels.stop()
+        self.clock.advance(10.0)
+        self.assertEqual(len(self.fake.asked), 2)
+
+    def test_no_sentinels(self) -> None:
+        """A plain address has no sentinels to ask."""
+        with self.assertRaises(ValueError):
+            Sentinels(self.clock, RedisAddress("h"), ask=lambda a, s: succeed(None))
+
+
+class BrokerTests(SynchronousTestCase):
+    """RedisBroker on a Sentinel address."""
+
+    def test_broker_topology(self) -> None:
+        """The broker shares one Sentinels between its links and reports it."""
+        clock = Clock()
+        broker = RedisBroker(clock, parse_redis_url(URL))
+        self.assertIsNotNone(broker.sentinels)
+        self.assertIs(broker.commands.sentinels, broker.sentinels)
+        self.assertIs(broker.reader.link.sentinels, broker.sentinels)
+        topology = broker.topology()
+        assert topology is not None
+        self.assertEqual(topology["service"], "cache")
+        self.assertIsNone(topology["primary"])
+        self.assertEqual(broker.failovers, 0)
+        self.assertIsNone(RedisBroker(clock, RedisAddress("h")).topology())
+
+    def test_wait_bounds(self) -> None:
+        """wait_replicas >= 0; wait_timeout above 0 and below the timeout."""
+        clock = Clock()
+        for options in [
+            {"wait_replicas": -1},
+            {"wait_replicas": 1, "wait_timeout": 0},
+            {"wait_replicas": 1, "wait_timeout": 5.0},
+        ]:
+            with self.assertRaises(ValueError, msg=str(options)):
+                RedisBroker(clock, RedisAddress("h"), **options)  # type: ignore[arg-type]
+
+    def test_wait_refused(self) -> None:
+        """A publish that fewer replicas than asked acknowledge fails (503)."""
+        broker = RedisBroker(Clock(), RedisAddress("h"), wait_replicas=1)
+        sent: list[tuple[Any, ...]] = []
+
+        def execute(*args: Any, timeout: float | None = None) -> Deferred[Any]:
+            sent.append(args)
+            return succeed(0)
+
+        broker._commands.execute = execute  # type: ignore[method-assign]
+        failure = self.failureResultOf(broker._replicated(b"id"), BrokerUnavailable)
+        self.assertIn("replicas", str(failure.value))
+        self.assertEqual(sent, [("WAIT", 1, 1000)])
+
+        def enough(*args: Any, timeout: float | None = None) -> Deferred[Any]:
+            return succeed(1)
+
+        broker._commands.execute = enough  # type: ignore[method-assign]
+        self.assertEqual(self.successResultOf(broker._replicated(b"id")), b"id")
