@@ -50,6 +50,16 @@ def told_as(told: list[PresenceInfo | PresenceChange]) -> list[Any]:
     ]
 
 
+def _presence(
+    fixture: SubscribeHub,
+    channel: str,
+    query: str = "",
+    headers: dict[str, str] | None = None,
+) -> SSETestResponse:
+    """``GET /presence/{channel}`` on the fixture's hub."""
+    return fixture.client.get(f"/presence/{channel}{query}", headers)
+
+
 def mount(fixture: SubscribeHub, testcase: SynchronousTestCase) -> None:
     """Serve the fixture's hub with ``/presence`` beside its other paths."""
     root = Resource()
@@ -70,10 +80,7 @@ class PresenceHub(SubscribeHub):
         super().__init__(testcase, **options)
         mount(self, testcase)
 
-    def presence(
-        self, channel: str, query: str = "", headers: dict[str, str] | None = None
-    ) -> SSETestResponse:
-        return self.client.get(f"/presence/{channel}{query}", headers)
+    presence = _presence
 
 
 class JWTPresenceHub(AuthHub):
@@ -83,10 +90,7 @@ class JWTPresenceHub(AuthHub):
         super().__init__(testcase, **options)
         mount(self, testcase)
 
-    def presence(
-        self, channel: str, query: str = "", headers: dict[str, str] | None = None
-    ) -> SSETestResponse:
-        return self.client.get(f"/presence/{channel}{query}", headers)
+    presence = _presence
 
 
 # The tally
@@ -384,7 +388,7 @@ class HubPresenceTests(SynchronousTestCase):
         mount(hub, self)
         for sub in ("a", "b", "c"):
             hub.subscribe("room", headers=hub.bearer(hub.token(sub=sub, sse={})))
-        listed = answer_of(PresenceHub.presence(hub, "room"))  # type: ignore[arg-type]
+        listed = answer_of(_presence(hub, "room"))
         self.assertEqual(
             listed,
             {
@@ -397,9 +401,9 @@ class HubPresenceTests(SynchronousTestCase):
                 "truncated": True,
             },
         )
-        many = answer_of(PresenceHub.presence(hub, "room", "?limit=50"))  # type: ignore[arg-type]
+        many = answer_of(_presence(hub, "room", "?limit=50"))
         self.assertEqual(len(many["members"]), 2)
-        none = answer_of(PresenceHub.presence(hub, "room", "?limit=0"))  # type: ignore[arg-type]
+        none = answer_of(_presence(hub, "room", "?limit=0"))
         self.assertEqual(
             (none["count"], none["members"], none["truncated"]), (3, [], True)
         )

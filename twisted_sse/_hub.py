@@ -498,6 +498,26 @@ class Hub:
         decision.addCallbacks(allowed, refused)
         return NOT_DONE_YET
 
+    def answer_refusal(
+        self, request: Any, failure: Failure, what: str, channel: str
+    ) -> None:
+        """
+        Answer ``request`` with what the application's hook decided late:
+        its refusal (see :meth:`refuse`), or a logged ``500`` for any other
+        error of the decision on ``what`` (``"a publish"``) on ``channel``.
+        """
+        if isinstance(failure.value, Refused):
+            request.write(self.refuse(request, failure.value))
+        else:
+            _log.failure(
+                "Authorising {what} on {channel} failed",
+                failure,
+                what=what,
+                channel=channel,
+            )
+            request.write(json_error(request, 500, "internal error"))
+        request.finish()
+
     def publish_refusal(
         self, request: Any, length: int | None = None
     ) -> tuple[int, str] | None:
@@ -1064,18 +1084,8 @@ class ChannelResource(StreamResource):
             return self._publish(request, gone)
 
         def refused(failure: Failure) -> None:
-            if gone:
-                return
-            if isinstance(failure.value, Refused):
-                request.write(self.hub.refuse(request, failure.value))
-            else:
-                _log.failure(
-                    "Authorising a publish on {channel} failed",
-                    failure,
-                    channel=self.channel,
-                )
-                request.write(json_error(request, 500, "internal error"))
-            request.finish()
+            if not gone:
+                self.hub.answer_refusal(request, failure, "a publish", self.channel)
 
         def granted(_: Grant) -> None:
             if gone:

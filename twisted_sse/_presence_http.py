@@ -110,18 +110,10 @@ class PresenceResource(StreamResource):
             return NOT_DONE_YET
 
         def refused(failure: Failure) -> None:
-            if gone:
-                return
-            if isinstance(failure.value, Refused):
-                request.write(self.hub.refuse(request, failure.value))
-            else:
-                _log.failure(
-                    "Authorising a presence read on {channel} failed",
-                    failure,
-                    channel=self.channel,
+            if not gone:
+                self.hub.answer_refusal(
+                    request, failure, "a presence read", self.channel
                 )
-                request.write(json_error(request, 500, "internal error"))
-            request.finish()
 
         decision.addCallbacks(lambda _: self._ask(request, limit, gone), refused)
         return NOT_DONE_YET
