@@ -431,7 +431,10 @@ for c = 1, #KEYS / 4 do
   local a = 4 * c
   local version, base, total = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
   local log = {}
-  if redis.call('HEXISTS', k[1], '#e') == 0 then
+  -- Whether the presence is made anew (nothing below makes '#e' before
+  -- the write that needs it, nor removes it).
+  local made = redis.call('HEXISTS', k[1], '#e') == 0
+  if made then
     -- Made anew: what is left of an older presence goes.
     redis.call('DEL', k[1], k[2], k[3], k[4])
   else
@@ -449,7 +452,7 @@ for c = 1, #KEYS / 4 do
       redis.call('PEXPIRE', k[4], ttl + lease)
     end
   else
-    if total > 0 and redis.call('HEXISTS', k[1], '#e') == 0 then
+    if total > 0 and made then
       redis.call('HSET', k[1], '#e', new_epoch(), '#n', 0)
     end
     local given = cjson.decode(ARGV[a + 4])
