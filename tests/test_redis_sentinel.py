@@ -6,14 +6,23 @@ a L{Clock} (order, timeouts, unknown services, failovers told).
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
+from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.test.requesthelper import DummyRequest
 
 from twisted_sse import BrokerUnavailable, RedisAddress, RedisBroker, parse_redis_url
+from twisted_sse._app import SSEApp
+from twisted_sse._memory import MemoryBroker
+from twisted_sse._metrics import SSECollector
 from twisted_sse._redis._sentinel import Sentinels
+from twisted_sse._registry import StreamRegistry
+from twisted_sse._tap import Options
 
 URL = "redis+sentinel://:secret@s1:5000,s2,[::1]:5002/cache/3"
 
@@ -244,3 +253,73 @@ class BrokerTests(SynchronousTestCase):
 
         broker._commands.execute = enough  # type: ignore[method-assign]
         self.assertEqual(self.successResultOf(broker._replicated(b"id")), b"id")
+
+
+class _SentinelBroker(MemoryBroker):
+    """A memory broker that reports a Sentinel topology."""
+
+    def __init__(self, up: bool) -> None:
+        super().__init__()
+        self.up = up
+        self.failovers = 2
+
+    @property
+    def available(self) -> bool:  # type: ignore[override]
+        return self.up
+
+    def topology(self) -> dict[str, Any]:
+        return {"service": "cache", "primary": "10.0.0.2:6379", "failovers": 2}
+
+
+class ServerTests(SynchronousTestCase):
+    """twistd sse's options, /healthz and /metrics with Sentinel."""
+
+    def test_options(self) -> None:
+        """--broker takes a Sentinel URL; --redis-wait needs Redis."""
+        self.patch(os, "environ", {})
+        options = Options()
+        options.parseOptions(
+            ["--broker", URL, "--redis-wait", "1", "--redis-wait-timeout", "0.5"]
+        )
+        self.assertEqual(options["redis"], parse_redis_url(URL))
+        self.assertEqual(
+            (options["redis-wait"], options["redis-wait-timeout"]), (1, 0.5)
+        )
+        for argv in [
+            ["--redis-wait", "1"],
+            ["--broker", URL, "--redis-wait-timeout", "5"],
+            ["--broker", "redis+sentinel://:topsecret@s1/"],
+        ]:
+            with self.assertRaises(usage.UsageError, msg=str(argv)) as raised:
+                Options().parseOptions(argv)
+            self.assertNotIn("topsecret", str(raised.exception))
+
+    def _healthz(self, broker: Any) -> tuple[int, dict[str, Any]]:
+        app = SSEApp(Clock(), broker=broker, heartbeat=0)
+        request = DummyRequest([b"healthz"])
+        body = app.healthz(request)
+        return request.responseCode or 200, json.loads(body)
+
+    def test_healthz(self) -> None:
+        """/healthz tells the topology; 503 while there is no primary."""
+        code, body = self._healthz(_SentinelBroker(up=True))
+        self.assertEqual(code, 200)
+        self.assertEqual(body["status"], "ok")
+        self.assertEqual(body["redis"]["primary"], "10.0.0.2:6379")
+        code, body = self._healthz(_SentinelBroker(up=False))
+        self.assertEqual((code, body["broker"]), (503, "down"))
+        self.assertEqual(body["redis"]["service"], "cache")
+        code, body = self._healthz(MemoryBroker())
+        self.assertEqual((code, body), (200, {"status": "ok", "broker": "up"}))
+
+    def test_metrics(self) -> None:
+        """/metrics counts the failovers."""
+        collector = SSECollector(
+            StreamRegistry(Clock()), None, _SentinelBroker(up=True)
+        )
+        values = {
+            sample.name: sample.value
+            for metric in collector.collect()
+            for sample in metric.samples
+        }
+        self.assertEqual(values["sse_redis_failovers_total"], 2)

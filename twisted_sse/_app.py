@@ -5,6 +5,7 @@ The Klein application that ``twistd sse`` serves: the seed example's page at
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from importlib.resources import files
 from typing import Any
@@ -193,12 +194,28 @@ class SSEApp:
 
     @app.route("/healthz", methods=["GET", "HEAD"])
     def healthz(self, request: Any) -> bytes:
-        """200 while the broker works, 503 while it does not (Redis down)."""
+        """
+        200 while the broker works, 503 while it does not (Redis down, or
+        no primary known with Sentinel).  With Sentinel, ``redis`` tells
+        the service, the primary the sentinels last named, whether each
+        sentinel answered, and the failovers seen.
+        """
         request.setHeader(b"Content-Type", b"application/json")
         request.setHeader(b"Cache-Control", b"no-store")
-        if self.broker.available:
+        up = self.broker.available
+        if not up:
+            request.setResponseCode(503)
+        topology = getattr(self.broker, "topology", None)
+        state = topology() if callable(topology) else None
+        if state is not None:
+            body = {
+                "status": "ok" if up else "unavailable",
+                "broker": "up" if up else "down",
+                "redis": state,
+            }
+            return json.dumps(body, separators=(",", ":")).encode("utf-8") + b"\n"
+        if up:
             return b'{"status":"ok","broker":"up"}\n'
-        request.setResponseCode(503)
         return b'{"status":"unavailable","broker":"down"}\n'
 
     @app.route("/metrics", branch=False)

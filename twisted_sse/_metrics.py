@@ -55,8 +55,8 @@ class SSECollector(Collector):
     :param registry: The server's open streams and their history.
     :param hub: The :class:`~twisted_sse.Hub` (publishing and resume
         counters), or ``None``.
-    :param broker: The broker (``available``, and ``errors`` if it counts
-        them), or ``None``.
+    :param broker: The broker (``available``, and ``errors`` and
+        ``failovers`` if it counts them), or ``None``.
     :param channels: Channels that get their own ``channel`` label.
 
     :ivar guard: The server's connection guard (its ``evicted``, ``refused``
@@ -220,6 +220,13 @@ class SSECollector(Collector):
             if isinstance(errors, int):
                 yield CounterMetricFamily(
                     "sse_broker_errors", "Errors talking to the broker.", value=errors
+                )
+            failovers = getattr(broker, "failovers", None)
+            if isinstance(failovers, int):
+                yield CounterMetricFamily(
+                    "sse_redis_failovers",
+                    "Times Redis Sentinel named another primary.",
+                    value=failovers,
                 )
 
 

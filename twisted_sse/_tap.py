@@ -45,6 +45,7 @@ from ._memory import DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_TOTAL, MemoryBroker
 from ._presence import DEFAULT_PRESENCE_MEMBERS, MAX_PRESENCE_MEMBERS
 from ._redis._address import parse_redis_url
 from ._redis._broker import RedisBroker
+from ._redis._protocol import COMMAND_TIMEOUT
 from ._registry import StreamRegistry
 from ._resource import check_origins
 from ._service import EventStreamService
@@ -278,10 +279,31 @@ class Options(usage.Options):
             None,
             None,
             "Where events get their ids and history: 'memory' (this process "
-            "only) or redis://[[user]:password@]host:port/db (rediss:// for "
-            "TLS) to share channels between processes. Also read from the "
+            "only), redis://[[user]:password@]host:port/db (rediss:// for "
+            "TLS) to share channels between processes, or "
+            "redis+sentinel://[[user]:password@]host:port[,host:port...]"
+            "/service[/db] (rediss+sentinel:// for TLS) to follow the primary "
+            "that Redis Sentinel names. Also read from the "
             "TWISTED_SSE_BROKER environment variable, which keeps a password "
             "out of the process list. [default: memory]",
+        ],
+        [
+            "redis-wait",
+            None,
+            0,
+            "With Redis: after each publish, WAIT until this many replicas "
+            "have the event before answering (503 if fewer did within "
+            "--redis-wait-timeout; the event may still be delivered). 0: "
+            "answer at once (a failover may then lose the last events, "
+            "announced as history-lost).",
+            _non_negative_int("redis-wait"),
+        ],
+        [
+            "redis-wait-timeout",
+            None,
+            1.0,
+            "Seconds --redis-wait waits for the replicas (below 5).",
+            _positive_float("redis-wait-timeout"),
         ],
         [
             "history",
@@ -539,8 +561,15 @@ class Options(usage.Options):
                 # The message never repeats the URL: it may hold a password.
                 raise usage.UsageError(
                     "--broker must be memory or redis://[[user]:password@]host"
-                    f"[:port][/db] (rediss:// for TLS): {error}"
+                    "[:port][/db] (rediss:// for TLS; redis+sentinel://"
+                    f"host:port[,...]/service[/db] for Sentinel): {error}"
                 ) from None
+        if self["redis"] is None and self["redis-wait"]:
+            raise usage.UsageError("--redis-wait needs a Redis --broker")
+        if not self["redis-wait-timeout"] < COMMAND_TIMEOUT:
+            raise usage.UsageError(
+                f"--redis-wait-timeout must be below {COMMAND_TIMEOUT:g} seconds"
+            )
 
     def _verifier(self) -> Any:
         """The JWT verifier the options make, or ``None``."""
@@ -643,6 +672,8 @@ def makeService(options: Options) -> IService:
             history=options["history"],
             channel_ttl=options["channel-ttl"],
             idempotency_ttl=options["idempotency-ttl"],
+            wait_replicas=options["redis-wait"],
+            wait_timeout=options["redis-wait-timeout"],
         )
     else:
         broker = MemoryBroker(
