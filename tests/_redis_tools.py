@@ -192,13 +192,18 @@ class RedisServer:
     """
 
     def __init__(
-        self, port: int | None = None, tls: tuple[str, str] | None = None
+        self,
+        port: int | None = None,
+        tls: tuple[str, str] | None = None,
+        extra: Iterable[str] = (),
     ) -> None:
         """
         :param tls: A key and a certificate (PEM files): also listen with TLS
             on :attr:`tls_port`.
+        :param extra: More command-line options (``--replicaof`` ...).
         """
         self.port = port if port is not None else free_port()
+        self.extra = tuple(extra)
         self.tls = tls
         self.tls_port = free_port() if tls is not None else 0
         self.directory = tempfile.mkdtemp(prefix="twisted-sse-redis-")
@@ -227,6 +232,7 @@ class RedisServer:
                 "no",
                 "--dir",
                 self.directory,
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -273,6 +279,154 @@ class RedisServer:
     ) -> None:
         self.kill()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class Sentinel:
+    """A private ``redis-server --sentinel`` on 127.0.0.1, monitoring one primary."""
+
+    def __init__(self, service: str, primary: int, down_after_ms: int) -> None:
+        self.port = free_port()
+        self.directory = tempfile.mkdtemp(prefix="twisted-sse-sentinel-")
+        self.config = os.path.join(self.directory, "sentinel.conf")
+        with open(self.config, "w") as config:
+            config.write(
+                f"port {self.port}\nbind 127.0.0.1\ndir {self.directory}\n"
+                f"sentinel monitor {service} 127.0.0.1 {primary} 2\n"
+                f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
+                f"sentinel failover-timeout {service} 10000\n"
+                f"sentinel parallel-syncs {service} 1\n"
+            )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> Sentinel:
+        """Start and wait until it answers PING."""
+        self.process = subprocess.Popen(
+            [REDIS_SERVER, self.config, "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait_ping(self.port, self.process, timeout)
+        return self
+
+    def kill(self) -> None:
+        """Kill it (SIGKILL) and remove its directory."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _wait_ping(port: int, process: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if command(port, "PING", timeout=1.0) == "PONG":
+                return
+        except (OSError, RedisReplyError):
+            pass
+        if process.poll() is not None:
+            break
+        time.sleep(0.02)
+    raise AssertionError(f"redis-server did not start on port {port}")
+
+
+class SentinelTopology:
+    """
+    A primary, one replica and three sentinels, each a private process on
+    127.0.0.1 and a free port; torn down (killed, directories removed) on
+    exit.
+
+    :ivar service: The name the sentinels monitor the primary under.
+    """
+
+    def __init__(self, service: str = "sse", down_after_ms: int = 1000) -> None:
+        self.service = service
+        self.primary = RedisServer()
+        self.replica = RedisServer(
+            extra=("--replicaof", "127.0.0.1", str(self.primary.port))
+        )
+        self.sentinels = [
+            Sentinel(service, self.primary.port, down_after_ms) for _ in range(3)
+        ]
+
+    def url(self, db: int = 0) -> str:
+        """The ``redis+sentinel://`` URL of the topology."""
+        hosts = ",".join(f"127.0.0.1:{sentinel.port}" for sentinel in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.service}/{db}"
+
+    def master(self) -> tuple[str, int] | None:
+        """Where the first sentinel that answers says the primary is."""
+        for sentinel in self.sentinels:
+            try:
+                reply = command(
+                    sentinel.port,
+                    "SENTINEL",
+                    "get-master-addr-by-name",
+                    self.service,
+                    timeout=1.0,
+                )
+            except (OSError, RedisReplyError):
+                continue
+            if isinstance(reply, list) and len(reply) == 2:
+                host, port = reply
+                assert isinstance(host, bytes) and isinstance(port, bytes)
+                return host.decode(), int(port)
+        return None
+
+    def start(self, timeout: float = 20.0) -> SentinelTopology:
+        """
+        Start every process, and wait until the replica is in sync and
+        every sentinel knows the replica and the other sentinels.
+        """
+        self.primary.start()
+        self.replica.start()
+        for sentinel in self.sentinels:
+            sentinel.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._settled():
+                return self
+            time.sleep(0.1)
+        raise AssertionError("the Sentinel topology did not settle")
+
+    def _settled(self) -> bool:
+        info = command(self.replica.port, "INFO", "replication")
+        assert isinstance(info, bytes)
+        if b"master_link_status:up" not in info:
+            return False
+        for sentinel in self.sentinels:
+            reply = command(sentinel.port, "SENTINEL", "master", self.service)
+            assert isinstance(reply, list)
+            fields = dict(zip(reply[::2], reply[1::2], strict=True))
+            if fields.get(b"num-slaves") != b"1":
+                return False
+            if fields.get(b"num-other-sentinels") != b"2":
+                return False
+        return True
+
+    def __enter__(self) -> SentinelTopology:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Kill every process and remove their directories."""
+        for sentinel in self.sentinels:
+            sentinel.kill()
+        for server in (self.primary, self.replica):
+            server.kill()
+            shutil.rmtree(server.directory, ignore_errors=True)
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
 
 
 # A fake Redis, for unit tests of the broker's logic
