@@ -16,13 +16,21 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
-from twisted_sse import BrokerUnavailable, RedisAddress, RedisBroker, parse_redis_url
+from twisted_sse import (
+    BrokerUnavailable,
+    Event,
+    RedisAddress,
+    RedisBroker,
+    parse_redis_url,
+)
 from twisted_sse._app import SSEApp
 from twisted_sse._memory import MemoryBroker
 from twisted_sse._metrics import SSECollector
 from twisted_sse._redis._sentinel import Sentinels
 from twisted_sse._registry import StreamRegistry
 from twisted_sse._tap import Options
+
+from ._redis_tools import FakeRedis, fake_broker
 
 URL = "redis+sentinel://:secret@s1:5000,s2,[::1]:5002/cache/3"
 
@@ -323,3 +331,55 @@ class ServerTests(SynchronousTestCase):
             for sample in metric.samples
         }
         self.assertEqual(values["sse_redis_failovers_total"], 2)
+
+
+class AcknowledgedTests(SynchronousTestCase):
+    """
+    After a lost connection, the broker checks that Redis still has the
+    events it acknowledged just before (a failover may lose them before any
+    reader read them).
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.redis = FakeRedis(self.clock)
+        self.broker = fake_broker(self.clock, self.redis)
+
+    def publish(self, channel: str) -> str:
+        event_id: str = self.successResultOf(
+            self.broker.publish(channel, Event(data="x"))
+        )
+        return event_id
+
+    def failover(self, lose_last: bool) -> None:
+        """The command connection is lost; Redis comes back, maybe short."""
+        if lose_last:
+            stream = self.redis.streams[b"sse:a"]
+            stream.entries.pop()
+            stream.last_generated = stream.entries[-1][0]
+        self.broker.commands.lose()
+        self.clock.advance(1)
+        self.broker.commands.start()
+
+    def test_lost_acknowledged_rotates(self) -> None:
+        """An acknowledged event Redis lost: the channel gets a new epoch."""
+        self.publish("a")
+        epoch = self.publish("a").partition(":")[0]
+        self.failover(lose_last=True)
+        meta = self.redis.hashes[b"sse:a#epoch"]
+        self.assertNotEqual(meta[b"e"].decode(), epoch)
+        self.assertEqual(meta[b"p"].decode(), epoch)
+
+    def test_kept_acknowledged(self) -> None:
+        """Redis kept every acknowledged event: the epoch stays."""
+        epoch = self.publish("a").partition(":")[0]
+        self.failover(lose_last=False)
+        self.assertEqual(self.redis.hashes[b"sse:a#epoch"][b"e"].decode(), epoch)
+
+    def test_old_acknowledged_forgotten(self) -> None:
+        """Events acknowledged long before the loss are not remembered."""
+        self.publish("a")
+        self.publish("a")
+        self.clock.advance(60)
+        self.publish("b")
+        self.assertEqual(list(self.broker._acked), ["b"])

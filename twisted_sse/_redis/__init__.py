@@ -80,7 +80,12 @@ available (publishes fail, new subscribers are sent away, open ones
 resume when it is back).  Replication is asynchronous, so the new primary
 may lack the last events acknowledged: the reader's check after it
 reconnects finds its streams shorter than it read, rotates their epochs,
-and the subscribers are told ``history-lost``.  ``wait_replicas`` makes
+and the subscribers are told ``history-lost``.  Events acknowledged that
+no reader had read yet are caught by the publisher: each process
+remembers, per channel, the newest event it acknowledged in the last ten
+seconds, and once its command connection is back after a loss, rotates
+the epoch of a channel whose stream (under the same epoch) ends before
+it.  ``wait_replicas`` makes
 each publish ``WAIT`` for that many replicas before it is acknowledged,
 for those who prefer a slower publish to an announced loss.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +51,7 @@ from ._address import RedisAddress
 from ._channels import BATCH, PAGE_BYTES, Channel, Local, Replay, read_snapshot
 from ._entries import (
     LAST_ID,
+    EventId,
     Snapshot,
     event_fields,
     parse_position,
@@ -67,7 +69,14 @@ from ._presence import (
 )
 from ._protocol import COMMAND_TIMEOUT, Arg, Reply
 from ._reader import Reader
-from ._scripts import IDEMPOTENCY_FIELD, LOG_FIELD, PUBLISH, SCRIPTS, run_script
+from ._scripts import (
+    IDEMPOTENCY_FIELD,
+    LOG_FIELD,
+    PUBLISH,
+    ROTATE,
+    SCRIPTS,
+    run_script,
+)
 from ._sentinel import Sentinels
 from ._watch import Watches
 
@@ -89,6 +98,12 @@ BLOCK_MS = 2000
 _CHECK_INTERVAL = 60.0
 #: Seconds before a replay page that failed (Redis down) is read again.
 _RETRY_PAGE = 1.0
+#: Seconds during which an acknowledged publish is remembered, to check
+#: after a lost connection that Redis still has it (a failover to a replica
+#: lags by less: Redis drops a replica that lags by more than
+#: ``repl-timeout``, 60 s by default, and a lag of seconds already means
+#: a broken replication).
+ACKED_WINDOW = 10.0
 
 
 def _redis_links(
@@ -308,8 +323,14 @@ class RedisBroker(Service):
             min(channel_ttl / 3, _CHECK_INTERVAL) if channel_ttl else _CHECK_INTERVAL
         )
         self._commands: RedisLink = make_link(
-            "twisted_sse:commands", self._commands_ready, None
+            "twisted_sse:commands", self._commands_ready, self._commands_lost
         )
+        #: Per channel, the newest event this process acknowledged (epoch,
+        #: stream id) and when, for the last ``ACKED_WINDOW`` seconds.
+        self._acked: OrderedDict[str, tuple[str, EventId, float]] = OrderedDict()
+        #: When the command connection was lost, if it was since it was
+        #: last ready.
+        self._lost_at: float | None = None
         self._presence = RedisPresence(
             reactor,
             self._commands,
@@ -430,6 +451,70 @@ class RedisBroker(Service):
     def _commands_ready(self) -> None:
         """The command connection is (again) ready."""
         self._presence.connected()
+        lost_at, self._lost_at = self._lost_at, None
+        if lost_at is not None:
+            Deferred.fromCoroutine(self._check_acked(lost_at)).addErrback(
+                lambda failure: _log.failure(
+                    "Checking the events acknowledged before a lost connection failed",
+                    failure,
+                )
+            )
+
+    def _commands_lost(self) -> None:
+        """The command connection is lost (Redis died, or a failover)."""
+        self._lost_at = self._clock.seconds()
+
+    def _note_acked(self, event_id: str, channel: str) -> str:
+        """Remember ``event_id``, just acknowledged on ``channel``."""
+        position = parse_position(str(event_id))
+        if position is not None:
+            now = self._clock.seconds()
+            acked = self._acked
+            acked[channel] = (position[0], position[1], now)
+            acked.move_to_end(channel)
+            while acked:
+                oldest = next(iter(acked.values()))
+                if oldest[2] >= now - ACKED_WINDOW:
+                    break
+                acked.popitem(last=False)
+        return event_id
+
+    async def _check_acked(self, lost_at: float) -> None:
+        """
+        After a lost connection, check that Redis still has the events this
+        process acknowledged shortly before: a failover to a replica that
+        missed them loses them, and if no reader had read them yet, nobody
+        would know.  Such a channel's epoch is rotated, so that its readers
+        tell their subscribers ``history-lost`` and the lost ids are
+        refused on resume.
+        """
+        recent = [
+            (channel, epoch, position)
+            for channel, (epoch, position, when) in self._acked.items()
+            if when >= lost_at - ACKED_WINDOW
+        ]
+        self._acked.clear()
+        for channel, epoch, position in recent:
+            probe = Channel(channel, self.key(channel), self.epoch_key(channel))
+            snapshot = await read_snapshot(self._commands, probe, None, 0, self._ttl_ms)
+            held = snapshot.last_generated if snapshot.exists else (0, 0)
+            if snapshot.epoch != epoch or held >= position:
+                continue
+            _log.warn(
+                "Redis lost events of {channel} acknowledged before a "
+                "failover (up to {position}); starting a new epoch",
+                channel=channel,
+                position=text_id(epoch, position),
+            )
+            await run_script(
+                self._commands,
+                ROTATE,
+                (probe.key, probe.epoch_key),
+                (epoch, self._ttl_ms),
+            )
+            state = self._reader.channels.get(channel)
+            if state is not None:
+                self._reader.recheck(state)
 
     # Presence
 
@@ -532,8 +617,10 @@ class RedisBroker(Service):
         if self.wait_replicas:
             added.addCallback(self._replicated)
         if idempotency_key is None:
-            return added.addCallback(reply_text)
-        return added.addCallback(_answer_once, digest)
+            answered = added.addCallback(reply_text)
+        else:
+            answered = added.addCallback(_answer_once, digest)
+        return answered.addCallback(self._note_acked, channel)
 
     def _replicated(self, reply: Reply) -> Deferred[Reply]:
         """``WAIT`` for the replicas, then ``reply``; or fail."""
