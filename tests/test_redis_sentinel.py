@@ -30,7 +30,8 @@ from twisted_sse._redis._sentinel import Sentinels
 from twisted_sse._registry import StreamRegistry
 from twisted_sse._tap import Options
 
-from ._redis_tools import FakeRedis, fake_broker
+from ._redis_tools import ClosingTransport, FakeRedis, commands_in, fake_broker
+from .test_redis_link import _INFO, _Harness
 
 URL = "redis+sentinel://:secret@s1:5000,s2,[::1]:5002/cache/3"
 
@@ -383,3 +384,39 @@ class AcknowledgedTests(SynchronousTestCase):
         self.clock.advance(60)
         self.publish("b")
         self.assertEqual(list(self.broker._acked), ["b"])
+
+
+class LinkTests(SynchronousTestCase):
+    """A RedisLink on a Sentinel address: ROLE first, READONLY drops it."""
+
+    def setUp(self) -> None:
+        self.harness = _Harness(parse_redis_url("redis+sentinel://s1/cache"))
+        self.harness.link.start()
+
+    def connect(self, role: bytes) -> ClosingTransport:
+        transport = self.harness.endpoint.accept()
+        self.assertEqual(commands_in(transport.value()), [[b"ROLE"]])
+        self.harness.prepare(transport, role)
+        if transport.closed is None:
+            self.harness.prepare(transport, b"$%d\r\n%s\r\n" % (len(_INFO), _INFO))
+        return transport
+
+    def test_replica_refused(self) -> None:
+        """A server whose ROLE is not master is not used."""
+        transport = self.connect(b"*1\r\n$5\r\nslave\r\n")
+        self.assertEqual(transport.closed, "aborted")
+        self.assertFalse(self.harness.link.ready)
+
+    def test_read_only_drops(self) -> None:
+        """A READONLY answer drops the connection (to find the new primary)."""
+        transport = self.connect(b"*1\r\n$6\r\nmaster\r\n")
+        self.harness.prepare(transport, b"+OK\r\n")  # CLIENT SETNAME
+        self.assertTrue(self.harness.link.ready)
+        answer = self.harness.link.execute("SET", "k", "v")
+        self.harness.prepare(
+            transport, b"-READONLY You can't write against a read only replica.\r\n"
+        )
+        self.failureResultOf(answer, BrokerUnavailable)
+        self.assertEqual(transport.closed, "aborted")
+        self.assertEqual(self.harness.events, ["ready", "lost"])
+        self.flushLoggedErrors()
