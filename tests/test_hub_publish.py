@@ -290,11 +290,11 @@ class PublishRefusedTests(TransportCase):
         )
 
     def test_broker_unavailable(self) -> None:
-        """A broker that is down: 503 saying so."""
+        """A broker that is down: 503 saying so, and when to try again."""
         hub = HubFixture(self, broker=BrokenBroker())
-        self.assert_refused(
-            hub.post(b'{"data": "x"}'), 503, "broker unavailable: redis is down"
-        )
+        response = hub.post(b'{"data": "x"}')
+        self.assert_refused(response, 503, "broker unavailable: redis is down")
+        self.assertEqual(response.header("Retry-After"), "1")
 
 
 FORM = "application/x-www-form-urlencoded"

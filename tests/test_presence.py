@@ -467,7 +467,7 @@ class HubPresenceTests(SynchronousTestCase):
         hub.memory.presence = lambda channel, limit: _failed()  # type: ignore[method-assign]
         response = hub.presence("news")
         self.assertEqual(response.code, 503)
-        self.assertEqual(response.header("Retry-After"), "5")
+        self.assertEqual(response.header("Retry-After"), "1")
         self.assertIn("broker unavailable", answer_of(response)["error"])
 
 

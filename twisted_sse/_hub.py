@@ -102,6 +102,9 @@ _log = Logger()
 DEFAULT_MAX_EVENT_BYTES = 64 * 1024
 #: The response header that says the same, with the reason as its value.
 HISTORY_LOST_HEADER = b"SSE-History-Lost"
+#: Seconds a publisher (or a presence reader) is told to wait, in
+#: ``Retry-After``, when the broker cannot answer (``503``).
+UNAVAILABLE_RETRY_AFTER = 1
 #: The request header of a publish that may be repeated safely: a repeat
 #: with the same key on the same channel is answered the first id.
 IDEMPOTENCY_KEY_HEADER = b"Idempotency-Key"
@@ -1127,6 +1130,9 @@ class ChannelResource(StreamResource):
 
         def failed(failure: Failure) -> None:
             if failure.check(BrokerUnavailable):
+                # Down for now (Redis restarting, a failover): the same
+                # publish, again later, may work.
+                request.setHeader(b"Retry-After", b"%d" % UNAVAILABLE_RETRY_AFTER)
                 answer(json_error(request, 503, f"broker unavailable: {failure.value}"))
             elif failure.check(IdempotencyConflict):
                 answer(json_error(request, 422, str(failure.value)))

@@ -17,6 +17,7 @@ from twisted.web.server import NOT_DONE_YET
 from ._auth import PRESENCE, Grant, Refused
 from ._broker import BrokerUnavailable, valid_channel
 from ._errors import ErrorResource, json_error, method_not_allowed
+from ._hub import UNAVAILABLE_RETRY_AFTER
 from ._presence import NoPresence, PresenceInfo
 from ._resource import StreamResource
 
@@ -26,9 +27,6 @@ if TYPE_CHECKING:
 __all__ = ["PresenceResource", "PresenceRoot"]
 
 _log = Logger()
-
-#: Seconds a client is told to wait when the broker cannot answer.
-_UNAVAILABLE_RETRY = 5
 
 
 def _no_channel(prepath: list[bytes]) -> str:
@@ -148,7 +146,7 @@ class PresenceResource(StreamResource):
 
         def failed(failure: Failure) -> None:
             if failure.check(BrokerUnavailable):
-                request.setHeader(b"Retry-After", b"%d" % _UNAVAILABLE_RETRY)
+                request.setHeader(b"Retry-After", b"%d" % UNAVAILABLE_RETRY_AFTER)
                 answer(json_error(request, 503, f"broker unavailable: {failure.value}"))
             elif failure.check(NoPresence):
                 answer(json_error(request, 404, str(failure.value)))
