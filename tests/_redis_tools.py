@@ -47,6 +47,18 @@ def required() -> bool:
     return os.environ.get("TWISTED_SSE_REQUIRE_REDIS") == "1"
 
 
+def require(testcase: Any) -> None:
+    """
+    Skip ``testcase`` when the shared Redis cannot be used, or fail it
+    when ``TWISTED_SSE_REQUIRE_REDIS=1`` (as in CI).
+    """
+    reason = unavailable_reason()
+    if reason is not None:
+        if required():
+            testcase.fail(f"{reason}, and TWISTED_SSE_REQUIRE_REDIS=1")
+        testcase.skipTest(reason)
+
+
 def unavailable_reason() -> str | None:
     """Why the shared Redis cannot be used, or ``None`` if it can."""
     try:

@@ -35,11 +35,7 @@ class IdempotencyAcrossProcessesTests(SynchronousTestCase):
     """Two processes on one Redis publish a key once between them."""
 
     def setUp(self) -> None:
-        reason = tools.unavailable_reason()
-        if reason is not None:
-            if tools.required():
-                self.fail(f"{reason}, and TWISTED_SSE_REQUIRE_REDIS=1")
-            self.skipTest(reason)
+        tools.require(self)
         self.channel = f"idem-{uuid.uuid4().hex[:12]}"
         self.addCleanup(
             tools.command,

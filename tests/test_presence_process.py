@@ -62,11 +62,7 @@ class PresenceAcrossProcessesTests(SynchronousTestCase):
     """Two processes on one Redis answer presence as one server."""
 
     def setUp(self) -> None:
-        reason = tools.unavailable_reason()
-        if reason is not None:
-            if tools.required():
-                self.fail(f"{reason}, and TWISTED_SSE_REQUIRE_REDIS=1")
-            self.skipTest(reason)
+        tools.require(self)
         self.channel = f"room-{uuid.uuid4().hex[:12]}"
         self.a = self.start()
         self.b = self.start()
