@@ -2,7 +2,9 @@
 Redis for the tests: whether one is reachable (skip, or fail when
 ``TWISTED_SSE_REQUIRE_REDIS=1``), a tiny blocking client that does not use
 twisted_sse (for set-up, clean-up and as a "foreign publisher"), and private
-``redis-server`` processes that the fault tests kill and restart.
+``redis-server`` processes that the fault tests kill and restart, alone, as
+a Sentinel topology or as a Redis Cluster (whose slots a test can move
+live).
 """
 
 from __future__ import annotations
@@ -439,6 +441,292 @@ class SentinelTopology:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+
+
+def cluster_unavailable_reason() -> str | None:
+    """Why a private Redis Cluster cannot be made, or ``None``."""
+    reason = server_unavailable_reason()
+    if reason is None and not os.path.exists(REDIS_CLI):
+        reason = f"no redis-cli binary ({REDIS_CLI})"
+    return reason
+
+
+class ClusterTopology:
+    """
+    A Redis Cluster of private ``redis-server --cluster-enabled yes``
+    processes on 127.0.0.1 (free ports, their own directories, no
+    persistence), joined by ``redis-cli --cluster create``; torn down
+    (killed, directories removed) on exit.
+
+    :ivar nodes: The servers, primaries first as ``redis-cli`` was given
+        them (it may choose otherwise with replicas: ask :meth:`owner`).
+    """
+
+    def __init__(
+        self, primaries: int = 3, replicas: int = 0, node_timeout_ms: int = 5000
+    ) -> None:
+        """
+        :param primaries: How many primaries share the slots (3 at least).
+        :param replicas: How many replicas each primary has.
+        :param node_timeout_ms: ``cluster-node-timeout``: how long a node
+            may not answer before it is deemed failing.
+        """
+        if primaries < 3:
+            raise ValueError("Redis Cluster needs 3 primaries at least")
+        self.replicas = replicas
+        self.nodes: list[RedisServer] = []
+        for _ in range(primaries * (1 + replicas)):
+            self.nodes.append(
+                RedisServer(
+                    extra=(
+                        *("--cluster-enabled", "yes"),
+                        # The bus port is port + 10000 unless told: a free
+                        # port above 55535 would have none.
+                        *("--cluster-port", str(free_port())),
+                        *("--cluster-config-file", "nodes.conf"),
+                        *("--cluster-node-timeout", str(node_timeout_ms)),
+                    )
+                )
+            )
+
+    @property
+    def ports(self) -> list[int]:
+        """The ports of every node."""
+        return [node.port for node in self.nodes]
+
+    def url(self) -> str:
+        """The ``redis+cluster://`` URL naming every node as a seed."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    def start(self, timeout: float = 30.0) -> ClusterTopology:
+        """
+        Start every node, create the cluster, and wait until every node
+        says ``cluster_state:ok`` and knows every other.
+        """
+        try:
+            for node in self.nodes:
+                node.start()
+            created = subprocess.run(
+                [
+                    REDIS_CLI,
+                    "--cluster",
+                    "create",
+                    *(f"127.0.0.1:{port}" for port in self.ports),
+                    *("--cluster-replicas", str(self.replicas)),
+                    "--cluster-yes",
+                ],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=timeout,
+            )
+            if created.returncode != 0:
+                raise AssertionError(
+                    "redis-cli --cluster create failed: "
+                    + created.stdout.decode(errors="replace")[-2000:]
+                    + created.stderr.decode(errors="replace")[-2000:]
+                )
+            self.wait_ok(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Wait until every live node says ``cluster_state:ok`` and knows all."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._settled():
+                return
+            time.sleep(0.05)
+        raise AssertionError("the Redis Cluster did not settle")
+
+    def _settled(self) -> bool:
+        for node in self.nodes:
+            if node.process is None:
+                continue
+            try:
+                info = command(node.port, "CLUSTER", "INFO", timeout=1.0)
+                nodes = command(node.port, "CLUSTER", "NODES", timeout=1.0)
+            except (OSError, RedisReplyError):
+                return False
+            assert isinstance(info, bytes) and isinstance(nodes, bytes)
+            if b"cluster_state:ok" not in info:
+                return False
+            lines = nodes.decode().strip().splitlines()
+            if len(lines) != len(self.nodes):
+                return False
+            if any(" handshake" in line or "connected" not in line for line in lines):
+                return False
+        return True
+
+    def slots(self, port: int | None = None) -> list[tuple[int, int, int]]:
+        """The slot ranges and the port of their primary, as a node says."""
+        asked = port if port is not None else self._live_port()
+        reply = command(asked, "CLUSTER", "SLOTS")
+        assert isinstance(reply, list)
+        ranges: list[tuple[int, int, int]] = []
+        for item in reply:
+            assert isinstance(item, list)
+            start, end, primary = item[0], item[1], item[2]
+            assert isinstance(start, int) and isinstance(end, int)
+            assert isinstance(primary, list) and isinstance(primary[1], int)
+            ranges.append((start, end, primary[1]))
+        return sorted(ranges)
+
+    def primaries(self) -> list[int]:
+        """The ports of the primaries that own slots, in slot order."""
+        ports: list[int] = []
+        for _, _, port in self.slots():
+            if port not in ports:
+                ports.append(port)
+        return ports
+
+    def owner(self, slot: int) -> int:
+        """The port of the primary that owns ``slot``."""
+        for start, end, port in self.slots():
+            if start <= slot <= end:
+                return port
+        raise AssertionError(f"no primary owns slot {slot}")
+
+    def key_slot(self, key: str | bytes) -> int:
+        """``CLUSTER KEYSLOT key``, as a node computes it."""
+        slot = command(self._live_port(), "CLUSTER", "KEYSLOT", key)
+        assert isinstance(slot, int)
+        return slot
+
+    def node_id(self, port: int) -> str:
+        """The cluster id of the node on ``port`` (``CLUSTER MYID``)."""
+        reply = command(port, "CLUSTER", "MYID")
+        assert isinstance(reply, bytes)
+        return reply.decode()
+
+    def migration(self, slot: int, target: int, batch: int = 10) -> SlotMigration:
+        """
+        A live move of ``slot`` from its owner to the primary on port
+        ``target``, step by step (see :class:`SlotMigration`).
+        """
+        return SlotMigration(self, slot, self.owner(slot), target, batch)
+
+    def move_slot(self, slot: int, target: int, batch: int = 10) -> int:
+        """
+        Move ``slot`` to the primary on port ``target`` at once (every
+        step of :meth:`migration`); the number of keys moved.
+        """
+        return self.migration(slot, target, batch).run()
+
+    def _live_port(self) -> int:
+        for node in self.nodes:
+            if node.process is not None and node.process.poll() is None:
+                return node.port
+        raise AssertionError("no node of the cluster runs")
+
+    def __enter__(self) -> ClusterTopology:
+        return self.start()
+
+    def stop(self) -> None:
+        """Kill every node and remove their directories (again is harmless)."""
+        for node in self.nodes:
+            try:
+                node.kill()
+            finally:
+                shutil.rmtree(node.directory, ignore_errors=True)
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class SlotMigration:
+    """
+    One slot moved live from a primary to another, as ``redis-cli
+    --cluster reshard`` does, in steps a test can interleave with its
+    commands: :meth:`begin` (``CLUSTER SETSLOT IMPORTING`` on the target,
+    ``MIGRATING`` on the source: the source then answers ``ASK`` for the
+    slot's keys it no longer has), :meth:`step` (``MIGRATE`` a batch of
+    keys) until it returns 0, and :meth:`finish` (``CLUSTER SETSLOT
+    NODE`` on the target, the source and every other node: they answer
+    ``MOVED`` from then on).
+    """
+
+    def __init__(
+        self,
+        topology: ClusterTopology,
+        slot: int,
+        source: int,
+        target: int,
+        batch: int = 10,
+    ) -> None:
+        if source == target:
+            raise ValueError(f"slot {slot} is on port {target} already")
+        self.topology = topology
+        self.slot = slot
+        self.source = source
+        self.target = target
+        self.batch = batch
+        self.source_id = topology.node_id(source)
+        self.target_id = topology.node_id(target)
+        #: Keys moved so far.
+        self.moved = 0
+
+    def begin(self) -> None:
+        """Mark the slot importing on the target and migrating on the source."""
+        command(
+            self.target, "CLUSTER", "SETSLOT", self.slot, "IMPORTING", self.source_id
+        )
+        command(
+            self.source, "CLUSTER", "SETSLOT", self.slot, "MIGRATING", self.target_id
+        )
+
+    def step(self) -> int:
+        """``MIGRATE`` up to a batch of the slot's keys; how many (0: none left)."""
+        keys = command(self.source, "CLUSTER", "GETKEYSINSLOT", self.slot, self.batch)
+        assert isinstance(keys, list)
+        if not keys:
+            return 0
+        moved = [key for key in keys if isinstance(key, bytes)]
+        command(
+            self.source,
+            "MIGRATE",
+            "127.0.0.1",
+            self.target,
+            "",
+            0,
+            5000,
+            "KEYS",
+            *moved,
+        )
+        self.moved += len(moved)
+        return len(moved)
+
+    def finish(self) -> None:
+        """Give the slot to the target, telling every primary."""
+        others = [
+            port
+            for port in self.topology.ports
+            if port not in (self.source, self.target)
+        ]
+        for port in [self.target, self.source, *others]:
+            try:
+                command(port, "CLUSTER", "SETSLOT", self.slot, "NODE", self.target_id)
+            except RedisReplyError:
+                # A replica refuses SETSLOT; it learns from its primary.
+                if port in (self.source, self.target):
+                    raise
+
+    def run(self) -> int:
+        """Every step; the number of keys moved."""
+        self.begin()
+        while self.step():
+            pass
+        self.finish()
+        return self.moved
 
 
 # A fake Redis, for unit tests of the broker's logic
