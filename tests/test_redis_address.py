@@ -73,6 +73,93 @@ class ParseTests(SynchronousTestCase):
         self.assertNotIn("hunter2", repr(address))
 
 
+class ClusterParseTests(SynchronousTestCase):
+    """redis+cluster:// URLs: the seed nodes of a Redis Cluster."""
+
+    def test_parse(self) -> None:
+        """The seeds (6379 by default), the login; host and port the first's."""
+        address = parse_redis_url("redis+cluster://u:p%40ss@n1:7000,n2,[::1]:7002")
+        self.assertEqual(address.cluster, (("n1", 7000), ("n2", 6379), ("::1", 7002)))
+        self.assertEqual((address.host, address.port), ("n1", 7000))
+        self.assertEqual((address.username, address.password), ("u", "p@ss"))
+        self.assertEqual(address.db, 0)
+        self.assertFalse(address.tls)
+        self.assertEqual(address.sentinels, ())
+
+    def test_database_zero(self) -> None:
+        """A trailing / or /0 is accepted: a cluster has database 0 only."""
+        for url in ["redis+cluster://n1/", "redis+cluster://n1:7000,n2/0"]:
+            self.assertEqual(parse_redis_url(url).db, 0, url)
+
+    def test_parse_tls(self) -> None:
+        """rediss+cluster:// turns TLS on, with an optional CA file."""
+        address = parse_redis_url("rediss+cluster://n1,n2/0?ssl_ca_certs=/ca.pem")
+        self.assertTrue(address.tls)
+        self.assertEqual(address.ca_certs, "/ca.pem")
+        self.assertEqual(address.cluster, (("n1", 6379), ("n2", 6379)))
+
+    def test_str_hides_password(self) -> None:
+        """str shows the seeds with the password masked; repr hides it."""
+        address = parse_redis_url("rediss+cluster://admin:hunter2@n1:7000,[::1]")
+        self.assertEqual(str(address), "rediss+cluster://admin:***@n1:7000,[::1]:6379")
+        self.assertNotIn("hunter2", repr(address))
+        self.assertEqual(
+            str(parse_redis_url("redis+cluster://n1")), "redis+cluster://n1:6379"
+        )
+
+    def test_node(self) -> None:
+        """node() is a plain address of one node, with the login and TLS."""
+        address = parse_redis_url(
+            "rediss+cluster://u:secret@n1:7000,n2:7001?ssl_ca_certs=/ca.pem"
+        )
+        self.assertEqual(
+            address.node("10.0.0.5", 7005),
+            RedisAddress(
+                "10.0.0.5",
+                7005,
+                0,
+                username="u",
+                password="secret",
+                tls=True,
+                ca_certs="/ca.pem",
+            ),
+        )
+        self.assertEqual(str(address.node("n2", 7001)), "rediss://u:***@n2:7001/0")
+
+    def test_other_database_refused(self) -> None:
+        """A database other than 0 is refused: Redis Cluster has no other."""
+        with self.assertRaises(ValueError) as raised:
+            parse_redis_url("redis+cluster://:secret@n1,n2/3")
+        self.assertEqual(str(raised.exception), "Redis Cluster has only database 0")
+
+    def test_errors(self) -> None:
+        """Bad cluster URLs are refused, with an example, never the password."""
+        for url, says in [
+            ("redis+cluster://:secret@n1,,n2", "redis+cluster://n1:6379,n2:6379"),
+            ("redis+cluster://:secret@", "redis+cluster://n1:6379,n2:6379"),
+            ("redis+cluster://:secret@n1:port", "redis+cluster://n1:6379,n2:6379"),
+            ("redis+cluster://:secret@n1:0", "invalid port"),
+            ("redis+cluster://:secret@n1:70000", "invalid port"),
+            ("redis+cluster://:secret@n1/x", "database 0"),
+            ("redis+cluster://:secret@n1/0/1", "database 0"),
+            ("redis+cluster://:secret@n1?ssl_ca_certs=/ca.pem", "ssl_ca_certs"),
+            ("redis+cluster://:secret@n1#x", "fragment"),
+        ]:
+            with self.assertRaises(ValueError, msg=url) as raised:
+                parse_redis_url(url)
+            self.assertIn(says, str(raised.exception), url)
+            self.assertNotIn("secret", str(raised.exception), url)
+
+    def test_sentinel_unchanged(self) -> None:
+        """The Sentinel URL keeps its own messages after the shared parsing."""
+        with self.assertRaises(ValueError) as raised:
+            parse_redis_url("redis+sentinel://s1,,s2/cache")
+        self.assertIn("redis+sentinel://s1:26379,s2:26379", str(raised.exception))
+        with self.assertRaises(ValueError) as raised:
+            parse_redis_url("redis+sentinel://s1:0/cache")
+        self.assertEqual(str(raised.exception), "the Sentinel URL has an invalid port")
+
+
 _Names = Names
 
 

@@ -1,8 +1,9 @@
 """
 Where a Redis server is: :class:`RedisAddress`, parsed from a ``redis://``
 URL (or a ``redis+sentinel://`` one, which names the sentinels that know
-where the primary is) by :func:`parse_redis_url`, and the Twisted endpoint
-that reaches it.
+where the primary is, or a ``redis+cluster://`` one, which names some
+nodes of a Redis Cluster) by :func:`parse_redis_url`, and the Twisted
+endpoint that reaches it.
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ class RedisAddress:
         ``host`` and ``port`` are then the first sentinel's.
     :ivar service: The name the sentinels monitor the primary under
         (``redis+sentinel://`` only).
+    :ivar cluster: For ``redis+cluster://``: the seed nodes (host, port)
+        of a Redis Cluster, asked in turn for its slot map; empty
+        otherwise.  ``host`` and ``port`` are then the first seed's, and
+        ``db`` is 0 (a cluster has no other database).
     """
 
     host: str
@@ -60,6 +65,7 @@ class RedisAddress:
     ca_certs: str | None = None
     sentinels: tuple[tuple[str, int], ...] = ()
     service: str | None = None
+    cluster: tuple[tuple[str, int], ...] = ()
 
     def __str__(self) -> str:
         """The URL with the password masked, for logs and messages."""
@@ -70,6 +76,9 @@ class RedisAddress:
         if self.sentinels:
             hosts = ",".join(_host_port(*sentinel) for sentinel in self.sentinels)
             return f"{scheme}+sentinel://{login}{hosts}/{self.service}/{self.db}"
+        if self.cluster:
+            hosts = ",".join(_host_port(*node) for node in self.cluster)
+            return f"{scheme}+cluster://{login}{hosts}"
         return f"{scheme}://{login}{_host_port(self.host, self.port)}/{self.db}"
 
     def primary(self, host: str, port: int) -> RedisAddress:
@@ -87,6 +96,16 @@ class RedisAddress:
         """
         return RedisAddress(host, port, tls=self.tls, ca_certs=self.ca_certs)
 
+    def node(self, host: str, port: int) -> RedisAddress:
+        """
+        The address of the Redis Cluster node at ``host``:``port`` (a seed,
+        or a node the slot map names): a plain address with this address's
+        login and TLS, and no seeds.
+        """
+        return evolve(
+            self, host=host, port=port, db=0, cluster=(), sentinels=(), service=None
+        )
+
 
 def _host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -102,6 +121,11 @@ def parse_redis_url(url: str) -> RedisAddress:
     sentinels (port 26379 by default) and the name of the service they
     monitor; the login, database and TLS are the primary's.
 
+    With Redis Cluster, ``redis+cluster://[[user]:password@]host[:port]
+    [,host[:port]...][/0]`` (``rediss+cluster://`` for TLS): some nodes of
+    the cluster (port 6379 by default), asked in turn for the slot map; the
+    login and TLS are every node's.  A cluster has only database 0.
+
     :raises ValueError: naming what is wrong; the message never contains the
         password.
     """
@@ -109,10 +133,12 @@ def parse_redis_url(url: str) -> RedisAddress:
     scheme = parts.scheme.lower()
     if scheme in ("redis+sentinel", "rediss+sentinel"):
         return _parse_sentinel(parts, scheme == "rediss+sentinel")
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        return _parse_cluster(parts, scheme == "rediss+cluster")
     if scheme not in ("redis", "rediss"):
         raise ValueError(
-            "the URL must start with redis://, rediss://, redis+sentinel:// or "
-            "rediss+sentinel://"
+            "the URL must start with redis://, rediss://, redis+sentinel://, "
+            "rediss+sentinel://, redis+cluster:// or rediss+cluster://"
         )
     try:
         host = parts.hostname
@@ -148,34 +174,58 @@ def _ca_certs(parts: SplitResult, tls: bool) -> str | None:
         else:
             raise ValueError(
                 f"unknown Redis URL parameter {name!r} (only ssl_ca_certs, "
-                "with rediss:// or rediss+sentinel://)"
+                "with rediss://, rediss+sentinel:// or rediss+cluster://)"
             )
     if parts.fragment:
         raise ValueError("a Redis URL has no #fragment")
     return ca_certs
 
 
-def _parse_sentinel(parts: SplitResult, tls: bool) -> RedisAddress:
+def _login(parts: SplitResult) -> tuple[str | None, str | None, str]:
+    """The user name, the password and the list of hosts of a netloc."""
     login, at, hosts = parts.netloc.rpartition("@")
     username = password = None
     if at:
         user, colon, secret = login.partition(":")
         username = unquote(user) if user else None
         password = unquote(secret) if colon else None
-    sentinels: list[tuple[str, int]] = []
+    return username, password, hosts
+
+
+def _hosts(
+    hosts: str, default_port: int, kind: str, example: str
+) -> list[tuple[str, int]]:
+    """
+    ``host[:port],host[:port]...`` (an IPv6 address in brackets) as a list
+    of (host, port).
+
+    :param kind: What the URL is called in messages ("the Sentinel URL").
+    :param example: A URL of its kind, for the messages.
+    """
+    found: list[tuple[str, int]] = []
     for item in hosts.split(","):
         match = re.fullmatch(r"(?:\[([0-9A-Fa-f:.]+)\]|([^\[\]:/]+))(?::(\d*))?", item)
         if match is None:
             raise ValueError(
-                "the Sentinel URL lists hosts as host:port,host:port, as in "
-                "redis+sentinel://s1:26379,s2:26379/mymaster"
+                f"{kind} lists hosts as host:port,host:port, as in {example}"
             )
         host = match.group(1) or match.group(2)
         port_text = match.group(3)
-        port = int(port_text) if port_text else SENTINEL_PORT
+        port = int(port_text) if port_text else default_port
         if not 0 < port < 65536:
-            raise ValueError("the Sentinel URL has an invalid port")
-        sentinels.append((host, port))
+            raise ValueError(f"{kind} has an invalid port")
+        found.append((host, port))
+    return found
+
+
+def _parse_sentinel(parts: SplitResult, tls: bool) -> RedisAddress:
+    username, password, hosts = _login(parts)
+    sentinels = _hosts(
+        hosts,
+        SENTINEL_PORT,
+        "the Sentinel URL",
+        "redis+sentinel://s1:26379,s2:26379/mymaster",
+    )
     segments = parts.path.strip("/").split("/") if parts.path.strip("/") else []
     if not segments or len(segments) > 2 or not segments[0]:
         raise ValueError(
@@ -199,6 +249,30 @@ def _parse_sentinel(parts: SplitResult, tls: bool) -> RedisAddress:
         ca_certs=ca_certs,
         sentinels=tuple(sentinels),
         service=service,
+    )
+
+
+def _parse_cluster(parts: SplitResult, tls: bool) -> RedisAddress:
+    username, password, hosts = _login(parts)
+    example = "redis+cluster://n1:6379,n2:6379"
+    nodes = _hosts(hosts, 6379, "the Redis Cluster URL", example)
+    path = parts.path.strip("/")
+    if path and not path.isdigit():
+        raise ValueError(
+            "the Redis Cluster URL names at most database 0 after the hosts, "
+            f"as in {example}/0"
+        )
+    if path and int(path) != 0:
+        raise ValueError("Redis Cluster has only database 0")
+    ca_certs = _ca_certs(parts, tls)
+    return RedisAddress(
+        host=nodes[0][0],
+        port=nodes[0][1],
+        username=username,
+        password=password,
+        tls=tls,
+        ca_certs=ca_certs,
+        cluster=tuple(nodes),
     )
 
 
