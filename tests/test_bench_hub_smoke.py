@@ -30,7 +30,7 @@ WORKLOADS = {"saturation", "paced", "idle"}
 #: What a row of each workload measures; the other fields are null.
 MEASURED = {
     "saturation": {"deliveries_per_s", "p50_ms", "p99_ms", "lost", "duplicated"},
-    "paced": {"deliveries_per_s", "p50_ms", "p99_ms", "lost", "duplicated"},
+    "paced": {"p50_ms", "p99_ms", "lost", "duplicated"},
     "idle": {"rss_per_conn_kb", "setup_conn_per_s"},
 }
 FIELDS = set().union(*MEASURED.values())
@@ -163,7 +163,8 @@ class HubBenchSmokeTests(SynchronousTestCase):
                 # Twenty subscribers may fit in memory the hub already has.
                 self.assertIsInstance(row["rss_per_conn_kb"], float)
             else:
-                self.assertGreater(row["deliveries_per_s"], 0)
+                if row["workload"] == "saturation":
+                    self.assertGreater(row["deliveries_per_s"], 0)
                 self.assertGreater(row["published"], 0)
                 self.assertGreater(row["p50_ms"], 0)
                 self.assertGreaterEqual(row["p99_ms"], row["p50_ms"])
