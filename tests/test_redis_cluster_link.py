@@ -273,7 +273,7 @@ class FakeNode:
         self.on_lost = on_lost
         self.ready = False
         self.started = self.stopped = False
-        self.drops = 0
+        self.starts = self.drops = 0
         #: Commands sent and their answers to come.
         self.sent: list[tuple[tuple[Any, ...], Deferred[Any]]] = []
 
@@ -283,6 +283,7 @@ class FakeNode:
 
     def start(self) -> None:
         self.started = True
+        self.starts += 1
 
     def stop(self) -> Deferred[None]:
         self.stopped = True
@@ -591,7 +592,12 @@ class StartTests(ClusterCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(self.events, ["ready", "lost"])
         self.link.start()
+        self.assertEqual([node.starts for node in self.made], [2, 2, 2])
         self.assertEqual(len(self.ask.asked), 2)
+        self.ask.answer(THREE)
+        for node in self.made:
+            node.connect()
+        self.assertEqual(self.events, ["ready", "lost", "ready"])
 
     def test_stop_while_asking(self) -> None:
         """stop while a seed is asked cancels the question and its timeout."""
@@ -948,15 +954,6 @@ class AskSlotsTests(SynchronousTestCase):
 # Against a private Redis Cluster (pytest only)
 
 
-def _our_delayed_calls() -> list[Any]:
-    """The global reactor's pending calls made by twisted_sse or ClientService."""
-    return [
-        call
-        for call in _helpers.global_reactor().getDelayedCalls()
-        if "twisted_sse" in repr(call.func) or "ClientService" in repr(call.func)
-    ]
-
-
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[tools.ClusterTopology]:
     """A private cluster of three primaries, for this module's slow tests."""
@@ -968,15 +965,16 @@ def cluster() -> Iterator[tools.ClusterTopology]:
 @pytest_twisted.async_yield_fixture
 async def link(cluster: tools.ClusterTopology) -> AsyncIterator[ClusterLink]:
     """A ClusterLink on the private cluster, ready; stopped after the test."""
-    made = ClusterLink(
-        _helpers.global_reactor(), parse_redis_url(cluster.url()), "twisted_sse:test"
-    )
+    reactor = _helpers.global_reactor()
+    before = set(reactor.getDelayedCalls())
+    made = ClusterLink(reactor, parse_redis_url(cluster.url()), "twisted_sse:test")
     made.start()
     await _helpers.until(lambda: made.ready, "the cluster link ready")
     yield made
     await made.stop()
     await _helpers.sleep(0)
-    assert _our_delayed_calls() == []
+    left = [call for call in reactor.getDelayedCalls() if call not in before]
+    assert left == [], "the stopped link left timers"
 
 
 def _keys_over(cluster: tools.ClusterTopology, prefix: str) -> dict[int, str]:

@@ -352,6 +352,10 @@ class ClusterLink:
     :class:`~twisted_sse._redis._link.RedisLink`: each command goes to the
     primary that owns its key, following the cluster's redirections.
 
+    The periodic reading of the map is sent on a ready node link, behind
+    the commands on their way there: a link that sends blocking commands
+    (``XREAD BLOCK``) would delay it, and have it time out.
+
     :param reactor: Provides ``IReactorTime`` (and ``IReactorTCP`` unless
         ``make_node`` and ``ask`` are given).
     :param address: A ``redis+cluster://`` address: the seeds, the login
@@ -469,10 +473,12 @@ class ClusterLink:
         return None
 
     def start(self) -> None:
-        """Read the slot map and connect to every primary."""
+        """Read the slot map and connect to every primary (again, if stopped)."""
         if self._running:
             return
         self._running = True
+        for link in list(self._links.values()):
+            link.start()
         loop = self._loop = LoopingCall(self._tick)
         loop.clock = self.clock
         loop.start(self.refresh_interval, now=False)
