@@ -195,10 +195,12 @@ class SSEApp:
     @app.route("/healthz", methods=["GET", "HEAD"])
     def healthz(self, request: Any) -> bytes:
         """
-        200 while the broker works, 503 while it does not (Redis down, or
-        no primary known with Sentinel).  With Sentinel, ``redis`` tells
-        the service, the primary the sentinels last named, whether each
-        sentinel answered, and the failovers seen.
+        200 while the broker works, 503 while it does not (Redis down, no
+        primary known with Sentinel, or slots of a cluster not covered).
+        With Sentinel, ``redis`` tells the service, the primary the
+        sentinels last named, whether each sentinel answered, and the
+        failovers seen; on Redis Cluster, the slots covered, each primary
+        with its slots and whether it is up, and the redirections followed.
         """
         request.setHeader(b"Content-Type", b"application/json")
         request.setHeader(b"Cache-Control", b"no-store")

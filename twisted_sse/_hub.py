@@ -293,6 +293,8 @@ class Hub:
         #: events replayed to resuming subscribers.
         self.published = 0
         self.publish_failures = 0
+        #: Publishes failed because the broker was unavailable (a 503).
+        self.publish_unavailable = 0
         #: Publishes answered as repeats of an earlier one with the same
         #: idempotency key (nothing published again).
         self.replays = 0
@@ -367,6 +369,8 @@ class Hub:
 
         def failed(failure: Failure) -> Failure:
             self.publish_failures += 1
+            if failure.check(BrokerUnavailable):
+                self.publish_unavailable += 1
             return failure
 
         if idempotency_key is None:

@@ -147,6 +147,12 @@ class SSECollector(Collector):
                 value=hub.publish_failures,
             )
             yield CounterMetricFamily(
+                "sse_publish_unavailable",
+                "Publishes refused (503) because the broker was unavailable "
+                "(Redis down, no primary, slots not covered).",
+                value=getattr(hub, "publish_unavailable", 0),
+            )
+            yield CounterMetricFamily(
                 "sse_publish_replays",
                 "Publishes answered as repeats of an earlier one with the same "
                 "Idempotency-Key (not published again).",
@@ -227,6 +233,14 @@ class SSECollector(Collector):
                     "sse_redis_failovers",
                     "Times Redis Sentinel named another primary.",
                     value=failovers,
+                )
+            redirections = getattr(broker, "redirections", None)
+            if isinstance(redirections, int):
+                yield CounterMetricFamily(
+                    "sse_redis_redirections",
+                    "MOVED and ASK answers of Redis Cluster followed (slots that "
+                    "moved, or are moving, to another node).",
+                    value=redirections,
                 )
 
 

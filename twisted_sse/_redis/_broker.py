@@ -49,6 +49,7 @@ from .._presence import IPresenceBroker, PresenceFollow, PresenceInfo, Told
 from . import _watch
 from ._address import RedisAddress
 from ._channels import BATCH, PAGE_BYTES, Channel, Local, Replay, read_snapshot
+from ._cluster import ClusterLink
 from ._entries import (
     LAST_ID,
     EventId,
@@ -68,9 +69,11 @@ from ._presence import (
     RedisPresence,
 )
 from ._protocol import COMMAND_TIMEOUT, Arg, Reply
+from ._pubsub import MakeNode, ShardWatch
 from ._reader import Reader
 from ._scripts import (
     IDEMPOTENCY_FIELD,
+    LIVE_FIELD,
     LOG_FIELD,
     PUBLISH,
     ROTATE,
@@ -135,6 +138,47 @@ def _redis_links(
         )
 
     return make_link
+
+
+def _cluster_links(reactor: Any, address: RedisAddress, timeout: float) -> MakeLink:
+    r"""
+    Make ``ClusterLink``\ s to the cluster at ``address`` (one connection
+    per primary each), with the broker's scripts.
+    """
+    scripts = [script.source for script in SCRIPTS]
+
+    def make_link(
+        name: str,
+        on_ready: Callable[[], object] | None,
+        on_lost: Callable[[], object] | None,
+    ) -> Any:
+        return ClusterLink(
+            reactor,
+            address,
+            name,
+            on_ready=on_ready,
+            on_lost=on_lost,
+            timeout=timeout,
+            scripts=scripts,
+        )
+
+    return make_link
+
+
+def _node_links(reactor: Any, timeout: float) -> MakeNode:
+    """Make a ``RedisLink`` to one node of a cluster (no scripts)."""
+
+    def make_node(
+        address: RedisAddress,
+        name: str,
+        on_ready: Callable[[], object] | None,
+        on_lost: Callable[[], object] | None,
+    ) -> RedisLink:
+        return RedisLink(
+            reactor, address, name, on_ready=on_ready, on_lost=on_lost, timeout=timeout
+        )
+
+    return make_node
 
 
 def _answer_once(reply: Reply, digest: str) -> str:
@@ -281,6 +325,7 @@ class RedisBroker(Service):
         idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL,
         wait_replicas: int = 0,
         wait_timeout: float = 1.0,
+        make_node: MakeNode | None = None,
     ) -> None:
         if wait_replicas < 0:
             raise ValueError(f"wait_replicas must be >= 0, not {wait_replicas!r}")
@@ -293,10 +338,22 @@ class RedisBroker(Service):
         self.wait_timeout = wait_timeout
         #: With Sentinel and links of the broker's own making, the sentinels.
         self.sentinels: Sentinels | None = None
+        #: Whether Redis is a cluster (``redis+cluster://``).
+        self.cluster = bool(address.cluster)
+        if self.cluster and ("{" in prefix or "}" in prefix):
+            raise ValueError(
+                f"prefix must not hold '{{' or '}}' on Redis Cluster (the channel "
+                f"name is the keys' hash tag), not {prefix!r}"
+            )
         if make_link is None:
-            if address.sentinels:
-                self.sentinels = Sentinels(reactor, address)
-            make_link = _redis_links(reactor, address, timeout, self.sentinels)
+            if self.cluster:
+                make_link = _cluster_links(reactor, address, timeout)
+            else:
+                if address.sentinels:
+                    self.sentinels = Sentinels(reactor, address)
+                make_link = _redis_links(reactor, address, timeout, self.sentinels)
+        if make_node is None:
+            make_node = _node_links(reactor, timeout)
         if history < 0:
             raise ValueError(f"history must be >= 0 events, not {history!r}")
         if block_ms < 1:
@@ -339,6 +396,7 @@ class RedisBroker(Service):
             renew=presence_renew,
             flush=presence_flush,
             poll=presence_poll,
+            cluster=self.cluster,
         )
         self._watches = Watches(self._commands, prefix)
         self._log_length = _watch.LOG_LENGTH
@@ -351,13 +409,26 @@ class RedisBroker(Service):
             ttl_ms=self._ttl_ms,
             check_interval=self.check_interval,
             on_checked=self._unpark,
-            watches=self._watches,
+            watches=None if self.cluster else self._watches,
+            watch_shards=self._watch_shards(reactor, address, make_node),
         )
         self._clock: IReactorTime = reactor
         self._tokens = itertools.count()
         self._retry_call: IDelayedCall | None = None
         #: Replays whose last page read failed, to read again.
         self._failed: list[tuple[Channel, Replay]] = []
+
+    def _watch_shards(
+        self, reactor: Any, address: RedisAddress, make_node: MakeNode
+    ) -> Callable[[Any, Callable[[str], object]], ShardWatch] | None:
+        """On a cluster, how the reader makes its shard watch."""
+        if not self.cluster:
+            return None
+
+        def watch_shards(link: Any, notify: Callable[[str], object]) -> ShardWatch:
+            return ShardWatch(reactor, link, address, make_node, notify)
+
+        return watch_shards
 
     @classmethod
     def with_links(
@@ -406,12 +477,30 @@ class RedisBroker(Service):
         """Times the sentinels named another primary (0 without Sentinel)."""
         return 0 if self.sentinels is None else self.sentinels.failovers
 
+    @property
+    def redirections(self) -> int | None:
+        """
+        On a cluster, the ``MOVED`` and ``ASK`` answers followed (by the
+        command and reader connections); ``None`` otherwise.
+        """
+        if not self.cluster:
+            return None
+        links: list[Any] = [self._commands, self._reader.link]
+        return sum(getattr(link, "redirections", 0) for link in links)
+
     def topology(self) -> dict[str, Any] | None:
         """
-        With Sentinel, the state of the topology (service, primary, each
-        sentinel up or down, failovers), for ``/healthz``; else ``None``.
+        The state of the topology for ``/healthz``: with Sentinel, the
+        service, primary, each sentinel up or down and the failovers; on a
+        cluster, the slots covered, each primary with its slots and
+        whether it is up, and the redirections followed; else ``None``.
         """
-        return None if self.sentinels is None else self.sentinels.state()
+        if self.sentinels is not None:
+            return self.sentinels.state()
+        commands: Any = self._commands
+        if self.cluster and isinstance(commands, ClusterLink):
+            return commands.state()
+        return None
 
     def startService(self) -> None:
         """Connect to Redis (in the background; see :attr:`available`)."""
@@ -550,12 +639,18 @@ class RedisBroker(Service):
     # Publishing
 
     def key(self, channel: str) -> str:
-        """The stream key of ``channel``."""
+        """
+        The stream key of ``channel``: ``<prefix><channel>``, or on Redis
+        Cluster ``<prefix>{<channel>}`` (the channel as the hash tag, so
+        that the keys of a channel are on one node).
+        """
+        if self.cluster:
+            return f"{self.prefix}{{{channel}}}"
         return self.prefix + channel
 
     def epoch_key(self, channel: str) -> str:
         """The key of the hash that holds ``channel``'s epoch."""
-        return self.prefix + channel + "#epoch"
+        return self.key(channel) + "#epoch"
 
     def idempotency_key(self, channel: str, idempotency_key: str) -> str:
         """
@@ -592,14 +687,20 @@ class RedisBroker(Service):
         except ValueError as error:
             return fail(error)
         keys: list[Arg] = [self.key(channel), self.epoch_key(channel)]
-        args: list[Arg] = [
-            self.maxlen,
-            self._ttl_ms,
-            LOG_FIELD,
-            self._watches.key,
-            channel,
-            self._log_length,
-        ]
+        args: list[Arg]
+        if self.cluster:
+            # No publish log (its one key would join every channel's
+            # script); the readers are told on the stream's shard channel.
+            args = [self.maxlen, self._ttl_ms, LIVE_FIELD]
+        else:
+            args = [
+                self.maxlen,
+                self._ttl_ms,
+                LOG_FIELD,
+                self._watches.key,
+                channel,
+                self._log_length,
+            ]
         digest = ""
         if idempotency_key is not None:
             if not self._idempotency_ms:
@@ -615,16 +716,22 @@ class RedisBroker(Service):
             self._commands, PUBLISH, keys, [*args, *event_fields(event, key)]
         )
         if self.wait_replicas:
-            added.addCallback(self._replicated)
+            added.addCallback(self._replicated, keys[0])
         if idempotency_key is None:
             answered = added.addCallback(reply_text)
         else:
             answered = added.addCallback(_answer_once, digest)
         return answered.addCallback(self._note_acked, channel)
 
-    def _replicated(self, reply: Reply) -> Deferred[Reply]:
+    def _replicated(self, reply: Reply, key: Arg = "") -> Deferred[Reply]:
         """``WAIT`` for the replicas, then ``reply``; or fail."""
         wanted = self.wait_replicas
+        link: Any = self._commands
+        if self.cluster and isinstance(link, ClusterLink):
+            # WAIT counts the writes of its connection: the node's.
+            link = link.node_for(reply_text(key))
+            if link is None:
+                return fail(BrokerUnavailable("the node of the channel is gone"))
 
         def counted(replicas: Reply) -> Reply:
             if not isinstance(replicas, int) or replicas < wanted:
@@ -634,9 +741,10 @@ class RedisBroker(Service):
                 )
             return reply
 
-        return self._commands.execute(
+        waiting: Deferred[Reply] = link.execute(
             "WAIT", wanted, max(1, round(self.wait_timeout * 1000))
-        ).addCallback(counted)
+        )
+        return waiting.addCallback(counted)
 
     # Watching
 
@@ -665,6 +773,13 @@ class RedisBroker(Service):
         """
         if not prefix.endswith(".") or not valid_channel(prefix[:-1]):
             raise ValueError(f"invalid prefix: {prefix!r}")
+        if self.cluster:
+            return fail(
+                ValueError(
+                    f"pattern {prefix + '*'!r} is refused: on Redis Cluster "
+                    "this server cannot watch channels; name channels"
+                )
+            )
         if not self.available:
             return fail(BrokerUnavailable("Redis is not connected"))
         return self._watches.watch(prefix, found, since, known)

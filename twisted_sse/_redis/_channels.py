@@ -72,6 +72,10 @@ class Channel:
     #: reconnect, when the reader fell behind, or when its epoch may have
     #: changed).
     check: bool = False
+    #: On a cluster: whether the stream may have entries past
+    #: :attr:`position` (its shard channel said so, or it was just
+    #: subscribed to).
+    fresh: bool = False
     #: Subscribers in the live fan-out.
     subscribers: dict[int, Local] = field(factory=dict)
     #: Subscribers on their way there: new ones waiting for the channel's

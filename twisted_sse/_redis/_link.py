@@ -175,6 +175,11 @@ class RedisLink:
         return self._ready is not None
 
     @property
+    def protocol(self) -> RedisProtocol | None:
+        """The ready connection, or ``None``."""
+        return self._ready
+
+    @property
     def local_address(self) -> IAddress | None:
         """This end of the ready connection (``None`` when not ready)."""
         ready = self._ready

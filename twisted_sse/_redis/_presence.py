@@ -55,6 +55,7 @@ from .._presence import (
     PresenceInfo,
     Told,
 )
+from ._cluster import group_by_slot, key_slot
 from ._entries import as_list, text
 from ._protocol import Arg, Reply
 from ._scripts import (
@@ -226,6 +227,7 @@ class RedisPresence:
         renew: float = PRESENCE_RENEW,
         flush: float = PRESENCE_FLUSH,
         poll: float = PRESENCE_POLL,
+        cluster: bool = False,
     ) -> None:
         if not 0 < renew < lease:
             raise ValueError(
@@ -243,6 +245,8 @@ class RedisPresence:
         self.renew = renew
         self.flush = flush
         self.poll = poll
+        #: On Redis Cluster, a script holds the channels of one slot only.
+        self.cluster = cluster
         self._lease_ms = max(1, round(lease * 1000))
         #: The keys outlive the lease: an entry is reaped before they go.
         self._ttl_ms = 2 * self._lease_ms
@@ -510,7 +514,16 @@ class RedisPresence:
         batch: list[tuple[str, int]] = []
         size = changed = 0
         head: list[Arg] = [self.process_id, self._lease_ms, self._ttl_ms, LOG_LENGTH]
+        slot = -1
+        if self.cluster:
+            # Stable: the parts of a channel stay in order.
+            writes = sorted(writes, key=lambda write: self._slot(write[0]))
         for channel, version, base, total, given, count in writes:
+            if self.cluster:
+                slot, last_slot = self._slot(channel), slot
+                if batch and slot != last_slot:
+                    yield keys, [*head, *args], batch
+                    keys, args, batch, size, changed = [], [], [], 0, 0
             if batch and (
                 len(batch) >= BATCH_CHANNELS
                 or size + len(given) > BATCH_BYTES
@@ -726,8 +739,15 @@ class RedisPresence:
         if not asked:
             return
         polls = []
-        for start in range(0, len(asked), BATCH_CHANNELS):
-            batch = asked[start : start + BATCH_CHANNELS]
+        groups = [asked]
+        if self.cluster:
+            groups = group_by_slot(asked, lambda item: self.keys(item[0].channel)[0])
+        batches = [
+            group[start : start + BATCH_CHANNELS]
+            for group in groups
+            for start in range(0, len(group), BATCH_CHANNELS)
+        ]
+        for batch in batches:
             keys: list[Arg] = []
             args: list[Arg] = [POLL_PAGE, LOG_LENGTH, self._ttl_ms]
             for followed, epoch, after in batch:
@@ -797,6 +817,9 @@ class RedisPresence:
                     follower.after = number
                     _tell(follower, change)
         return more
+
+    def _slot(self, channel: str) -> int:
+        return key_slot(self.keys(channel)[0])
 
     # Running scripts
 

@@ -4,8 +4,11 @@ replies parsed by ``hiredis.Reader`` and matched in order to the Deferreds of
 the commands sent, each with a reply timeout.
 
 Redis answers the commands of a connection in the order they were sent
-(RESP2, no push messages: this package never subscribes to pub/sub), so a
-FIFO of Deferreds is all the matching there is.  A reply that takes longer
+(RESP2), so a FIFO of Deferreds is all the matching there is.  A connection
+that subscribes (sharded pub/sub, for Redis Cluster) is first prepared
+with commands, then handed to :meth:`RedisProtocol.listen`: from then on
+every message goes to one handler, and commands are sent with
+:meth:`RedisProtocol.send`, unanswered.  A reply that takes longer
 than its timeout means that every reply behind it is stuck too: the
 connection is aborted, which fails every pending command, and whoever owns
 the connection (:class:`~twisted_sse._redis._link.RedisLink`) opens another.
@@ -103,6 +106,8 @@ class RedisProtocol(TwistedProtocol):
         self._open = False
         #: Why the connection is being closed, if this protocol closes it.
         self._why = "lost the connection to Redis"
+        #: Once listening: where every message goes.
+        self._push: Callable[[Reply], object] | None = None
 
     @property
     def open(self) -> bool:
@@ -152,6 +157,20 @@ class RedisProtocol(TwistedProtocol):
             timer.reset(deadline - clock.seconds())
         return answer
 
+    def listen(self, handler: Callable[[Reply], object]) -> None:
+        """
+        From now on, hand every message to ``handler`` (pub/sub): the
+        commands still waiting for a reply are answered first.  Commands
+        are then sent with :meth:`send`.
+        """
+        self._push = handler
+
+    def send(self, *args: Arg) -> None:
+        """Send one command whose answer goes to the :meth:`listen` handler."""
+        if self._open:
+            transport: Any = self.transport
+            transport.write(hiredis.pack_command(args))  # type: ignore[arg-type]
+
     def dataReceived(self, data: bytes) -> None:
         """Parse what arrived; fire the commands it answers, in order."""
         reader = self._reader
@@ -166,6 +185,12 @@ class RedisProtocol(TwistedProtocol):
                 return
             if reply is False:
                 return
+            if not pending and self._push is not None:
+                try:
+                    self._push(reply)
+                except Exception:
+                    _log.failure("A Redis message handler failed")
+                continue
             if not pending:
                 _log.error("Redis sent a reply to no command")
                 self.abort("Redis sent a reply to no command")

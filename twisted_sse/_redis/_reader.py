@@ -6,12 +6,18 @@ entry, encoded once, to them; it catches up after a reconnection or a
 full batch, follows epoch changes and checks the followed channels now
 and then.  While the process has watches, it also reads the publish log
 for them (:mod:`twisted_sse._redis._watch`).
+
+On Redis Cluster it cannot block on streams of several slots: it waits
+instead for its :class:`~twisted_sse._redis._pubsub.ShardWatch` to say
+which streams have new entries, and reads those (one ``XREAD`` per slot,
+all sent at once).
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -21,6 +27,7 @@ from twisted.python.failure import Failure
 
 from .._broker import BrokerUnavailable, Published, loss_event
 from ._channels import BATCH, Channel, Local, read_snapshot
+from ._cluster import group_by_slot
 from ._entries import (
     EPOCH_FIELD,
     ZERO,
@@ -39,6 +46,7 @@ from ._entries import entries as reply_entries
 from ._entries import text as reply_text
 from ._link import MakeLink, RedisLink
 from ._protocol import Arg, RedisCommandError, Reply
+from ._pubsub import ShardWatch
 from ._scripts import REFRESH, ROTATE, run_script
 from ._watch import Watches
 
@@ -70,6 +78,10 @@ class Reader:
         it (the replays parked on it go on).
     :param watches: The process's watches: while there is one, the reader
         also reads the publish log for them.
+    :param watch_shards: On Redis Cluster, makes the
+        :class:`~twisted_sse._redis._pubsub.ShardWatch` over the reader's
+        link that calls the function it is given with the key of a stream
+        to read.
     """
 
     def __init__(
@@ -84,6 +96,8 @@ class Reader:
         check_interval: float,
         on_checked: Callable[[Channel], object],
         watches: Watches | None = None,
+        watch_shards: Callable[[Any, Callable[[str], object]], ShardWatch]
+        | None = None,
     ) -> None:
         self._clock = clock
         self._commands = commands
@@ -108,17 +122,24 @@ class Reader:
         self.watches = watches
         if watches is not None:
             watches.wake = self._wake
+        #: On Redis Cluster, what tells which streams to read.
+        self.shards: ShardWatch | None = None
+        if watch_shards is not None:
+            self.shards = watch_shards(self.link, self._notified)
 
     # Life cycle
 
     @property
     def ready(self) -> bool:
-        """Whether the reader's connection is ready."""
-        return self.link.ready
+        """Whether the reader's connection (and its shard watch) is ready."""
+        shards = self.shards
+        return self.link.ready and (shards is None or shards.ready)
 
     def start(self) -> None:
         """Connect (in the background) and start the periodic checks."""
         self.link.start()
+        if self.shards is not None:
+            self.shards.start()
         if self._check_call is None:
             self._check_call = self._clock.callLater(
                 self.check_interval, self._check_channels
@@ -135,6 +156,9 @@ class Reader:
         self.stop_checks()
 
         async def stop() -> None:
+            if self.shards is not None:
+                for stopping in self.shards.stop():
+                    await stopping
             await self.link.stop()
             self._wake_idle()
             if self._pause is not None:
@@ -162,6 +186,8 @@ class Reader:
         ):
             del self.channels[state.name]
             self._by_key.pop(state.key.encode("utf-8"), None)
+            if self.shards is not None:
+                self.shards.remove(state.key)
 
     def follow(self, state: Channel, snapshot: Snapshot) -> None:
         """Follow ``state`` from ``snapshot`` on, if new; check it if it moved."""
@@ -170,6 +196,11 @@ class Reader:
         if state.position is None:
             state.position = snapshot.last_generated if snapshot.exists else ZERO
             state.epoch = snapshot.epoch
+            if self.shards is not None:
+                # Read once after the snapshot: entries added before the
+                # subscription was confirmed are not announced.
+                state.fresh = True
+                self.shards.add(state.key)
             self._wake()
         elif snapshot.epoch != state.epoch and not state.check:
             # The reader is behind this read, or this read behind the
@@ -203,6 +234,13 @@ class Reader:
                     error=str(error),
                 )
             return None
+
+    def _notified(self, key: str) -> None:
+        """The shard watch says stream ``key`` may have new entries."""
+        state = self._by_key.get(key.encode("utf-8"))
+        if state is not None and state.position is not None and not state.fresh:
+            state.fresh = True
+            self._wake()
 
     # Fan-out
 
@@ -282,12 +320,15 @@ class Reader:
         if not self._commands.ready:
             return
         followed = [s for s in self.channels.values() if s.position is not None]
-        for start in range(0, len(followed), _REFRESH_BATCH):
-            batch = followed[start : start + _REFRESH_BATCH]
-            keys = [key for state in batch for key in (state.key, state.epoch_key)]
-            run_script(self._commands, REFRESH, keys, (self.ttl_ms,)).addCallback(
-                self._checked, batch
-            ).addErrback(_check_failed)
+        # On a cluster, a script's keys must share a slot.
+        groups = [followed] if self.shards is None else group_by_slot(followed, _key)
+        for group in groups:
+            for start in range(0, len(group), _REFRESH_BATCH):
+                batch = group[start : start + _REFRESH_BATCH]
+                keys = [key for state in batch for key in (state.key, state.epoch_key)]
+                run_script(self._commands, REFRESH, keys, (self.ttl_ms,)).addCallback(
+                    self._checked, batch
+                ).addErrback(_check_failed)
 
     def _checked(self, reply: Reply, batch: list[Channel]) -> None:
         changed = False
@@ -415,6 +456,9 @@ class Reader:
         if watches is not None and log is not None and watches.check:
             await watches.check_log(self.link)
             return
+        if self.shards is not None:
+            await self._read_fresh(followed)
+            return
         if not followed and log is None:
             self._idle = Deferred()
             await self._idle
@@ -446,6 +490,46 @@ class Reader:
             # The log is behind by a full batch: the channels' entries of
             # this read may be past it; they are read again after it.
             return
+        self._take(items)
+
+    async def _read_fresh(self, followed: list[Channel]) -> None:
+        """
+        On a cluster: read the streams the shard watch marked (one
+        ``XREAD`` per slot, sent at once), or wait for one to be marked.
+        """
+        fresh = [state for state in followed if state.fresh]
+        if not fresh:
+            self._idle = Deferred()
+            await self._idle
+            return
+        reads = []
+        for group in group_by_slot(fresh, _key):
+            for state in group:
+                state.fresh = False
+            keys: list[Arg] = [state.key for state in group]
+            ids: list[Arg] = [format_id(state.position or ZERO) for state in group]
+            reads.append(
+                (
+                    group,
+                    self.link.execute("XREAD", "COUNT", BATCH, "STREAMS", *keys, *ids),
+                )
+            )
+        try:
+            for group, reading in reads:
+                try:
+                    reply = await reading
+                except BaseException:
+                    for state in group:
+                        state.fresh = True
+                    raise
+                if reply is not None:
+                    self._take(as_list(reply))
+        finally:
+            for _, reading in reads:
+                reading.addErrback(lambda _: None)
+
+    def _take(self, items: list[Reply]) -> None:
+        """Hand the entries of an ``XREAD`` reply to the subscribers."""
         full = min(BATCH, self.maxlen)
         for item in items:
             key, entries = as_list(item)
@@ -561,6 +645,10 @@ class Reader:
         self._fan_out(state, snapshot.entries)
         self._on_checked(state)
         return False
+
+
+def _key(state: Channel) -> str:
+    return state.key
 
 
 def _unblock_failed(failure: Failure) -> None:

@@ -69,6 +69,10 @@ end
 #: The first of the publish script's arguments after the TTL when the
 #: publish is also written to the publish log (see :data:`LOG`).
 LOG_FIELD = "#log"
+#: In a publish's ARGV[3] instead of :data:`LOG_FIELD`, on Redis Cluster:
+#: no publish log; the new entry's id is ``SPUBLISH``\ ed on the shard
+#: channel named as the stream's key.
+LIVE_FIELD = "#live"
 
 #: The argument after the publish log's (or the TTL, without a log) when
 #: the publish carries an idempotency key (see :data:`PUBLISH`).
@@ -77,7 +81,8 @@ IDEMPOTENCY_FIELD = "#idem"
 #: Publish: KEYS stream, epoch, and the idempotency key's key when the
 #: publish carries one; ARGV MAXLEN, TTL in ms (0: none), then optionally
 #: ``#log`` (:data:`LOG_FIELD`), the publish log's key, the channel's name
-#: and the log's MAXLEN, then with an idempotency key ``#idem``
+#: and the log's MAXLEN (or, on Redis Cluster, ``#live``,
+#: :data:`LIVE_FIELD`), then with an idempotency key ``#idem``
 #: (:data:`IDEMPOTENCY_FIELD`), its TTL in ms and the event's digest, then
 #: the fields.  Returns ``<epoch>:<entry id>``; or, when the idempotency
 #: key's key exists, adds nothing and returns {its value}: ``<digest>
@@ -93,7 +98,8 @@ PUBLISH = script("""
 local stream, meta, once = KEYS[1], KEYS[2], KEYS[3]
 local ttl = tonumber(ARGV[2])
 local logged = ARGV[3] == '#log'
-local fields = logged and 7 or 3
+local live = ARGV[3] == '#live'
+local fields = logged and 7 or (live and 4 or 3)
 local once_ttl, digest
 if once and ARGV[fields] == '#idem' then
   once_ttl, digest = ARGV[fields + 1], ARGV[fields + 2]
@@ -141,6 +147,9 @@ end
 if logged then
   redis.pcall('XADD', ARGV[4], 'MAXLEN', '~', ARGV[6], '*',
               'c', ARGV[5], 'e', epoch, 'i', id)
+end
+if live then
+  redis.call('SPUBLISH', stream, id)
 end
 local answer = epoch .. ':' .. id
 if once then

@@ -1,0 +1,293 @@
+"""
+The Redis broker on a real Redis Cluster of three primaries (private
+processes on free ports, one cluster for the module, each test with a key
+prefix of its own): channels spread over every primary, exact streams
+across brokers, resume, history bounds, channel expiry, idempotency,
+presence, a slot moved under a live channel, and patterns refused with a
+reason (``-m slow``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import DeferredList
+
+from twisted_sse import Event, RedisBroker, parse_redis_url
+from twisted_sse._presence import PresenceChange, PresenceInfo
+from twisted_sse._redis._cluster import key_slot
+
+from . import _helpers
+from . import _redis_tools as tools
+from ._helpers import sleep, until
+from .test_redis import Collector
+
+pytestmark = pytest.mark.slow
+
+_prefixes = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[tools.ClusterTopology]:
+    """Three primaries, for every test of the module."""
+    tools.need(tools.server_unavailable_reason())
+    topology = tools.ClusterTopology().start()
+    try:
+        yield topology
+    finally:
+        topology.stop()
+
+
+@pytest_twisted.async_yield_fixture
+async def brokers(cluster: tools.ClusterTopology) -> AsyncIterator[Any]:
+    """Makes started brokers on the cluster, with this test's prefix."""
+    prefix = f"t{next(_prefixes)}:"
+    made: list[RedisBroker] = []
+
+    def make(**options: Any) -> RedisBroker:
+        options.setdefault("prefix", prefix)
+        broker = RedisBroker(
+            _helpers.global_reactor(), parse_redis_url(cluster.url()), **options
+        )
+        broker.startService()
+        made.append(broker)
+        return broker
+
+    yield make
+    for broker in made:
+        await broker.stop()
+
+
+async def ready(*brokers: RedisBroker) -> None:
+    await until(lambda: all(b.available for b in brokers), "the brokers", 20)
+
+
+def command(cluster: tools.ClusterTopology, key: str, *args: Any) -> Any:
+    """A command about ``key``, sent to the primary that owns it."""
+    return tools.command(cluster.owner(key_slot(key)), *args)
+
+
+@pytest_twisted.ensureDeferred
+async def test_channels_on_every_primary(
+    cluster: tools.ClusterTopology, brokers: Any
+) -> None:
+    """
+    30 channels land on all three primaries; what one broker publishes,
+    interleaved over them, reaches the subscribers of another exactly.
+    """
+    a, b = brokers(), brokers()
+    await ready(a, b)
+    channels = [f"room{n}" for n in range(30)]
+    owners = {cluster.owner(key_slot(a.key(channel))) for channel in channels}
+    assert len(owners) == 3
+    assert set(owners) == set(cluster.primaries())
+    got = {channel: Collector() for channel in channels}
+    for channel in channels:
+        await a.subscribe(channel, got[channel])
+    sent: dict[str, list[str]] = {channel: [] for channel in channels}
+    for round_ in range(5):
+        ids = await DeferredList(
+            [b.publish(c, Event(data=f"{c} {round_}")) for c in channels],
+            fireOnOneErrback=True,
+            consumeErrors=True,
+        )
+        for channel, (_, event_id) in zip(channels, ids, strict=True):
+            sent[channel].append(event_id)
+    for channel in channels:
+        await got[channel].wait(5)
+    await sleep(0.2)
+    for channel in channels:
+        assert got[channel].ids == sent[channel]
+        assert got[channel].data == [f"{channel} {n}" for n in range(5)]
+    # The keys of a channel share its slot: the stream, the epoch.
+    key = a.key("room0")
+    assert key == a.prefix + "{room0}"
+    assert key_slot(a.epoch_key("room0")) == key_slot(key)
+    assert command(cluster, key, "TYPE", key) in ("stream", b"stream")
+
+
+@pytest_twisted.ensureDeferred
+async def test_resume_exact_across_brokers(brokers: Any) -> None:
+    """A subscriber resuming on another broker gets what followed its id."""
+    a, b = brokers(), brokers()
+    await ready(a, b)
+    ids = [await a.publish("news", Event(data=str(n))) for n in range(10)]
+    got = Collector()
+    await b.subscribe("news", got, last_event_id=ids[2])
+    await got.wait(7)
+    later = await a.publish("news", Event(data="10"))
+    await got.wait(8)
+    assert got.ids == [*ids[3:], later]
+
+
+@pytest_twisted.ensureDeferred
+async def test_history_bound(cluster: tools.ClusterTopology, brokers: Any) -> None:
+    """With history 5, a resume from long ago is told history-lost."""
+    a = brokers(history=5)
+    await ready(a)
+    ids = [await a.publish("news", Event(data=str(n))) for n in range(300)]
+    got = Collector()
+    subscription = await a.subscribe("news", got, last_event_id=ids[0])
+    assert subscription.history_lost == "trimmed"
+    recent = Collector()
+    subscription = await a.subscribe("news", recent, last_event_id=ids[-4])
+    assert subscription.history_lost is None
+    await recent.wait(3)
+    assert recent.ids == ids[-3:]
+    later = await a.publish("news", Event(data="later"))
+    await got.wait(1)
+    assert got.ids == [later]
+    length = command(cluster, a.key("news"), "XLEN", a.key("news"))
+    assert isinstance(length, int) and length < 300
+
+
+@pytest_twisted.ensureDeferred
+async def test_channel_expiry(cluster: tools.ClusterTopology, brokers: Any) -> None:
+    """A channel nobody follows or publishes on goes after its TTL."""
+    a = brokers(channel_ttl=0.3)
+    await ready(a)
+    await a.publish("brief", Event(data="x"))
+    key = a.key("brief")
+    assert command(cluster, key, "EXISTS", key, a.epoch_key("brief")) == 2
+    await until(
+        lambda: command(cluster, key, "EXISTS", key, a.epoch_key("brief")) == 0,
+        "the channel to expire",
+        5,
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_idempotency_race(brokers: Any) -> None:
+    """Repeats of one key at once on two brokers publish once, one id."""
+    a, b = brokers(), brokers()
+    await ready(a, b)
+    got = Collector()
+    await b.subscribe("orders", got)
+    for round_ in range(10):
+        key = f"order-{round_}"
+        sent = [
+            broker.publish("orders", Event(data=key), idempotency_key=key)
+            for _ in range(4)
+            for broker in (a, b)
+        ]
+        results = await DeferredList(sent, fireOnOneErrback=True, consumeErrors=True)
+        assert len({event_id for _, event_id in results}) == 1
+    await got.wait(10)
+    await sleep(0.2)
+    assert got.data == [f"order-{n}" for n in range(10)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_presence_across_brokers(brokers: Any) -> None:
+    """Connections counted on one broker are told on another, joins too."""
+    options = {"presence_flush": 0.05, "presence_poll": 0.1}
+    a, b = brokers(**options), brokers(**options)
+    await ready(a, b)
+    channels = [f"lobby{n}" for n in range(12)]
+    told: list[PresenceInfo | PresenceChange] = []
+    follow = b.follow_presence("lobby0", 10, told.append)
+    await until(lambda: told, "the first presence")
+    for channel in channels:
+        a.enter(channel, "alice")
+        a.enter(channel, None)
+
+    async def counted() -> bool:
+        infos = [await b.presence(channel, 10) for channel in channels]
+        return all(info.count == 2 for info in infos)
+
+    deadline = _helpers.global_reactor().seconds() + 10
+    while not await counted():
+        assert _helpers.global_reactor().seconds() < deadline, "presence not seen"
+        await sleep(0.05)
+    info = await b.presence("lobby5", 10)
+    assert [member.sub for member in info.members] == ["alice"]
+    await until(
+        lambda: any(isinstance(t, PresenceChange) and t.kind == "join" for t in told),
+        "the join",
+    )
+    a.leave("lobby0", "alice")
+    await until(
+        lambda: any(isinstance(t, PresenceChange) and t.kind == "leave" for t in told),
+        "the leave",
+    )
+    follow.cancel()
+    for channel in channels:
+        if channel != "lobby0":
+            a.leave(channel, "alice")
+        a.leave(channel, None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_slot_moved_under_a_live_channel(
+    cluster: tools.ClusterTopology, brokers: Any
+) -> None:
+    """
+    The slot of a channel moves to another primary, step by step, while
+    it is published on and read: every event arrives once, in order, and
+    the redirections are followed.
+    """
+    a, b = brokers(), brokers()
+    await ready(a, b)
+    got = Collector()
+    await a.subscribe("moving", got)
+    slot = key_slot(a.key("moving"))
+    source = cluster.owner(slot)
+    target = next(port for port in cluster.primaries() if port != source)
+    ids = [await b.publish("moving", Event(data=str(n))) for n in range(20)]
+    migration = cluster.migration(slot, target, batch=1)
+    migration.begin()
+    reactor = _helpers.global_reactor()
+    finished = []
+
+    def step() -> None:
+        # One key at a time: between steps, a script on the channel's two
+        # keys finds one moved (TRYAGAIN), then both (ASK), then MOVED.
+        if migration.step():
+            reactor.callLater(0.1, step)
+        else:
+            migration.finish()
+            finished.append(True)
+
+    reactor.callLater(0.1, step)
+    for n in range(20, 60):
+        ids.append(await b.publish("moving", Event(data=str(n))))
+        await sleep(0.02)
+    await until(lambda: finished, "the migration")
+    await got.wait(60, timeout=20)
+    await sleep(0.3)
+    assert got.ids == ids
+    assert cluster.owner(slot) == target
+    assert migration.moved == 2
+    assert (b.redirections or 0) > 0
+    # The reader follows the channel on its new node.
+    more = await b.publish("moving", Event(data="60"))
+    await got.wait(61)
+    assert got.ids[-1] == more
+
+
+@pytest_twisted.ensureDeferred
+async def test_patterns_refused(brokers: Any) -> None:
+    """A pattern is refused with a reason: no publish log on a cluster."""
+    a = brokers()
+    await ready(a)
+    with pytest.raises(ValueError, match="Redis Cluster"):
+        await a.watch("news.", lambda *_: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_topology(cluster: tools.ClusterTopology, brokers: Any) -> None:
+    """The broker reports every slot covered and each primary up."""
+    a = brokers()
+    await ready(a)
+    state = a.topology()
+    assert state is not None
+    assert state["mode"] == "cluster"
+    assert state["slots_covered"] == 16384
+    assert sorted(node["address"] for node in state["nodes"]) == sorted(
+        f"127.0.0.1:{port}" for port in cluster.primaries()
+    )
+    assert all(node["up"] for node in state["nodes"])
