@@ -488,6 +488,9 @@ class ClusterTopology:
                         *("--cluster-port", str(free_port())),
                         *("--cluster-config-file", "nodes.conf"),
                         *("--cluster-node-timeout", str(node_timeout_ms)),
+                        # A replica's first sync at once, not after the
+                        # default 5 s wait for more replicas.
+                        *("--repl-diskless-sync-delay", "0"),
                     )
                 )
             )
@@ -560,7 +563,20 @@ class ClusterTopology:
                 return False
             if any(" handshake" in line or "connected" not in line for line in lines):
                 return False
+            if b"role:slave" in (role := self._replication(node.port)) and (
+                b"master_link_status:up" not in role
+            ):
+                # A replica that never synced cannot be promoted.
+                return False
         return True
+
+    @staticmethod
+    def _replication(port: int) -> bytes:
+        try:
+            reply = command(port, "INFO", "replication", timeout=1.0)
+        except (OSError, RedisReplyError):
+            return b""
+        return reply if isinstance(reply, bytes) else b""
 
     def slots(self, port: int | None = None) -> list[tuple[int, int, int]]:
         """The slot ranges and the port of their primary, as a node says."""

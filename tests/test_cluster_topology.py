@@ -9,6 +9,7 @@ covered; a pattern is refused with a reason (``-m slow``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import urllib.error
@@ -171,3 +172,138 @@ class ClusterProcessTests(SynchronousTestCase):
         self.assertEqual(stream.code, 400)
         stream.wait_for(lambda s: s.complete)
         self.assertIn(b"Redis Cluster", stream.body)
+
+
+class _Subscriber:
+    """
+    One client of a channel: reconnects with its Last-Event-ID when the
+    server ends its stream, and keeps every event it got.
+    """
+
+    def __init__(self, port: int, channel: str) -> None:
+        self.port = port
+        self.channel = channel
+        self.events: list[Any] = []
+        self.response = self._connect("")
+
+    def _connect(self, last_event_id: str) -> SocketClient:
+        headers = [f"Last-Event-ID: {last_event_id}"] if last_event_id else []
+        return SocketClient(
+            self.port,
+            http_request(f"/channels/{self.channel}", *headers),
+            last_event_id=last_event_id,
+        )
+
+    def read(self, until: float) -> None:
+        """Read what comes before ``until`` (a monotonic time)."""
+        response = self.response
+        with contextlib.suppress(AssertionError):
+            response.wait_for(lambda r: False, max(0.01, until - time.monotonic()))
+        self.events.extend(response.events)
+        response.events.clear()
+        if response.closed or response.code != 200:
+            response.sock.close()
+            time.sleep(0.2)
+            try:
+                self.response = self._connect(response.parser.last_event_id)
+            except (OSError, AssertionError):
+                self.response = response
+
+    def close(self) -> None:
+        self.response.sock.close()
+
+
+class ClusterFailoverTests(SynchronousTestCase):
+    """A primary of a cluster with replicas SIGKILLed under load."""
+
+    def setUp(self) -> None:
+        reason = tools.server_unavailable_reason()
+        if reason is not None:
+            if tools.required():
+                self.fail(f"{reason}, and TWISTED_SSE_REQUIRE_REDIS=1")
+            self.skipTest(reason)
+        self.topology = tools.ClusterTopology(replicas=1, node_timeout_ms=1000)
+        self.topology.start()
+        self.addCleanup(self.topology.stop)
+
+    def test_primary_killed_under_load(self) -> None:
+        """
+        SIGKILL the primary of a channel while it is published on: each
+        acknowledged id reaches every subscriber once, or a history-lost
+        does; publishes in the gap get 503; the replica takes over.
+        """
+        server = start_healthy(
+            self,
+            "--broker",
+            self.topology.url(),
+            "--publish-token",
+            TOKEN,
+            "--drain",
+            "0",
+            wait=20,
+        )
+        channel = "failover"
+        slot = key_slot(f"sse:{{{channel}}}")
+        victim = self.topology.owner(slot)
+        subscribers = [_Subscriber(server.port, channel) for _ in range(2)]
+        for subscriber in subscribers:
+            self.addCleanup(subscriber.close)
+            subscriber.response.read_frame()
+        tests = ClusterProcessTests.publish
+
+        acknowledged: list[str] = []
+        refused = 0
+        killed_at = None
+        deadline = time.monotonic() + 60
+        number = 0
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            while time.monotonic() < deadline:
+                batch = [
+                    pool.submit(tests, self, server, channel, f"event {number + n}")  # type: ignore[arg-type]
+                    for n in range(4)
+                ]
+                number += 4
+                if killed_at is None and len(acknowledged) >= 40:
+                    for node in self.topology.nodes:
+                        if node.port == victim:
+                            node.kill()
+                    killed_at = len(acknowledged)
+                answers = [future.result() for future in batch]
+                for code, answer, headers in answers:
+                    if code == 200:
+                        acknowledged.append(answer)
+                    else:
+                        self.assertEqual(code, 503, answer)
+                        self.assertEqual(headers.get("Retry-After"), "1")
+                        refused += 1
+                if any(code != 200 for code, _, _ in answers):
+                    time.sleep(0.1)
+                for subscriber in subscribers:
+                    subscriber.read(time.monotonic() + 0.005)
+                if killed_at is not None and len(acknowledged) >= killed_at + 20:
+                    break
+        self.assertIsNotNone(killed_at)
+        assert killed_at is not None
+        self.assertGreaterEqual(len(acknowledged), killed_at + 20)
+        self.assertTrue(refused, "no publish was refused during the failover")
+        self.assertNotEqual(self.topology.owner(slot), victim)
+
+        last = acknowledged[-4:]
+        for subscriber in subscribers:
+            catch_up = time.monotonic() + 20
+            while time.monotonic() < catch_up and not set(last) <= {
+                event.last_event_id for event in subscriber.events
+            }:
+                subscriber.read(time.monotonic() + 0.2)
+        for subscriber in subscribers:
+            ids = [e.last_event_id for e in subscriber.events if e.type == "message"]
+            lost = [e for e in subscriber.events if e.type == "history-lost"]
+            self.assertEqual(len(ids), len(set(ids)), "an event came twice")
+            self.assertLessEqual(set(last), set(ids))
+            missing = [event_id for event_id in acknowledged if event_id not in ids]
+            if missing:
+                self.assertTrue(lost, f"{len(missing)} acknowledged events lost")
+
+        code, health = ClusterProcessTests.get(self, server, "/healthz")  # type: ignore[arg-type]
+        self.assertEqual(code, 200)
+        self.assertEqual(health["redis"]["slots_covered"], 16384)

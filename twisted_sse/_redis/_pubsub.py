@@ -237,6 +237,10 @@ class ShardWatch:
             )
             self._cluster.refresh()
             return
+        if message == b"PONG":
+            # The answer to a ping on a connection with no subscription.
+            node.pinged = False
+            return
         if not isinstance(message, list) or len(message) < 2:
             return
         kind, channel = message[0], message[1]
