@@ -68,6 +68,9 @@ nitpick_ignore_regex = [
     (r"py:class", r"I[A-Z]\w+|Clock|Headers|Random|Site"),
 ]
 nitpick_ignore = [
+    # A private type alias in RedisBroker's signature (the maker of a
+    # cluster node's connection), described by its parameter.
+    ("py:class", "MakeNode"),
     # The public key types load_public_key answers with: cryptography's
     # documentation has no intersphinx inventory entry for them.
     ("py:class", "cryptography.hazmat.primitives.asymmetric.rsa.RSAPublicKey"),

@@ -283,7 +283,9 @@ class Options(usage.Options):
             "TLS) to share channels between processes, or "
             "redis+sentinel://[[user]:password@]host:port[,host:port...]"
             "/service[/db] (rediss+sentinel:// for TLS) to follow the primary "
-            "that Redis Sentinel names. Also read from the "
+            "that Redis Sentinel names, or redis+cluster://[[user]:password@]"
+            "host:port[,host:port...] (rediss+cluster:// for TLS) to spread "
+            "channels over the primaries of a Redis Cluster. Also read from the "
             "TWISTED_SSE_BROKER environment variable, which keeps a password "
             "out of the process list. [default: memory]",
         ],
@@ -562,7 +564,8 @@ class Options(usage.Options):
                 raise usage.UsageError(
                     "--broker must be memory or redis://[[user]:password@]host"
                     "[:port][/db] (rediss:// for TLS; redis+sentinel://"
-                    f"host:port[,...]/service[/db] for Sentinel): {error}"
+                    "host:port[,...]/service[/db] for Sentinel; redis+cluster://"
+                    f"host:port[,...] for Redis Cluster): {error}"
                 ) from None
         if self["redis"] is None and self["redis-wait"]:
             raise usage.UsageError("--redis-wait needs a Redis --broker")

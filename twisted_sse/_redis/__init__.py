@@ -89,6 +89,32 @@ it.  ``wait_replicas`` makes
 each publish ``WAIT`` for that many replicas before it is acknowledged,
 for those who prefer a slower publish to an announced loss.
 
+Redis Cluster: the channel is the shard
+---------------------------------------
+
+With a ``redis+cluster://`` address, every key of a channel carries the
+channel name as its hash tag: the stream is ``sse:{<channel>}`` and the
+epoch ``sse:{<channel>}#epoch`` (the presence and idempotency keys already
+had the tag), so one primary holds all of a channel and every script
+above runs as it does on one Redis.  Each of the broker's connections is a
+:class:`~twisted_sse._redis._cluster.ClusterLink`: the slot map (``CLUSTER
+SLOTS``, asked of the seeds in turn, again on errors and every 10
+seconds), a connection per primary, each command sent to the primary of
+its key's slot, ``MOVED`` (the map updated), ``ASK`` (``ASKING`` first)
+and ``TRYAGAIN`` followed.  The reader cannot block on streams of several
+slots, so the publish script also ``SPUBLISH``\\ es the new id on the
+shard channel named as the stream (no publish log: patterns are refused),
+and a :class:`~twisted_sse._redis._pubsub.ShardWatch` subscribes, on one
+connection per primary, to the streams the process follows; a message or
+a confirmed subscription marks the stream, and the reader reads the marked
+streams from its position (one ``XREAD`` per slot, sent together), so a
+lost message delays nothing that a later one or a reconnection does not
+catch up.  Scripts over many channels (the TTL refresh, presence) are sent
+per slot.  The broker is available while every slot's primary is
+connected; a primary that fails is replaced by the cluster (a replica
+promoted), the map read again, and the events acknowledged just before
+are checked as after a Sentinel failover.
+
 Patterns: the publish log
 -------------------------
 
@@ -189,6 +215,11 @@ The modules, in the order they import each other:
 * ``_link``: :class:`~twisted_sse._redis._link.RedisLink`, a connection
   kept open by Twisted's ``ClientService`` and prepared (AUTH, SELECT,
   the version check, ``ROLE`` with Sentinel, the scripts) before use;
+* ``_cluster``: :class:`~twisted_sse._redis._cluster.ClusterLink`, the
+  slot map of a ``redis+cluster://`` address and a link per primary,
+  commands routed by slot;
+* ``_pubsub``: :class:`~twisted_sse._redis._pubsub.ShardWatch`, the sharded
+  subscriptions that wake the reader on a cluster;
 * ``_scripts``: the Lua scripts and how they are run;
 * ``_entries``: stream entries, stream state and event ids, read from
   replies;

@@ -302,7 +302,12 @@ class RedisBroker(Service):
         acknowledged, which the epochs announce as ``history-lost``.
     :param wait_timeout: Seconds ``WAIT`` may take (1); with
         ``wait_replicas``, less than ``timeout``.
-    :raises ValueError: for a negative ``history``, a ``block_ms`` below 1,
+    :param make_node: On Redis Cluster, makes the connection to one
+        primary for the sharded subscriptions, from its address, a client
+        name and the ``on_ready`` and ``on_lost`` callbacks; a
+        ``RedisLink`` with ``timeout`` if ``None``.
+    :raises ValueError: for a prefix holding ``{`` or ``}`` on a cluster,
+        a negative ``history``, a ``block_ms`` below 1,
         a negative ``channel_ttl`` or ``idempotency_ttl``, or presence
         intervals out of bounds (see ``RedisPresence``).
     """
