@@ -18,7 +18,6 @@ import pytest_twisted
 from twisted.internet.defer import DeferredList
 
 from twisted_sse import Event, RedisBroker, parse_redis_url
-from twisted_sse._presence import PresenceChange, PresenceInfo
 from twisted_sse._redis._cluster import key_slot
 
 from . import _helpers
@@ -108,117 +107,6 @@ async def test_channels_on_every_primary(
     assert key == a.prefix + "{room0}"
     assert key_slot(a.epoch_key("room0")) == key_slot(key)
     assert command(cluster, key, "TYPE", key) in ("stream", b"stream")
-
-
-@pytest_twisted.ensureDeferred
-async def test_resume_exact_across_brokers(brokers: Any) -> None:
-    """A subscriber resuming on another broker gets what followed its id."""
-    a, b = brokers(), brokers()
-    await ready(a, b)
-    ids = [await a.publish("news", Event(data=str(n))) for n in range(10)]
-    got = Collector()
-    await b.subscribe("news", got, last_event_id=ids[2])
-    await got.wait(7)
-    later = await a.publish("news", Event(data="10"))
-    await got.wait(8)
-    assert got.ids == [*ids[3:], later]
-
-
-@pytest_twisted.ensureDeferred
-async def test_history_bound(cluster: tools.ClusterTopology, brokers: Any) -> None:
-    """With history 5, a resume from long ago is told history-lost."""
-    a = brokers(history=5)
-    await ready(a)
-    ids = [await a.publish("news", Event(data=str(n))) for n in range(300)]
-    got = Collector()
-    subscription = await a.subscribe("news", got, last_event_id=ids[0])
-    assert subscription.history_lost == "trimmed"
-    recent = Collector()
-    subscription = await a.subscribe("news", recent, last_event_id=ids[-4])
-    assert subscription.history_lost is None
-    await recent.wait(3)
-    assert recent.ids == ids[-3:]
-    later = await a.publish("news", Event(data="later"))
-    await got.wait(1)
-    assert got.ids == [later]
-    length = command(cluster, a.key("news"), "XLEN", a.key("news"))
-    assert isinstance(length, int) and length < 300
-
-
-@pytest_twisted.ensureDeferred
-async def test_channel_expiry(cluster: tools.ClusterTopology, brokers: Any) -> None:
-    """A channel nobody follows or publishes on goes after its TTL."""
-    a = brokers(channel_ttl=0.3)
-    await ready(a)
-    await a.publish("brief", Event(data="x"))
-    key = a.key("brief")
-    assert command(cluster, key, "EXISTS", key, a.epoch_key("brief")) == 2
-    await until(
-        lambda: command(cluster, key, "EXISTS", key, a.epoch_key("brief")) == 0,
-        "the channel to expire",
-        5,
-    )
-
-
-@pytest_twisted.ensureDeferred
-async def test_idempotency_race(brokers: Any) -> None:
-    """Repeats of one key at once on two brokers publish once, one id."""
-    a, b = brokers(), brokers()
-    await ready(a, b)
-    got = Collector()
-    await b.subscribe("orders", got)
-    for round_ in range(10):
-        key = f"order-{round_}"
-        sent = [
-            broker.publish("orders", Event(data=key), idempotency_key=key)
-            for _ in range(4)
-            for broker in (a, b)
-        ]
-        results = await DeferredList(sent, fireOnOneErrback=True, consumeErrors=True)
-        assert len({event_id for _, event_id in results}) == 1
-    await got.wait(10)
-    await sleep(0.2)
-    assert got.data == [f"order-{n}" for n in range(10)]
-
-
-@pytest_twisted.ensureDeferred
-async def test_presence_across_brokers(brokers: Any) -> None:
-    """Connections counted on one broker are told on another, joins too."""
-    options = {"presence_flush": 0.05, "presence_poll": 0.1}
-    a, b = brokers(**options), brokers(**options)
-    await ready(a, b)
-    channels = [f"lobby{n}" for n in range(12)]
-    told: list[PresenceInfo | PresenceChange] = []
-    follow = b.follow_presence("lobby0", 10, told.append)
-    await until(lambda: told, "the first presence")
-    for channel in channels:
-        a.enter(channel, "alice")
-        a.enter(channel, None)
-
-    async def counted() -> bool:
-        infos = [await b.presence(channel, 10) for channel in channels]
-        return all(info.count == 2 for info in infos)
-
-    deadline = _helpers.global_reactor().seconds() + 10
-    while not await counted():
-        assert _helpers.global_reactor().seconds() < deadline, "presence not seen"
-        await sleep(0.05)
-    info = await b.presence("lobby5", 10)
-    assert [member.sub for member in info.members] == ["alice"]
-    await until(
-        lambda: any(isinstance(t, PresenceChange) and t.kind == "join" for t in told),
-        "the join",
-    )
-    a.leave("lobby0", "alice")
-    await until(
-        lambda: any(isinstance(t, PresenceChange) and t.kind == "leave" for t in told),
-        "the leave",
-    )
-    follow.cancel()
-    for channel in channels:
-        if channel != "lobby0":
-            a.leave(channel, "alice")
-        a.leave(channel, None)
 
 
 @pytest_twisted.ensureDeferred
