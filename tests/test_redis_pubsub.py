@@ -11,6 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 import hiredis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -212,6 +214,18 @@ class ShardWatchTests(SynchronousTestCase):
         self.links[B].receive(resp(b"ssubscribe", b"sse:{a}", 1))
         self.assertEqual(self.notified, ["sse:{a}"])
 
+    def test_ended_by_its_owner(self) -> None:
+        """
+        An unasked sunsubscribe from the node that still owns the key (the
+        slot left and came back) subscribes there again.
+        """
+        self.links[A].connect()
+        self.watch.add("sse:{a}")
+        self.links[A].sent()
+        self.links[A].receive(resp(b"sunsubscribe", b"sse:{a}", 0))
+        self.assertEqual(self.map.refreshed, 1)
+        self.assertEqual(self.links[A].sent(), [[b"SSUBSCRIBE", b"sse:{a}"]])
+
     def test_map_change_moves_keys(self) -> None:
         """A new map moves a key: unsubscribed on the old node, on the new one."""
         for link in self.links.values():
@@ -314,3 +328,161 @@ class ListenTests(SynchronousTestCase):
         protocol.dataReceived(resp(b"smessage", b"k", b"1") * 2)
         self.assertEqual(len(got), 2)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class _Server:
+    """
+    What the primaries do with the subscriptions: a node confirms a key it
+    owns and refuses (``MOVED``) one it does not; the slot map the watch
+    sees (``case.map``) is a view, brought up to date by ``refresh`` (which
+    tells the listeners only when it changed, as ``ClusterLink`` does);
+    a node tells a subscriber ``sunsubscribe`` when the key's slot leaves
+    it (``tell``) or for no reason the watch can see (``kick``: a slot
+    moved away and back).
+    """
+
+    def __init__(self, case: ShardWatchTests) -> None:
+        self.case = case
+        self.truth: dict[str, tuple[str, int]] = {}
+        self.subscribed: dict[tuple[str, int], set[str]] = {A: set(), B: set()}
+        case.map.refresh = self.refresh  # type: ignore[method-assign]
+
+    def owner(self, key: str) -> tuple[str, int]:
+        return self.truth.get(key, A)
+
+    def refresh(self) -> Deferred[None]:
+        view = self.case.map
+        view.refreshed += 1
+        if view.owners != self.truth:
+            view.owners = dict(self.truth)
+            view.changed()
+        return succeed(None)
+
+    def answer(self) -> None:
+        """Answer every command sent, until none is left."""
+        busy = True
+        while busy:
+            busy = False
+            for where, link in self.case.links.items():
+                if link.protocol is None:
+                    continue
+                for command in link.sent():
+                    busy = True
+                    verb, *rest = command
+                    if verb == b"PING":
+                        link.receive(b"+PONG\r\n")
+                        continue
+                    key = rest[0].decode()
+                    if verb == b"SSUBSCRIBE":
+                        if self.owner(key) == where:
+                            self.subscribed[where].add(key)
+                            link.receive(resp(b"ssubscribe", rest[0], 1))
+                        else:
+                            link.receive(b"-MOVED 1 10.0.0.9:7000\r\n")
+                    elif verb == b"SUNSUBSCRIBE":
+                        self.subscribed[where].discard(key)
+                        link.receive(resp(b"sunsubscribe", rest[0], 0))
+
+    def move(self, key: str, where: tuple[str, int]) -> None:
+        """The slot of ``key`` moves to ``where`` (the view lags)."""
+        self.truth[key] = where
+
+    def tell(self, key: str) -> None:
+        """Nodes that no longer own ``key`` end its subscriptions there."""
+        for where in (A, B):
+            if where != self.owner(key):
+                self.kick(key, where)
+
+    def kick(self, key: str, where: tuple[str, int]) -> None:
+        """The node at ``where`` ends the subscription to ``key``, if any."""
+        if key in self.subscribed[where]:
+            self.subscribed[where].discard(key)
+            link = self.case.links[where]
+            if link.protocol is not None:
+                link.receive(resp(b"sunsubscribe", key.encode(), 0))
+
+    def lost(self, where: tuple[str, int]) -> None:
+        self.subscribed[where] = set()
+
+
+class ShardWatchPropertyTests(SynchronousTestCase):
+    """Whatever happens, the watch ends up subscribed where the keys are."""
+
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from(
+                    [
+                        "add",
+                        "remove",
+                        "move",
+                        "tell",
+                        "kick",
+                        "map",
+                        "lose",
+                        "connect",
+                        "ping",
+                    ]
+                ),
+                st.sampled_from(["sse:{a}", "sse:{b}"]),
+                st.sampled_from([A, B]),
+            ),
+            max_size=30,
+        )
+    )
+    @settings(max_examples=500, deadline=None)
+    def test_settles(self, steps: list[tuple[str, str, tuple[str, int]]]) -> None:
+        """
+        After any sequence of keys added and removed, slots moved (told or
+        not), subscriptions ended by a node, map reads, connections lost
+        and made, and pings, once every node is connected, the map read
+        and a few pings passed: each key followed is subscribed on its
+        owner and nowhere else, nothing else is subscribed, and each key's
+        confirmation was notified.
+        """
+        case = ShardWatchTests("test_stop")
+        case.setUp()
+        try:
+            server = _Server(case)
+            followed: set[str] = set()
+            for kind, key, where in steps:
+                if kind == "add":
+                    case.watch.add(key)
+                    followed.add(key)
+                elif kind == "remove":
+                    case.watch.remove(key)
+                    followed.discard(key)
+                elif kind == "move":
+                    server.move(key, where)
+                elif kind == "tell":
+                    server.tell(key)
+                elif kind == "kick":
+                    server.kick(key, where)
+                elif kind == "map":
+                    server.refresh()
+                elif kind == "lose" and case.links[where].protocol is not None:
+                    case.links[where].lose()
+                    server.lost(where)
+                elif kind == "connect" and case.links[where].protocol is None:
+                    case.links[where].connect()
+                elif kind == "ping":
+                    case.clock.advance(case.watch.ping_interval)
+                server.answer()
+            for link in case.links.values():
+                if link.protocol is None:
+                    link.connect()
+            server.answer()
+            server.refresh()  # the periodic map read
+            server.answer()
+            for _ in range(3):
+                case.clock.advance(case.watch.ping_interval)
+                server.answer()
+            self.assertTrue(case.watch.ready)
+            self.assertEqual(case.watch.keys, followed)
+            for where in (A, B):
+                owned = {key for key in followed if server.owner(key) == where}
+                self.assertEqual(server.subscribed[where], owned, where)
+            for key in followed:
+                self.assertIn(key, case.notified)
+        finally:
+            case.watch.stop()
