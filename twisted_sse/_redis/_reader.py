@@ -58,6 +58,8 @@ _log = Logger()
 _REFRESH_BATCH = 500
 #: Seconds the reader waits after Redis refused its read.
 _PAUSE = 5.0
+#: Seconds a cluster's reader waits after one node failed a read.
+_NODE_PAUSE = 0.5
 
 
 class Reader:
@@ -384,8 +386,10 @@ class Reader:
 
     async def _read(self, generation: int) -> None:
         try:
-            reply = await self.link.execute("CLIENT", "ID")
-            self._reader_id = int(reply_text(reply))
+            if self.shards is None:
+                # For CLIENT UNBLOCK: a cluster's reader never blocks.
+                reply = await self.link.execute("CLIENT", "ID")
+                self._reader_id = int(reply_text(reply))
             while self._generation == generation and self.link.ready:
                 try:
                     await self._read_once()
@@ -395,6 +399,23 @@ class Reader:
                         continue
                     # Keep the connection, try again now and then.
                     self._pause = deferLater(self._clock, _PAUSE, lambda: None)
+                    try:
+                        await self._pause
+                    except CancelledError:
+                        return
+                    finally:
+                        self._pause = None
+                except BrokerUnavailable:
+                    if self.shards is None:
+                        raise
+                    # On a cluster, a node's connection failed while the
+                    # link as a whole stays ready (its other nodes are up,
+                    # or a redirection found none): read every stream again
+                    # once that node is back, rather than end the loop.
+                    for state in self.channels.values():
+                        if state.position is not None:
+                            state.check = True
+                    self._pause = deferLater(self._clock, _NODE_PAUSE, lambda: None)
                     try:
                         await self._pause
                     except CancelledError:
