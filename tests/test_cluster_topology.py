@@ -9,7 +9,6 @@ covered; a pattern is refused with a reason (``-m slow``).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 import urllib.error
@@ -25,6 +24,7 @@ from twisted_sse._redis._cluster import key_slot
 from . import _redis_tools as tools
 from ._http import SocketClient, http_request
 from ._process import Twistd, start_healthy
+from .test_sentinel_topology import Subscriber
 
 pytestmark = pytest.mark.slow
 
@@ -174,45 +174,6 @@ class ClusterProcessTests(SynchronousTestCase):
         self.assertIn(b"Redis Cluster", stream.body)
 
 
-class _Subscriber:
-    """
-    One client of a channel: reconnects with its Last-Event-ID when the
-    server ends its stream, and keeps every event it got.
-    """
-
-    def __init__(self, port: int, channel: str) -> None:
-        self.port = port
-        self.channel = channel
-        self.events: list[Any] = []
-        self.response = self._connect("")
-
-    def _connect(self, last_event_id: str) -> SocketClient:
-        headers = [f"Last-Event-ID: {last_event_id}"] if last_event_id else []
-        return SocketClient(
-            self.port,
-            http_request(f"/channels/{self.channel}", *headers),
-            last_event_id=last_event_id,
-        )
-
-    def read(self, until: float) -> None:
-        """Read what comes before ``until`` (a monotonic time)."""
-        response = self.response
-        with contextlib.suppress(AssertionError):
-            response.wait_for(lambda r: False, max(0.01, until - time.monotonic()))
-        self.events.extend(response.events)
-        response.events.clear()
-        if response.closed or response.code != 200:
-            response.sock.close()
-            time.sleep(0.2)
-            try:
-                self.response = self._connect(response.parser.last_event_id)
-            except (OSError, AssertionError):
-                self.response = response
-
-    def close(self) -> None:
-        self.response.sock.close()
-
-
 class ClusterFailoverTests(SynchronousTestCase):
     """A primary of a cluster with replicas SIGKILLed under load."""
 
@@ -245,7 +206,7 @@ class ClusterFailoverTests(SynchronousTestCase):
         channel = "failover"
         slot = key_slot(f"sse:{{{channel}}}")
         victim = self.topology.owner(slot)
-        subscribers = [_Subscriber(server.port, channel) for _ in range(2)]
+        subscribers = [Subscriber(server.port, channel) for _ in range(2)]
         for subscriber in subscribers:
             self.addCleanup(subscriber.close)
             subscriber.response.read_frame()

@@ -9,60 +9,42 @@ reason (``-m slow``).
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet.defer import DeferredList
 
-from twisted_sse import Event, RedisBroker, parse_redis_url
+from twisted_sse import Event
 from twisted_sse._redis._cluster import key_slot
 
 from . import _helpers
 from . import _redis_tools as tools
 from ._helpers import sleep, until
 from .test_redis import Collector
+from .test_redis_topologies import Topology, brokers, ready
 
 pytestmark = pytest.mark.slow
 
-_prefixes = itertools.count()
+__all__ = ["brokers"]
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[tools.ClusterTopology]:
+def topology() -> Iterator[Topology]:
     """Three primaries, for every test of the module."""
     tools.need(tools.server_unavailable_reason())
-    topology = tools.ClusterTopology().start()
+    running = Topology("cluster")
     try:
-        yield topology
+        yield running
     finally:
-        topology.stop()
+        running.stop()
 
 
-@pytest_twisted.async_yield_fixture
-async def brokers(cluster: tools.ClusterTopology) -> AsyncIterator[Any]:
-    """Makes started brokers on the cluster, with this test's prefix."""
-    prefix = f"t{next(_prefixes)}:"
-    made: list[RedisBroker] = []
-
-    def make(**options: Any) -> RedisBroker:
-        options.setdefault("prefix", prefix)
-        broker = RedisBroker(
-            _helpers.global_reactor(), parse_redis_url(cluster.url()), **options
-        )
-        broker.startService()
-        made.append(broker)
-        return broker
-
-    yield make
-    for broker in made:
-        await broker.stop()
-
-
-async def ready(*brokers: RedisBroker) -> None:
-    await until(lambda: all(b.available for b in brokers), "the brokers", 20)
+@pytest.fixture
+def cluster(topology: Topology) -> tools.ClusterTopology:
+    assert topology.cluster is not None
+    return topology.cluster
 
 
 def command(cluster: tools.ClusterTopology, key: str, *args: Any) -> Any:

@@ -35,12 +35,14 @@ pytestmark = pytest.mark.slow
 _prefixes = itertools.count()
 
 
-class _Topology:
+class Topology:
     """A running topology: its URL and a way to run a command on a key."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._stop: Any = None
+        #: The cluster, when the topology is one.
+        self.cluster: tools.ClusterTopology | None = None
         if kind == "single":
             server = tools.RedisServer().start()
             self._stop = server.kill
@@ -53,6 +55,7 @@ class _Topology:
             self._port = lambda key: sentinel.primary.port
         else:
             cluster = tools.ClusterTopology().start()
+            self.cluster = cluster
             self._stop = cluster.stop
             self.url = cluster.url()
             self._port = lambda key: cluster.owner(key_slot(key))
@@ -66,9 +69,9 @@ class _Topology:
 
 
 @pytest.fixture(scope="module", params=["single", "sentinel", "cluster"])
-def topology(request: Any) -> Iterator[_Topology]:
+def topology(request: Any) -> Iterator[Topology]:
     tools.need(tools.server_unavailable_reason())
-    running = _Topology(request.param)
+    running = Topology(request.param)
     try:
         yield running
     finally:
@@ -76,7 +79,7 @@ def topology(request: Any) -> Iterator[_Topology]:
 
 
 @pytest_twisted.async_yield_fixture
-async def brokers(topology: _Topology) -> AsyncIterator[Any]:
+async def brokers(topology: Topology) -> AsyncIterator[Any]:
     """Makes started brokers on the topology, with this test's prefix."""
     prefix = f"t{next(_prefixes)}:"
     made: list[RedisBroker] = []
@@ -100,7 +103,7 @@ async def ready(*brokers: RedisBroker) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_resume_and_history_bound(topology: _Topology, brokers: Any) -> None:
+async def test_resume_and_history_bound(topology: Topology, brokers: Any) -> None:
     """
     A resume on another broker gets exactly what followed its id; one
     from before what the history keeps is told ``trimmed``.
@@ -127,7 +130,7 @@ async def test_resume_and_history_bound(topology: _Topology, brokers: Any) -> No
 
 
 @pytest_twisted.ensureDeferred
-async def test_channel_expiry(topology: _Topology, brokers: Any) -> None:
+async def test_channel_expiry(topology: Topology, brokers: Any) -> None:
     """A channel nobody follows or publishes on goes after its TTL."""
     a = brokers(channel_ttl=0.3)
     await ready(a)
@@ -142,7 +145,7 @@ async def test_channel_expiry(topology: _Topology, brokers: Any) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_idempotency(topology: _Topology, brokers: Any) -> None:
+async def test_idempotency(topology: Topology, brokers: Any) -> None:
     """
     Repeats of a key at once on two brokers publish once; after the key's
     TTL the same key publishes anew.
@@ -254,7 +257,7 @@ reactor.run()
 
 
 @pytest_twisted.ensureDeferred
-async def test_presence_lease(topology: _Topology, brokers: Any) -> None:
+async def test_presence_lease(topology: Topology, brokers: Any) -> None:
     """A process SIGKILLed leaves the presence once its lease ends."""
     a = brokers(presence_poll=0.1)
     await ready(a)

@@ -36,14 +36,15 @@ PARALLEL = 8
 CHANNEL = "failover"
 
 
-class _Subscriber:
+class Subscriber:
     """
     One client of the channel: reconnects with its Last-Event-ID when the
     server ends its stream, and keeps every event it got.
     """
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, channel: str = CHANNEL) -> None:
         self.port = port
+        self.channel = channel
         self.events: list[MessageEvent] = []
         self.reconnects = 0
         self.response = self._connect("")
@@ -52,7 +53,7 @@ class _Subscriber:
         headers = [f"Last-Event-ID: {last_event_id}"] if last_event_id else []
         return SocketClient(
             self.port,
-            http_request(f"/channels/{CHANNEL}", *headers),
+            http_request(f"/channels/{self.channel}", *headers),
             last_event_id=last_event_id,
         )
 
@@ -135,7 +136,7 @@ class SentinelFailoverTests(SynchronousTestCase):
         self.assertEqual(code, 200)
         old_primary = f"127.0.0.1:{self.topology.primary.port}"
         self.assertEqual(health["redis"]["primary"], old_primary)
-        subscribers = [_Subscriber(server.port) for _ in range(2)]
+        subscribers = [Subscriber(server.port) for _ in range(2)]
         for subscriber in subscribers:
             self.addCleanup(subscriber.close)
             subscriber.response.read_frame()  # live

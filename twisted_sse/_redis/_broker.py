@@ -117,7 +117,8 @@ def _redis_links(
 ) -> MakeLink:
     """
     Make ``RedisLink``\\ s to ``address``, with the broker's scripts (and,
-    with Sentinel, ``sentinels`` shared).
+    with Sentinel, ``sentinels`` shared), or ``ClusterLink``\\ s to the
+    cluster it names.
     """
     scripts = [script.source for script in SCRIPTS]
 
@@ -125,7 +126,18 @@ def _redis_links(
         name: str,
         on_ready: Callable[[], object] | None,
         on_lost: Callable[[], object] | None,
-    ) -> RedisLink:
+    ) -> Any:
+        if address.cluster:
+            # One connection per primary, commands routed by slot.
+            return ClusterLink(
+                reactor,
+                address,
+                name,
+                on_ready=on_ready,
+                on_lost=on_lost,
+                timeout=timeout,
+                scripts=scripts,
+            )
         return RedisLink(
             reactor,
             address,
@@ -135,31 +147,6 @@ def _redis_links(
             timeout=timeout,
             scripts=scripts,
             sentinels=sentinels,
-        )
-
-    return make_link
-
-
-def _cluster_links(reactor: Any, address: RedisAddress, timeout: float) -> MakeLink:
-    r"""
-    Make ``ClusterLink``\ s to the cluster at ``address`` (one connection
-    per primary each), with the broker's scripts.
-    """
-    scripts = [script.source for script in SCRIPTS]
-
-    def make_link(
-        name: str,
-        on_ready: Callable[[], object] | None,
-        on_lost: Callable[[], object] | None,
-    ) -> Any:
-        return ClusterLink(
-            reactor,
-            address,
-            name,
-            on_ready=on_ready,
-            on_lost=on_lost,
-            timeout=timeout,
-            scripts=scripts,
         )
 
     return make_link
@@ -351,12 +338,9 @@ class RedisBroker(Service):
                 f"name is the keys' hash tag), not {prefix!r}"
             )
         if make_link is None:
-            if self.cluster:
-                make_link = _cluster_links(reactor, address, timeout)
-            else:
-                if address.sentinels:
-                    self.sentinels = Sentinels(reactor, address)
-                make_link = _redis_links(reactor, address, timeout, self.sentinels)
+            if address.sentinels:
+                self.sentinels = Sentinels(reactor, address)
+            make_link = _redis_links(reactor, address, timeout, self.sentinels)
         if make_node is None:
             make_node = _node_links(reactor, timeout)
         if history < 0:
