@@ -9,7 +9,9 @@ on 127.0.0.1:
 The peers (``--peers``):
 
 twisted_sse
-    ``twistd -n sse`` on the memory broker.
+    ``twistd -n sse`` on the memory broker, with ``--access-log off`` and
+    ``--stream-log off`` (nginx runs with ``access_log off``, Pushpin with
+    ``log_level=1``: no hub writes a line per request or per stream).
 twisted_sse-redis
     the same with ``--broker`` ``--redis-url``
     (``redis://127.0.0.1:6379/14``), a Redis this script does not start.
@@ -81,7 +83,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 HERE = Path(__file__).resolve().parent
-#: The hubs' configuration templates, the GRIP origin and the log observer.
+#: The hubs' configuration templates and the GRIP origin.
 HUBS = HERE / "hubs"
 sys.path.insert(0, str(HERE))
 
@@ -339,10 +341,8 @@ def redis_problem(url: str) -> str | None:
 
 
 def twistd_env() -> dict[str, str]:
-    """This environment, without twistd sse's settings, quiet-log module on."""
+    """This environment, without twistd sse's settings but the publish token."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TWISTED_SSE_")}
-    path = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = str(HUBS) + (os.pathsep + path if path else "")
     env["TWISTED_SSE_PUBLISH_TOKEN"] = TOKEN
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -350,16 +350,22 @@ def twistd_env() -> dict[str, str]:
 
 @contextmanager
 def twisted_hub(args: argparse.Namespace, broker: str, logdir: Path) -> Iterator[Hub]:
-    """``twistd -n sse`` on ``broker``, its log filtered to warnings."""
+    """
+    ``twistd -n sse`` on ``broker``, without its access log and stream
+    lines: its log keeps start-up, warnings and errors, and slow clients
+    cut off.
+    """
     with ExitStack() as stack:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="hub-")))
         port = free_port()
         log = logdir / "twistd.log"
         argv = [
             *twistd(),
-            *("-n", "--pidfile=", "--logger", "quiet_log.observer", "sse"),
+            *("-n", "--pidfile=", "sse"),
             *("--port", f"tcp:{port}:interface=127.0.0.1:backlog=1024"),
             *("--broker", broker),
+            # No line per request nor per stream, as the other hubs.
+            *("--access-log", "off", "--stream-log", "off"),
             # Silent between events, as the other hubs are.
             *("--heartbeat", "0"),
         ]

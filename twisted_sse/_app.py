@@ -65,8 +65,8 @@ class SSEApp:
     :param metrics_token: If set, ``/metrics`` needs this bearer token.
     :param metrics_channels: Channels that get their own metric label.
     :param hub_options: Keyword arguments for :class:`Hub`; its
-        ``max_queue_events``, ``max_queue_bytes`` and ``policy`` apply to the
-        counter stream too.
+        ``max_queue_events``, ``max_queue_bytes``, ``policy`` and
+        ``stream_log`` apply to the counter stream too.
     """
 
     app = Klein()
@@ -89,11 +89,11 @@ class SSEApp:
         self.heartbeat = Heartbeat(clock, heartbeat)
         self.registry = registry if registry is not None else StreamRegistry(clock)
         self.broker = broker if broker is not None else MemoryBroker()
-        # The hub's queue bounds and default slow-client policy apply to the
-        # counter's streams too.
+        # The hub's queue bounds, default slow-client policy and stream log
+        # apply to the counter's streams too.
         queue = {
             name: hub_options[name]
-            for name in ("max_queue_events", "max_queue_bytes", "policy")
+            for name in ("max_queue_events", "max_queue_bytes", "policy", "stream_log")
             if name in hub_options
         }
         self.events = EventStreamResource(

@@ -207,6 +207,9 @@ class Hub:
     :param presence_claim: Whether reading presence needs a claim of its
         own (a JWT's ``sse.presence``) rather than going with reading the
         channel (see :class:`~twisted_sse.Access`).
+    :param stream_log: Whether the hub's streams log an info line when they
+        open, when they close and when their credentials expire (see
+        :class:`~twisted_sse.StreamResource`).
     """
 
     def __init__(
@@ -235,6 +238,7 @@ class Hub:
         presence: bool = True,
         presence_members: int = DEFAULT_PRESENCE_MEMBERS,
         presence_claim: bool = False,
+        stream_log: bool = True,
     ) -> None:
         if not 0 <= presence_members <= MAX_PRESENCE_MEMBERS:
             raise ValueError(
@@ -283,6 +287,7 @@ class Hub:
         self.authorizer = authorizer
         self.max_subscriptions = max_subscriptions
         self.max_followed = max_followed
+        self.stream_log = stream_log
         self._subscribe_resource: Resource | None = None
         self._presence_resource: Resource | None = None
         # The channel resources with open streams, so that every subscriber
@@ -676,7 +681,8 @@ class Hub:
     def stream_options(self, policy: SlowClientPolicy) -> dict[str, Any]:
         """
         What the hub's stream resources are made with: its clock, retry,
-        heartbeat, CORS origin, queue bounds and registry, and ``policy``.
+        heartbeat, CORS origin, queue bounds, registry and stream log, and
+        ``policy``.
         """
         return {
             "clock": self.clock,
@@ -687,6 +693,7 @@ class Hub:
             "max_queue_bytes": self.max_queue_bytes,
             "policy": policy,
             "registry": self.registry,
+            "stream_log": self.stream_log,
         }
 
     def subscribe_resource(self) -> Resource:

@@ -86,7 +86,11 @@ def _info(format: str, **fields: object) -> None:
 
 
 def _access_log(request: Any) -> None:
-    """Write ``request``'s line to its site's access log, as ``finish`` would."""
+    """
+    Write ``request``'s line to its site's access log, as ``finish`` would
+    (the site decides whether it keeps one: ``CappedSite(access_log=False)``
+    does not).
+    """
     log = getattr(getattr(request, "site", None), "log", None)
     if log is None:
         return
@@ -193,6 +197,14 @@ class StreamResource(Resource):
     :param policy: What happens when that queue is full.
     :param registry: A :class:`StreamRegistry` shared by the server's
         resources, for connection limits and a graceful drain.
+    :param stream_log: Whether to log an info line when a stream opens,
+        when it closes and when its credentials expire.  ``False`` skips
+        building those events altogether (their cost goes with them, not
+        just their output); warnings and errors (a failed handler, a slow
+        client cut off) are logged either way.  The access-log line of
+        each request is the site's to write (``twistd sse --access-log
+        off`` turns it off; a :class:`~twisted.web.server.Site` of your
+        own writes none if its ``log`` method does nothing).
 
     :ivar streams: The set of this resource's open streams (read it; a
         stream leaves it when it closes).  Broadcasting to a resource's
@@ -215,6 +227,7 @@ class StreamResource(Resource):
         max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
         policy: SlowClientPolicy = SlowClientPolicy.DISCONNECT,
         registry: StreamRegistry | None = None,
+        stream_log: bool = True,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         if retry is not None:
@@ -240,6 +253,8 @@ class StreamResource(Resource):
         self.max_queue_bytes = max_queue_bytes
         self.policy = policy
         self.registry = registry
+        #: Whether streams log their opening and end (see ``stream_log``).
+        self.stream_log = stream_log
         self.streams: set[EventStream] = set()
         self.first_frame = (
             Event(retry=retry).encode() if retry is not None else _OPEN_FRAME
@@ -349,12 +364,13 @@ class StreamResource(Resource):
             self.heartbeat.watch(streams)
         peer = client_ip(request)
         grant = grant_of(request)
-        _info(
-            "Stream opened for {peer}",
-            peer=peer,
-            **self.log_fields(request),
-            **_holder(grant),
-        )
+        if self.stream_log:
+            _info(
+                "Stream opened for {peer}",
+                peer=peer,
+                **self.log_fields(request),
+                **_holder(grant),
+            )
         if self.registry is not None:
             self.registry.track(stream, peer)
         stream.start(b"".join(frames) if frames else self.first_frame, finished)
@@ -366,12 +382,13 @@ class StreamResource(Resource):
         return stream
 
     def _expired(self, stream: EventStream) -> None:
-        _info(
-            "Ending a stream for {peer}: its credentials expired",
-            peer=client_ip(stream.request),
-            **stream.log_fields,
-            **_holder(grant_of(stream.request)),
-        )
+        if self.stream_log:
+            _info(
+                "Ending a stream for {peer}: its credentials expired",
+                peer=client_ip(stream.request),
+                **stream.log_fields,
+                **_holder(grant_of(stream.request)),
+            )
         stream.close(self.retry if self.retry is not None else _EXPIRED_RETRY)
 
     def stream_closed(self, stream: EventStream) -> None:
@@ -385,16 +402,17 @@ class StreamResource(Resource):
             self.heartbeat.unwatch(streams)
         if self.registry is not None:
             self.registry.forget(stream)
-        _info(
-            "Stream closed for {peer} ({reason}) after {duration:.1f} s",
-            peer=client_ip(stream.request),
-            reason=stream.close_reason,
-            duration=self.clock.seconds() - stream.opened_at,
-            frames=stream.frames,
-            dropped=stream.dropped,
-            **stream.log_fields,
-            **_holder(grant_of(stream.request)),
-        )
+        if self.stream_log:
+            _info(
+                "Stream closed for {peer} ({reason}) after {duration:.1f} s",
+                peer=client_ip(stream.request),
+                reason=stream.close_reason,
+                duration=self.clock.seconds() - stream.opened_at,
+                frames=stream.frames,
+                dropped=stream.dropped,
+                **stream.log_fields,
+                **_holder(grant_of(stream.request)),
+            )
         if stream.close_reason != "closed":
             # Twisted writes a request's access-log line when it finishes; a
             # stream whose client left, or that was cut off, never finishes.

@@ -1,7 +1,8 @@
 """
 The site of ``twistd sse``: request bodies kept only up to the largest
-publish, and a request with a body judged on its head (its token and its
-declared length) before the body is read, refused with a lingering close.
+publish, a request with a body judged on its head (its token and its
+declared length) before the body is read, refused with a lingering close,
+and an access log that can be turned off.
 """
 
 from __future__ import annotations
@@ -173,6 +174,15 @@ class CappedSite(Site):
     one byte more than the largest publish (``--max-event-bytes``), which
     is all the hub needs to answer ``413``; the rest is read and dropped.
     No other resource of the server takes a body.
+
+    :param max_body: The largest request body kept, in bytes.
+    :param hub: The hub whose publish rules judge a body on its head.
+    :param guard: The request-head deadline and descriptor budget.
+    :param access_log: Whether to write an access-log line per request
+        (``--access-log``).  With ``False``, :meth:`log` does nothing: no
+        line is formatted and no log event built.
+    :param options: Passed to :class:`~twisted.web.server.Site`
+        (``timeout``, ``logFormatter``, ``reactor``...).
     """
 
     def __init__(
@@ -182,15 +192,24 @@ class CappedSite(Site):
         max_body: int,
         hub: Hub | None = None,
         guard: ConnectionGuard | None = None,
+        access_log: bool = True,
         **options: Any,
     ) -> None:
         super().__init__(resource, **options)  # type: ignore[no-untyped-call]
+        #: Whether requests get an access-log line (it may be changed while
+        #: the site runs).
+        self.access_log = access_log
         self.max_body = max_body
         #: The hub whose publish rules judge a request body on its head.
         self.hub = hub
         self.requestFactory = _Request
         #: The request-head deadline and descriptor budget of the connections.
         self.guard = guard if guard is not None and guard.available else None
+
+    def log(self, request: Any) -> None:
+        """Write ``request``'s access-log line, unless the access log is off."""
+        if self.access_log:
+            super().log(request)
 
     def getContentFile(self, length: int | None) -> BytesIO:
         """A body for a new request (Twisted's ``Request.gotLength`` hook)."""

@@ -120,6 +120,22 @@ def _positive_int(name: str) -> Any:
     return _number(name, int, positive=True)
 
 
+def _switch(name: str) -> Any:
+    """
+    A coercer for ``--name on|off`` (nginx's spelling of a log switch),
+    either case; anything else is a usage error naming the option.
+    """
+
+    def coerce(value: str) -> str:
+        word = value.strip().lower()
+        if word not in ("on", "off"):
+            raise ValueError(f"--{name} must be on or off, not {value!r}")
+        return word
+
+    coerce.coerceDoc = ""  # type: ignore[attr-defined]
+    return coerce
+
+
 def endpoint_description(port: str) -> str:
     """
     Turn ``--port`` into an endpoint description: a bare port number means
@@ -416,6 +432,24 @@ class Options(usage.Options):
             "Seconds over which open streams are ended on shutdown, each with "
             "a jittered retry, so that clients do not reconnect all at once.",
             _non_negative_float("drain"),
+        ],
+        [
+            "access-log",
+            None,
+            "on",
+            "on or off: one line per request in the combined log format (for "
+            "a stream, when it ends). Off, no line is built at all; behind a "
+            "proxy that keeps its own access log, this one is a second copy.",
+            _switch("access-log"),
+        ],
+        [
+            "stream-log",
+            None,
+            "on",
+            "on or off: an info line when each stream opens and when it ends "
+            "(with the reason, duration and frames sent). Off, none is built; "
+            "warnings and errors are logged either way.",
+            _switch("stream-log"),
         ],
     ]
 
@@ -715,6 +749,7 @@ def makeService(options: Options) -> IService:
         presence_members=options["presence-members"],
         presence_claim=bool(options["presence-claim"]),
         auth_hook=hook,
+        stream_log=options["stream-log"] == "on",
     )
     guard = ConnectionGuard(
         reactor,
@@ -734,6 +769,7 @@ def makeService(options: Options) -> IService:
         guard=guard,
         timeout=options["timeout"] or None,
         logFormatter=access_log_formatter,
+        access_log=options["access-log"] == "on",
     )
     try:
         endpoint = serverFromString(reactor, options["endpoint"])
