@@ -40,7 +40,7 @@ redis
     threads) at the start and the end of the measured window.
 hub
     ``twistd -n sse --broker <url>`` (``--hubs``, one process by default,
-    its log filtered to warnings by ``hubs/quiet_log.py``) on one Redis
+    with ``--access-log off --stream-log off``) on one Redis
     and on the cluster, pinned to ``--server-cpu``, with Redis
     and the publisher pinned to ``--client-cpu``.  The publisher, this
     script again, keeps ``--in-flight`` (16) keep-alive connections, one
@@ -789,7 +789,8 @@ def hub_row(
                 log = logdir / f"twistd-{n}.log"
                 argv = [
                     *twistd(),
-                    *("-n", "--pidfile=", "--logger", "quiet_log.observer", "sse"),
+                    *("-n", "--pidfile=", "sse"),
+                    *("--access-log", "off", "--stream-log", "off"),
                     *("--port", f"tcp:{port}:interface=127.0.0.1:backlog=1024"),
                     *("--broker", top.url(), "--heartbeat", "0"),
                 ]
@@ -850,11 +851,8 @@ def hub_row(
 
 
 def hub_env() -> dict[str, str]:
-    """``twistd sse``'s environment: the publish token, ``quiet_log`` found."""
-    env = twistd_env()
-    path = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = str(HERE / "hubs") + (os.pathsep + path if path else "")
-    return env
+    """``twistd sse``'s environment: the publish token."""
+    return twistd_env()
 
 
 def request(channel: str, data: str, token: str) -> bytes:
