@@ -466,13 +466,21 @@ class ClusterTopology:
     """
 
     def __init__(
-        self, primaries: int = 3, replicas: int = 0, node_timeout_ms: int = 5000
+        self,
+        primaries: int = 3,
+        replicas: int = 0,
+        node_timeout_ms: int = 5000,
+        tls: tuple[str, str] | None = None,
     ) -> None:
         """
         :param primaries: How many primaries share the slots (3 at least).
         :param replicas: How many replicas each primary has.
         :param node_timeout_ms: ``cluster-node-timeout``: how long a node
             may not answer before it is deemed failing.
+        :param tls: A key and a self-signed certificate (PEM files): every
+            node also listens with TLS (``tls_port``), and the cluster bus
+            and replication speak TLS; ``CLUSTER SLOTS`` asked over TLS
+            names the TLS ports.
         """
         if primaries < 3:
             raise ValueError("Redis Cluster needs 3 primaries at least")
@@ -491,7 +499,17 @@ class ClusterTopology:
                         # A replica's first sync at once, not after the
                         # default 5 s wait for more replicas.
                         *("--repl-diskless-sync-delay", "0"),
-                    )
+                        *(
+                            ()
+                            if tls is None
+                            else (
+                                *("--tls-cluster", "yes"),
+                                *("--tls-replication", "yes"),
+                                *("--tls-ca-cert-file", tls[1]),
+                            )
+                        ),
+                    ),
+                    tls=tls,
                 )
             )
 
@@ -503,6 +521,11 @@ class ClusterTopology:
     def url(self) -> str:
         """The ``redis+cluster://`` URL naming every node as a seed."""
         return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    def tls_url(self, ca_certs: str) -> str:
+        """The ``rediss+cluster://`` URL of the nodes' TLS ports."""
+        seeds = ",".join(f"127.0.0.1:{node.tls_port}" for node in self.nodes)
+        return f"rediss+cluster://{seeds}?ssl_ca_certs={ca_certs}"
 
     def start(self, timeout: float = 30.0) -> ClusterTopology:
         """

@@ -10,13 +10,14 @@ reason (``-m slow``).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet.defer import DeferredList
 
-from twisted_sse import Event
+from twisted_sse import Event, RedisBroker, parse_redis_url
 from twisted_sse._redis._cluster import key_slot
 
 from . import _helpers
@@ -161,3 +162,43 @@ async def test_topology(cluster: tools.ClusterTopology, brokers: Any) -> None:
         f"127.0.0.1:{port}" for port in cluster.primaries()
     )
     assert all(node["up"] for node in state["nodes"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls(tmp_path: Path) -> None:
+    """
+    rediss+cluster:// speaks TLS to every primary the map names (their TLS
+    ports, their certificate checked): events cross brokers on all three.
+    """
+    tools.need(tools.server_unavailable_reason())
+    from ._certs import self_signed
+
+    key, certificate = self_signed(tmp_path)
+    with tools.ClusterTopology(tls=(str(key), str(certificate))) as tls_cluster:
+        reactor = _helpers.global_reactor()
+        address = parse_redis_url(tls_cluster.tls_url(str(certificate)))
+        assert address.tls
+        a, b = RedisBroker(reactor, address), RedisBroker(reactor, address)
+        a.startService()
+        b.startService()
+        try:
+            await ready(a, b)
+            state = a.topology()
+            assert state is not None
+            tls_ports = {node.tls_port for node in tls_cluster.nodes}
+            assert {int(n["address"].rpartition(":")[2]) for n in state["nodes"]} <= (
+                tls_ports
+            )
+            channels = ["room0", "room1", "room2", "room3", "room5"]
+            owners = {tls_cluster.owner(key_slot(a.key(c))) for c in channels}
+            assert len(owners) == 3
+            got = {channel: Collector() for channel in channels}
+            for channel in channels:
+                await b.subscribe(channel, got[channel])
+            sent = {c: await a.publish(c, Event(data=c)) for c in channels}
+            for channel in channels:
+                await got[channel].wait(1)
+                assert got[channel].ids == [sent[channel]]
+        finally:
+            await a.stop()
+            await b.stop()
