@@ -23,9 +23,9 @@ pushpin
     a stream on one channel.
 
 For every round (``--repeat``), N (``--sizes``) and peer, a fresh hub is
-started pinned to ``--server-cpu`` (0), and the shared harness's load client
-``sseload`` with its publisher ``pub`` pinned to ``--client-cpu`` (1); both
-are built with ``cc -O2`` from ``--client-src`` into ``bench/build/``.  One
+started pinned to ``--server-cpu`` (0), and the C load client ``sseload``
+with its publisher ``pub`` (``bench/client/``) pinned to ``--client-cpu``
+(1); both are built with ``cc -O2`` from ``--client-src`` into ``bench/build/``.  One
 run of the client gives three workloads, in this order:
 
 idle
@@ -570,8 +570,13 @@ def load_argv(
     return [*taskset(args.client_cpu), str(tools.sseload), *flags]
 
 
-def run_load(argv: list[str], timeout: float, log: Path) -> dict[str, Any]:
-    """Run ``sseload``; its JSON line.  Its stderr goes to ``log``."""
+def run_load(
+    argv: list[str], timeout: float, log: Path, profiler: Profiler | None = None
+) -> dict[str, Any]:
+    """
+    Run ``sseload``; its JSON line.  Its stderr goes to ``log``.  A
+    ``profiler`` records the hub meanwhile, a file per workload.
+    """
     with open(log, "ab") as err:
         process = subprocess.Popen(
             argv,
@@ -582,6 +587,11 @@ def run_load(argv: list[str], timeout: float, log: Path) -> dict[str, Any]:
             preexec_fn=_die_with_parent,
         )
         try:
+            if profiler is not None:
+                # sseload prints one short line at its end: no pipe fills.
+                started = time.monotonic()
+                profiler.follow(process, log, timeout)
+                timeout = max(1.0, timeout - (time.monotonic() - started))
             out, _ = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             raise HubError(f"the load client ran over {timeout:g} s") from None
@@ -592,6 +602,217 @@ def run_load(argv: list[str], timeout: float, log: Path) -> dict[str, Any]:
         raise HubError(f"the load client failed ({process.returncode}): {tail(log)}")
     result: dict[str, Any] = json.loads(lines[-1])
     return result
+
+
+# Profiles (--profile)
+
+#: The peers --profile samples: the Python hubs.
+PROFILED = ("twisted_sse", "twisted_sse-redis")
+#: How ``sseload`` announces a publishing phase on its standard error.
+_PUBLISHER = re.compile(rb"sseload: publisher: .* --rate (\S+) ")
+#: Flame graph geometry: pixels.
+_WIDTH, _ROW = 1200, 16
+
+
+class Profiler:
+    """
+    ``py-spy record`` on a hub process, one recording per workload: from
+    the start of the load to the paced phase (``idle``, the set-ups), then
+    ``paced``, then ``saturation`` until the load client exits.  Each gives
+    ``<stem>-<workload>.txt`` (py-spy's collapsed stacks, paths shortened
+    as ``pyspy_top.py`` shortens them, so that no folder of this machine is
+    named) and ``<stem>-<workload>.svg`` (a flame graph of them) in
+    ``folder``.  py-spy samples blocking (it stops the hub for each sample),
+    pinned to ``cpu``; idle samples (the hub waiting in ``epoll_wait``) are
+    not recorded.
+    """
+
+    def __init__(
+        self, pid: int, folder: Path, stem: str, args: argparse.Namespace
+    ) -> None:
+        self.pid = pid
+        self.folder = folder
+        self.stem = stem
+        self.rate = args.profile_rate
+        self.cpu = args.client_cpu
+        self.py_spy = args.py_spy
+        self.native = args.profile_native
+        self.recording: tuple[str, subprocess.Popen[bytes], Path] | None = None
+        #: What was written: (workload, samples, svg path).
+        self.written: list[tuple[str, int, Path]] = []
+
+    def start(self, workload: str) -> None:
+        """Stop the recording under way, if any, and record ``workload``."""
+        self.stop()
+        raw = self.folder / f"{self.stem}-{workload}.txt"
+        log = self.folder / f".{self.stem}-{workload}.log"
+        argv = [
+            *taskset(self.cpu),
+            *(self.py_spy, "record", "-p", str(self.pid), "-r", str(self.rate)),
+            *("-f", "raw", "-o", str(raw)),
+            *(("--native",) if self.native else ()),
+        ]
+        with open(log, "wb") as out:
+            process = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        self.recording = (workload, process, raw)
+        # Samples begin once py-spy says so (it attaches in a few tenths).
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and process.poll() is None:
+            if b"Sampling process" in log.read_bytes():
+                break
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        """End the recording under way: py-spy writes its file on SIGINT."""
+        if self.recording is None:
+            return
+        workload, process, raw = self.recording
+        self.recording = None
+        with suppress(ProcessLookupError):
+            process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            terminate(process, grace=2.0)
+        log = raw.with_name(f".{raw.stem}.log")
+        if not raw.exists():
+            print(
+                f"# profile {raw.name}: py-spy wrote nothing: {tail(log)}", flush=True
+            )
+            return
+        log.unlink(missing_ok=True)
+        stacks = shorten(raw)
+        svg = raw.with_suffix(".svg")
+        samples = flame_graph(stacks, svg, f"{self.stem} {workload}")
+        self.written.append((workload, samples, svg))
+
+    def follow(
+        self, process: subprocess.Popen[bytes], log: Path, timeout: float
+    ) -> None:
+        """
+        Record each workload of the load client ``process``, telling its
+        phases by the publisher lines of its standard error (``log``),
+        until it exits or ``timeout`` seconds have passed.
+        """
+        self.start("idle")
+        deadline = time.monotonic() + timeout
+        seen = 0
+        try:
+            while process.poll() is None and time.monotonic() < deadline:
+                starts = _PUBLISHER.findall(log.read_bytes())
+                for rate in starts[seen:]:
+                    self.start("saturation" if float(rate) == 0 else "paced")
+                seen = len(starts)
+                time.sleep(0.05)
+        finally:
+            self.stop()
+
+
+def shorten(raw: Path) -> list[tuple[list[str], int]]:
+    """
+    Rewrite py-spy's collapsed stacks in ``raw`` with the paths shortened
+    (``pyspy_top.short``); the stacks, root first, with their samples.
+    """
+    from pyspy_top import read, short
+
+    stacks = [([short(f, True) for f in frames], n) for frames, n in read(str(raw))]
+    merged: dict[tuple[str, ...], int] = {}
+    for frames, count in stacks:
+        merged[tuple(frames)] = merged.get(tuple(frames), 0) + count
+    raw.write_text(
+        "".join(f"{';'.join(frames)} {count}\n" for frames, count in merged.items())
+    )
+    return [(list(frames), count) for frames, count in merged.items()]
+
+
+def _colour(name: str) -> str:
+    # Our library in blue, Twisted in orange, the rest (CPython, the
+    # standard library) in red: hue by package, shade by name.
+    shade = sum(name.encode()) % 40
+    if "twisted_sse/" in name:
+        return f"rgb({60 + shade},{130 + shade},{215})"
+    if "twisted/" in name:
+        return f"rgb(235,{140 + shade},{40 + shade})"
+    return f"rgb(225,{80 + shade},{60 + shade})"
+
+
+def flame_graph(stacks: list[tuple[list[str], int]], svg: Path, title: str) -> int:
+    """
+    Write ``stacks`` (frames root first, samples) as a flame graph to
+    ``svg``: a frame's width is its share of the samples, its callers below
+    it; hover for the name and the share.  Frames under half a pixel wide
+    are left out, to keep the file small.  Returns the samples.
+    """
+    tree: dict[str, Any] = {}
+    total = 0
+    for frames, count in stacks:
+        total += count
+        level = tree
+        for frame in frames:
+            node = level.setdefault(frame, [0, {}])
+            node[0] += count
+            level = node[1]
+    depth = 0
+    boxes: list[str] = []
+    scale = _WIDTH / max(total, 1)
+
+    def lay(level: dict[str, Any], x: float, row: int) -> None:
+        nonlocal depth
+        for name, (count, children) in sorted(level.items()):
+            width = count * scale
+            if width >= 0.5:
+                depth = max(depth, row + 1)
+                boxes.append(_box(name, count, total, x, row, width))
+                lay(children, x, row + 1)
+            x += width
+
+    lay(tree, 0.0, 0)
+    height = (depth + 2) * _ROW
+    head = (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{_WIDTH}" '
+        f'height="{height}" font-family="monospace" font-size="11">\n'
+        f'<rect width="{_WIDTH}" height="{height}" fill="#fdfdf8"/>\n'
+        f'<text x="4" y="12">{_escape(title)}: {total} samples (py-spy); '
+        "width = share of the samples, callers below; hover for names</text>\n"
+    )
+    # Rows were counted from the root: placed now, root at the bottom.
+    svg.write_text(head + _flip("".join(boxes), height) + "</svg>\n")
+    return total
+
+
+def _box(name: str, count: int, total: int, x: float, row: int, width: float) -> str:
+    fits = int((width - 4) / 6.6)
+    label = name if len(name) <= fits else name[: max(0, fits - 2)] + ".."
+    text = (
+        f'<text x="{x + 2:.1f}" y="ROW{row}T">{_escape(label)}</text>'
+        if width > 20
+        else ""
+    )
+    return (
+        f"<g><title>{_escape(name)}: {count} samples, {100 * count / total:.1f} %"
+        f'</title><rect x="{x:.1f}" y="ROW{row}R" width="{width:.1f}" '
+        f'height="{_ROW - 1}" fill="{_colour(name)}"/>{text}</g>\n'
+    )
+
+
+def _flip(body: str, height: int) -> str:
+    def place(match: re.Match[str]) -> str:
+        row, kind = int(match[1]), match[2]
+        top = height - (row + 1) * _ROW
+        return str(top if kind == "R" else top + _ROW - 4)
+
+    return re.sub(r"ROW(\d+)([RT])", place, body)
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _number(value: Any) -> float | None:
@@ -694,7 +915,16 @@ def measure(
             argv = load_argv(hub, peer, n, args, tools)
             (logdir / "sseload.cmd").write_text(shlex.join(argv) + "\n")
             deadline = float(argv[argv.index("--deadline") + 1])
-            result = run_load(argv, deadline + 60, logdir / "sseload.log")
+            profiler = None
+            if args.profile and peer in PROFILED:
+                stem = f"{peer}-{n}" + (f"-{round_}" if round_ else "")
+                profiler = Profiler(hub.pids[0], Path(args.profile_dir), stem, args)
+            result = run_load(argv, deadline + 60, logdir / "sseload.log", profiler)
+            for workload, samples, svg in profiler.written if profiler else ():
+                print(
+                    f"# profile {peer} N={n:,} {workload}: {samples} samples, {svg}",
+                    flush=True,
+                )
             # A hub that died during the run is no measurement.
             gone = [pid for pid in hub.pids if not Path(f"/proc/{pid}").exists()]
             if gone:
@@ -904,8 +1134,37 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--client-src",
         default=str(DEFAULT_CLIENT_SRC),
-        help="the shared harness's client/ folder: sseload.c (with --path, "
-        "--pids and --pub-cmd) and pub.c",
+        help="the folder of sseload.c (with --path, --pids and --pub-cmd) and "
+        "pub.c [default: bench/client]",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample twisted_sse with py-spy during each workload: collapsed "
+        "stacks and a flame graph per workload in --profile-dir (use a long "
+        "--sat-s, such as 15)",
+    )
+    p.add_argument(
+        "--profile-dir",
+        default=str(HERE / "flame"),
+        help="where --profile writes <peer>-<N>-<workload>.{txt,svg} (bench/flame)",
+    )
+    p.add_argument(
+        "--profile-rate",
+        type=at_least(1, int),
+        default=200,
+        help="py-spy samples per second (200)",
+    )
+    p.add_argument(
+        "--profile-native",
+        action="store_true",
+        help="--profile with py-spy's --native: C frames too (the garbage "
+        "collector, the socket calls), at a lower rate of samples",
+    )
+    p.add_argument(
+        "--py-spy",
+        default="py-spy",
+        help="the py-spy program for --profile (py-spy; pip install py-spy)",
     )
     return p
 
@@ -933,6 +1192,10 @@ def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
     check_descriptors(p, args.sizes)
+    if args.profile:
+        if shutil.which(args.py_spy) is None:
+            p.error(f"--profile needs py-spy (no {args.py_spy!r}: pip install py-spy)")
+        Path(args.profile_dir).mkdir(parents=True, exist_ok=True)
     source = Path(args.client_src)
     if not (source / "sseload.c").is_file() or not (source / "pub.c").is_file():
         p.error(f"no sseload.c and pub.c in {source}: see --client-src")

@@ -30,11 +30,11 @@ setup
     tokens now cached).
 
 deliveries
-    N subscribers on channel ``x`` read while the shared harness's ``pub``
+    N subscribers on channel ``x`` read while the C publisher ``pub``
     POSTs 64-byte events to it, ``--publish-conns`` (4) requests in flight,
     for ``--sat-s`` (4) s: events received per second, all subscribers
-    summed, and per server CPU-second.  The load client is the shared
-    harness's ``sseload`` (``--client-src``), which opens every stream with
+    summed, and per server CPU-second.  The load client is ``sseload``
+    (``bench/client/``, or ``--client-src``), which opens every stream with
     one path, so all N subscribers here carry the token of ``user0``.
 
 storm (Redis only)
@@ -1129,8 +1129,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--client-src",
         default=str(DEFAULT_CLIENT_SRC),
-        help="the shared harness's client/ folder (sseload.c, pub.c), for "
-        "the deliveries",
+        help="the folder of sseload.c and pub.c, for the deliveries "
+        "[default: bench/client]",
     )
     parser.add_argument("--out", default=str(HERE / "results"))
     # The client side, run by this script in another process.

@@ -34,11 +34,11 @@ deliveries
     share the server's core, that figure moves less than deliveries/s.
 
 Every server is a new ``twistd`` pinned to ``--server-cpu`` (0); the load
-client and the publisher, the shared harness's ``client/sseload.c`` and
-``client/pub.c`` (built into ``bench/build/`` from ``--client-src``), to
-``--client-cpu`` (1).  Before each memory measurement the script opens a few
-subscribers of the same kind itself and keeps them open (``--warm``, 10), so
-the channels exist and first-use costs are paid; before each deliveries run
+client and the publisher, ``client/sseload.c`` and ``client/pub.c`` (built
+into ``bench/build/`` from ``--client-src``), to ``--client-cpu`` (1).
+Before each memory measurement the script opens a few subscribers of the
+same kind itself and keeps them open (``--warm``, 10), so the channels
+exist and first-use costs are paid; before each deliveries run
 it publishes one event, so that ``x.y`` exists, and for run 2 it holds the
 idle pattern subscribers.  Runs are interleaved over ``--repeat`` rounds and
 the table shows medians.  One JSON line per run on stdout, then the table;
@@ -71,8 +71,8 @@ sys.path.insert(0, str(HERE))
 
 from run import BUILD, machine_facts, raise_nofile, stop, taskset  # noqa: E402
 
-#: Where the shared harness keeps its load client and publisher by default.
-DEFAULT_CLIENT_SRC = HERE.parent.parent / "shared" / "bench" / "client"
+#: The load client (sseload.c) and the publisher (pub.c), built by default.
+DEFAULT_CLIENT_SRC = HERE / "client"
 TOKEN = "t"
 #: The channel every deliveries run publishes to.
 PUBLISHED = "x.y"
@@ -459,8 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--client-src",
         default=str(DEFAULT_CLIENT_SRC),
-        help="the shared harness's client/ folder (sseload.c with --path and "
-        "--pub-cmd, and pub.c)",
+        help="the folder of sseload.c (with --path and --pub-cmd) and pub.c "
+        "[default: bench/client]",
     )
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args(argv)

@@ -129,7 +129,7 @@ class HubBenchSmokeTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         if not (HARNESS_CLIENT / "pub.c").exists():
-            raise self.skipTest("no shared harness client next to the repository")
+            raise self.skipTest("bench/client has no pub.c")
         if shutil.which(os.environ.get("CC", "cc")) is None:
             raise self.skipTest("no C compiler to build the harness's client")
         self.out = Path(tempfile.mkdtemp(prefix="twisted-sse-bench-hub-"))

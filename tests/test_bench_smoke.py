@@ -18,9 +18,9 @@ import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 RUN = Path(__file__).resolve().parent.parent / "bench" / "run.py"
-#: The shared harness's load client and publisher, next to the repository
-#: (bench/subscriptions.py's default ``--client-src``).
-HARNESS_CLIENT = RUN.parent.parent.parent / "shared" / "bench" / "client"
+#: The C load client and publisher of the benchmarks (bench/subscriptions.py's
+#: default ``--client-src``).
+HARNESS_CLIENT = RUN.parent / "client"
 
 #: What every result line reports (bench/run.py's RESULT_KEYS).
 KEYS = {
@@ -114,7 +114,7 @@ class BenchSmokeTests(SynchronousTestCase):
         against a real ``twistd sse``, nothing lost, the table and its bars.
         """
         if not (HARNESS_CLIENT / "pub.c").exists():
-            raise self.skipTest("no shared harness client next to the repository")
+            raise self.skipTest("bench/client has no pub.c")
         stdout, results = self.run_script(
             RUN.parent / "subscriptions.py",
             *("--memory-n", "10", "--deliveries-n", "10", "--patterns", "2"),
