@@ -57,6 +57,14 @@ where they do not apply) and more; the same lines go to ``--out``
 is above 1) to the same name with ``.md``, and the hubs' logs to a folder
 next to it.  A peer that cannot start gives rows with an ``error`` field.  The
 exit status is 1 if any row has one.
+
+``--profile`` samples our hub (``twisted_sse``, ``twisted_sse-redis``) with
+py-spy while each workload runs, and writes ``<peer>-<N>-<workload>.svg``, a
+flame graph, and ``.txt``, py-spy's collapsed stacks (``pyspy_top.py`` reads
+them), to ``--profile-dir`` (``bench/flame``); ``--profile-native`` adds the
+C frames (the garbage collector).  The sampler stops the hub for each sample
+and shares the client's CPU, so keep the rows of a profiled run apart from
+the others.
 """
 
 from __future__ import annotations
@@ -715,14 +723,43 @@ class Profiler:
             self.stop()
 
 
+_FRAME = re.compile(r"^(?P<function>.*) \((?P<path>[^()]*)\)$")
+
+
+def _short_frame(frame: str) -> str:
+    """
+    ``function (file:line)`` with the file as its package names it
+    (``twisted/web/http.py``, ``twisted_sse/_stream.py``), or its bare
+    name: py-spy shortens most paths itself, and this makes sure that no
+    folder of the machine is left.
+    """
+    match = _FRAME.match(frame.strip())
+    if match is None:
+        return frame.strip()
+    path = match["path"]
+    for marker in ("/site-packages/", "/dist-packages/"):
+        if marker in path:
+            path = path.rsplit(marker, 1)[1]
+            break
+    else:
+        if "/twisted_sse/" in path:
+            path = "twisted_sse/" + path.rsplit("/twisted_sse/", 1)[1]
+        elif re.search(r"/lib/python3\.\d+/", path):
+            path = re.split(r"/lib/python3\.\d+/", path)[-1]
+        elif path.startswith("/"):
+            path = path.rsplit("/", 1)[1]
+    path = path.removeprefix("site-packages/")
+    return f"{match['function']} ({path})"
+
+
 def shorten(raw: Path) -> list[tuple[list[str], int]]:
     """
     Rewrite py-spy's collapsed stacks in ``raw`` with the paths shortened
-    (``pyspy_top.short``); the stacks, root first, with their samples.
+    (:func:`_short_frame`); the stacks, root first, with their samples.
     """
-    from pyspy_top import read, short
+    from pyspy_top import read
 
-    stacks = [([short(f, True) for f in frames], n) for frames, n in read(str(raw))]
+    stacks = [([_short_frame(f) for f in frames], n) for frames, n in read(str(raw))]
     merged: dict[tuple[str, ...], int] = {}
     for frames, count in stacks:
         merged[tuple(frames)] = merged.get(tuple(frames), 0) + count

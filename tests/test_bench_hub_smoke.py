@@ -6,6 +6,7 @@ phase, every hub that is installed; no timing assertion.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 from twisted.trial.unittest import SynchronousTestCase
@@ -122,6 +124,97 @@ class HubBenchCommandLineTests(SynchronousTestCase):
     def test_too_many_subscribers(self) -> None:
         """An N beyond one process's descriptors is refused, saying why."""
         self.assert_refused(("--sizes", "10,10000000"), "descriptors")
+
+    def test_profile_without_py_spy(self) -> None:
+        """``--profile`` without py-spy is refused, saying how to get it."""
+        self.assert_refused(
+            ("--profile", "--py-spy", "no-such-py-spy"), "pip install py-spy"
+        )
+
+
+def load_hub() -> Any:
+    """``bench/hub.py`` as a module (its dataclasses need it registered)."""
+    loaded = sys.modules.get("bench_hub")
+    if loaded is not None:
+        return loaded
+    spec = importlib.util.spec_from_file_location("bench_hub", HUB)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_hub"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class FlameGraphTests(SynchronousTestCase):
+    """What ``--profile`` makes of py-spy's collapsed stacks."""
+
+    def setUp(self) -> None:
+        self.hub = load_hub()
+        self.folder = Path(tempfile.mkdtemp(prefix="twisted-sse-flame-"))
+        self.addCleanup(shutil.rmtree, self.folder, True)
+
+    def test_shorten(self) -> None:
+        """
+        Paths are cut to the package, so that no folder of the machine is
+        named; stacks that become equal are merged.
+        """
+        raw = self.folder / "p.txt"
+        site = "/home/me/venv/lib/python3.11/site-packages"
+        raw.write_text(
+            f"process 1:twistd;run (/home/me/venv/bin/twistd:6);"
+            f"doPoll ({site}/twisted/internet/epollreactor.py:244) 5\n"
+            f"run (/other/venv/bin/twistd:6);"
+            f"doPoll (/x/lib/python3.11/site-packages/twisted/internet/"
+            f"epollreactor.py:244) 2\n"
+            f"run (/home/me/venv/bin/twistd:6);"
+            f"write (/src/repo/twisted_sse/_stream.py:347) 3\n"
+        )
+        stacks = self.hub.shorten(raw)
+        text = raw.read_text()
+        self.assertNotIn("/home/me", text)
+        self.assertNotIn("site-packages", text)
+        self.assertEqual(
+            sorted(stacks),
+            [
+                (
+                    ["run (twistd:6)", "doPoll (twisted/internet/epollreactor.py:244)"],
+                    7,
+                ),
+                (["run (twistd:6)", "write (twisted_sse/_stream.py:347)"], 3),
+            ],
+        )
+
+    def test_flame_graph(self) -> None:
+        """
+        A frame's box is as wide as its share of the samples, its callees
+        above it, and its name and share are in its tooltip.
+        """
+        svg = self.folder / "p.svg"
+        samples = self.hub.flame_graph(
+            [(["main", "a", "x"], 3), (["main", "b"], 1)], svg, "a test"
+        )
+        self.assertEqual(samples, 4)
+        root = ElementTree.parse(svg).getroot()
+        boxes = {}
+        for group in root.iter("{http://www.w3.org/2000/svg}g"):
+            title = group.find("{http://www.w3.org/2000/svg}title")
+            rect = group.find("{http://www.w3.org/2000/svg}rect")
+            assert title is not None and title.text and rect is not None
+            boxes[title.text.split(":")[0]] = (
+                float(rect.get("x", "")),
+                float(rect.get("y", "")),
+                float(rect.get("width", "")),
+                title.text,
+            )
+        self.assertEqual(sorted(boxes), ["a", "b", "main", "x"])
+        width = float(root.get("width", ""))
+        self.assertEqual(boxes["main"][2], width)
+        self.assertEqual(boxes["a"][2], width * 3 / 4)
+        self.assertEqual(boxes["b"][0], width * 3 / 4)
+        self.assertIn("75.0 %", boxes["a"][3])
+        # Root at the bottom, callees above their callers.
+        self.assertGreater(boxes["main"][1], boxes["a"][1])
+        self.assertGreater(boxes["a"][1], boxes["x"][1])
 
 
 class HubBenchSmokeTests(SynchronousTestCase):
