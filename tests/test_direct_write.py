@@ -7,7 +7,7 @@ the client stops reading, and when heartbeats and closes interleave.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -18,6 +18,7 @@ from twisted.internet.tcp import Connection
 from twisted.web.server import Site
 
 from twisted_sse import Event, EventStream, EventStreamResource
+from twisted_sse._site import CappedSite, _Request
 
 from ._http import ReactorClient, connect, http_request
 
@@ -30,18 +31,20 @@ def _reactor() -> Any:
 
 @asynccontextmanager
 async def one_stream(
+    site: Callable[[Any], Site] = Site,
     **options: Any,
 ) -> AsyncIterator[tuple[ReactorClient, EventStream]]:
     """
-    Serve an EventStreamResource on 127.0.0.1, connect one reader, and give
-    both ends once the server's stream exists; stop listening afterwards.
+    Serve an EventStreamResource on 127.0.0.1 (in ``site``, made from the
+    resource), connect one reader, and give both ends once the server's
+    stream exists; stop listening afterwards.
     """
     streams: list[EventStream] = []
     resource = EventStreamResource(
         streams.append, clock=_reactor(), heartbeat=0, **options
     )
     port = await TCP4ServerEndpoint(_reactor(), 0, interface="127.0.0.1").listen(
-        Site(resource)
+        site(resource)
     )
     try:
         reader = await connect(port.getHost().port, http_request("/"))
@@ -53,7 +56,10 @@ async def one_stream(
 
 
 #: Queue bounds no burst below reaches: these tests are about ordering.
-BIG_QUEUE = {"max_queue_events": 100_000, "max_queue_bytes": 512 * 1024 * 1024}
+BIG_QUEUE: dict[str, Any] = {
+    "max_queue_events": 100_000,
+    "max_queue_bytes": 512 * 1024 * 1024,
+}
 
 
 def numbers_of(reader: ReactorClient) -> list[int]:
@@ -73,6 +79,25 @@ async def test_direct_path_chosen_for_tcp() -> None:
         stream.request.setHeader(b"X-Too-Late", b"1")
         headers.addRawHeader(b"X-Too-Late", b"2")
         assert list(headers.getAllRawHeaders()) == []
+        stream.send(Event(data="hello"))
+        stream.close()
+        await reader.ended(timeout=60)
+        assert [event.data for event in reader.events] == ["hello"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_direct_path_under_twistd_site() -> None:
+    """
+    ``twistd sse``'s own site and request class take the direct path too
+    (its request must not override what the direct path relies on).
+    """
+
+    def capped(resource: Any) -> Site:
+        return CappedSite(resource, max_body=1024)
+
+    async with one_stream(capped) as (reader, stream):
+        assert isinstance(stream.request, _Request)
+        assert isinstance(stream._transport, Connection)
         stream.send(Event(data="hello"))
         stream.close()
         await reader.ended(timeout=60)

@@ -113,6 +113,11 @@ class _Request(Request):
         transport: Any = self.channel.transport
         transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
         self._linger = site.reactor.callLater(LINGER, self._close)
+        # Twisted tells a request's notifications when its connection goes:
+        # no lingering left to end then.  (Not an override of
+        # connectionLost: a request class that overrides it loses the
+        # streams' direct writes, see _twisted.direct_transport.)
+        self.notifyFinish().addBoth(self._lingered)
         _log.info(
             "Refused a request body from {peer} on its head: {code} {reason}",
             peer=_peer(transport),
@@ -136,10 +141,9 @@ class _Request(Request):
         else:
             super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]
 
-    def connectionLost(self, reason: Any) -> None:
+    def _lingered(self, result: object) -> None:
         """The connection went away: no lingering left to end."""
         self._stop_lingering()
-        super().connectionLost(reason)  # type: ignore[no-untyped-call]
 
     def _close(self) -> None:
         self._stop_lingering()
