@@ -32,19 +32,18 @@ TOKEN = "cluster-test-token"
 CHANNELS = [f"room{n}" for n in range(30)]
 
 
-class ClusterProcessTests(SynchronousTestCase):
-    """Two processes on one cluster."""
+class _OnCluster(SynchronousTestCase):
+    """
+    A private cluster (``topology_options`` for ``ClusterTopology``), and
+    ``twistd sse`` processes on it, with a publisher's and a reader's calls.
+    """
+
+    topology_options: dict[str, Any] = {}
 
     def setUp(self) -> None:
-        reason = tools.server_unavailable_reason()
-        if reason is not None:
-            if tools.required():
-                self.fail(f"{reason}, and TWISTED_SSE_REQUIRE_REDIS=1")
-            self.skipTest(reason)
-        self.topology = tools.ClusterTopology().start()
+        tools.need(tools.server_unavailable_reason())
+        self.topology = tools.ClusterTopology(**self.topology_options).start()
         self.addCleanup(self.topology.stop)
-        self.a = self.start()
-        self.b = self.start()
 
     def start(self) -> Twistd:
         return start_healthy(
@@ -85,6 +84,15 @@ class ClusterProcessTests(SynchronousTestCase):
                 return answer.status, json.loads(answer.read())
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read())
+
+
+class ClusterProcessTests(_OnCluster):
+    """Two processes on one cluster."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.a = self.start()
+        self.b = self.start()
 
     def test_channels_across_processes(self) -> None:
         """
@@ -174,18 +182,10 @@ class ClusterProcessTests(SynchronousTestCase):
         self.assertIn(b"Redis Cluster", stream.body)
 
 
-class ClusterFailoverTests(SynchronousTestCase):
+class ClusterFailoverTests(_OnCluster):
     """A primary of a cluster with replicas SIGKILLed under load."""
 
-    def setUp(self) -> None:
-        reason = tools.server_unavailable_reason()
-        if reason is not None:
-            if tools.required():
-                self.fail(f"{reason}, and TWISTED_SSE_REQUIRE_REDIS=1")
-            self.skipTest(reason)
-        self.topology = tools.ClusterTopology(replicas=1, node_timeout_ms=1000)
-        self.topology.start()
-        self.addCleanup(self.topology.stop)
+    topology_options = {"replicas": 1, "node_timeout_ms": 1000}
 
     def test_primary_killed_under_load(self) -> None:
         """
@@ -193,16 +193,7 @@ class ClusterFailoverTests(SynchronousTestCase):
         acknowledged id reaches every subscriber once, or a history-lost
         does; publishes in the gap get 503; the replica takes over.
         """
-        server = start_healthy(
-            self,
-            "--broker",
-            self.topology.url(),
-            "--publish-token",
-            TOKEN,
-            "--drain",
-            "0",
-            wait=20,
-        )
+        server = self.start()
         channel = "failover"
         slot = key_slot(f"sse:{{{channel}}}")
         victim = self.topology.owner(slot)
@@ -210,7 +201,6 @@ class ClusterFailoverTests(SynchronousTestCase):
         for subscriber in subscribers:
             self.addCleanup(subscriber.close)
             subscriber.response.read_frame()
-        tests = ClusterProcessTests.publish
 
         acknowledged: list[str] = []
         refused = 0
@@ -220,7 +210,7 @@ class ClusterFailoverTests(SynchronousTestCase):
         with ThreadPoolExecutor(max_workers=4) as pool:
             while time.monotonic() < deadline:
                 batch = [
-                    pool.submit(tests, self, server, channel, f"event {number + n}")  # type: ignore[arg-type]
+                    pool.submit(self.publish, server, channel, f"event {number + n}")
                     for n in range(4)
                 ]
                 number += 4
@@ -265,6 +255,6 @@ class ClusterFailoverTests(SynchronousTestCase):
             if missing:
                 self.assertTrue(lost, f"{len(missing)} acknowledged events lost")
 
-        code, health = ClusterProcessTests.get(self, server, "/healthz")  # type: ignore[arg-type]
+        code, health = self.get(server, "/healthz")
         self.assertEqual(code, 200)
         self.assertEqual(health["redis"]["slots_covered"], 16384)

@@ -253,7 +253,9 @@ class BrokerTests(SynchronousTestCase):
             return succeed(0)
 
         broker._commands.execute = execute  # type: ignore[method-assign]
-        failure = self.failureResultOf(broker._replicated(b"id"), BrokerUnavailable)
+        failure = self.failureResultOf(
+            broker._replicated(b"id", "sse:news"), BrokerUnavailable
+        )
         self.assertIn("replicas", str(failure.value))
         self.assertEqual(sent, [("WAIT", 1, 1000)])
 
@@ -261,7 +263,9 @@ class BrokerTests(SynchronousTestCase):
             return succeed(1)
 
         broker._commands.execute = enough  # type: ignore[method-assign]
-        self.assertEqual(self.successResultOf(broker._replicated(b"id")), b"id")
+        self.assertEqual(
+            self.successResultOf(broker._replicated(b"id", "sse:news")), b"id"
+        )
 
 
 class _SentinelBroker(MemoryBroker):

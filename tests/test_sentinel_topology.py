@@ -83,11 +83,7 @@ class SentinelFailoverTests(SynchronousTestCase):
     """A primary SIGKILLed under load: nothing acknowledged is lost silently."""
 
     def setUp(self) -> None:
-        reason = tools.server_unavailable_reason()
-        if reason is not None:
-            if tools.required():
-                self.fail(f"{reason}, and TWISTED_SSE_REQUIRE_REDIS=1")
-            self.skipTest(reason)
+        tools.need(tools.server_unavailable_reason())
         self.topology = tools.SentinelTopology().start()
         self.addCleanup(self.topology.stop)
 

@@ -712,8 +712,11 @@ class RedisBroker(Service):
             answered = added.addCallback(_answer_once, digest)
         return answered.addCallback(self._note_acked, channel)
 
-    def _replicated(self, reply: Reply, key: Arg = "") -> Deferred[Reply]:
-        """``WAIT`` for the replicas, then ``reply``; or fail."""
+    def _replicated(self, reply: Reply, key: Arg) -> Deferred[Reply]:
+        """
+        ``WAIT`` for the replicas, then ``reply``; or fail.  On a cluster,
+        on the connection to the primary of ``key`` (the channel's stream).
+        """
         wanted = self.wait_replicas
         link: Any = self._commands
         if self.cluster and isinstance(link, ClusterLink):
