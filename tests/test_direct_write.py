@@ -140,3 +140,47 @@ async def test_order_kept_while_client_reads_concurrently() -> None:
         stream.close()
         await reader.ended(timeout=60)
         assert numbers_of(reader) == list(range(count))
+
+
+class _CountingSocket:
+    """A real socket whose sends are counted (everything else passes through)."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self.sends: list[int] = []
+
+    def send(self, data: bytes) -> int:
+        sent: int = self._sock.send(data)
+        self.sends.append(sent)
+        return sent
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_send_per_reactor_turn() -> None:
+    """
+    The events a stream is given in one reactor turn reach the kernel in one
+    send, at the end of the turn, and all of them arrive in order; a stream
+    given one event per turn sends each at its turn's end.
+    """
+    async with one_stream() as (reader, stream):
+        transport = stream._transport
+        counting = _CountingSocket(transport.socket)
+        transport.socket = counting
+        try:
+            for number in range(5):
+                stream.send(Event(data=f"{number} burst"))
+            assert counting.sends == []  # the turn has not ended
+            await deferLater(_reactor(), 0.01)
+            assert len(counting.sends) == 1
+            for number in range(5, 8):
+                stream.send(Event(data=f"{number} alone"))
+                await deferLater(_reactor(), 0.01)
+            assert len(counting.sends) == 4
+        finally:
+            transport.socket = counting._sock
+        stream.close()
+        await reader.ended(timeout=60)
+        assert numbers_of(reader) == list(range(8))

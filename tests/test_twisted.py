@@ -17,7 +17,7 @@ from typing import Any, cast
 import pytest
 import pytest_twisted
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.tcp import Connection
 from twisted.internet.testing import StringTransport
 from twisted.logger import ILogObserver, LogEvent, Logger
@@ -119,6 +119,7 @@ class ChecksTests(SynchronousTestCase):
         request, transport = _requests()
         transport.socket = cast(Any, None)
         transport._tempDataBuffer = []
+        transport.reactor = cast(Any, Clock())
         self.assertIs(_twisted.direct_transport(request), transport)
         self.assertEqual(self.events, [])
 

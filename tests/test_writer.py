@@ -8,14 +8,18 @@ the same path is in ``test_direct_write.py``.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_sse import Event, EventStream, EventStreamResource, SlowClientPolicy
+from twisted_sse._twisted import CORK_BYTES
 from twisted_sse.testing import SSETestClient, SSETestResponse
 
 from ._helpers import Keeper, data
@@ -234,6 +238,136 @@ class EndTests(_Case):
         client.assert_clean(testcase=self)
 
 
+class _SendSpy:
+    """Counts the sends of a test connection's socket, and keeps what they got."""
+
+    def __init__(self, stream: EventStream) -> None:
+        socket = stream.request.channel.transport.socket
+        self._send = socket.send
+        socket.send = self
+        self.sent: list[bytes] = []
+
+    def __call__(self, data: bytes) -> int:
+        self.sent.append(data)
+        taken: int = self._send(data)
+        return taken
+
+
+class TurnTests(_Case):
+    """
+    The frames a stream is given during one reactor turn go out in one send
+    at its end (the test client's turn: one of its calls).
+    """
+
+    def test_one_send_per_turn(self) -> None:
+        """Three frames given in one turn: one send, with all three, in order."""
+        client, response, stream = self.open()
+        spy = _SendSpy(stream)
+        with client._turns.operation():
+            for n in range(3):
+                stream.send(Event(data=str(n)))
+            self.assertEqual(spy.sent, [])
+        self.assertEqual(len(spy.sent), 1)
+        self.assertEqual(data(response), ["0", "1", "2"])
+        # Outside a turn of the client's (a test sending by itself), a frame
+        # goes out as the call returns.
+        stream.send(Event(data="3"))
+        self.assertEqual(len(spy.sent), 2)
+        self.assertEqual(data(response)[-1], "3")
+        response.disconnect()
+        client.assert_clean(testcase=self)
+
+    def test_broadcast_joined_once(self) -> None:
+        """Streams given the same frames in a turn send the same joined bytes."""
+        keeper = Keeper()
+        clock = Clock()
+        resource = EventStreamResource(keeper, clock=clock, heartbeat=0)
+        client = SSETestClient(resource, clock, transport="tcp")
+        responses = [client.get("/") for _ in range(3)]
+        streams = keeper.streams
+        spies = [_SendSpy(stream) for stream in streams]
+        frames = [Event(data=str(n)).encode() for n in range(4)]
+        with client._turns.operation():
+            for frame in frames:
+                for stream in streams:
+                    stream.write(frame)
+        sent = [spy.sent for spy in spies]
+        self.assertEqual([len(one) for one in sent], [1, 1, 1])
+        self.assertIs(sent[0][0], sent[1][0])
+        self.assertIs(sent[1][0], sent[2][0])
+        for response in responses:
+            self.assertEqual(data(response), ["0", "1", "2", "3"])
+            response.disconnect()
+        client.assert_clean(testcase=self)
+
+    def test_close_in_the_same_turn(self) -> None:
+        """Frames given in the turn a stream closes arrive before its end."""
+        client, response, stream = self.open()
+        before = stream.request.sentLength
+        with client._turns.operation():
+            stream.send(Event(data="a"))
+            stream.send(Event(data="b"))
+            stream.close(retry=500)
+        self.assertEqual(data(response), ["a", "b"])
+        # Counted once, for the access log.
+        frames = Event(data="a").encode() + Event(data="b").encode()
+        tail = Event(retry=500).encode()
+        self.assertEqual(stream.request.sentLength - before, len(frames + tail))
+        self.assertTrue(response.finished)
+        self.assertTrue(response.raw.endswith(b"retry: 500\n\n"))
+        client.assert_clean(testcase=self)
+
+    def test_abort_in_the_same_turn(self) -> None:
+        """A stream aborted in the turn it was given frames sends none of them."""
+        client, response, stream = self.open()
+        spy = _SendSpy(stream)
+        with client._turns.operation():
+            stream.send(Event(data="never"))
+            stream.abort()
+        self.assertEqual(spy.sent, [])
+        self.assertEqual(response.events, [])
+        self.assertFalse(response.connected)
+        client.assert_clean(testcase=self)
+
+    def test_client_gone_in_the_same_turn(self) -> None:
+        """A client lost before the turn ends: nothing is sent, nothing fails."""
+        client, response, stream = self.open()
+        spy = _SendSpy(stream)
+        with client._turns.operation():
+            stream.send(Event(data="never"))
+            stream.errback(Failure(ConnectionDone()))
+        self.assertEqual(spy.sent, [])
+        self.assertEqual(stream.close_reason, "lost")
+        response.disconnect()
+        client.assert_clean(testcase=self)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_turn_bounded(self) -> None:
+        """
+        A turn holds at most CORK_BYTES for a stream: past that its frames
+        go out at once, so a client that does not read pauses the stream
+        and its queue bound holds within the turn.
+        """
+        client, response, stream = self.open(
+            max_queue_events=5, policy=SlowClientPolicy.DISCONNECT
+        )
+        response.pause_reading()
+        spy = _SendSpy(stream)
+        frame = Event(data="z" * 1000).encode()
+        with client._turns.operation():
+            sent = 0
+            while not stream.paused:
+                stream.write(frame)
+                sent += 1
+            self.assertLessEqual(sent * len(frame), 2 * CORK_BYTES + len(frame))
+            self.assertEqual(len(spy.sent), 1)  # refused: Twisted holds it
+            for _ in range(6):
+                stream.write(frame)
+            self.assertEqual(stream.close_reason, "aborted")
+        self.assertFalse(response.connected)
+        client.assert_clean(testcase=self)
+
+
 _OPERATIONS = st.lists(
     st.one_of(
         st.tuples(st.just("send"), st.integers(0, 40000)),
@@ -249,21 +383,29 @@ class OrderPropertyTests(_Case):
     """However the socket takes the bytes, the client gets every event once."""
 
     @settings(max_examples=60, deadline=None)
-    @given(_OPERATIONS)
-    def test_every_event_once_in_order(self, operations: list[tuple[str, int]]) -> None:
-        """Sends, pauses with any room, resumes and heartbeats lose nothing."""
+    @given(st.lists(_OPERATIONS, max_size=4))
+    def test_every_event_once_in_order(
+        self, turns: list[list[tuple[str, int]]]
+    ) -> None:
+        """
+        Sends, pauses with any room, resumes and heartbeats lose nothing,
+        whether each runs on its own or several share a reactor turn.
+        """
         client, response, stream = self.open(max_queue_bytes=64 * 1024 * 1024)
         sent: list[str] = []
-        for operation, size in operations:
-            if operation == "send":
-                sent.append(f"{len(sent)}:" + "z" * size)
-                stream.send(Event(data=sent[-1]))
-            elif operation == "pause":
-                response.pause_reading(room=size)
-            elif operation == "resume":
-                response.resume_reading()
-            else:
-                stream.heartbeat_tick()
+        for number, operations in enumerate(turns):
+            # Every other group runs in one turn, the others call by call.
+            with client._turns.operation() if number % 2 else nullcontext():
+                for operation, size in operations:
+                    if operation == "send":
+                        sent.append(f"{len(sent)}:" + "z" * size)
+                        stream.send(Event(data=sent[-1]))
+                    elif operation == "pause":
+                        response.pause_reading(room=size)
+                    elif operation == "resume":
+                        response.resume_reading()
+                    else:
+                        stream.heartbeat_tick()
         response.resume_reading()
         self.assertIsNone(response.protocol_error)
         self.assertEqual(data(response), sent)

@@ -405,7 +405,13 @@ class EventStream(StreamWriter):
         if self.closed:
             return
         tail = Event(retry=retry).encode() if retry is not None else b""
-        frames = b"".join(self._queue.values()) + tail if self._queue else tail
+        # What this turn gave the stream (counted already: request.write
+        # counts it again), then what waited for the client.
+        frames = self._uncork()
+        self.request.sentLength -= len(frames)
+        if self._queue:
+            frames += b"".join(self._queue.values())
+        frames += tail
         self._release("closed")
         if frames:
             self.request.write(frames)
@@ -527,6 +533,7 @@ class EventStream(StreamWriter):
     def _release(self, reason: str) -> None:
         self.closed = True
         self.close_reason = reason
+        self._corked = None
         self._queue = None
         self._queued_bytes = 0
         if self._heartbeat_timer is not None:

@@ -21,9 +21,10 @@ would cost a call per frame.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from io import BytesIO
 from typing import Any, Protocol
+from weakref import WeakKeyDictionary
 
 from twisted.internet.tcp import Connection
 from twisted.logger import Logger
@@ -97,7 +98,7 @@ chunked = ChunkCache()
 _DIRECT_CLASSES: dict[tuple[type, type, type], bool] = {}
 
 #: What the direct path reads of a TCP transport (its write buffer).
-_TRANSPORT_NAMES = ("socket", "dataBuffer", "offset", "_tempDataBuffer")
+_TRANSPORT_NAMES = ("socket", "dataBuffer", "offset", "_tempDataBuffer", "reactor")
 #: Twisted's Request methods the direct path relies on (they answer each
 #: entry of ``request.notifications``).
 _REQUEST_METHODS = ("write", "notifyFinish", "connectionLost")
@@ -397,20 +398,112 @@ def _slim_request(request: Any) -> None:
 # --- The stream's writer -----------------------------------------------------
 
 
+class _Cork:
+    """
+    The direct-path streams of one reactor that were given frames during
+    the current turn, flushed together when it ends: each stream's frames
+    go out as one ``send``, and streams given the same frames (a broadcast)
+    share one joined and chunk-framed buffer.
+
+    A reactor runs the delayed calls that are due right after the events of
+    a turn, so the flush, a ``callLater(0)`` scheduled by the turn's first
+    frame, runs before the reactor waits again: what a turn wrote reaches
+    the kernel in that turn, in fewer, larger writes.
+    """
+
+    __slots__ = ("__weakref__", "_at_turn_end", "streams")
+
+    def __init__(self, reactor: Any) -> None:
+        self.streams: list[StreamWriter] = []
+        # The test client's reactor says itself when a turn ends (at once,
+        # when no call of the client's is running); a reactor's turn ends
+        # with the delayed calls due.
+        at_turn_end = getattr(reactor, "at_turn_end", None)
+        if at_turn_end is None:
+            callLater = reactor.callLater
+
+            def at_turn_end(call: Callable[[], object]) -> None:
+                callLater(0, call)
+
+        self._at_turn_end: Callable[[Callable[[], object]], object] = at_turn_end
+
+    def add(self, stream: StreamWriter) -> None:
+        """Flush ``stream`` at the end of this turn."""
+        streams = self.streams
+        streams.append(stream)
+        if len(streams) == 1:
+            self._at_turn_end(self.flush)
+
+    def flush(self) -> None:
+        """Send what each stream was given this turn, one write per stream."""
+        streams, self.streams = self.streams, []
+        last: list[bytes] | None = None
+        joined = b""
+        for stream in streams:
+            frames = stream._corked
+            if frames is None:
+                continue  # closed, or flushed by its close, meanwhile
+            stream._corked = None
+            if isinstance(frames, list):
+                # A broadcast gives every subscriber the same frames: a list
+                # equal to the previous one (compared by identity first) is
+                # joined once.
+                if frames != last:
+                    last = frames
+                    joined = b"".join(frames)
+                frame = joined
+            else:
+                frame = frames
+            try:
+                stream._write_now(chunked(frame) if stream._chunked else frame)
+            except Exception:
+                _log.failure("Sending a stream's frames failed")
+
+
+#: The most a stream's frames of one turn wait for the end of the turn, in
+#: bytes: Twisted's write buffer size, past which it pauses a producer.
+CORK_BYTES = 65536
+
+#: The cork of each reactor that runs direct-path streams.
+_CORKS: WeakKeyDictionary[Any, _Cork] = WeakKeyDictionary()
+
+
+def _cork_for(reactor: Any) -> _Cork:
+    cork = _CORKS.get(reactor)
+    if cork is None:
+        cork = _CORKS[reactor] = _Cork(reactor)
+    return cork
+
+
 class StreamWriter:
     """
     How a stream's frames reach the socket: through ``request.write`` (the
     plain path, Twisted's public request API), or, once :meth:`_go_direct`
     was called for a transport :func:`direct_transport` accepted, straight
-    to the TCP socket whenever Twisted has nothing buffered for it.  The
-    base class of :class:`~twisted_sse.EventStream`, which calls
-    :meth:`_send` for every frame: a method of its own, so a frame costs no
-    extra call.
+    to the TCP socket, once per reactor turn.  The base class of
+    :class:`~twisted_sse.EventStream`, which calls :meth:`_send` for every
+    frame: a method of its own, so a frame costs no extra call.
+
+    On the direct path, the frames a stream is given during a reactor turn
+    wait for the end of the turn and go out as one ``send`` (see
+    :class:`_Cork`): the kernel's cost is per write, not per byte, and a
+    publisher that sends several events between two turns of the reactor
+    then costs each subscriber one write for all of them.  When Twisted
+    already buffers bytes for the socket, frames are added to that buffer
+    at once, behind them, as ``request.write`` would.
 
     :ivar request: The request the stream answers.
     """
 
-    __slots__ = ("_chunked", "_registered", "_transport", "request")
+    __slots__ = (
+        "_chunked",
+        "_cork",
+        "_corked",
+        "_corked_bytes",
+        "_registered",
+        "_transport",
+        "request",
+    )
 
     #: Whether the stream has ended (a slot of the subclass).
     closed: bool
@@ -422,6 +515,12 @@ class StreamWriter:
         self._transport: Any = None
         self._chunked = False
         self._registered = False
+        #: The frames given this turn, waiting for the cork's flush: one
+        #: frame, a list of them, or ``None``.
+        self._corked: bytes | list[bytes] | None = None
+        #: Their size, once there are several.
+        self._corked_bytes = 0
+        self._cork: _Cork | None = None
 
     def _register(self) -> None:
         # Become the request's push producer, so that Twisted pauses and
@@ -444,17 +543,65 @@ class StreamWriter:
         """
         self._transport = transport
         self._chunked = bool(self.request.chunked)
+        self._cork = _cork_for(transport.reactor)
         _slim_request(self.request)
 
     def _send(self, frame: bytes) -> None:
-        """Send ``frame`` now: straight to the socket when it has room."""
+        """Send ``frame``: at the end of this turn, with the turn's others."""
         transport = self._transport
         if transport is None:
             self.request.write(frame)
             return
         # What request.write would count, for the access log.
         self.request.sentLength += len(frame)
-        data = chunked(frame) if self._chunked else frame
+        corked = self._corked
+        if corked is not None:
+            if isinstance(corked, list):
+                corked.append(frame)
+                self._corked_bytes += len(frame)
+            else:
+                self._corked = [corked, frame]
+                self._corked_bytes = len(corked) + len(frame)
+            if self._corked_bytes >= CORK_BYTES:
+                # As much as Twisted buffers before it pauses a producer:
+                # out now, so that a stream given more than that in one turn
+                # is paused, and queues within its bounds, as it would be
+                # without the cork.
+                frames = self._uncork()
+                self._write_now(chunked(frames) if self._chunked else frames)
+            return
+        if (
+            transport._tempDataBuffer
+            or len(transport.dataBuffer) > transport.offset
+            or not transport.connected
+            or transport.disconnecting
+        ):
+            # Twisted holds bytes for the socket: these go behind them.
+            self._register()
+            transport.write(chunked(frame) if self._chunked else frame)
+            return
+        self._corked = frame
+        cork = self._cork
+        assert cork is not None
+        cork.add(self)
+
+    def _uncork(self) -> bytes:
+        """
+        The frames given this turn and not yet sent, joined, for a stream
+        that ends now and writes them through ``request.write``; they will
+        not be sent by the cork's flush.
+        """
+        corked, self._corked = self._corked, None
+        if corked is None:
+            return b""
+        return b"".join(corked) if isinstance(corked, list) else corked
+
+    def _write_now(self, data: bytes) -> None:
+        """
+        Write ``data`` (framed for the wire): straight to the socket when
+        Twisted holds nothing for it, else behind what it holds.
+        """
+        transport = self._transport
         if (
             transport._tempDataBuffer
             or len(transport.dataBuffer) > transport.offset

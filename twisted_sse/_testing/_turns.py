@@ -92,6 +92,19 @@ class Turns:
         """Run ``call`` on the next turn."""
         self._pending.append(call)
 
+    def at_turn_end(self, call: Callable[[], object]) -> None:
+        """
+        Run ``call`` when the current turn ends: when the outermost of the
+        client's calls returns, or at once if none is running (a test that
+        sends on a stream or moves the clock itself sees the bytes arrive
+        as it returns).  The direct writer flushes the frames of a turn
+        this way (see :class:`~twisted_sse._twisted.StreamWriter`).
+        """
+        if self._depth:
+            self._pending.append(call)  # type: ignore[arg-type]
+        else:
+            call()
+
     def settle(self) -> None:
         """Run what is due, and flush the writers whose peer reads, until done."""
         while not self._delivering:
