@@ -19,10 +19,11 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_sse import Event, EventStream, EventStreamResource, SlowClientPolicy
+from twisted_sse._testing._transports import MemorySocket
 from twisted_sse._twisted import CORK_BYTES
 from twisted_sse.testing import SSETestClient, SSETestResponse
 
-from ._helpers import Keeper, data
+from ._helpers import HubFixture, Keeper, data
 
 
 class _Spy:
@@ -366,6 +367,31 @@ class TurnTests(_Case):
             self.assertEqual(stream.close_reason, "aborted")
         self.assertFalse(response.connected)
         client.assert_clean(testcase=self)
+
+
+class AnswerFirstTests(SynchronousTestCase):
+    """A publish's answer leaves before the frames its event gave subscribers."""
+
+    transport = "tcp"
+
+    def test_answer_before_fan_out(self) -> None:
+        """The publisher's socket is written first, then each subscriber's."""
+        hub = HubFixture(self)
+        subscribers = [hub.subscribe() for _ in range(3)]
+        sent: list[bytes] = []
+        send = MemorySocket.send
+
+        def recording(socket: MemorySocket, data: bytes | memoryview) -> int:
+            sent.append(bytes(data))
+            return send(socket, data)
+
+        self.patch(MemorySocket, "send", recording)
+        response = hub.post(b'{"data": "hello"}')
+        self.assertEqual(response.code, 200)
+        self.assertIn(b'{"id": ', sent[0])
+        self.assertEqual([b"data: hello" in one for one in sent[1:]], [True] * 3)
+        for subscriber in subscribers:
+            self.assertEqual(data(subscriber), ["hello"])
 
 
 _OPERATIONS = st.lists(

@@ -81,7 +81,7 @@ from ._resource import (
     requested_last_event_id,
 )
 from ._stream import EventStream, SlowClientPolicy
-from ._twisted import forget_notification
+from ._twisted import answer_first, forget_notification
 
 __all__ = [
     "DEFAULT_MAX_EVENT_BYTES",
@@ -1088,6 +1088,9 @@ class ChannelResource(StreamResource):
     def render_POST(self, request: Any) -> bytes | int:
         """Publish the body as an event; answer ``{"id": ...}``."""
         self.set_cors_headers(request)
+        # The publisher hears its answer before the event is fanned out, so
+        # that its next event is on its way meanwhile.
+        answer_first(request)
         gone: list[bool] = []
         request.notifyFinish().addBoth(lambda _: gone.append(True))
         try:

@@ -36,6 +36,7 @@ from twisted.web.server import Request
 
 __all__ = [
     "StreamWriter",
+    "answer_first",
     "chunked",
     "direct_transport",
     "forget_notification",
@@ -409,12 +410,19 @@ class _Cork:
     a turn, so the flush, a ``callLater(0)`` scheduled by the turn's first
     frame, runs before the reactor waits again: what a turn wrote reaches
     the kernel in that turn, in fewer, larger writes.
+
+    Answers to publishes go first (:func:`answer_first`): a publisher
+    waiting for its answer sends its next event while this turn's are
+    being fanned out, and the next turn reads it with the others that
+    came meanwhile, so the next flush sends more frames per ``send``.
     """
 
-    __slots__ = ("__weakref__", "_at_turn_end", "streams")
+    __slots__ = ("__weakref__", "_at_turn_end", "answers", "scheduled", "streams")
 
     def __init__(self, reactor: Any) -> None:
         self.streams: list[StreamWriter] = []
+        self.answers: list[Any] = []
+        self.scheduled = False
         # The test client's reactor says itself when a turn ends (at once,
         # when no call of the client's is running); a reactor's turn ends
         # with the delayed calls due.
@@ -429,13 +437,37 @@ class _Cork:
 
     def add(self, stream: StreamWriter) -> None:
         """Flush ``stream`` at the end of this turn."""
-        streams = self.streams
-        streams.append(stream)
-        if len(streams) == 1:
+        self.streams.append(stream)
+        if not self.scheduled:
+            self.scheduled = True
+            self._at_turn_end(self.flush)
+
+    def answer(self, transport: Any) -> None:
+        """Flush what ``transport`` holds at the end of this turn, first."""
+        self.answers.append(transport)
+        if not self.scheduled:
+            self.scheduled = True
             self._at_turn_end(self.flush)
 
     def flush(self) -> None:
         """Send what each stream was given this turn, one write per stream."""
+        self.scheduled = False
+        answers, self.answers = self.answers, []
+        for transport in answers:
+            if (
+                transport.connected
+                and not transport.disconnecting
+                and (
+                    transport._tempDataBuffer
+                    or len(transport.dataBuffer) > transport.offset
+                )
+            ):
+                # What the reactor does when the socket is writable, now; an
+                # error is met again, and handled, on the reactor's own call.
+                try:
+                    transport.doWrite()
+                except Exception:
+                    _log.failure("Sending an answer failed")
         streams, self.streams = self.streams, []
         last: list[bytes] | None = None
         joined = b""
@@ -458,6 +490,18 @@ class _Cork:
                 stream._write_now(chunked(frame) if stream._chunked else frame)
             except Exception:
                 _log.failure("Sending a stream's frames failed")
+
+
+def answer_first(request: Any) -> None:
+    """
+    Send ``request``'s answer, if it is written by the end of this reactor
+    turn, before the frames the turn gave streams (see :class:`_Cork`).
+    Only for a plain HTTP/1.x request over Twisted's own TCP transport
+    (:func:`direct_transport`); any other is answered as usual.
+    """
+    transport = direct_transport(request)
+    if transport is not None:
+        _cork_for(transport.reactor).answer(transport)
 
 
 #: The most a stream's frames of one turn wait for the end of the turn, in
