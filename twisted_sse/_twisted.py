@@ -435,19 +435,16 @@ class _Cork:
 
         self._at_turn_end: Callable[[Callable[[], object]], object] = at_turn_end
 
-    def add(self, stream: StreamWriter) -> None:
-        """Flush ``stream`` at the end of this turn."""
-        self.streams.append(stream)
-        if not self.scheduled:
-            self.scheduled = True
-            self._at_turn_end(self.flush)
+    def schedule(self) -> None:
+        """Flush at the end of this turn (a stream or an answer is added)."""
+        self.scheduled = True
+        self._at_turn_end(self.flush)
 
     def answer(self, transport: Any) -> None:
         """Flush what ``transport`` holds at the end of this turn, first."""
         self.answers.append(transport)
         if not self.scheduled:
-            self.scheduled = True
-            self._at_turn_end(self.flush)
+            self.schedule()
 
     def flush(self) -> None:
         """Send what each stream was given this turn, one write per stream."""
@@ -470,7 +467,9 @@ class _Cork:
                     _log.failure("Sending an answer failed")
         streams, self.streams = self.streams, []
         last: list[bytes] | None = None
-        joined = b""
+        joined = framed_from = framed = b""
+        # The loop a broadcast spends its time in, once per subscriber: what
+        # StreamWriter._write_now does, inlined.
         for stream in streams:
             frames = stream._corked
             if frames is None:
@@ -486,8 +485,34 @@ class _Cork:
                 frame = joined
             else:
                 frame = frames
+            if stream._chunked:
+                # Framed once for every subscriber given the same bytes.
+                if frame is not framed_from:
+                    framed_from = frame
+                    framed = b"%x\r\n%b\r\n" % (len(frame), frame)
+                data = framed
+            else:
+                data = frame
             try:
-                stream._write_now(chunked(frame) if stream._chunked else frame)
+                transport = stream._transport
+                if (
+                    transport._tempDataBuffer
+                    or len(transport.dataBuffer) > transport.offset
+                    or not transport.connected
+                    or transport.disconnecting
+                ):
+                    stream._buffer(data)
+                    continue
+                try:
+                    sent = transport.socket.send(data)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    # Let Twisted meet the error on its own path.
+                    stream._buffer(data)
+                    continue
+                if sent < len(data):
+                    stream._buffer(data[sent:])
             except Exception:
                 _log.failure("Sending a stream's frames failed")
 
@@ -614,20 +639,14 @@ class StreamWriter:
                 frames = self._uncork()
                 self._write_now(chunked(frames) if self._chunked else frames)
             return
-        if (
-            transport._tempDataBuffer
-            or len(transport.dataBuffer) > transport.offset
-            or not transport.connected
-            or transport.disconnecting
-        ):
-            # Twisted holds bytes for the socket: these go behind them.
-            self._register()
-            transport.write(chunked(frame) if self._chunked else frame)
-            return
+        # The first frame of the turn.  Should Twisted hold bytes for the
+        # socket by the end of the turn, the flush puts these behind them.
         self._corked = frame
         cork = self._cork
         assert cork is not None
-        cork.add(self)
+        cork.streams.append(self)
+        if not cork.scheduled:
+            cork.schedule()
 
     def _uncork(self) -> bytes:
         """
@@ -643,7 +662,8 @@ class StreamWriter:
     def _write_now(self, data: bytes) -> None:
         """
         Write ``data`` (framed for the wire): straight to the socket when
-        Twisted holds nothing for it, else behind what it holds.
+        Twisted holds nothing for it, else behind what it holds.  (The
+        cork's flush does the same, inlined.)
         """
         transport = self._transport
         if (
@@ -652,8 +672,7 @@ class StreamWriter:
             or not transport.connected
             or transport.disconnecting
         ):
-            self._register()
-            transport.write(data)
+            self._buffer(data)
             return
         try:
             sent = transport.socket.send(data)
@@ -661,12 +680,18 @@ class StreamWriter:
             sent = 0
         except OSError:
             # Let Twisted meet the error on its own path and close cleanly.
-            self._register()
-            transport.write(data)
+            self._buffer(data)
             return
         if sent < len(data):
-            self._register()
-            transport.write(data[sent:])
+            self._buffer(data[sent:])
+
+    def _buffer(self, data: bytes) -> None:
+        """
+        Leave ``data`` to Twisted's buffer, which sends it when the socket
+        has room and pauses the stream when it holds too much.
+        """
+        self._register()
+        self._transport.write(data)
 
 
 # --- HTTP/2 ------------------------------------------------------------------
