@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import pytest
 import pytest_twisted
+from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.tcp import Connection
@@ -142,6 +143,45 @@ class ChecksTests(SynchronousTestCase):
         request.channel.transport = cast(Any, types.SimpleNamespace())
         self.assertIsNone(_twisted.direct_transport(request))
         self.assertEqual(self.events, [])
+
+    def test_shared_between_streams(self) -> None:
+        """
+        Two open streams' requests keep one copy of equal header names and
+        values, of the server's address, method and version.
+        """
+        self.patch(_twisted, "_SHARED", {})
+        requests = [_requests()[0] for _ in range(2)]
+        for request in requests:
+            request.requestHeaders.addRawHeader(b"Accept", b"text/event-stream")
+            request.method = b"GET"
+            request.host = IPv4Address("TCP", "127.0.0.1", 8080)
+            _twisted._slim_request(request)
+        first, second = requests
+        self.assertIs(
+            first.requestHeaders.getRawHeaders(b"accept"),
+            second.requestHeaders.getRawHeaders(b"accept"),
+        )
+        self.assertIs(first.host, second.host)
+        self.assertIs(first.method, second.method)
+        self.assertEqual(
+            second.requestHeaders.getRawHeaders(b"accept"), (b"text/event-stream",)
+        )
+
+    def test_shared_bounded(self) -> None:
+        """
+        At most _SHARED_MAX values are shared, none longer than
+        _SHARED_LONGEST bytes: a client's own values cost the table nothing.
+        """
+        self.patch(_twisted, "_SHARED", {})
+        self.patch(_twisted, "_SHARED_MAX", 3)
+        long = b"x" * (_twisted._SHARED_LONGEST + 1)
+        self.assertIs(_twisted._shared(long), long)
+        self.assertEqual(_twisted._SHARED, {})
+        for n in range(5):
+            _twisted._shared((b"%d" % n,))
+        self.assertEqual(len(_twisted._SHARED), 3)
+        late = b"4"
+        self.assertIs(_twisted._shared((late,))[0], late)
 
     def test_kept_headers(self) -> None:
         """An open stream's request headers read as they did, kept in tuples."""

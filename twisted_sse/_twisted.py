@@ -294,6 +294,37 @@ class _SentCookies(list[bytes]):
 _SENT_COOKIES = _SentCookies()
 
 
+#: Header names, header values and addresses that open streams share (see
+#: :func:`_shared`), up to :data:`_SHARED_MAX` of them.
+_SHARED: dict[Any, Any] = {}
+_SHARED_MAX = 1024
+#: The longest header value shared, in bytes.
+_SHARED_LONGEST = 128
+
+
+def _shared(value: Any) -> Any:
+    """
+    The one copy of ``value`` (a header name, a tuple of header values, an
+    address) that open streams keep, when an equal one was kept before:
+    most subscribers send the same ``Host``, ``Accept`` and ``User-Agent``
+    and reach the same listening address.  Only short values are shared,
+    and at most :data:`_SHARED_MAX` of them: a client sending values of its
+    own costs the table nothing more.
+    """
+    found = _SHARED.get(value)
+    if found is not None:
+        return found
+    if len(_SHARED) < _SHARED_MAX and (
+        len(value) <= _SHARED_LONGEST
+        if isinstance(value, bytes)
+        else sum(map(len, value)) <= _SHARED_LONGEST
+        if isinstance(value, tuple)
+        else True
+    ):
+        _SHARED[value] = value
+    return value
+
+
 class _KeptHeaders(Headers):
     """
     An open stream's request headers: the same names and values, kept in
@@ -320,7 +351,9 @@ class _KeptHeaders(Headers):
 
     def _keep(self, items: Iterable[tuple[bytes, Sequence[bytes]]]) -> None:
         # The documented ivar of Headers: a dict of canonical names to values.
-        kept: dict[bytes, Any] = {name: tuple(values) for name, values in items}
+        kept: dict[bytes, Any] = {
+            _shared(name): _shared(tuple(values)) for name, values in items
+        }
         self._rawHeaders = kept
 
     def addRawHeader(self, name: str | bytes, value: str | bytes) -> None:
@@ -390,6 +423,11 @@ def _slim_request(request: Any) -> None:
             )
     if _KEEPABLE:
         request.requestHeaders = _KeptHeaders.of(request.requestHeaders)
+    # The server's own address, the same for every stream on a port, and
+    # the request line's method and version.
+    request.host = _shared(request.host)
+    request.method = _shared(request.method)
+    request.clientproto = _shared(request.clientproto)
     content = request.content
     if isinstance(content, BytesIO) and not content.getbuffer().nbytes:
         content.close()
