@@ -455,7 +455,7 @@ class _Cork:
     came meanwhile, so the next flush sends more frames per ``send``.
     """
 
-    __slots__ = ("__weakref__", "_at_turn_end", "answers", "scheduled", "streams")
+    __slots__ = ("_at_turn_end", "answers", "scheduled", "streams")
 
     def __init__(self, reactor: Any) -> None:
         self.streams: list[StreamWriter] = []
@@ -505,9 +505,7 @@ class _Cork:
                     _log.failure("Sending an answer failed")
         streams, self.streams = self.streams, []
         last: list[bytes] | None = None
-        joined = framed_from = framed = b""
-        # The loop a broadcast spends its time in, once per subscriber: what
-        # StreamWriter._write_now does, inlined.
+        joined = b""
         for stream in streams:
             frames = stream._corked
             if frames is None:
@@ -516,41 +514,15 @@ class _Cork:
             if isinstance(frames, list):
                 # A broadcast gives every subscriber the same frames: a list
                 # equal to the previous one (compared by identity first) is
-                # joined once.
+                # joined once, and chunk-framed once (ChunkCache).
                 if frames != last:
                     last = frames
                     joined = b"".join(frames)
                 frame = joined
             else:
                 frame = frames
-            if stream._chunked:
-                # Framed once for every subscriber given the same bytes.
-                if frame is not framed_from:
-                    framed_from = frame
-                    framed = b"%x\r\n%b\r\n" % (len(frame), frame)
-                data = framed
-            else:
-                data = frame
             try:
-                transport = stream._transport
-                if (
-                    transport._tempDataBuffer
-                    or len(transport.dataBuffer) > transport.offset
-                    or not transport.connected
-                    or transport.disconnecting
-                ):
-                    stream._buffer(data)
-                    continue
-                try:
-                    sent = transport.socket.send(data)
-                except BlockingIOError:
-                    sent = 0
-                except OSError:
-                    # Let Twisted meet the error on its own path.
-                    stream._buffer(data)
-                    continue
-                if sent < len(data):
-                    stream._buffer(data[sent:])
+                stream._write_now(chunked(frame) if stream._chunked else frame)
             except Exception:
                 _log.failure("Sending a stream's frames failed")
 
@@ -700,8 +672,7 @@ class StreamWriter:
     def _write_now(self, data: bytes) -> None:
         """
         Write ``data`` (framed for the wire): straight to the socket when
-        Twisted holds nothing for it, else behind what it holds.  (The
-        cork's flush does the same, inlined.)
+        Twisted holds nothing for it, else behind what it holds.
         """
         transport = self._transport
         if (
